@@ -1,0 +1,280 @@
+"""Speed of the real train step: synthetic batches, AOT compilation, timing, memory.
+
+Used by `launch.benchmark` (step time, tokens/s, MFU against the device's peak,
+compile time, memory) and `launch.memory_plan` (per-device memory of a config
+compiled ahead of time for a mesh of simulated devices). The step is
+`albert_jax.train.train_step.train_step`, compiled exactly as the trainer
+compiles it (`jit_train_step`: state donated, batch split over the batch axes).
+
+Synthetic batches: random ids, every token real (input_mask 1), two segments,
+`num_masked_positions` distinct masked positions per example, all weighted 1.
+"""
+
+import dataclasses
+import math
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from albert_jax import flops
+from albert_jax.config import ModelConfig
+from albert_jax.model import AlbertForPreTraining
+from albert_jax.train import mesh as mesh_lib
+from albert_jax.train import metrics as metrics_lib
+from albert_jax.train import optimizer as optimizer_lib
+from albert_jax.train import train_step as step_lib
+
+Batch = dict[str, np.ndarray]
+
+_FIRST_NORMAL_ID = 5  # After <pad>, <unk>, [CLS], [SEP], [MASK].
+
+
+def num_masked_positions(data: ml_collections.ConfigDict) -> int:
+  """Masked positions per example: at least max_predictions_per_seq, and
+  masked_lm_prob of the tokens at longer sequences (BERT's 20 at 128, 76 at 512)."""
+  return max(data.max_predictions_per_seq,
+             int(data.max_seq_length * data.masked_lm_prob))
+
+
+def synthetic_batch(rng: np.random.Generator, batch_size: int, seq_len: int,
+                    num_masked: int, vocab_size: int) -> Batch:
+  """A pretraining batch of the data contract, filled at random.
+
+  input_ids / input_mask / segment_ids [batch, seq]; masked_lm_positions /
+  masked_lm_ids / masked_lm_weights [batch, num_masked] (distinct positions,
+  never [CLS]); sentence_order_label [batch].
+  """
+  if not 0 < num_masked < seq_len:
+    raise ValueError(f'{num_masked} masked positions do not fit in a sequence '
+                     f'of {seq_len} tokens')
+  shape = (batch_size, seq_len)
+  ids = rng.integers(_FIRST_NORMAL_ID, vocab_size, shape)
+  positions = np.sort(
+      np.argsort(rng.random((batch_size, seq_len - 1)), axis=1)[:, :num_masked]
+      + 1, axis=1)
+  batch = {
+      'input_ids': ids,
+      'input_mask': np.ones(shape),
+      'segment_ids': np.broadcast_to(np.arange(seq_len) >= seq_len // 2, shape),
+      'masked_lm_positions': positions,
+      'masked_lm_ids': np.take_along_axis(ids, positions, axis=1),
+      'masked_lm_weights': np.ones(positions.shape),
+      'sentence_order_label': rng.integers(0, 2, batch_size),
+  }
+  return {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in batch.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+  """The train step of a config, compiled ahead of time for a mesh."""
+  compiled: jax.stages.Compiled
+  init_state: Callable[[], step_lib.TrainState]  # Materialises a fresh state.
+  batch_sharding: jax.sharding.NamedSharding
+  mesh: jax.sharding.Mesh
+  rules: mesh_lib.LogicalRules
+  lower_s: float  # Tracing and lowering to StableHLO.
+  compile_s: float  # XLA compilation.
+
+
+def compile_train_step(config: ml_collections.ConfigDict,
+                       devices: list[jax.Device] | None = None) -> CompiledStep:
+  """Lowers and compiles the train step of `config` from abstract arguments.
+
+  Nothing is allocated: the state and the global batch
+  [train.batch_size, data.max_seq_length] are ShapeDtypeStructs carrying the
+  shardings of `config.mesh` over `devices` (default: all).
+  """
+  model_config = ModelConfig.from_config(config.model)
+  train, data = config.train, config.data
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  rules = tuple(config.sharding_rules)
+  model = AlbertForPreTraining(model_config)
+  schedule = optimizer_lib.learning_rate_schedule(
+      train.learning_rate, train.warmup_steps, train.num_steps)
+  optimizer = optimizer_lib.make_optimizer(train, schedule)
+
+  def boxed_state(rng: jax.Array) -> step_lib.TrainState:
+    params_rng, dropout_rng = jax.random.split(rng)
+    ids = jnp.zeros((1, data.max_seq_length), jnp.int32)
+    positions = jnp.zeros((1, num_masked_positions(data)), jnp.int32)
+    params = model.init(params_rng, ids, ids, ids, positions)['params']
+    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               opt_state=optimizer.init(params), rng=dropout_rng)
+
+  seed = jax.random.PRNGKey(train.seed)
+  boxed = jax.eval_shape(boxed_state, seed)
+  state_shardings = mesh_lib.tree_shardings(boxed, mesh, rules)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(boxed), state_shardings)
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+  abstract_batch = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+      for k, v in synthetic_batch(np.random.default_rng(0), 1,
+                                  data.max_seq_length,
+                                  num_masked_positions(data), 8).items()}
+  abstract_batch = {
+      k: v.update(shape=(train.batch_size,) + v.shape[1:])
+      for k, v in abstract_batch.items()}
+
+  step = step_lib.jit_train_step(
+      mesh, rules, state_shardings, model=model, optimizer=optimizer,
+      schedule=schedule, grad_accum_steps=train.grad_accum_steps,
+      sentence_objective=data.sentence_objective)
+  with mesh_lib.activate(mesh, rules):
+    start = time.perf_counter()
+    lowered = step.lower(abstract_state, abstract_batch)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    compiled_at = time.perf_counter()
+
+  def init_state() -> step_lib.TrainState:
+    with mesh_lib.activate(mesh, rules):
+      return jax.jit(lambda rng: nn.unbox(boxed_state(rng)),
+                     out_shardings=state_shardings)(seed)
+
+  return CompiledStep(compiled=compiled, init_state=init_state,
+                      batch_sharding=batch_sharding, mesh=mesh, rules=rules,
+                      lower_s=lowered_at - start,
+                      compile_s=compiled_at - lowered_at)
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+  """Per-device bytes of one compiled program (XLA's buffer assignment)."""
+  arguments: int  # State + batch shard.
+  outputs: int
+  aliased: int  # Outputs written into donated arguments.
+  temporaries: int  # Activations, gradients, optimizer temporaries.
+  code: int
+
+  @property
+  def peak(self) -> int:
+    """Live at once at worst: arguments, outputs not aliased, temporaries."""
+    return self.arguments + self.outputs - self.aliased + self.temporaries
+
+
+def memory(compiled: jax.stages.Compiled) -> Memory:
+  """XLA's memory analysis of `compiled` (per device for an SPMD program)."""
+  analysis = compiled.memory_analysis()
+  return Memory(arguments=analysis.argument_size_in_bytes,
+                outputs=analysis.output_size_in_bytes,
+                aliased=analysis.alias_size_in_bytes,
+                temporaries=analysis.temp_size_in_bytes,
+                code=analysis.generated_code_size_in_bytes)
+
+
+def max_rss_bytes() -> int:
+  """Peak resident memory of this process so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def device_peak_bytes(device: jax.Device) -> int | None:
+  """The allocator's peak on `device` (GPU / TPU); None where not tracked (CPU)."""
+  stats = device.memory_stats()
+  return stats.get('peak_bytes_in_use') if stats else None
+
+
+class JaxTrainer:
+  """Runs the compiled step on one synthetic batch, timing rounds of steps."""
+
+  def __init__(self, step: CompiledStep, batch: Batch):
+    self._step = step
+    with mesh_lib.activate(step.mesh, step.rules):
+      self._batch = jax.device_put(batch, step.batch_sharding)
+    self._state = step.init_state()
+
+  def run(self, num_steps: int) -> float:
+    """Seconds for `num_steps` steps, from dispatch to the last result."""
+    start = time.perf_counter()
+    with mesh_lib.activate(self._step.mesh, self._step.rules):
+      for _ in range(num_steps):
+        self._state, metrics = self._step.compiled(self._state, self._batch)
+      loss = float(metrics['loss'])  # Waits for the last step.
+    elapsed = time.perf_counter() - start
+    if not math.isfinite(loss):
+      raise FloatingPointError(f'the benchmarked step gave loss {loss}')
+    return elapsed
+
+
+def interleaved_rounds(runners: Mapping[str, Callable[[int], float]], *,
+                       rounds: int, steps: int) -> dict[str, list[float]]:
+  """Seconds per step of each runner, per round; within a round the runners
+  take turns, so load from other processes hits all of them alike."""
+  times = {name: [] for name in runners}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      times[name].append(run(steps) / steps)
+  return times
+
+
+def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
+  """Model FLOPs (forward + backward) of one step of the global batch."""
+  return config.train.batch_size * flops.train_flops_per_example(
+      ModelConfig.from_config(config.model), config.data.max_seq_length,
+      num_masked_positions(config.data))
+
+
+# ---------------------------------------------------------------- Peak FLOP/s
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+  flops_per_sec: float | None
+  derivation: str
+
+
+def cpu_peak_fp32(cpuinfo: str, num_cores: int) -> Peak:
+  """fp32 peak of `num_cores` cores from /proc/cpuinfo text:
+  cores x clock x FMA pipes x fp32 lanes per pipe x 2 FLOPs per FMA.
+
+  Two FMA pipes per core (every x86 core with FMA since Haswell / Zen). Lanes
+  per pipe: 16 with AVX-512 on Intel, 8 with AVX2 (and with AVX-512 on AMD
+  family 25, Zen 4, which runs 512-bit FMAs on 256-bit pipes), 4 with SSE.
+  The clock is the nominal 'cpu MHz' (turbo not counted).
+  """
+  fields = {}
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(':')
+    fields.setdefault(key.strip(), value.strip())
+  flags = set(fields.get('flags', '').split())
+  vendor, family = fields.get('vendor_id', ''), fields.get('cpu family', '')
+  zen4 = vendor == 'AuthenticAMD' and family == '25'
+  if 'avx512f' in flags and not zen4:
+    lanes, why = 16, 'AVX-512'
+  elif 'avx512f' in flags:
+    lanes, why = 8, 'AVX-512 on 256-bit pipes (AMD Zen 4)'
+  elif {'avx2', 'fma'} <= flags:
+    lanes, why = 8, 'AVX2 + FMA'
+  else:
+    lanes, why = 4, 'SSE'
+  if 'cpu MHz' not in fields:
+    return Peak(None, 'no "cpu MHz" in /proc/cpuinfo')
+  hz = float(fields['cpu MHz']) * 1e6
+  peak = num_cores * hz * 2 * lanes * 2
+  return Peak(peak, f'{num_cores} cores x {hz / 1e9:.3f} GHz x 2 FMA pipes x '
+                    f'{lanes} fp32 lanes ({why}) x 2 FLOPs = '
+                    f'{peak / 1e9:.1f} GFLOP/s')
+
+
+def peak_flops(devices: list[jax.Device], override: float = 0.0) -> Peak:
+  """Peak FLOP/s of `devices` together: `override` per device if > 0, the
+  bf16 table of train.metrics for accelerators, fp32 from cpuinfo on CPU."""
+  kind = devices[0].device_kind
+  per_device = metrics_lib.peak_flops_per_device(kind, override)
+  if per_device:
+    source = 'override' if override > 0 else f'{kind}, dense bf16'
+    return Peak(per_device * len(devices),
+                f'{len(devices)} x {per_device / 1e12:g} TFLOP/s ({source})')
+  if devices[0].platform == 'cpu':
+    with open('/proc/cpuinfo') as f:
+      return cpu_peak_fp32(f.read(), len(os.sched_getaffinity(0)))
+  return Peak(None, f'unknown device kind {kind!r}: set '
+                    '--config.train.peak_flops_per_device')

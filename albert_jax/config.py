@@ -1,0 +1,182 @@
+"""ALBERT model configuration: one typed, validated, frozen record.
+
+`ModelConfig.from_config(config.model)` turns the `model` block of an
+ml_collections config (experiments/configs/pretrain.py) into a `ModelConfig`.
+Every impossible combination fails at construction with one ValueError line.
+
+Layer sharing (paper section 3.1, original code / Hugging Face semantics):
+  * `sharing='all'`: all layers share one set of weights. `num_hidden_groups`
+    G > 1 splits the L layers into G consecutive runs of L/G layers, each run
+    sharing its own weights (layer i uses group int(i * G / L)).
+  * `sharing='none'`: every layer has its own weights (the same as 'all' with
+    G = L).
+  * `sharing='attention'` / `'ffn'`: only the attention (resp. feed-forward)
+    sublayer is shared across all L layers; the other half is per layer.
+  * `inner_group_num` I: each group holds I distinct layers applied in
+    sequence, so the encoder applies L * I layers in total.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+SHARING_MODES = ('all', 'attention', 'ffn', 'none')
+
+# Hugging Face `hidden_act` names. ALBERT's `gelu` is the tanh approximation,
+# called 'gelu_new' by Hugging Face; 'gelu' is the exact (erf) form.
+ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = {
+    'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
+    'gelu': functools.partial(jax.nn.gelu, approximate=False),
+    'relu': jax.nn.relu,
+    'silu': jax.nn.silu,
+}
+
+# What the backward pass may keep from the forward pass of one encoder layer.
+# 'none': no rematerialisation; 'full': keep only the layer inputs.
+REMAT_POLICIES: Mapping[str, Callable[..., Any] | None] = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable':
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+DTYPES = ('float32', 'bfloat16')
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """ALBERT hyperparameters. Defaults: ALBERT-base v2."""
+
+  vocab_size: int = 30000
+  embedding_size: int = 128  # E: width of the factorized embeddings.
+  hidden_size: int = 768  # H
+  num_layers: int = 12  # L
+  num_heads: int = 12
+  intermediate_size: int = 3072  # F
+  sharing: str = 'all'
+  num_hidden_groups: int = 1  # G
+  inner_group_num: int = 1  # I
+  hidden_act: str = 'gelu_new'
+  hidden_dropout_prob: float = 0.0
+  attention_dropout_prob: float = 0.0
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  initializer_range: float = 0.02
+  dtype: str = 'float32'  # Computation.
+  param_dtype: str = 'float32'  # Storage of the parameters.
+  remat_policy: str = 'none'
+  # False unrolls the layer loop into straight-line code (for comparison only:
+  # the compiled program then grows with depth).
+  scan: bool = True
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> 'ModelConfig':
+    """Builds from a `config.model` ConfigDict (or any mapping)."""
+    values = dict(config.items())
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(
+          f'unknown model config key {unknown[0]!r}; known keys: '
+          f'{", ".join(sorted(known))}')
+    return cls(**values)
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if field.type is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+      elif field.type is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+      elif field.type is bool:
+        ok = isinstance(value, bool)
+      else:
+        ok = isinstance(value, str)
+      if not ok:
+        raise ValueError(
+            f'model.{field.name} must be {field.type.__name__}, '
+            f'got {value!r}')
+      if field.type is int and value < 1:
+        raise ValueError(f'model.{field.name} must be >= 1, got {value}')
+    _check(self.sharing in SHARING_MODES,
+           f'unknown model.sharing {self.sharing!r}: choose one of '
+           f'{", ".join(SHARING_MODES)}')
+    _check(self.hidden_act in ACTIVATIONS,
+           f'unknown model.hidden_act {self.hidden_act!r}: choose one of '
+           f'{", ".join(ACTIVATIONS)}')
+    _check(self.remat_policy in REMAT_POLICIES,
+           f'unknown model.remat_policy {self.remat_policy!r}: choose one of '
+           f'{", ".join(REMAT_POLICIES)}')
+    for name in ('dtype', 'param_dtype'):
+      _check(getattr(self, name) in DTYPES,
+             f'unknown model.{name} {getattr(self, name)!r}: choose one of '
+             f'{", ".join(DTYPES)}')
+    for name in ('hidden_dropout_prob', 'attention_dropout_prob'):
+      _check(0.0 <= getattr(self, name) < 1.0,
+             f'model.{name} must be in [0, 1), got {getattr(self, name)}')
+    _check(self.layer_norm_eps > 0 and self.initializer_range > 0,
+           'model.layer_norm_eps and model.initializer_range must be > 0')
+    _check(self.hidden_size % self.num_heads == 0,
+           f'model.num_heads={self.num_heads} must divide '
+           f'model.hidden_size={self.hidden_size}')
+    _check(self.num_layers % self.num_hidden_groups == 0,
+           f'model.num_hidden_groups={self.num_hidden_groups} must divide '
+           f'model.num_layers={self.num_layers}')
+    _check(self.sharing == 'all' or self.num_hidden_groups == 1,
+           f'model.num_hidden_groups={self.num_hidden_groups} needs '
+           f"sharing='all' (got sharing={self.sharing!r}); set it to 1")
+    _check(self.sharing in ('all', 'none') or self.inner_group_num == 1,
+           f'model.inner_group_num={self.inner_group_num} needs sharing='
+           f"'all' or 'none' (got sharing={self.sharing!r}); set it to 1")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def num_groups(self) -> int:
+    """Number of distinct layer groups (stacked on the 'layers' axis)."""
+    return self.num_layers if self.sharing != 'all' else self.num_hidden_groups
+
+  @property
+  def layers_per_group(self) -> int:
+    """How many consecutive layers reuse one group's weights."""
+    return self.num_layers // self.num_groups
+
+  @property
+  def num_layer_applications(self) -> int:
+    """Encoder layers run per forward pass: L * inner_group_num."""
+    return self.num_layers * self.inner_group_num
+
+  @property
+  def shared_sublayer(self) -> str | None:
+    """'attention' or 'ffn' when only that half of a layer is shared."""
+    return self.sharing if self.sharing in ('attention', 'ffn') else None
+
+  @property
+  def has_projection(self) -> bool:
+    """Whether an E -> H dense follows the embeddings (only when E != H)."""
+    return self.embedding_size != self.hidden_size
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def activation(self) -> Callable[[jax.Array], jax.Array]:
+    return ACTIVATIONS[self.hidden_act]
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)

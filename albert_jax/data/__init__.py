@@ -1,0 +1,1 @@
+"""Pretraining data: tokenizer, sources, SOP/NSP examples, input pipeline."""

@@ -1,0 +1,189 @@
+"""Input pipeline: per-process grain datasets of pretraining batches.
+
+How the trainer uses it (`config` = experiments/configs/pretrain.py):
+
+  from albert_jax.data import pipeline
+  tokenizer = pipeline.load_or_train_tokenizer(
+      config.data, vocab_size=config.model.vocab_size, workdir=workdir)
+  corpus = pipeline.load_corpus(config.data, tokenizer)
+  train_ds = pipeline.make_pretraining_dataset(
+      corpus.train, config.data, tokenizer,
+      global_batch_size=config.train.batch_size, shuffle=True)
+  eval_ds = pipeline.make_pretraining_dataset(
+      corpus.eval, config.data, tokenizer,
+      global_batch_size=config.train.batch_size, shuffle=False)
+  train_iter = iter(train_ds)                  # grain.DatasetIterator
+  local = next(train_iter)                     # dict of np.int32 [B_local, ...]
+  batch = pipeline.make_global_batch(local, sharding)  # dict of jax.Array
+
+  # Checkpointing, next to the train state in one orbax CheckpointManager:
+  #   save:    ocp.args.Composite(..., data=grain.checkpoint.CheckpointSave(train_iter))
+  #   restore: ocp.args.Composite(..., data=grain.checkpoint.CheckpointRestore(train_iter))
+  # (or train_iter.get_state() / train_iter.set_state(state), a small dict):
+  # the resumed iterator yields exactly the batches the uninterrupted one would.
+
+  # Evaluation: a fresh iter(eval_ds) each time sees the same batches.
+
+Signatures:
+  load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer
+  load_corpus(data, tokenizer, *, progress: bool = False) -> Corpus
+  make_pretraining_dataset(documents, data, tokenizer, *,
+      global_batch_size: int, shuffle: bool, process_index: int | None = None,
+      process_count: int | None = None) -> grain.IterDataset
+  make_global_batch(local_batch: dict[str, np.ndarray],
+      sharding: jax.sharding.Sharding) -> dict[str, jax.Array]
+
+Stream order: example k of the global stream is instance perm_e(k mod N) of
+epoch e = k // N (a fresh grain shuffle per epoch; none for eval), its masks
+drawn from (data.seed, e, instance). Process p of P takes examples
+k = p, p + P, p + 2P, ... and batches them by global_batch_size // P, so the
+processes read disjoint examples and global batch i holds examples
+[i * global_batch_size, (i + 1) * global_batch_size) whatever P is.
+Work runs in `data.num_workers` worker processes (0: in this process, on a
+prefetch thread), `data.prefetch_buffer_size` batches ahead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+
+from albert_jax.data import examples, prepared, sources
+from albert_jax.data.corpus import Documents, tokenize
+from albert_jax.data.errors import DataError
+from albert_jax.data.tokenizer import (MODEL_FILE, Normalization, Tokenizer,
+                                       train_tokenizer)
+
+# Where a tokenizer trained for a run lives, inside its workdir.
+WORKDIR_VOCAB = 'vocab'
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  train: Documents
+  eval: Documents | None  # None when data.eval_documents == 0 and no eval_source.
+
+
+def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str
+                            ) -> Tokenizer:
+  """The run's tokenizer: data.vocab, the one prepared data was made with,
+  the one already in `workdir`/vocab (a resumed run), or a new one trained
+  there on the training documents of data.source (deterministic, so every
+  process of a multi-host run trains the same one)."""
+  if data.vocab:
+    tokenizer = Tokenizer.load(data.vocab)
+  elif data.source.startswith('prepared:'):
+    tokenizer = prepared.load_tokenizer(data.source[len('prepared:'):])
+  elif os.path.isfile(os.path.join(workdir, WORKDIR_VOCAB, MODEL_FILE)):
+    tokenizer = Tokenizer.load(os.path.join(workdir, WORKDIR_VOCAB))
+  else:
+    documents = list(sources.read_documents(
+        data.source, text_feature=data.text_feature))
+    if not data.eval_source:
+      documents = documents[:_train_split(len(documents), data)]
+    tokenizer = train_tokenizer(
+        (s for d in documents for s in d),
+        os.path.join(workdir, WORKDIR_VOCAB), vocab_size=vocab_size,
+        normalization=Normalization(lowercase=data.lowercase))
+  if tokenizer.vocab_size > vocab_size:
+    raise DataError(
+        f'the vocabulary has {tokenizer.vocab_size} pieces but '
+        f'model.vocab_size={vocab_size}: set '
+        f'--config.model.vocab_size={tokenizer.vocab_size}')
+  return tokenizer
+
+
+def load_corpus(data, tokenizer: Tokenizer, *, progress: bool = False
+                ) -> Corpus:
+  """Reads and tokenizes data.source (and data.eval_source) once.
+
+  Without data.eval_source the last data.eval_documents documents of the
+  source are held out for evaluation and never trained on.
+  """
+  documents = _load_documents(data.source, data, tokenizer, progress)
+  if data.eval_source:
+    return Corpus(documents,
+                  _load_documents(data.eval_source, data, tokenizer, progress))
+  split = _train_split(documents.num_documents, data)
+  held_out = None
+  if split < documents.num_documents:
+    held_out = documents.select(split, documents.num_documents)
+  return Corpus(documents.select(0, split), held_out)
+
+
+def make_pretraining_dataset(documents: Documents, data, tokenizer: Tokenizer,
+                             *, global_batch_size: int, shuffle: bool,
+                             process_index: int | None = None,
+                             process_count: int | None = None
+                             ) -> grain.IterDataset:
+  """An endless dataset of this process's batches (see module docstring)."""
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if global_batch_size % process_count:
+    raise DataError(f'batch size {global_batch_size} does not split over '
+                    f'{process_count} processes: use a multiple of {process_count}')
+  config = examples.ExampleConfig.from_config(data)
+  instances = examples.plan_instances(documents, config, data.seed)
+  builder = examples.ExampleBuilder(
+      documents, instances, config, vocab_size=tokenizer.vocab_size,
+      is_word_start=tokenizer.is_word_start, seed=data.seed)
+  ds = grain.MapDataset.range(len(instances))
+  if shuffle:
+    ds = ds.shuffle(seed=data.seed)
+  ds = ds.repeat().map_with_index(_EpochExample(builder))
+  ds = ds[process_index::process_count]
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  prefetch = data.prefetch_buffer_size
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
+  if data.num_workers:
+    # grain's workers read absl flags; outside an absl app use their defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=data.num_workers, per_worker_buffer_size=max(prefetch, 1)))
+  return ds
+
+
+def make_global_batch(local_batch: dict[str, np.ndarray],
+                      sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """Assembles each process's [B_local, ...] arrays into global [B, ...]
+  arrays laid out by `sharding` (batch axes on the leading dimension)."""
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}
+
+
+class _EpochExample:
+  """grain map_with_index fn: stream index k, instance -> example."""
+
+  def __init__(self, builder: examples.ExampleBuilder):
+    self.builder = builder
+
+  def __call__(self, index: int, instance: int) -> dict[str, np.ndarray]:
+    return self.builder(index // len(self.builder), instance)
+
+
+def _train_split(num_documents: int, data) -> int:
+  """Number of leading documents kept for training."""
+  split = num_documents - data.eval_documents
+  if split < 1:
+    raise DataError(
+        f'the source has {num_documents} documents and data.eval_documents='
+        f'{data.eval_documents} holds out all of them: lower '
+        'data.eval_documents or set data.eval_source')
+  return split
+
+
+def _load_documents(source: str, data, tokenizer: Tokenizer,
+                    progress: bool) -> Documents:
+  if source.startswith('prepared:'):
+    return prepared.PreparedCorpus(source[len('prepared:'):], tokenizer)
+  return tokenize(sources.read_documents(source, text_feature=data.text_feature),
+                  tokenizer, progress=progress)

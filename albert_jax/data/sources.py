@@ -1,0 +1,147 @@
+"""Raw text sources, chosen by one string (`config.data.source`).
+
+  builtin                     Python's documentation prose (builtin_corpus.py).
+  text:GLOB                   Plain text files in BERT/ALBERT format: one
+                              sentence per line, a blank line between
+                              documents; `.gz` files are decompressed.
+  tfds:NAME[/CONFIG][:SPLIT]  A TFDS dataset read with `tfds.data_source`
+                              (random access, no TensorFlow); SPLIT defaults
+                              to 'train'. Each record's `text_feature` is one
+                              document, split into sentences (sentences.py).
+  prepared:DIR                Tokenized documents written by
+                              `launch.prepare_data` (read by prepared.py, not
+                              here).
+
+API:
+  read_documents(source: str, *, text_feature: str = 'text')
+      -> Iterator[list[str]]   documents as lists of sentences, in order
+  read_sentences(source: str, *, text_feature: str = 'text') -> Iterator[str]
+
+Undecodable lines of a mostly-good text file are skipped and counted (one
+warning per file); a binary file, a missing path or a corpus without text
+raises DataError.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import logging
+import os
+from collections.abc import Iterator
+
+from albert_jax.data import builtin_corpus
+from albert_jax.data.errors import DataError
+from albert_jax.data.sentences import split_sentences
+
+SCHEMES = ('builtin', 'text:', 'tfds:', 'prepared:')
+# A file where more than this share of lines is undecodable is binary.
+_MAX_BAD_LINE_SHARE = 0.1
+
+
+def read_documents(source: str, *, text_feature: str = 'text'
+                   ) -> Iterator[list[str]]:
+  """Yields the documents of `source`; raises DataError if there are none."""
+  found = False
+  for document in _documents(source, text_feature):
+    if document:
+      found = True
+      yield document
+  if not found:
+    raise DataError(f'source {source!r} has no text')
+
+
+def read_sentences(source: str, *, text_feature: str = 'text'
+                   ) -> Iterator[str]:
+  """Yields every sentence of `source` (e.g. to train a tokenizer)."""
+  for document in read_documents(source, text_feature=text_feature):
+    yield from document
+
+
+def _documents(source: str, text_feature: str) -> Iterator[list[str]]:
+  if source == 'builtin':
+    yield from builtin_corpus.documents()
+  elif source.startswith('text:'):
+    yield from _text_documents(source[len('text:'):])
+  elif source.startswith('tfds:'):
+    yield from _tfds_documents(source[len('tfds:'):], text_feature)
+  elif source.startswith('prepared:'):
+    raise DataError(f'{source!r} holds tokenized documents, not text: use the '
+                    'raw source it was prepared from')
+  else:
+    raise DataError(f'unknown data source {source!r}: use builtin, text:GLOB, '
+                    'tfds:NAME[/CONFIG][:SPLIT] or prepared:DIR')
+
+
+def text_files(pattern: str) -> list[str]:
+  """The files matching `pattern`, sorted; DataError when there are none."""
+  files = sorted(f for f in glob.glob(os.path.expanduser(pattern))
+                 if os.path.isfile(f))
+  if not files:
+    raise DataError(f'text:{pattern} matches no files: check the path')
+  return files
+
+
+def _text_documents(pattern: str) -> Iterator[list[str]]:
+  for path in text_files(pattern):
+    document = []
+    for line in _text_lines(path):
+      line = line.strip()
+      if line:
+        document.append(line)
+      elif document:
+        yield document
+        document = []
+    if document:
+      yield document
+
+
+def _text_lines(path: str) -> Iterator[str]:
+  opener = gzip.open if path.endswith('.gz') else open
+  bad = total = 0
+  try:
+    with opener(path, 'rb') as f:
+      if b'\0' in f.read(8192):
+        raise DataError(f'{path} looks binary (NUL bytes): expected UTF-8 text')
+      f.seek(0)
+      for raw in f:
+        total += 1
+        try:
+          yield raw.decode('utf-8')
+        except UnicodeDecodeError:
+          bad += 1
+  except (OSError, EOFError) as e:  # E.g. a truncated or fake .gz file.
+    raise DataError(f'cannot read {path}: {e}') from None
+  if bad and bad > _MAX_BAD_LINE_SHARE * total:
+    raise DataError(f'{path} looks binary: {bad} of {total} lines are not '
+                    'UTF-8 text')
+  if bad:
+    logging.warning('%s: skipped %d undecodable lines of %d', path, bad, total)
+
+
+def parse_tfds(spec: str) -> tuple[str, str]:
+  """'NAME[/CONFIG][:SPLIT]' -> (name, split)."""
+  name, _, split = spec.partition(':')
+  if not name:
+    raise DataError(f'tfds:{spec} names no dataset: use tfds:NAME[/CONFIG][:SPLIT]')
+  return name, split or 'train'
+
+
+def _tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
+  import tensorflow_datasets as tfds  # Heavy import, only when used.
+  name, split = parse_tfds(spec)
+  try:
+    records = tfds.data_source(name, split=split)
+  except Exception as e:  # tfds raises many types; all mean "not readable".
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f'cannot read tfds:{spec}: {message}') from None
+  for i in range(len(records)):
+    record = records[i]
+    if text_feature not in record:
+      raise DataError(
+          f'tfds:{spec} has no feature {text_feature!r}: set data.text_feature '
+          f'to one of {", ".join(sorted(record))}')
+    text = record[text_feature]
+    if isinstance(text, bytes):
+      text = text.decode('utf-8', errors='replace')
+    yield split_sentences(text)

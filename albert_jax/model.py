@@ -1,0 +1,439 @@
+"""ALBERT (Lan et al. 2020) in Flax linen.
+
+Modules, outermost first:
+  AlbertForPreTraining             -> MLM logits, sentence-order logits
+  AlbertForSequenceClassification  -> class logits
+  AlbertForQuestionAnswering       -> span start / end logits
+    AlbertModel (the backbone, 'albert')
+      Embeddings   word [V, E] + position + token type, LayerNorm at width E
+      Encoder      E -> H projection (only when E != H), then L post-LN layers
+      pooler       dense + tanh on the first ([CLS]) token
+
+The encoder runs its layers with `nn.scan` in every sharing mode, so the
+compiled program does not grow with depth. Layer weights live in one module,
+`encoder/layer`, whose params carry a leading axis per stacked scan level:
+  * groups: G distinct groups, stacked (sharing 'none' is G = L);
+  * repeats: each group is applied L / G times in a row, weights broadcast;
+  * inner: each group holds I distinct layers applied in sequence, stacked.
+Levels of length 1 are not scanned, so ALBERT's default (all shared) stores
+plain [H, H] kernels and sharing 'none' stores [L, H, H].
+
+Partial sharing ('attention' / 'ffn'): nn.scan decides stacked vs broadcast
+per variable collection, not per parameter path, so the shared half cannot
+live inside the scanned layer. Its params are created once in the Encoder
+(`encoder/shared_attention` or `encoder/shared_ffn`) and enter the scan as a
+broadcast input; the layer applies that half functionally with them and owns
+the other half itself (stacked per layer).
+
+Every param is boxed with logical axis names (nn.Partitioned); the mesh
+mapping lives in the config's sharding rules.
+"""
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from albert_jax.config import REMAT_POLICIES, ModelConfig
+
+Array = jax.Array
+Params = Mapping[str, Any]
+
+
+def _truncated_normal(config: ModelConfig, axes: tuple[str, ...]):
+  return nn.with_logical_partitioning(
+      nn.initializers.truncated_normal(config.initializer_range), axes)
+
+
+def _bias_init(axes: tuple[str, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _dense(config: ModelConfig, features: int, axes: tuple[str, str],
+           name: str | None) -> nn.Dense:
+  """A dense layer with ALBERT's init; `axes` names the kernel's (in, out)."""
+  return nn.Dense(
+      features,
+      dtype=config.compute_dtype,
+      param_dtype=config.params_dtype,
+      kernel_init=_truncated_normal(config, axes),
+      bias_init=_bias_init(axes[-1:]),
+      name=name)
+
+
+def _einsum(config: ModelConfig, equation: str, shape: tuple[int, ...],
+            axes: tuple[str, ...], bias_axes: tuple[str, ...],
+            name: str) -> nn.Einsum:
+  """A dense layer over several dims (kernel `shape`, e.g. [H, heads, d])."""
+  # nn.Einsum, not nn.DenseGeneral: the latter initialises a flattened 2-D
+  # kernel, which clashes with 3 logical axis names when a mesh is active.
+  return nn.Einsum(
+      shape, equation,
+      dtype=config.compute_dtype,
+      param_dtype=config.params_dtype,
+      kernel_init=_truncated_normal(config, axes),
+      bias_init=_bias_init(bias_axes),
+      name=name)
+
+
+def _layer_norm(config: ModelConfig, axis_name: str,
+                name: str | None) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=config.layer_norm_eps,
+      dtype=config.compute_dtype,
+      param_dtype=config.params_dtype,
+      # Exact variance, as in the original code and Hugging Face.
+      use_fast_variance=False,
+      scale_init=nn.with_logical_partitioning(
+          nn.initializers.ones_init(), (axis_name,)),
+      bias_init=_bias_init((axis_name,)),
+      name=name)
+
+
+def _constrain(x: Array) -> Array:
+  """Activation sharding [batch, seq, width]: batch-parallel, width whole."""
+  return nn.with_logical_constraint(x, ('batch', 'length', None))
+
+
+def attention(query: Array, key: Array, value: Array, mask: Array, *,
+              dropout_rate: float = 0.0,
+              dropout_rng: Array | None = None) -> Array:
+  """Scaled dot-product attention, softmax in float32.
+
+  Args:
+    query, key, value: [batch, seq, heads, head_dim].
+    mask: [batch, 1, 1, seq] bool, True where the key is a real token.
+    dropout_rate: dropout on the attention probabilities.
+    dropout_rng: key for that dropout; None runs without it.
+
+  Returns:
+    [batch, seq, heads, head_dim].
+  """
+  if dropout_rng is None:
+    return jax.nn.dot_product_attention(query, key, value, mask=mask)
+  # The fused op has no dropout on the probabilities: spell it out.
+  logits = jnp.einsum('btnd,bsnd->bnts', query, key,
+                      preferred_element_type=jnp.float32)
+  logits = logits / jnp.sqrt(jnp.float32(query.shape[-1]))
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+  probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum('bnts,bsnd->btnd', probs.astype(value.dtype), value)
+
+
+class Embeddings(nn.Module):
+  """Factorized embeddings: word + position + token type at width E."""
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    embed = functools.partial(nn.Embed, dtype=cfg.compute_dtype,
+                              param_dtype=cfg.params_dtype)
+    self.word_embeddings = embed(
+        cfg.vocab_size, cfg.embedding_size,
+        embedding_init=_truncated_normal(cfg, ('vocab', 'embed')))
+    self.position_embeddings = embed(
+        cfg.max_position_embeddings, cfg.embedding_size,
+        embedding_init=_truncated_normal(cfg, ('positions', 'embed')))
+    self.token_type_embeddings = embed(
+        cfg.type_vocab_size, cfg.embedding_size,
+        embedding_init=_truncated_normal(cfg, ('types', 'embed')))
+    self.LayerNorm = _layer_norm(cfg, 'embed', name=None)
+    self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+  def __call__(self, input_ids: Array, segment_ids: Array, *,
+               deterministic: bool) -> Array:
+    """[batch, seq] ids and segment ids -> [batch, seq, E]."""
+    seq_len = input_ids.shape[1]
+    if seq_len > self.config.max_position_embeddings:
+      raise ValueError(
+          f'sequence length {seq_len} exceeds model.max_position_embeddings='
+          f'{self.config.max_position_embeddings}')
+    # The tables' width is gathered before the lookups: a row gather from a
+    # width-sharded table cannot be resharded to batch-sharded efficiently,
+    # while a vocab-sharded one is the usual vocab-parallel lookup.
+    words = nn.with_logical_constraint(self.word_embeddings.embedding,
+                                       ('vocab', None))
+    types = nn.with_logical_constraint(self.token_type_embeddings.embedding,
+                                       (None, None))
+    positions = self.position_embeddings.embedding[:seq_len]
+    x = (jnp.take(words, input_ids, axis=0)
+         + jnp.take(types, segment_ids, axis=0) + positions)
+    x = _constrain(self.LayerNorm(x.astype(self.config.compute_dtype)))
+    return self.dropout(x, deterministic=deterministic)
+
+
+class SelfAttention(nn.Module):
+  """Attention sublayer: Q/K/V, attention, output dense, residual, LayerNorm."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array) -> Array:
+    """x [batch, seq, H], mask [batch, 1, 1, seq] bool -> [batch, seq, H]."""
+    cfg = self.config
+    shape = (cfg.hidden_size, cfg.num_heads, cfg.head_dim)
+    project = functools.partial(_einsum, cfg, 'bsh,hnd->bsnd', shape,
+                                ('hidden', 'heads', 'kv'), ('heads', 'kv'))
+    query, key, value = (project(name)(x) for name in ('query', 'key', 'value'))
+    use_dropout = not self.deterministic and cfg.attention_dropout_prob > 0
+    context = attention(
+        query, key, value, mask,
+        dropout_rate=cfg.attention_dropout_prob,
+        dropout_rng=self.make_rng('dropout') if use_dropout else None)
+    out = _einsum(cfg, 'bsnd,ndh->bsh',
+                  (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+                  ('heads', 'kv', 'hidden'), ('hidden',), 'dense')(context)
+    out = nn.Dropout(cfg.hidden_dropout_prob)(out, self.deterministic)
+    return _layer_norm(cfg, 'hidden', 'LayerNorm')(x + out)
+
+
+class FeedForward(nn.Module):
+  """FFN sublayer: dense H -> F, activation, dense F -> H, residual, LayerNorm."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """[batch, seq, H] -> [batch, seq, H]."""
+    cfg = self.config
+    h = _dense(cfg, cfg.intermediate_size, ('hidden', 'mlp'), 'dense')(x)
+    h = cfg.activation(h)
+    h = _dense(cfg, cfg.hidden_size, ('mlp', 'hidden'), 'output')(h)
+    h = nn.Dropout(cfg.hidden_dropout_prob)(h, self.deterministic)
+    return _layer_norm(cfg, 'hidden', 'LayerNorm')(x + h)
+
+
+_SUBLAYERS = {'attention': SelfAttention, 'ffn': FeedForward}
+
+
+class EncoderLayer(nn.Module):
+  """One post-LN transformer layer (attention then FFN)."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, shared: Params) -> Array:
+    """x [batch, seq, H] -> [batch, seq, H].
+
+    `shared` maps a sublayer name ('attention' or 'ffn') to params owned
+    outside the layer (partial sharing); other sublayers own their params.
+    """
+    x = self._sublayer('attention', shared, x, mask)
+    x = self._sublayer('ffn', shared, x)
+    return _constrain(x)
+
+  def _sublayer(self, name: str, shared: Params, *args: Array) -> Array:
+    module_type = _SUBLAYERS[name]
+    if name not in shared:
+      return module_type(self.config, self.deterministic, name=name)(*args)
+    rngs = {} if self.deterministic else {'dropout': self.make_rng('dropout')}
+    detached = module_type(self.config, self.deterministic, parent=None)
+    return detached.apply({'params': shared[name]}, *args, rngs=rngs)
+
+
+def _sublayer_params(config: ModelConfig, name: str, rng: Array) -> Params:
+  """Fresh params of one sublayer, for the Encoder to own when it is shared."""
+  x = jnp.zeros((1, 1, config.hidden_size), config.compute_dtype)
+  args = (x, jnp.ones((1, 1, 1, 1), bool)) if name == 'attention' else (x,)
+  return _SUBLAYERS[name](config).init(rng, *args)['params']
+
+
+def _layer_loop(config: ModelConfig) -> Callable[..., tuple[Array, None]]:
+  """(layer, x, mask, shared) -> (x, None), running the layer L * I times.
+
+  Nested nn.scan over the levels (groups: stacked, repeats: broadcast,
+  inner: stacked), outermost last; levels of length 1 are skipped.
+  """
+  def body(layer, x, mask, shared):
+    return layer(x, mask, shared), None
+
+  groups = config.num_groups
+  levels = (
+      # (length, stacked, logical name of the stacked axis). Names must be
+      # unique within an array, so only one stacked axis is 'layers'.
+      (config.inner_group_num, True, 'layers' if groups == 1 else None),
+      (config.layers_per_group, False, None),
+      (groups, True, 'layers'),
+  )
+  loop = body
+  for length, stacked, axis_name in levels:
+    if length == 1:
+      continue
+    loop = nn.scan(
+        loop,
+        length=length,
+        variable_axes={'params': 0} if stacked else {},
+        variable_broadcast=False if stacked else 'params',
+        split_rngs={'params': stacked, 'dropout': True},
+        in_axes=nn.broadcast,
+        metadata_params={nn.PARTITION_NAME: axis_name},
+        unroll=1 if config.scan else length)
+  return loop
+
+
+class Encoder(nn.Module):
+  """E -> H projection (when E != H) and the L (* I) transformer layers."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, input_mask: Array, *,
+               deterministic: bool) -> Array:
+    """x [batch, seq, E], input_mask [batch, seq] -> [batch, seq, H]."""
+    cfg = self.config
+    if cfg.has_projection:
+      x = _dense(cfg, cfg.hidden_size, ('embed', 'hidden'),
+                 'embedding_hidden_mapping_in')(x)
+    x = _constrain(x)
+    mask = input_mask[:, None, None, :].astype(bool)
+    shared = {}
+    if cfg.shared_sublayer:
+      name = cfg.shared_sublayer
+      shared[name] = self.param(
+          f'shared_{name}', functools.partial(_sublayer_params, cfg, name))
+
+    layer_type = EncoderLayer
+    if cfg.remat_policy != 'none':
+      # Inside a scan, common-subexpression elimination cannot undo remat.
+      layer_type = nn.remat(layer_type,
+                            policy=REMAT_POLICIES[cfg.remat_policy],
+                            prevent_cse=not cfg.scan)
+    layer = layer_type(cfg, deterministic, name='layer')
+    x, _ = _layer_loop(cfg)(layer, x, mask, shared)
+    return x
+
+
+class AlbertModel(nn.Module):
+  """The ALBERT backbone: embeddings, encoder, pooler."""
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embeddings = Embeddings(cfg)
+    self.encoder = Encoder(cfg)
+    # Pooler + sentence head form a small MLP on [CLS]; logical names must
+    # differ within an array, so the pooler's output width is its 'mlp'.
+    self.pooler = _dense(cfg, cfg.hidden_size, ('hidden', 'mlp'), None)
+
+  def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
+               *, deterministic: bool = True) -> tuple[Array, Array]:
+    """[batch, seq] int32 inputs -> ([batch, seq, H] sequence, [batch, H] pooled)."""
+    x = self.embeddings(input_ids, segment_ids, deterministic=deterministic)
+    sequence = self.encoder(x, input_mask, deterministic=deterministic)
+    pooled = jnp.tanh(self.pooler(sequence[:, 0]))
+    return sequence, pooled
+
+  def word_embeddings(self) -> Array:
+    """The [V, E] word embedding table (tied to the MLM output layer)."""
+    return self.embeddings.word_embeddings.embedding
+
+
+class MaskedLMHead(nn.Module):
+  """Dense H -> E, activation, LayerNorm, then tied output layer + bias[V]."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, word_embeddings: Array) -> Array:
+    """x [batch, P, H], word_embeddings [V, E] -> float32 logits [batch, P, V]."""
+    cfg = self.config
+    x = _dense(cfg, cfg.embedding_size, ('hidden', 'embed'), 'dense')(x)
+    x = _layer_norm(cfg, 'embed', 'LayerNorm')(cfg.activation(x))
+    bias = self.param('bias', _bias_init(('vocab',)), (cfg.vocab_size,),
+                      cfg.params_dtype)
+    logits = jnp.einsum('bpe,ve->bpv', x,
+                        word_embeddings.astype(cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + bias.astype(jnp.float32)
+
+
+def _gather(sequence: Array, positions: Array | None) -> Array:
+  """[batch, seq, H] at positions [batch, P] -> [batch, P, H] (None: all)."""
+  if positions is None:
+    return sequence
+  return jnp.take_along_axis(sequence, positions[:, :, None], axis=1)
+
+
+class AlbertForPreTraining(nn.Module):
+  """ALBERT with the MLM head and the 2-way sentence (SOP / NSP) head."""
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.albert = AlbertModel(cfg)
+    self.predictions = MaskedLMHead(cfg)
+    self.sop_classifier = _dense(cfg, 2, ('hidden', 'classes'), None)
+
+  def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
+               masked_lm_positions: Array | None = None, *,
+               deterministic: bool = True) -> dict[str, Array]:
+    """Runs the model.
+
+    Args:
+      input_ids, input_mask (1 = real token), segment_ids: [batch, seq] int32.
+      masked_lm_positions: [batch, P] int32 positions to predict; None
+        predicts every position.
+      deterministic: False enables dropout (rng stream 'dropout').
+
+    Returns:
+      'mlm_logits' [batch, P, V] (or [batch, seq, V]) float32,
+      'sentence_logits' [batch, 2] float32, 'sequence_output' [batch, seq, H],
+      'pooled_output' [batch, H].
+    """
+    sequence, pooled = self.albert(input_ids, input_mask, segment_ids,
+                                   deterministic=deterministic)
+    mlm_logits = self.predictions(_gather(sequence, masked_lm_positions),
+                                  self.albert.word_embeddings())
+    return {
+        'mlm_logits': mlm_logits,
+        'sentence_logits': self.sop_classifier(pooled).astype(jnp.float32),
+        'sequence_output': sequence,
+        'pooled_output': pooled,
+    }
+
+
+class AlbertForSequenceClassification(nn.Module):
+  """ALBERT with a classifier on the pooled output (e.g. GLUE)."""
+
+  config: ModelConfig
+  num_labels: int
+
+  @nn.compact
+  def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
+               *, deterministic: bool = True) -> dict[str, Array]:
+    """[batch, seq] int32 inputs -> {'logits': [batch, num_labels] float32}."""
+    cfg = self.config
+    _, pooled = AlbertModel(cfg, name='albert')(
+        input_ids, input_mask, segment_ids, deterministic=deterministic)
+    pooled = nn.Dropout(cfg.hidden_dropout_prob)(pooled, deterministic)
+    logits = _dense(cfg, self.num_labels, ('hidden', 'classes'),
+                    'classifier')(pooled)
+    return {'logits': logits.astype(jnp.float32)}
+
+
+class AlbertForQuestionAnswering(nn.Module):
+  """ALBERT with a per-token span start / end classifier (e.g. SQuAD)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
+               *, deterministic: bool = True) -> dict[str, Array]:
+    """[batch, seq] int32 inputs -> 'start_logits', 'end_logits' [batch, seq]."""
+    cfg = self.config
+    sequence, _ = AlbertModel(cfg, name='albert')(
+        input_ids, input_mask, segment_ids, deterministic=deterministic)
+    logits = _dense(cfg, 2, ('hidden', 'classes'), 'qa_outputs')(sequence)
+    logits = logits.astype(jnp.float32)
+    return {'start_logits': logits[..., 0], 'end_logits': logits[..., 1]}

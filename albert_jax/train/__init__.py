@@ -1,0 +1,1 @@
+"""Training: optimizer, mesh and sharding, train step, checkpoints, metrics."""

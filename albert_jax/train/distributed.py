@@ -1,0 +1,68 @@
+"""Multi-process setup: joining the other processes, and stopping together on preemption.
+
+One process runs per host (TPU VM worker, SLURM task). Each feeds its own part
+of every global batch; jax.jit programs then span the devices of all processes.
+"""
+
+import signal
+import threading
+
+import jax
+from jax.experimental import multihost_utils
+
+
+def initialize(coordinator_address: str | None = None,
+               num_processes: int | None = None,
+               process_id: int | None = None,
+               *, cluster: bool = False) -> None:
+  """Joins a multi-process run; a single-process run needs no call.
+
+  Args:
+    coordinator_address: 'host:port' of process 0; with `num_processes` and
+      `process_id` this starts a run anywhere (several processes on one
+      machine included).
+    num_processes: how many processes take part.
+    process_id: this process's index in [0, num_processes).
+    cluster: without an address, let JAX read them from the environment
+      (Cloud TPU VM pods, SLURM, Open MPI, Kubernetes).
+  """
+  if not coordinator_address and not cluster:
+    return
+  # CPU devices of different processes talk through gloo (ignored on TPU/GPU).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address or None, num_processes,
+                             process_id)
+
+
+class PreemptionWatcher:
+  """Says when to save a checkpoint and stop because the job is being preempted.
+
+  The notice is SIGTERM (Cloud TPU maintenance, SLURM time limit or
+  `scancel`, Kubernetes eviction). A single process installs a handler that
+  only sets a flag, read at the next step. Several processes must stop at the
+  same step to write one checkpoint together: JAX's preemption sync service,
+  started by `jax.distributed.initialize`, listens for SIGTERM on every host
+  and agrees on that step.
+  """
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def _on_signal(self, signum, frame) -> None:
+    del signum, frame
+    self._event.set()
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to checkpoint after `step` and stop; call once per step on every process."""
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._event.is_set()
+
+  def close(self) -> None:
+    """Restores the SIGTERM handler that was there before."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None

@@ -1,0 +1,183 @@
+"""Pretraining loss, the jitted train step (with gradient accumulation) and eval step.
+
+Loss = MLM cross-entropy averaged over the real predictions of the batch
+(`masked_lm_weights`) + sentence-order (or next-sentence) cross-entropy averaged
+over examples; the sentence term is dropped for objective 'none'.
+
+Gradient accumulation is a `lax.scan` over micro-batches inside one step, not
+`optax.MultiSteps`: every call is one optimizer update (so `step`, the learning
+rate schedule and checkpoints count updates), the optimizer state carries no
+accumulator, and each micro-batch stays sharded over the batch axes. The loss of
+each micro-batch is normalised by the totals of the whole batch, so the summed
+gradients equal those of the full batch, not a mean of per-micro-batch means.
+"""
+
+from collections.abc import Callable, Mapping
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from albert_jax.train import mesh as mesh_lib
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds besides the data iterator."""
+  step: jax.Array  # [] int32, optimizer updates done.
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # [2] uint32 raw key; dropout key of step s: fold_in(rng, s).
+
+
+SUM_KEYS = ('mlm_loss', 'mlm_correct', 'mlm_weight', 'sentence_loss',
+            'sentence_correct', 'examples')
+
+
+def loss_sums(outputs: Mapping[str, jax.Array], batch: Batch) -> Metrics:
+  """Per-batch float32 sums (SUM_KEYS) from which losses and accuracies are ratios.
+
+  Args:
+    outputs: the model's 'mlm_logits' [B, P, V] and 'sentence_logits' [B, 2].
+    batch: masked_lm_ids / masked_lm_weights [B, P], sentence_order_label [B].
+  Returns:
+    mlm_loss, mlm_correct, mlm_weight: sums over the real predictions;
+    sentence_loss, sentence_correct, examples: sums over examples.
+  """
+  weights = batch['masked_lm_weights'].astype(jnp.float32)
+  mlm_logits = outputs['mlm_logits'].astype(jnp.float32)
+  mlm_ce = optax.softmax_cross_entropy_with_integer_labels(
+      mlm_logits, batch['masked_lm_ids'])
+  mlm_hit = jnp.argmax(mlm_logits, -1) == batch['masked_lm_ids']
+  sentence_logits = outputs['sentence_logits'].astype(jnp.float32)
+  labels = batch['sentence_order_label']
+  sentence_ce = optax.softmax_cross_entropy_with_integer_labels(
+      sentence_logits, labels)
+  sentence_hit = jnp.argmax(sentence_logits, -1) == labels
+  return {
+      'mlm_loss': jnp.sum(weights * mlm_ce),
+      'mlm_correct': jnp.sum(weights * mlm_hit),
+      'mlm_weight': jnp.sum(weights),
+      'sentence_loss': jnp.sum(sentence_ce),
+      'sentence_correct': jnp.sum(sentence_hit.astype(jnp.float32)),
+      'examples': jnp.asarray(labels.shape[0], jnp.float32),
+  }
+
+
+def summarize(sums: Mapping[str, jax.Array], sentence_objective: str,
+              prefix: str = '') -> Metrics:
+  """Losses and accuracies from `loss_sums` (summed over any number of batches).
+
+  The sentence metrics are named after the objective ('sop_accuracy',
+  'nsp_accuracy') and absent for objective 'none'; 'loss' is the training loss.
+  """
+  mlm_weight = jnp.maximum(sums['mlm_weight'], 1.0)
+  metrics = {
+      'mlm_loss': sums['mlm_loss'] / mlm_weight,
+      'mlm_accuracy': sums['mlm_correct'] / mlm_weight,
+  }
+  loss = metrics['mlm_loss']
+  if sentence_objective != 'none':
+    metrics[f'{sentence_objective}_loss'] = sums['sentence_loss'] / sums['examples']
+    metrics[f'{sentence_objective}_accuracy'] = (
+        sums['sentence_correct'] / sums['examples'])
+    loss = loss + metrics[f'{sentence_objective}_loss']
+  metrics['loss'] = loss
+  return {prefix + k: v for k, v in metrics.items()}
+
+
+def _apply(model: nn.Module, params: Any, batch: Batch,
+           dropout_rng: jax.Array | None) -> dict[str, jax.Array]:
+  return model.apply(
+      {'params': params}, batch['input_ids'], batch['input_mask'],
+      batch['segment_ids'], batch['masked_lm_positions'],
+      deterministic=dropout_rng is None,
+      rngs=None if dropout_rng is None else {'dropout': dropout_rng})
+
+
+def _micro_batches(batch: Batch, num: int) -> Batch:
+  """[B, ...] -> [num, B / num, ...], micro-batch j = rows j, j + num, ...
+
+  Strided rather than contiguous, so each device's shard of the batch holds
+  an equal part of every micro-batch and no data moves between devices.
+  """
+  def split(x):
+    x = x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
+    return nn.with_logical_constraint(x, (None, 'batch') + (None,) * (x.ndim - 2))
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
+               optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, grad_accum_steps: int,
+               sentence_objective: str) -> tuple[TrainState, Metrics]:
+  """One optimizer update on a global batch [B, ...]; metrics are scalars."""
+  # Normalisers of the whole batch, so micro-batch gradients simply add up.
+  mlm_weight = jnp.maximum(
+      jnp.sum(batch['masked_lm_weights'].astype(jnp.float32)), 1.0)
+  examples = batch['input_ids'].shape[0]
+  step_rng = jax.random.fold_in(state.rng, state.step)
+
+  def micro_loss(params, micro, rng):
+    sums = loss_sums(_apply(model, params, micro, rng), micro)
+    loss = sums['mlm_loss'] / mlm_weight
+    if sentence_objective != 'none':
+      loss += sums['sentence_loss'] / examples
+    return loss, sums
+
+  def accumulate(carry, xs):
+    grads, sums = carry
+    index, micro = xs
+    (_, micro_sums), micro_grads = jax.value_and_grad(micro_loss, has_aux=True)(
+        state.params, micro, jax.random.fold_in(step_rng, index))
+    return (jax.tree.map(jnp.add, grads, micro_grads),
+            jax.tree.map(jnp.add, sums, micro_sums)), None
+
+  zeros = (jax.tree.map(jnp.zeros_like, state.params),
+           {k: jnp.zeros((), jnp.float32) for k in SUM_KEYS})
+  (grads, sums), _ = jax.lax.scan(
+      accumulate, zeros,
+      (jnp.arange(grad_accum_steps), _micro_batches(batch, grad_accum_steps)))
+
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      opt_state=opt_state)
+  metrics = summarize(sums, sentence_objective)
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
+  return new_state, metrics
+
+
+def eval_step(params: Any, batch: Batch, *, model: nn.Module) -> Metrics:
+  """`loss_sums` of one global eval batch (deterministic, no dropout)."""
+  return loss_sums(_apply(model, params, batch, None), batch)
+
+
+def jit_train_step(mesh: jax.sharding.Mesh, rules: mesh_lib.LogicalRules,
+                   state_shardings: Any, **kwargs) -> Callable[..., Any]:
+  """`train_step` compiled for `mesh`: state donated, batch split over batch axes.
+
+  Call it inside `mesh_lib.activate(mesh, rules)`.
+  """
+  return jax.jit(
+      functools.partial(train_step, **kwargs),
+      in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh, rules)),
+      out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
+      donate_argnums=0)
+
+
+def jit_eval_step(mesh: jax.sharding.Mesh, rules: mesh_lib.LogicalRules,
+                  params_shardings: Any, **kwargs) -> Callable[..., Metrics]:
+  """`eval_step` compiled for `mesh`; call it inside `mesh_lib.activate`."""
+  return jax.jit(
+      functools.partial(eval_step, **kwargs),
+      in_shardings=(params_shardings, mesh_lib.batch_sharding(mesh, rules)),
+      out_shardings=mesh_lib.replicated(mesh))

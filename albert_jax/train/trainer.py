@@ -1,0 +1,284 @@
+"""The pretraining loop: `train(config, workdir)`.
+
+Reads top to bottom:
+  1. Config and mesh      validate, build the device mesh
+  2. Data                 tokenizer, corpus, per-process train / eval streams
+  3. Model and optimizer  abstract state, its shardings from the logical rules
+  4. Start or resume      refuse another model's checkpoint, restore or init
+  5. Compiled steps       train step (donated state) and eval step
+  6. Loop                 step, log, evaluate, checkpoint, preemption
+A workdir ends up holding:
+  config.json  checkpoints/  metrics.jsonl  tensorboard/  vocab/ (if trained)
+"""
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from albert_jax import flops
+from albert_jax.config import ModelConfig
+from albert_jax.data import pipeline
+from albert_jax.model import AlbertForPreTraining
+from albert_jax.train import checkpoint as checkpoint_lib
+from albert_jax.train import distributed
+from albert_jax.train import mesh as mesh_lib
+from albert_jax.train import metrics as metrics_lib
+from albert_jax.train import optimizer as optimizer_lib
+from albert_jax.train import train_step as step_lib
+from albert_jax.train.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """Where a run stopped and where its outputs are."""
+  step: int
+  preempted: bool
+  metrics: dict[str, float | None]  # The last logged training record.
+  workdir: str
+  checkpoint_dir: str
+  metrics_path: str
+  tensorboard_dir: str
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          devices: Sequence[jax.Device] | None = None) -> TrainResult:
+  """Pretrains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Args:
+    config: a config of experiments/configs/pretrain.py.
+    workdir: run directory, shared by all processes.
+    devices: the mesh's devices (default: all devices of all processes).
+  Raises:
+    UsageError: an impossible config, a workdir holding another model's
+      checkpoint, or a non-finite loss.
+  """
+  # ---------------------------------------------------------------- 1. Config and mesh
+  try:
+    model_config = ModelConfig.from_config(config.model)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  train_config, data_config = config.train, config.data
+  _check_train_config(config, model_config)
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  rules = tuple(config.sharding_rules)
+  batch_split = mesh_lib.batch_shards(mesh, rules) * train_config.grad_accum_steps
+  if train_config.batch_size % batch_split:
+    raise UsageError(
+        f'train.batch_size={train_config.batch_size} does not split into '
+        f'{train_config.grad_accum_steps} micro-batches over the '
+        f'{mesh_lib.batch_shards(mesh, rules)} batch shards of mesh '
+        f'{mesh_lib.describe(mesh)}: use a multiple of {batch_split}')
+  os.makedirs(workdir, exist_ok=True)
+  _log(f'mesh {mesh_lib.describe(mesh)}; workdir {workdir}')
+
+  # ---------------------------------------------------------------- 2. Data
+  # Process 0 trains the tokenizer (if needed) before the others load it.
+  if jax.process_index() == 0:
+    tokenizer = pipeline.load_or_train_tokenizer(
+        data_config, vocab_size=model_config.vocab_size, workdir=workdir)
+  _barrier('tokenizer')
+  if jax.process_index() != 0:
+    tokenizer = pipeline.load_or_train_tokenizer(
+        data_config, vocab_size=model_config.vocab_size, workdir=workdir)
+  corpus = pipeline.load_corpus(data_config, tokenizer)
+  train_data = pipeline.make_pretraining_dataset(
+      corpus.train, data_config, tokenizer,
+      global_batch_size=train_config.batch_size, shuffle=True)
+  eval_data = None if corpus.eval is None else pipeline.make_pretraining_dataset(
+      corpus.eval, data_config, tokenizer,
+      global_batch_size=train_config.batch_size, shuffle=False)
+  train_iter = iter(train_data)
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+
+  # ---------------------------------------------------------------- 3. Model and optimizer
+  model = AlbertForPreTraining(model_config)
+  schedule = optimizer_lib.learning_rate_schedule(
+      train_config.learning_rate, train_config.warmup_steps, train_config.num_steps)
+  optimizer = optimizer_lib.make_optimizer(train_config, schedule)
+
+  def init_state(rng: jax.Array) -> step_lib.TrainState:
+    """A fresh state; params (and the optimizer moments) boxed with logical axes."""
+    params_rng, dropout_rng = jax.random.split(rng)
+    ids = jnp.zeros((1, data_config.max_seq_length), jnp.int32)
+    positions = jnp.zeros((1, data_config.max_predictions_per_seq), jnp.int32)
+    params = model.init(params_rng, ids, ids, ids, positions)['params']
+    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               opt_state=optimizer.init(params), rng=dropout_rng)
+
+  seed = jax.random.PRNGKey(train_config.seed)
+  boxed = jax.eval_shape(init_state, seed)
+  state_shardings = mesh_lib.tree_shardings(boxed, mesh, rules)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(boxed), state_shardings)
+
+  # ---------------------------------------------------------------- 4. Start or resume
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, 'checkpoints'),
+      every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
+  latest = checkpointer.latest_step()
+  config_path = os.path.join(workdir, 'config.json')
+  if latest is not None:
+    checkpointer.check_compatible(latest, abstract_state,
+                                  _model_changes(config_path, config))
+    state = checkpointer.restore(latest, abstract_state, train_iter)
+    _log(f'resumed from {checkpointer.directory} at step {latest}')
+  else:
+    # Created in place, each device computing only its own shards.
+    state = jax.jit(lambda rng: nn.unbox(init_state(rng)),
+                    out_shardings=state_shardings)(seed)
+  if jax.process_index() == 0:
+    with open(config_path, 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))
+  _log(f'model {config.get("preset", "")}: {num_params:,} parameters')
+
+  # ---------------------------------------------------------------- 5. Compiled steps
+  sentence_objective = data_config.sentence_objective
+  train_step = step_lib.jit_train_step(
+      mesh, rules, state_shardings, model=model, optimizer=optimizer,
+      schedule=schedule, grad_accum_steps=train_config.grad_accum_steps,
+      sentence_objective=sentence_objective)
+  eval_step = step_lib.jit_eval_step(mesh, rules, state_shardings.params, model=model)
+
+  def evaluate(params: Any) -> dict[str, float]:
+    """Mean metrics over the first eval_steps batches of the held-out split."""
+    eval_iter, sums = iter(eval_data), None
+    for _ in range(train_config.eval_steps):
+      batch_sums = eval_step(params, pipeline.make_global_batch(next(eval_iter),
+                                                                batch_sharding))
+      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    return _floats(step_lib.summarize(sums, sentence_objective, prefix='eval_'))
+
+  # ---------------------------------------------------------------- 6. Loop
+  num_steps = train_config.num_steps
+  writer = metrics_lib.MetricsWriter(workdir, total_steps=num_steps)
+  throughput = metrics_lib.Throughput(
+      flops_per_step=train_config.batch_size * flops.train_flops_per_example(
+          model_config, data_config.max_seq_length,
+          data_config.max_predictions_per_seq),
+      tokens_per_step=train_config.batch_size * data_config.max_seq_length,
+      peak_flops=_peak_flops(mesh, train_config.peak_flops_per_device),
+      total_steps=num_steps)
+  preemption = distributed.PreemptionWatcher()
+  first_step = int(state.step)
+  pending: list[dict[str, jax.Array]] = []  # Metrics of the steps not yet logged.
+  last: dict[str, float | None] = {}
+  step, preempted = first_step, False
+  try:
+    with mesh_lib.activate(mesh, rules):
+      while step < num_steps and not preempted:
+        batch = pipeline.make_global_batch(next(train_iter), batch_sharding)
+        state, metrics = train_step(state, batch)
+        step += 1
+        pending.append(metrics)
+        if step == first_step + 1:  # Compiled; time from here.
+          jax.block_until_ready(metrics)
+          throughput.restart(step)
+
+        if step % train_config.log_every == 0 or step == num_steps:
+          last = {**_mean_checked(pending, step), **throughput.measure(step)}
+          writer.write(step, last)
+          pending = []
+
+        if eval_data is not None and (step % train_config.eval_every == 0
+                                      or step == num_steps):
+          writer.write(step, evaluate(state.params))
+          throughput.restart(step)
+
+        preempted = preemption.should_stop(step)
+        if checkpointer.should_save(step) or step == num_steps or preempted:
+          _mean_checked(pending, step)  # Never save a diverged state.
+          checkpointer.save(step, state, train_iter)
+          throughput.restart(step)
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+    preemption.close()
+  if preempted:
+    _log(f'preempted: saved a checkpoint at step {step}; rerun to resume')
+  elif step == first_step:
+    _log(f'nothing to do: the checkpoint is at step {step} of {num_steps}; '
+         'raise --config.train.num_steps to train on')
+  return TrainResult(
+      step=step, preempted=preempted, metrics=last, workdir=workdir,
+      checkpoint_dir=checkpointer.directory, metrics_path=writer.jsonl_path,
+      tensorboard_dir=writer.tensorboard_dir)
+
+
+def _check_train_config(config: ml_collections.ConfigDict,
+                        model_config: ModelConfig) -> None:
+  train, data = config.train, config.data
+  for key in ('batch_size', 'grad_accum_steps', 'num_steps', 'log_every',
+              'eval_every', 'eval_steps'):
+    if train[key] < 1:
+      raise UsageError(f'train.{key} must be >= 1, got {train[key]}')
+  if train.optimizer not in ('lamb', 'adamw'):
+    raise UsageError(f"unknown train.optimizer {train.optimizer!r}: "
+                     "choose 'lamb' or 'adamw'")
+  if data.sentence_objective not in ('sop', 'nsp', 'none'):
+    raise UsageError(f'unknown data.sentence_objective {data.sentence_objective!r}: '
+                     "choose 'sop', 'nsp' or 'none'")
+  if data.max_seq_length > model_config.max_position_embeddings:
+    raise UsageError(
+        f'data.max_seq_length={data.max_seq_length} exceeds '
+        f'model.max_position_embeddings={model_config.max_position_embeddings}')
+  if train.batch_size % jax.process_count():
+    raise UsageError(f'train.batch_size={train.batch_size} does not split over '
+                     f'{jax.process_count()} processes')
+
+
+def _model_changes(saved_config_path: str, config: ml_collections.ConfigDict) -> str:
+  """'model.hidden_size 64 -> 32, ...': model keys changed since the saved config."""
+  if not os.path.exists(saved_config_path):
+    return ''
+  with open(saved_config_path) as f:
+    saved = json.load(f).get('model', {})
+  return ', '.join(f'model.{k} {saved[k]} -> {v}' for k, v in config.model.items()
+                   if k in saved and saved[k] != v)
+
+
+def _mean_checked(pending: list[Mapping[str, jax.Array]], step: int) -> dict[str, float]:
+  """Mean of per-step metrics; UsageError naming the first step whose loss is not finite."""
+  if not pending:
+    return {}
+  values = jax.device_get(pending)
+  for offset, metrics in enumerate(values):
+    if not np.isfinite(metrics['loss']):
+      bad = step - len(values) + 1 + offset
+      raise UsageError(
+          f'loss is {metrics["loss"]} at step {bad}: training diverged; lower '
+          '--config.train.learning_rate or raise --config.train.warmup_steps '
+          '(the last checkpoint before it is kept)')
+  return {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
+
+
+def _floats(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+def _peak_flops(mesh: jax.sharding.Mesh, override: float) -> float | None:
+  """Peak FLOP/s of all devices of `mesh`, None when unknown."""
+  peak = metrics_lib.peak_flops_per_device(mesh.devices.flat[0].device_kind, override)
+  return None if peak is None else peak * mesh.size
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)

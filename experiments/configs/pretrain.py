@@ -1,0 +1,134 @@
+"""Pretraining presets: `--config=experiments/configs/pretrain.py:NAME`.
+
+NAME is one of: tiny (seconds on a CPU), base, large, xlarge, xxlarge (ALBERT v2
+shapes), bert_base, bert_large (E = H, nothing shared; for comparison).
+Every key can be overridden on the command line, e.g.
+`--config.model.embedding_size=64 --config.model.sharing=none`.
+"""
+
+import ml_collections
+
+# name: (hidden, layers, heads, intermediate, embedding, sharing)
+_SIZES = {
+    'tiny': (64, 4, 4, 256, 32, 'all'),
+    'base': (768, 12, 12, 3072, 128, 'all'),
+    'large': (1024, 24, 16, 4096, 128, 'all'),
+    'xlarge': (2048, 24, 16, 8192, 128, 'all'),
+    'xxlarge': (4096, 12, 64, 16384, 128, 'all'),
+    'bert_base': (768, 12, 12, 3072, 768, 'none'),
+    'bert_large': (1024, 24, 16, 4096, 1024, 'none'),
+}
+
+# Logical axis name -> mesh axes (or None: replicated). Model code names logical
+# axes only; this table is the whole mapping from model to mesh.
+_SHARDING_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('hidden', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('layers', None),
+    ('positions', None),
+    ('types', None),
+    ('classes', None),
+)
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+  """The `config.model` block of preset `name`."""
+  hidden, layers, heads, ffn, embedding, sharing = _SIZES[name]
+  tiny = name == 'tiny'
+  return ml_collections.ConfigDict(dict(
+      vocab_size=2000 if tiny else 30000,
+      embedding_size=embedding,
+      hidden_size=hidden,
+      num_layers=layers,
+      num_heads=heads,
+      intermediate_size=ffn,
+      sharing=sharing,
+      num_hidden_groups=1,
+      inner_group_num=1,
+      hidden_act='gelu_new',
+      hidden_dropout_prob=0.0,
+      attention_dropout_prob=0.0,
+      max_position_embeddings=128 if tiny else 512,
+      type_vocab_size=2,
+      layer_norm_eps=1e-12,
+      initializer_range=0.02,
+      dtype='float32',
+      param_dtype='float32',
+      remat_policy='none',
+      scan=True,
+  ))
+
+
+def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
+  """Returns the full pretraining config of preset `arg`."""
+  if arg not in _SIZES:
+    raise ValueError(
+        f'unknown preset {arg!r}: choose one of {", ".join(_SIZES)}')
+  tiny = arg == 'tiny'
+  config = ml_collections.ConfigDict()
+  config.preset = arg
+  config.model = model_config(arg)
+
+  config.data = ml_collections.ConfigDict(dict(
+      # 'builtin' | 'text:GLOB' | 'tfds:NAME[/CONFIG][:SPLIT]' | 'prepared:DIR'.
+      source='builtin',
+      text_feature='text',
+      # Held-out data for evaluation; empty: the last `eval_documents` documents
+      # of `source` are held out and never trained on.
+      eval_source='',
+      eval_documents=64 if tiny else 10000,
+      # SentencePiece model directory; empty: one is trained into the workdir.
+      vocab='',
+      lowercase=True,
+      max_seq_length=128 if tiny else 512,
+      max_predictions_per_seq=20,
+      masked_lm_prob=0.15,
+      short_seq_prob=0.1,
+      max_ngram=3,
+      sentence_objective='sop',  # 'sop' | 'nsp' | 'none'
+      seed=0,
+      num_workers=0,
+      prefetch_buffer_size=2,
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=32 if tiny else 4096,  # global, over all processes
+      grad_accum_steps=1,
+      num_steps=300 if tiny else 125000,
+      optimizer='lamb',  # 'lamb' | 'adamw'
+      learning_rate=2e-3 if tiny else 0.00176,
+      warmup_steps=30 if tiny else 3125,
+      weight_decay=0.01,
+      # Regexes searched in param paths ('encoder/layer/.../kernel'): matches
+      # get neither weight decay nor LAMB's trust ratio (ALBERT's list).
+      weight_decay_exclude=('LayerNorm', 'layer_norm', 'bias'),
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      clip_norm=1.0,
+      seed=0,
+      log_every=10 if tiny else 100,
+      eval_every=100 if tiny else 5000,
+      eval_steps=4 if tiny else 50,
+      # Peak FLOP/s per device for MFU; 0: looked up from the device kind.
+      peak_flops_per_device=0.0,
+  ))
+
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=100 if tiny else 5000,
+      keep=3,
+  ))
+
+  # -1 takes the devices left over by the other axes.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.sharding_rules = _SHARDING_RULES
+
+  # A directory written by `launch.export` (flax format): start from its params.
+  config.init_from = ''
+  return config

@@ -1,0 +1,137 @@
+r"""Launch `launch.pretrain` on a Cloud TPU VM pod or a SLURM GPU cluster.
+
+  # Every worker of a TPU pod slice runs one process (over ssh):
+  python -m launch.cluster --target=tpu --tpu=my-v4-32 --zone=us-central2-b \
+      --config=experiments/configs/pretrain.py:base --workdir=/mnt/shared/base \
+      -- --config.train.batch_size=1024
+
+  # One process per GPU on 4 nodes of 8 GPUs (an sbatch script on stdin):
+  python -m launch.cluster --target=slurm --nodes=4 --gpus_per_node=8 \
+      --config=experiments/configs/pretrain.py:large --workdir=/shared/large
+
+Arguments after `--` go to `launch.pretrain` unchanged. `--dry_run` prints
+what would run and runs nothing. The processes find each other through
+`--distributed` (JAX reads the TPU metadata or the SLURM environment). The
+workdir must be one directory that every host sees (NFS, Filestore, a GCS
+FUSE mount): each process writes its shards of every checkpoint there. On
+preemption (SIGTERM: TPU maintenance, SLURM's `--signal` before the time
+limit) the run checkpoints and exits 0; rerunning the same command resumes.
+"""
+
+from collections.abc import Sequence
+import shlex
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+_TARGET = flags.DEFINE_enum('target', None, ['tpu', 'slurm'], 'Where to run.')
+_CONFIG = flags.DEFINE_string(
+    'config', 'experiments/configs/pretrain.py:base', 'Passed to launch.pretrain.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Run directory, shared by all hosts.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
+_REPO_DIR = flags.DEFINE_string(
+    'repo_dir', None, 'Where the code is on the hosts. Default: ~/albert-jax on '
+    'TPU workers (copied there), the submission directory under SLURM.')
+# Cloud TPU.
+_TPU = flags.DEFINE_string('tpu', None, 'tpu: TPU VM name.')
+_ZONE = flags.DEFINE_string('zone', None, 'tpu: zone of the TPU VM.')
+_PROJECT = flags.DEFINE_string('project', None, 'tpu: GCP project (default: gcloud config).')
+_INSTALL = flags.DEFINE_bool(
+    'install', True, 'tpu: copy the code and pip install it on every worker first.')
+# SLURM.
+_NODES = flags.DEFINE_integer('nodes', 1, 'slurm: number of nodes.')
+_GPUS_PER_NODE = flags.DEFINE_integer('gpus_per_node', 8, 'slurm: GPUs per node.')
+_TIME = flags.DEFINE_string('time', '24:00:00', 'slurm: time limit.')
+_PARTITION = flags.DEFINE_string('partition', None, 'slurm: partition.')
+_ACCOUNT = flags.DEFINE_string('account', None, 'slurm: account.')
+_JOB_NAME = flags.DEFINE_string('job_name', 'albert-pretrain', 'slurm: job name.')
+
+
+def pretrain_command(config: str, workdir: str, extra: Sequence[str]) -> list[str]:
+  """The command every process runs."""
+  return ['python', '-m', 'launch.pretrain', f'--config={config}',
+          f'--workdir={workdir}', '--distributed', *extra]
+
+
+def tpu_commands(*, tpu: str, zone: str, project: str | None, repo_dir: str,
+                 install: bool, command: Sequence[str]) -> list[list[str]]:
+  """gcloud commands that (optionally) install the code on every worker, then run."""
+  where = [f'--zone={zone}'] + ([f'--project={project}'] if project else [])
+  ssh = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu, *where, '--worker=all']
+  commands = []
+  if install:
+    commands.append(['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', '--recurse',
+                     '.', f'{tpu}:{repo_dir}', *where, '--worker=all'])
+    commands.append([*ssh, '--command=' + f'cd {repo_dir} && pip install -q '
+                     '-r requirements.txt "jax[tpu]"'])
+  commands.append([*ssh, f'--command=cd {repo_dir} && {shlex.join(command)}'])
+  return commands
+
+
+def sbatch_script(*, nodes: int, gpus_per_node: int, time: str,
+                  partition: str | None, account: str | None, job_name: str,
+                  repo_dir: str, command: Sequence[str]) -> str:
+  """An sbatch script running one process per GPU."""
+  options = [
+      f'--job-name={job_name}', f'--nodes={nodes}',
+      f'--ntasks-per-node={gpus_per_node}', f'--gpus-per-node={gpus_per_node}',
+      f'--time={time}',
+      # SIGTERM to every task 120 s before the time limit: checkpoint, exit 0.
+      '--signal=TERM@120',
+      # Requeued after preemption, the same command resumes from the workdir.
+      '--requeue', '--open-mode=append',
+      '--output=%x-%j.out',
+  ]
+  options += [f'--partition={partition}'] if partition else []
+  options += [f'--account={account}'] if account else []
+  lines = ['#!/bin/bash']
+  lines += [f'#SBATCH {option}' for option in options]
+  lines += ['set -euo pipefail', f'cd {repo_dir}', f'srun {shlex.join(command)}', '']
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  extra = argv[1:]
+  if _TARGET.value is None or _WORKDIR.value is None:
+    sys.exit('error: --target (tpu|slurm) and --workdir are required')
+  command = pretrain_command(_CONFIG.value, _WORKDIR.value, extra)
+  if _TARGET.value == 'tpu':
+    if not _TPU.value or not _ZONE.value:
+      sys.exit('error: --target=tpu needs --tpu=NAME and --zone=ZONE')
+    commands = tpu_commands(tpu=_TPU.value, zone=_ZONE.value,
+                            project=_PROJECT.value,
+                            repo_dir=_REPO_DIR.value or '~/albert-jax',
+                            install=_INSTALL.value, command=command)
+    for cmd in commands:
+      print(shlex.join(cmd), flush=True)
+      if not _DRY_RUN.value:
+        _run(cmd)
+  else:
+    if _NODES.value < 1 or _GPUS_PER_NODE.value < 1:
+      sys.exit('error: --nodes and --gpus_per_node must be >= 1')
+    script = sbatch_script(
+        nodes=_NODES.value, gpus_per_node=_GPUS_PER_NODE.value,
+        time=_TIME.value, partition=_PARTITION.value, account=_ACCOUNT.value,
+        job_name=_JOB_NAME.value,
+        repo_dir=_REPO_DIR.value or '"$SLURM_SUBMIT_DIR"', command=command)
+    print(script, end='', flush=True)
+    print('# sbatch < (the script above)', flush=True)
+    if not _DRY_RUN.value:
+      _run(['sbatch'], stdin=script)
+
+
+def _run(cmd: Sequence[str], stdin: str | None = None) -> None:
+  try:
+    subprocess.run(cmd, input=stdin, text=True, check=True)
+  except FileNotFoundError:
+    sys.exit(f'error: {cmd[0]} not found: run this where it is installed, '
+             'or use --dry_run and run the printed commands yourself')
+  except subprocess.CalledProcessError as e:
+    sys.exit(f'error: {shlex.join(cmd)} exited with status {e.returncode}')
+
+
+if __name__ == '__main__':
+  app.run(main)

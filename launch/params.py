@@ -1,0 +1,42 @@
+"""Prints ALBERT parameter counts of a config, without allocating weights.
+
+  python -m launch.params --config=experiments/configs/pretrain.py:base
+  python -m launch.params --config=experiments/configs/pretrain.py:base \
+      --config.model.sharing=none --json
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from albert_jax.config import ModelConfig
+from albert_jax.param_count import count_params
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. experiments/configs/pretrain.py:base.',
+    lock_config=True)
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {" ".join(argv[1:])}')
+  if _CONFIG.value is None:
+    sys.exit('error: pass --config=experiments/configs/pretrain.py:NAME')
+  try:
+    model_config = ModelConfig.from_config(_CONFIG.value.model)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  counts = count_params(model_config)
+  if _JSON.value:
+    print(json.dumps(counts))
+    return
+  for group, count in counts.items():
+    print(f'{group:<12}{count:>15,}')
+
+
+if __name__ == '__main__':
+  app.run(main)

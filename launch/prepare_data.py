@@ -1,0 +1,47 @@
+r"""Tokenizes a corpus once into ArrayRecord shards, for `prepared:DIR`.
+
+  python -m launch.prepare_data --source=text:corpus/*.txt.gz \
+      --vocab=vocab/ --output=prepared/
+
+Then train with --config.data.source=prepared:prepared/ (the vocabulary is
+read from prepared/vocab/). Documents are tokenized in --num_workers
+processes; masks are drawn on the fly at training time, fresh each epoch.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from albert_jax.data import prepared
+from albert_jax.data.errors import DataError
+
+_SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to tokenize.')
+_VOCAB = flags.DEFINE_string('vocab', None, 'Tokenizer directory.',
+                             required=True)
+_OUTPUT = flags.DEFINE_string('output', None, 'New directory to write.',
+                              required=True)
+_TEXT_FEATURE = flags.DEFINE_string('text_feature', 'text',
+                                    'Text feature of a tfds: source.')
+_NUM_WORKERS = flags.DEFINE_integer('num_workers', os.cpu_count() or 1,
+                                    'Tokenizing processes.')
+_DOCUMENTS_PER_SHARD = flags.DEFINE_integer('documents_per_shard', 100_000,
+                                            'Documents per ArrayRecord file.')
+
+
+def main(argv):
+  del argv
+  try:
+    metadata = prepared.prepare(
+        _SOURCE.value, _VOCAB.value, _OUTPUT.value,
+        text_feature=_TEXT_FEATURE.value, num_workers=_NUM_WORKERS.value,
+        documents_per_shard=_DOCUMENTS_PER_SHARD.value, progress=True)
+  except DataError as e:
+    sys.exit(f'error: {e}')
+  print(f'wrote {_OUTPUT.value}: {metadata["num_documents"]} documents, '
+        f'{metadata["num_tokens"]} tokens in {len(metadata["shards"])} shards')
+
+
+if __name__ == '__main__':
+  app.run(main)

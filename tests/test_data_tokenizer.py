@@ -1,0 +1,133 @@
+"""Tokenizer: ALBERT ids, normalisation saved and reapplied, Chinese, errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from albert_jax.data import sources
+from albert_jax.data.errors import DataError
+from albert_jax.data.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID,
+                                       Normalization, Tokenizer,
+                                       train_tokenizer)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHINESE = ['我很高兴认识你。', '今天天气很好，我们去公园散步吧。', '他很高兴地笑了。',
+           '我们都很高兴。', '你今天高兴吗？']
+
+
+@pytest.fixture(scope='module')
+def vocab_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp('vocab'))
+  train_tokenizer(sources.read_sentences('builtin'), directory, vocab_size=2000)
+  return directory
+
+
+def test_special_ids_and_files(vocab_dir):
+  tokenizer = Tokenizer.load(vocab_dir)
+  assert os.path.isfile(os.path.join(vocab_dir, 'spiece.model'))
+  pieces = [tokenizer.id_to_piece(i) for i in range(5)]
+  assert pieces == ['<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]']
+  assert (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID) == (0, 1, 2, 3, 4)
+  assert tokenizer.vocab_size == 2000
+  assert tokenizer.is_word_start.shape == (2000,)
+
+
+def test_normalization_steps():
+  text = '  Crème   BRÛLÉE\tnaïve '
+  assert Normalization()(text) == 'creme brulee naive'
+  assert Normalization(lowercase=False)(text) == 'Creme BRULEE naive'
+  assert Normalization(strip_accents=False)(text) == 'crème brûlée naïve'
+  assert Normalization(collapse_whitespace=False)(text) == (
+      '  creme   brulee\tnaive ')
+
+
+def test_encode_decode_round_trip(vocab_dir):
+  tokenizer = Tokenizer.load(vocab_dir)
+  ids = tokenizer.encode('The  "if" statement is used for CONDITIONAL execution.')
+  assert all(5 <= i < tokenizer.vocab_size for i in ids)
+  assert tokenizer.decode(ids) == (
+      'the "if" statement is used for conditional execution.')
+  assert tokenizer.encode_batch(['a b', 'c']) == [tokenizer.encode('a b'),
+                                                  tokenizer.encode('c')]
+
+
+def test_saved_normalization_is_reapplied(tmp_path):
+  sentences = ['Hello World.', 'Python Is Fun.', 'Crème Brûlée.'] * 50
+  directory = str(tmp_path / 'cased')
+  train_tokenizer(sentences, directory, vocab_size=60,
+                  normalization=Normalization(lowercase=False,
+                                              strip_accents=False))
+  tokenizer = Tokenizer.load(directory)
+  assert tokenizer.normalization == Normalization(lowercase=False,
+                                                  strip_accents=False)
+  assert tokenizer.decode(tokenizer.encode('Hello   World.')) == 'Hello World.'
+  assert 'û' in tokenizer.decode(tokenizer.encode('Brûlée'))
+
+
+def test_chinese_round_trip(tmp_path):
+  directory = str(tmp_path / 'zh')
+  tokenizer = train_tokenizer(CHINESE * 20, directory, vocab_size=80)
+  for text in ['我很高兴', '今天天气很好']:
+    ids = tokenizer.encode(text)
+    assert UNK_ID not in ids
+    assert Tokenizer.load(directory).decode(ids) == text
+
+
+def test_vocab_size_too_large_gives_smaller_vocab(tmp_path, caplog):
+  tokenizer = train_tokenizer(['a tiny corpus.', 'it has few words.'] * 10,
+                              str(tmp_path / 'v'), vocab_size=5000)
+  assert 5 < tokenizer.vocab_size < 5000
+  assert 'corpus too small for vocab_size=5000' in caplog.text
+
+
+def test_matches_hugging_face_albert_tokenizer(vocab_dir):
+  transformers = pytest.importorskip('transformers')
+  ours = Tokenizer.load(vocab_dir)
+  theirs = transformers.AlbertTokenizer.from_pretrained(vocab_dir)
+  for text in ['The "if" statement is used for conditional execution.',
+               '  Héllo   WORLD, naïve café: 1,000 items!', 'x = 3.14']:
+    assert ours.encode(text) == theirs(text, add_special_tokens=False)[
+        'input_ids']
+  assert theirs('a b')['input_ids'] == [CLS_ID, *ours.encode('a b'), SEP_ID]
+
+
+def test_bad_vocabularies(tmp_path, vocab_dir):
+  with pytest.raises(DataError, match='no tokenizer at .*spiece.model not found'):
+    Tokenizer.load(str(tmp_path / 'missing'))
+  # A SentencePiece model with SentencePiece's default ids, not ALBERT's.
+  import sentencepiece as spm
+  plain = tmp_path / 'plain'
+  plain.mkdir()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(['some text here.'] * 20),
+      model_prefix=str(plain / 'spiece'), vocab_size=13, minloglevel=2)
+  with pytest.raises(DataError) as error:
+    Tokenizer.load(str(plain))
+  assert 'not an ALBERT vocabulary: id 0' in str(error.value)
+  assert '\n' not in str(error.value)
+  (tmp_path / 'junk').mkdir()
+  (tmp_path / 'junk' / 'spiece.model').write_bytes(b'\x00junk' * 10)
+  with pytest.raises(DataError, match='not a SentencePiece model'):
+    Tokenizer.load(str(tmp_path / 'junk'))
+  with pytest.raises(DataError, match='already holds a tokenizer'):
+    train_tokenizer(['x y z.'], vocab_dir, vocab_size=30)
+  with pytest.raises(DataError, match='corpus has no text'):
+    train_tokenizer(['', '   '], str(tmp_path / 'empty'), vocab_size=30)
+
+
+def test_train_tokenizer_launcher(tmp_path):
+  corpus = tmp_path / 'corpus.txt'
+  corpus.write_text('\n'.join(['First sentence here.', 'Second one.', '',
+                               'Another document.'] * 30))
+  run = lambda *flags: subprocess.run(
+      [sys.executable, '-m', 'launch.train_tokenizer', *flags], cwd=REPO,
+      capture_output=True, text=True)
+  done = run(f'--input=text:{corpus}', '--vocab_size=40',
+             f'--output={tmp_path}/v')
+  assert done.returncode == 0, done.stderr
+  assert Tokenizer.load(f'{tmp_path}/v').vocab_size <= 40
+  failed = run(f'--input=text:{tmp_path}/nothing*.txt', f'--output={tmp_path}/w')
+  assert failed.returncode != 0
+  assert failed.stderr.strip().splitlines()[-1].startswith('error: text:')

@@ -1,0 +1,126 @@
+"""Checkpoints: exact resume (restart, SIGTERM), another mesh, another model refused."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from albert_jax.train import trainer
+import train_testing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 100  # Long enough that SIGTERM lands before the end.
+SETTINGS = {'train.num_steps': NUM_STEPS, 'checkpoint.every_steps': 20,
+            'checkpoint.keep': 10}
+
+
+@pytest.fixture(scope='module')
+def vocab(tmp_path_factory):
+  return train_testing.train_vocab(str(tmp_path_factory.mktemp('vocab')))
+
+
+@pytest.fixture(scope='module')
+def straight(vocab, tmp_path_factory):
+  """NUM_STEPS uninterrupted steps on all 8 devices (data=8), checkpoints every 20."""
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  trainer.train(train_testing.tiny_config(vocab, **SETTINGS), workdir)
+  return workdir
+
+
+def _params(workdir: str, step: int):
+  return ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(step), 'state'))['params']
+
+
+def _assert_same_run_after(step: int, workdir: str, reference: str) -> None:
+  """Bitwise: the losses of every step after `step` and the final params."""
+  got, expected = (train_testing.train_losses(w) for w in (workdir, reference))
+  after = list(range(step + 1, NUM_STEPS + 1))
+  assert [got[s] for s in after] == [expected[s] for s in after]
+  got_params, expected_params = (_params(w, NUM_STEPS) for w in (workdir, reference))
+  assert jax.tree.structure(got_params) == jax.tree.structure(expected_params)
+  assert all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(got_params), jax.tree.leaves(expected_params)))
+
+
+def _copy_checkpoint(reference: str, step: int, workdir: str) -> None:
+  shutil.copytree(os.path.join(reference, 'checkpoints', str(step)),
+                  os.path.join(workdir, 'checkpoints', str(step)))
+
+
+def test_restart_from_a_periodic_checkpoint_is_exact(vocab, straight, tmp_path):
+  _copy_checkpoint(straight, 40, tmp_path)  # As if the run died after step 40.
+  result = trainer.train(train_testing.tiny_config(vocab, **SETTINGS), str(tmp_path))
+  assert result.step == NUM_STEPS and not result.preempted
+  _assert_same_run_after(40, str(tmp_path), straight)
+
+
+def test_sigterm_saves_exits_0_and_resume_is_exact(vocab, straight, tmp_path):
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'launch.pretrain', f'--workdir={tmp_path}',
+       *train_testing.tiny_flags(vocab, **SETTINGS)],
+      cwd=REPO, env=train_testing.subprocess_env(), text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  output = []
+  for line in process.stdout:
+    output.append(line)
+    if line.startswith(f'step 3/{NUM_STEPS}'):
+      process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 0, ''.join(output)
+  stopped = re.search(r'preempted: saved a checkpoint at step (\d+)', ''.join(output))
+  assert stopped, ''.join(output)
+  stop = int(stopped.group(1))
+  assert 3 <= stop < NUM_STEPS
+  assert os.path.isdir(os.path.join(tmp_path, 'checkpoints', str(stop)))
+
+  result = trainer.train(train_testing.tiny_config(vocab, **SETTINGS), str(tmp_path))
+  assert result.step == NUM_STEPS
+  _assert_same_run_after(stop, str(tmp_path), straight)
+
+
+def test_checkpoint_of_data_mesh_restores_under_fsdp(vocab, straight, tmp_path):
+  _copy_checkpoint(straight, 80, tmp_path)
+  config = train_testing.tiny_config(vocab, **SETTINGS)
+  config.mesh.update(data=1, fsdp=8)
+  result = trainer.train(config, str(tmp_path))
+  assert result.step == NUM_STEPS
+  got, expected = (train_testing.train_losses(w) for w in (str(tmp_path), straight))
+  after = range(81, NUM_STEPS + 1)
+  # Same params and data; only the order of floating-point sums differs.
+  np.testing.assert_allclose([got[s] for s in after], [expected[s] for s in after],
+                             rtol=1e-5)
+
+
+def test_workdir_of_another_model_is_refused_untouched(vocab, straight, tmp_path):
+  workdir = os.path.join(tmp_path, 'run')
+  shutil.copytree(straight, workdir)
+  before = _snapshot(workdir)
+  process = subprocess.run(
+      [sys.executable, '-m', 'launch.pretrain', f'--workdir={workdir}',
+       *train_testing.tiny_flags(vocab, **SETTINGS), '--config.model.hidden_size=64'],
+      cwd=REPO, env=train_testing.subprocess_env(), text=True, capture_output=True,
+      timeout=300)
+  assert process.returncode == 1
+  stderr = process.stderr.strip().splitlines()
+  assert len(stderr) == 1, process.stderr
+  assert re.match(r'error: .*checkpoints holds a checkpoint \(step 100\) of another '
+                  r'model or optimizer \(model.hidden_size 32 -> 64\)', stderr[0])
+  assert _snapshot(workdir) == before
+
+
+def _snapshot(directory: str) -> dict[str, bytes]:
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, directory)] = f.read()
+  return files
+

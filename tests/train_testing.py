@@ -1,0 +1,87 @@
+"""Shared by tests/test_train_*.py: a tiny pretraining config, in-process or as flags."""
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import ml_collections
+
+from albert_jax.data import sources
+from albert_jax.data.tokenizer import train_tokenizer
+from experiments.configs import pretrain
+
+VOCAB_SIZE = 256
+
+# Compiled programs persist for the whole session (and its subprocesses, see
+# subprocess_env): many tests run the same step on the same mesh.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix='albert-jax-test-xla-')
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+compilation_cache.set_cache_dir(_COMPILATION_CACHE)
+compilation_cache.reset_cache()  # Earlier tests may have compiled without one.
+
+# Sized so every mesh axis of 8 devices (data, fsdp, tensor up to 4) divides
+# every sharded dimension, and a step takes milliseconds.
+TINY = {
+    'model.vocab_size': VOCAB_SIZE,
+    'model.hidden_size': 32,
+    'model.embedding_size': 16,
+    'model.num_layers': 2,
+    'model.num_heads': 4,
+    'model.intermediate_size': 64,
+    'model.max_position_embeddings': 32,
+    'data.max_seq_length': 32,
+    'data.max_predictions_per_seq': 5,
+    'data.eval_documents': 16,
+    'train.batch_size': 16,
+    'train.num_steps': 4,
+    'train.warmup_steps': 1,
+    'train.learning_rate': 1e-2,
+    'train.log_every': 1,
+    'train.eval_every': 1000,
+    'train.eval_steps': 1,
+    'checkpoint.every_steps': 1000,
+}
+
+
+def train_vocab(directory: str) -> str:
+  """Trains the tests' SentencePiece vocabulary into `directory`."""
+  train_tokenizer(sources.read_sentences('builtin'), directory,
+                  vocab_size=VOCAB_SIZE)
+  return directory
+
+
+def _settings(vocab: str, overrides: dict[str, Any]) -> dict[str, Any]:
+  return {**TINY, 'data.vocab': vocab, **overrides}
+
+
+def tiny_config(vocab: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """The tiny preset shrunk further; keys as in TINY ('train.num_steps')."""
+  config = pretrain.get_config('tiny')
+  for key, value in _settings(vocab, overrides).items():
+    section, name = key.split('.')
+    config[section][name] = value
+  return config
+
+
+def tiny_flags(vocab: str, **overrides: Any) -> list[str]:
+  """The same config as launch.pretrain flags."""
+  return [f'--config.{key}={value}' for key, value in _settings(vocab, overrides).items()]
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def train_losses(workdir: str) -> dict[int, float]:
+  """{step: loss} of the training records of metrics.jsonl (the last one per step)."""
+  return {r['step']: r['loss'] for r in read_metrics(workdir) if 'loss' in r}
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+  """Environment for a launcher subprocess: this session's compilation cache."""
+  return {**os.environ, 'JAX_COMPILATION_CACHE_DIR': _COMPILATION_CACHE,
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5', **extra}
