@@ -126,9 +126,10 @@ def compile_train_step(config: ml_collections.ConfigDict,
       for k, v in abstract_batch.items()}
 
   step = step_lib.jit_train_step(
-      mesh, rules, state_shardings, model=model, optimizer=optimizer,
-      schedule=schedule, grad_accum_steps=train.grad_accum_steps,
-      sentence_objective=data.sentence_objective)
+      mesh, rules, state_shardings,
+      objective=step_lib.PretrainingObjective(model, data.sentence_objective),
+      optimizer=optimizer, schedule=schedule,
+      grad_accum_steps=train.grad_accum_steps)
   with mesh_lib.activate(mesh, rules):
     start = time.perf_counter()
     lowered = step.lower(abstract_state, abstract_batch)

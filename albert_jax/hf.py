@@ -26,7 +26,7 @@ StateDict = dict[str, np.ndarray]
 _LAYER_PREFIX = ('albert', 'encoder', 'layer')
 _PROJECTION = 'albert.encoder.embedding_hidden_mapping_in'
 # The decoder is tied to the word embeddings and to predictions.bias.
-_TIED = {
+TIED_WEIGHTS = {
     'predictions.decoder.weight': 'albert.embeddings.word_embeddings.weight',
     'predictions.decoder.bias': 'predictions.bias',
 }
@@ -125,7 +125,7 @@ def to_hf_state_dict(params: Mapping[str, Any],
                                                  dtype=np.float32)
     state_dict[f'{_PROJECTION}.bias'] = np.zeros(config.hidden_size,
                                                  np.float32)
-  for tied, source in _TIED.items():
+  for tied, source in TIED_WEIGHTS.items():
     state_dict[tied] = state_dict[source]
   return state_dict
 
@@ -136,7 +136,7 @@ def from_hf_state_dict(state_dict: Mapping[str, np.ndarray],
   arrays in config.param_dtype. Raises ValueError naming the first missing,
   unexpected or mis-shaped parameter."""
   _check_hf_form(config)
-  unused = set(state_dict) - set(_TIED)
+  unused = set(state_dict) - set(TIED_WEIGHTS)
   params = {}
   for path, target in _flat(param_shapes(config)).items():
     pieces = []

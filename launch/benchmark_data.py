@@ -28,8 +28,8 @@ _MAX_PREDICTIONS = flags.DEFINE_integer('max_predictions', 20,
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Examples per batch.')
 _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 20_000,
                                      'Examples timed.')
-_VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 2000,
-                                   'Pieces of the tokenizer trained on builtin.')
+_VOCAB_SIZE = flags.DEFINE_integer(
+    'vocab_size', 2000, 'Pieces of the tokenizer trained on builtin.')
 _OBJECTIVE = flags.DEFINE_string('sentence_objective', 'sop', 'sop|nsp|none.')
 _PREPARED = flags.DEFINE_string('prepared', '',
                                 'Prepared data to read; empty: builtin.')
@@ -85,7 +85,8 @@ def _measure(directory: str) -> dict:
               max_predictions_per_seq=_MAX_PREDICTIONS.value,
               batch_size=_BATCH_SIZE.value, num_examples=num_examples,
               seconds=seconds, num_workers=0, cores=1,
-              sentence_objective=_OBJECTIVE.value, vocab_size=tokenizer.vocab_size,
+              sentence_objective=_OBJECTIVE.value,
+              vocab_size=tokenizer.vocab_size,
               source=directory if _PREPARED.value else 'prepared builtin')
 
 

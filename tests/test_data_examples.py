@@ -115,9 +115,7 @@ def test_ngram_span_lengths_follow_one_over_n(corpus, tokenizer):
     for index in range(len(builder)):
       example = builder(epoch, index)
       length = example['input_mask'].sum()
-      ids = example['input_ids'].copy()
-      real = example['masked_lm_weights'] == 1
-      ids[example['masked_lm_positions'][real]] = example['masked_lm_ids'][real]
+      ids = unmasked(example)
       tokens = ids[1:length - 1]
       tokens = tokens[tokens != SEP_ID]
       starts = tokenizer.is_word_start[tokens].copy()
@@ -143,8 +141,7 @@ def test_masks_whole_words(corpus, tokenizer):
   for index in range(200):
     example = builder(0, index)
     positions = example['masked_lm_positions'][example['masked_lm_weights'] == 1]
-    original = example['input_ids'].copy()
-    original[positions] = example['masked_lm_ids'][:len(positions)]
+    original = unmasked(example)
     masked = set(positions.tolist())
     for p in masked:  # A masked continuation piece's word start is masked too.
       if not tokenizer.is_word_start[original[p]] and original[p - 1] not in (
@@ -172,8 +169,7 @@ def test_sop_swaps_consecutive_segments(tokenizer):
   seen = collections.Counter()
   for index in range(len(builder)):
     ex = builder(0, index)
-    ids = ex['input_ids'].copy()
-    ids[ex['masked_lm_positions'][0]] = ex['masked_lm_ids'][0]
+    ids = unmasked(ex)
     sep = list(ids).index(SEP_ID)
     a, b = ids[1:sep], ids[sep + 1:ex['input_mask'].sum() - 1]
     label = int(ex['sentence_order_label'])
@@ -190,8 +186,7 @@ def test_single_segment_documents_get_true_labels(tokenizer):
                          max_predictions_per_seq=1)
   for index in range(len(builder)):
     ex = builder(0, index)
-    ids = ex['input_ids'].copy()
-    ids[ex['masked_lm_positions'][0]] = ex['masked_lm_ids'][0]
+    ids = unmasked(ex)
     tokens = [t for t in ids[:ex['input_mask'].sum()] if t not in (CLS_ID, SEP_ID)]
     assert len(tokens) == 4
     assert len({t % 100 for t in tokens}) == 1  # One document only.
@@ -208,8 +203,7 @@ def test_nsp_takes_random_documents(tokenizer):
   for epoch in range(20):
     for index in range(len(builder)):
       ex = builder(epoch, index)
-      ids = ex['input_ids'].copy()
-      ids[ex['masked_lm_positions'][0]] = ex['masked_lm_ids'][0]
+      ids = unmasked(ex)
       sep = list(ids).index(SEP_ID)
       docs_a = {(t - 1000) // 10 for t in ids[1:sep]}
       docs_b = {(t - 1000) // 10 for t in ids[sep + 1:ex['input_mask'].sum() - 1]}
@@ -252,6 +246,14 @@ def test_bad_configs_and_corpora(tokenizer):
     examples.ExampleConfig(sentence_objective='mlm')
   with pytest.raises(DataError, match='max_seq_length=4 is too short'):
     examples.ExampleConfig(max_seq_length=4)
+
+
+def unmasked(example: dict[str, np.ndarray]) -> np.ndarray:
+  """input_ids with the masked tokens put back."""
+  ids = example['input_ids'].copy()
+  real = example['masked_lm_weights'] == 1
+  ids[example['masked_lm_positions'][real]] = example['masked_lm_ids'][real]
+  return ids
 
 
 def _corpus(documents: list[list[list[int]]]) -> TokenizedCorpus:

@@ -216,6 +216,22 @@ def test_prepared_data_gives_the_in_memory_batches(tmp_path, workdir, corpus,
     pipeline.load_corpus(tiny_data(source=f'prepared:{tmp_path}'), tokenizer)
 
 
+def test_tfds_source_end_to_end(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  data = tiny_data(source='tfds:lm1b', eval_documents=4,
+                   sentence_objective='nsp')
+  with tfds.testing.mock_data(num_examples=40):
+    tokenizer = pipeline.load_or_train_tokenizer(data, vocab_size=2000,
+                                                 workdir=str(tmp_path))
+    corpus = pipeline.load_corpus(data, tokenizer)
+  assert (corpus.train.num_documents, corpus.eval.num_documents) == (36, 4)
+  batch = next(iter(pipeline.make_pretraining_dataset(
+      corpus.train, data, tokenizer, global_batch_size=8, shuffle=True,
+      process_index=0, process_count=1)))
+  assert batch['input_ids'].shape == (8, 128)
+  assert (batch['input_ids'][:, 0] == 2).all()
+
+
 def test_prepare_data_and_benchmark_launchers(tmp_path, workdir):
   run = lambda module, *flags: subprocess.run(
       [sys.executable, '-m', module, *flags], cwd=REPO, capture_output=True,

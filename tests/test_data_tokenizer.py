@@ -13,8 +13,8 @@ from albert_jax.data.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID,
                                        train_tokenizer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHINESE = ['我很高兴认识你。', '今天天气很好，我们去公园散步吧。', '他很高兴地笑了。',
-           '我们都很高兴。', '你今天高兴吗？']
+CHINESE = ['我很高兴认识你。', '今天天气很好，我们去公园散步吧。',
+           '他很高兴地笑了。', '我们都很高兴。', '你今天高兴吗？']
 
 
 @pytest.fixture(scope='module')

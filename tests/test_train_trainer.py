@@ -33,8 +33,7 @@ def one_device_run(vocab, tmp_path_factory):
     {'data': 2, 'tensor': 4},
 ], ids=['data8', 'data2_fsdp4', 'data2_tensor4'])
 def test_sharded_losses_match_one_device(mesh, vocab, one_device_run, tmp_path):
-  config = train_testing.tiny_config(vocab, **{
-      'train.eval_every': 4, 'train.peak_flops_per_device': 1e9})
+  config = train_testing.tiny_config(vocab)
   config.mesh.update(mesh)
   trainer.train(config, str(tmp_path))
   expected = train_testing.train_losses(one_device_run[1])

@@ -73,8 +73,9 @@ class ExampleConfig:
 
   def __post_init__(self):
     if self.max_seq_length < 5:
-      raise DataError(f'data.max_seq_length={self.max_seq_length} is too short: '
-                      'an example needs [CLS] A [SEP] B [SEP], use at least 5')
+      raise DataError(
+          f'data.max_seq_length={self.max_seq_length} is too short: an '
+          'example needs [CLS] A [SEP] B [SEP], use at least 5')
     if self.max_predictions_per_seq < 1:
       raise DataError('data.max_predictions_per_seq must be at least 1, got '
                       f'{self.max_predictions_per_seq}')
@@ -85,7 +86,8 @@ class ExampleConfig:
       raise DataError('data.short_seq_prob must be in [0, 1], got '
                       f'{self.short_seq_prob}')
     if self.max_ngram < 1:
-      raise DataError(f'data.max_ngram must be at least 1, got {self.max_ngram}')
+      raise DataError(
+          f'data.max_ngram must be at least 1, got {self.max_ngram}')
     if self.sentence_objective not in OBJECTIVES:
       raise DataError(f'data.sentence_objective={self.sentence_objective!r}: '
                       f'use one of {", ".join(OBJECTIVES)}')
@@ -135,7 +137,8 @@ def select_ngram_spans(rng: np.random.Generator, word_starts: list[int],
   one. The original instead visited starts in random order and skipped
   overlapping n-grams, which under-represents long ones (about 58:26:16
   instead of 55:27:18 for n = 1:2:3); here only an n-gram shortened to fit
-  the end of the budget departs from p(n).
+  the end of the budget departs from p(n). When every word is longer than
+  the budget (a very short pair of long words) nothing is chosen.
 
   Args:
     rng: the example's generator.
@@ -200,7 +203,8 @@ class ExampleBuilder:
     segments_per_doc = np.diff(documents.document_offsets)
     doc_starts = token_starts[documents.document_offsets[:-1]]
     # Token range of each segment within its document.
-    self._segment_starts = token_starts - np.repeat(doc_starts, segments_per_doc)
+    self._segment_starts = token_starts - np.repeat(doc_starts,
+                                                    segments_per_doc)
     self._segment_ends = self._segment_starts + lengths
 
   def __len__(self) -> int:
@@ -238,7 +242,8 @@ class ExampleBuilder:
     start_segment = first + rng.integers(end - first)
     start = self._segment_starts[start_segment]
     ends = self._segment_ends[start_segment:end]
-    stop = ends[min(np.searchsorted(ends, start + max(length, 1)), len(ends) - 1)]
+    last = min(np.searchsorted(ends, start + max(length, 1)), len(ends) - 1)
+    stop = ends[last]
     return self.documents.tokens(other)[start:stop]
 
   def _truncate(self, rng, a, b):
@@ -295,8 +300,8 @@ class ExampleBuilder:
     masked_lm_weights[:count] = 1
     u = rng.random(count)
     random_ids = rng.integers(len(SPECIAL_PIECES), self.vocab_size, count)
-    input_ids[masked] = np.where(u < 0.8, MASK_ID,
-                                 np.where(u < 0.9, input_ids[masked], random_ids))
+    input_ids[masked] = np.where(
+        u < 0.8, MASK_ID, np.where(u < 0.9, input_ids[masked], random_ids))
     return dict(
         input_ids=input_ids, input_mask=input_mask, segment_ids=segment_ids,
         masked_lm_positions=masked_lm_positions, masked_lm_ids=masked_lm_ids,

@@ -144,8 +144,9 @@ def _tokenize_records(documents: list[list[str]]
 def _read_metadata(directory: str) -> dict:
   path = os.path.join(directory, METADATA_FILE)
   if not os.path.isfile(path):
-    raise DataError(f'prepared:{directory} is not prepared data ({METADATA_FILE} '
-                    'missing): make it with `python -m launch.prepare_data`')
+    raise DataError(f'prepared:{directory} is not prepared data '
+                    f'({METADATA_FILE} missing): make it with '
+                    '`python -m launch.prepare_data`')
   with open(path) as f:
     return json.load(f)
 

@@ -2,7 +2,8 @@
 
 The rule, deliberately simple: every line is split after a sentence end,
 i.e. '.', '!' or '?' (optionally followed by closing quotes or brackets)
-followed by whitespace, or a CJK full stop '。', '！', '？' (no space needed).
+followed by whitespace, or a CJK full stop '。', '！', '？' (no space
+needed).
 Empty pieces are dropped. Text in BERT format (one sentence per line) is not
 split further.
 """

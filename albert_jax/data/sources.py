@@ -123,7 +123,8 @@ def parse_tfds(spec: str) -> tuple[str, str]:
   """'NAME[/CONFIG][:SPLIT]' -> (name, split)."""
   name, _, split = spec.partition(':')
   if not name:
-    raise DataError(f'tfds:{spec} names no dataset: use tfds:NAME[/CONFIG][:SPLIT]')
+    raise DataError(f'tfds:{spec} names no dataset: use '
+                    'tfds:NAME[/CONFIG][:SPLIT]')
   return name, split or 'train'
 
 
@@ -133,7 +134,7 @@ def _tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
   try:
     records = tfds.data_source(name, split=split)
   except Exception as e:  # tfds raises many types; all mean "not readable".
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    message = (str(e).strip() or type(e).__name__).splitlines()[0]
     raise DataError(f'cannot read tfds:{spec}: {message}') from None
   for i in range(len(records)):
     record = records[i]

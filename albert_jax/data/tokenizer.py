@@ -5,8 +5,8 @@ A vocabulary directory holds two files:
                       `AlbertTokenizer` expects), ids <pad>=0, <unk>=1 and the
                       control symbols [CLS]=2, [SEP]=3, [MASK]=4;
   normalization.json  the text normalisation chosen at training time, which
-                      `Tokenizer.load` reapplies (absent: ALBERT's defaults, so an
-                      original ALBERT spiece.model loads as is).
+                      `Tokenizer.load` reapplies (absent: ALBERT's defaults,
+                      so an original ALBERT spiece.model loads as is).
 
 API:
   train_tokenizer(sentences: Iterable[str], output_dir: str, *, vocab_size: int,
@@ -196,7 +196,8 @@ def train_tokenizer(sentences: Iterable[str], output_dir: str, *,
     )
   except RuntimeError as e:
     if count == 0:
-      raise DataError('cannot train a tokenizer: the corpus has no text') from None
+      raise DataError(
+          'cannot train a tokenizer: the corpus has no text') from None
     raise DataError(f'SentencePiece training failed on {count} sentences: '
                     f'{str(e).splitlines()[0]}') from None
   tokenizer = Tokenizer(model.data, normalization)

@@ -1,8 +1,15 @@
-"""Pretraining loss, the jitted train step (with gradient accumulation) and eval step.
+"""The jitted train step (with gradient accumulation) and eval step, generic over
+model and loss through an `Objective`; the pretraining objective.
 
-Loss = MLM cross-entropy averaged over the real predictions of the batch
-(`masked_lm_weights`) + sentence-order (or next-sentence) cross-entropy averaged
-over examples; the sentence term is dropped for objective 'none'.
+An Objective says what a step optimises: `sums` runs the model on a batch and
+returns float32 per-batch sums (losses, hits, counts) that add up over
+micro-batches and eval batches; `loss` turns a micro-batch's sums into its
+share of the batch loss, normalised by `normalizers` of the whole batch;
+`summarize` turns sums into metrics. Pretraining (`PretrainingObjective`):
+MLM cross-entropy averaged over the real predictions of the batch
+(`masked_lm_weights`) + sentence-order (or next-sentence) cross-entropy
+averaged over examples; the sentence term is dropped for objective 'none'.
+Fine-tuning objectives live in albert_jax/finetune/.
 
 Gradient accumulation is a `lax.scan` over micro-batches inside one step, not
 `optax.MultiSteps`: every call is one optimizer update (so `step`, the learning
@@ -13,8 +20,9 @@ gradients equal those of the full batch, not a mean of per-micro-batch means.
 """
 
 from collections.abc import Callable, Mapping
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Protocol
 
 import flax
 import flax.linen as nn
@@ -93,13 +101,51 @@ def summarize(sums: Mapping[str, jax.Array], sentence_objective: str,
   return {prefix + k: v for k, v in metrics.items()}
 
 
-def _apply(model: nn.Module, params: Any, batch: Batch,
-           dropout_rng: jax.Array | None) -> dict[str, jax.Array]:
-  return model.apply(
-      {'params': params}, batch['input_ids'], batch['input_mask'],
-      batch['segment_ids'], batch['masked_lm_positions'],
-      deterministic=dropout_rng is None,
-      rngs=None if dropout_rng is None else {'dropout': dropout_rng})
+class Objective(Protocol):
+  """A model and its loss, as the train and eval steps see them."""
+
+  def sums(self, params: Any, batch: Batch,
+           dropout_rng: jax.Array | None) -> Metrics:
+    """Float32 scalar sums over the examples of `batch` (None: no dropout)."""
+
+  def normalizers(self, batch: Batch) -> Metrics:
+    """The denominators of the loss, from the whole (global) batch."""
+
+  def loss(self, sums: Metrics, normalizers: Metrics) -> jax.Array:
+    """A (micro-)batch's share of the batch loss; linear in `sums`."""
+
+  def summarize(self, sums: Metrics, prefix: str = '') -> Metrics:
+    """Losses and accuracies from sums added over any number of batches."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingObjective:
+  """MLM + sentence objective ('sop' | 'nsp' | 'none') of AlbertForPreTraining."""
+  model: nn.Module
+  sentence_objective: str
+
+  def sums(self, params: Any, batch: Batch,
+           dropout_rng: jax.Array | None) -> Metrics:
+    outputs = self.model.apply(
+        {'params': params}, batch['input_ids'], batch['input_mask'],
+        batch['segment_ids'], batch['masked_lm_positions'],
+        deterministic=dropout_rng is None,
+        rngs=None if dropout_rng is None else {'dropout': dropout_rng})
+    return loss_sums(outputs, batch)
+
+  def normalizers(self, batch: Batch) -> Metrics:
+    return {'mlm_weight': jnp.maximum(
+                jnp.sum(batch['masked_lm_weights'].astype(jnp.float32)), 1.0),
+            'examples': jnp.asarray(batch['input_ids'].shape[0], jnp.float32)}
+
+  def loss(self, sums: Metrics, normalizers: Metrics) -> jax.Array:
+    loss = sums['mlm_loss'] / normalizers['mlm_weight']
+    if self.sentence_objective != 'none':
+      loss += sums['sentence_loss'] / normalizers['examples']
+    return loss
+
+  def summarize(self, sums: Metrics, prefix: str = '') -> Metrics:
+    return summarize(sums, self.sentence_objective, prefix)
 
 
 def _micro_batches(batch: Batch, num: int) -> Batch:
@@ -114,51 +160,50 @@ def _micro_batches(batch: Batch, num: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
+def train_step(state: TrainState, batch: Batch, *, objective: Objective,
                optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule, grad_accum_steps: int,
-               sentence_objective: str) -> tuple[TrainState, Metrics]:
+               schedule: optax.Schedule,
+               grad_accum_steps: int) -> tuple[TrainState, Metrics]:
   """One optimizer update on a global batch [B, ...]; metrics are scalars."""
   # Normalisers of the whole batch, so micro-batch gradients simply add up.
-  mlm_weight = jnp.maximum(
-      jnp.sum(batch['masked_lm_weights'].astype(jnp.float32)), 1.0)
-  examples = batch['input_ids'].shape[0]
+  normalizers = objective.normalizers(batch)
   step_rng = jax.random.fold_in(state.rng, state.step)
 
   def micro_loss(params, micro, rng):
-    sums = loss_sums(_apply(model, params, micro, rng), micro)
-    loss = sums['mlm_loss'] / mlm_weight
-    if sentence_objective != 'none':
-      loss += sums['sentence_loss'] / examples
-    return loss, sums
+    sums = objective.sums(params, micro, rng)
+    return objective.loss(sums, normalizers), sums
 
   def accumulate(carry, xs):
     grads, sums = carry
     index, micro = xs
     (_, micro_sums), micro_grads = jax.value_and_grad(micro_loss, has_aux=True)(
         state.params, micro, jax.random.fold_in(step_rng, index))
-    return (jax.tree.map(jnp.add, grads, micro_grads),
+    return (jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads, micro_grads),
             jax.tree.map(jnp.add, sums, micro_sums)), None
 
-  zeros = (jax.tree.map(jnp.zeros_like, state.params),
-           {k: jnp.zeros((), jnp.float32) for k in SUM_KEYS})
+  micro_batches = _micro_batches(batch, grad_accum_steps)
+  # Gradients add up in float32 whatever the parameter dtype.
+  zeros = jax.tree.map(
+      lambda x: jnp.zeros(x.shape, jnp.float32),
+      (state.params,
+       jax.eval_shape(objective.sums, state.params,
+                      jax.tree.map(lambda x: x[0], micro_batches), step_rng)))
   (grads, sums), _ = jax.lax.scan(
-      accumulate, zeros,
-      (jnp.arange(grad_accum_steps), _micro_batches(batch, grad_accum_steps)))
+      accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
 
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   new_state = state.replace(
       step=state.step + 1, params=optax.apply_updates(state.params, updates),
       opt_state=opt_state)
-  metrics = summarize(sums, sentence_objective)
+  metrics = objective.summarize(sums)
   metrics['grad_norm'] = optax.tree.norm(grads)
   metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
   return new_state, metrics
 
 
-def eval_step(params: Any, batch: Batch, *, model: nn.Module) -> Metrics:
-  """`loss_sums` of one global eval batch (deterministic, no dropout)."""
-  return loss_sums(_apply(model, params, batch, None), batch)
+def eval_step(params: Any, batch: Batch, *, objective: Objective) -> Metrics:
+  """`objective.sums` of one global eval batch (deterministic, no dropout)."""
+  return objective.sums(params, batch, None)
 
 
 def jit_train_step(mesh: jax.sharding.Mesh, rules: mesh_lib.LogicalRules,

@@ -4,7 +4,8 @@ Reads top to bottom:
   1. Config and mesh      validate, build the device mesh
   2. Data                 tokenizer, corpus, per-process train / eval streams
   3. Model and optimizer  abstract state, its shardings from the logical rules
-  4. Start or resume      refuse another model's checkpoint, restore or init
+  4. Start or resume      refuse another model's checkpoint, restore, or init
+                          (random, or config.init_from's exported params)
   5. Compiled steps       train step (donated state) and eval step
   6. Loop                 step, log, evaluate, checkpoint, preemption
 A workdir ends up holding:
@@ -25,9 +26,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from albert_jax import export
 from albert_jax import flops
 from albert_jax.config import ModelConfig
 from albert_jax.data import pipeline
+from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train import distributed
@@ -54,6 +57,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           devices: Sequence[jax.Device] | None = None) -> TrainResult:
   """Pretrains `config` in `workdir`, resuming from its latest checkpoint.
 
+  A preemption notice (SIGTERM) from the start on stops the run after the next
+  step, with a checkpoint.
+
   Args:
     config: a config of experiments/configs/pretrain.py.
     workdir: run directory, shared by all processes.
@@ -62,6 +68,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     UsageError: an impossible config, a workdir holding another model's
       checkpoint, or a non-finite loss.
   """
+  preemption = distributed.PreemptionWatcher()
+  try:
+    return _train(config, workdir, devices, preemption)
+  finally:
+    preemption.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           devices: Sequence[jax.Device] | None,
+           preemption: distributed.PreemptionWatcher) -> TrainResult:
   # ---------------------------------------------------------------- 1. Config and mesh
   try:
     model_config = ModelConfig.from_config(config.model)
@@ -82,6 +98,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   _log(f'mesh {mesh_lib.describe(mesh)}; workdir {workdir}')
 
   # ---------------------------------------------------------------- 2. Data
+  init_from = config.get('init_from', '')
+  if init_from and not data_config.vocab:
+    # A model to start from brings its vocabulary.
+    data_config = data_config.copy_and_resolve_references()
+    data_config.vocab = init_from
   # Process 0 trains the tokenizer (if needed) before the others load it.
   if jax.process_index() == 0:
     tokenizer = pipeline.load_or_train_tokenizer(
@@ -106,12 +127,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       train_config.learning_rate, train_config.warmup_steps, train_config.num_steps)
   optimizer = optimizer_lib.make_optimizer(train_config, schedule)
 
-  def init_state(rng: jax.Array) -> step_lib.TrainState:
-    """A fresh state; params (and the optimizer moments) boxed with logical axes."""
+  def init_state(rng: jax.Array, initial_params: Any = None) -> step_lib.TrainState:
+    """A fresh state; params (and the optimizer moments) boxed with logical axes.
+
+    `initial_params` (unboxed), when given, replace the random params' values.
+    """
     params_rng, dropout_rng = jax.random.split(rng)
     ids = jnp.zeros((1, data_config.max_seq_length), jnp.int32)
     positions = jnp.zeros((1, data_config.max_predictions_per_seq), jnp.int32)
     params = model.init(params_rng, ids, ids, ids, positions)['params']
+    if initial_params is not None:
+      params = jax.tree.map(lambda box, value: box.replace_boxed(value),
+                            params, initial_params,
+                            is_leaf=lambda x: isinstance(x, nn.Partitioned))
     return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=optimizer.init(params), rng=dropout_rng)
 
@@ -135,8 +163,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     _log(f'resumed from {checkpointer.directory} at step {latest}')
   else:
     # Created in place, each device computing only its own shards.
-    state = jax.jit(lambda rng: nn.unbox(init_state(rng)),
-                    out_shardings=state_shardings)(seed)
+    initial_params = _initial_params(init_from, model_config, tokenizer,
+                                     abstract_state.params)
+    state = jax.jit(lambda rng, params: nn.unbox(init_state(rng, params)),
+                    out_shardings=state_shardings)(seed, initial_params)
+    if init_from:
+      _log(f'started from the params of {init_from}')
   if jax.process_index() == 0:
     with open(config_path, 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -144,12 +176,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   _log(f'model {config.get("preset", "")}: {num_params:,} parameters')
 
   # ---------------------------------------------------------------- 5. Compiled steps
-  sentence_objective = data_config.sentence_objective
+  objective = step_lib.PretrainingObjective(model, data_config.sentence_objective)
   train_step = step_lib.jit_train_step(
-      mesh, rules, state_shardings, model=model, optimizer=optimizer,
-      schedule=schedule, grad_accum_steps=train_config.grad_accum_steps,
-      sentence_objective=sentence_objective)
-  eval_step = step_lib.jit_eval_step(mesh, rules, state_shardings.params, model=model)
+      mesh, rules, state_shardings, objective=objective, optimizer=optimizer,
+      schedule=schedule, grad_accum_steps=train_config.grad_accum_steps)
+  eval_step = step_lib.jit_eval_step(mesh, rules, state_shardings.params,
+                                     objective=objective)
 
   def evaluate(params: Any) -> dict[str, float]:
     """Mean metrics over the first eval_steps batches of the held-out split."""
@@ -158,7 +190,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       batch_sums = eval_step(params, pipeline.make_global_batch(next(eval_iter),
                                                                 batch_sharding))
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-    return _floats(step_lib.summarize(sums, sentence_objective, prefix='eval_'))
+    return _floats(objective.summarize(sums, prefix='eval_'))
 
   # ---------------------------------------------------------------- 6. Loop
   num_steps = train_config.num_steps
@@ -170,7 +202,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       tokens_per_step=train_config.batch_size * data_config.max_seq_length,
       peak_flops=_peak_flops(mesh, train_config.peak_flops_per_device),
       total_steps=num_steps)
-  preemption = distributed.PreemptionWatcher()
   first_step = int(state.step)
   pending: list[dict[str, jax.Array]] = []  # Metrics of the steps not yet logged.
   last: dict[str, float | None] = {}
@@ -191,8 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           writer.write(step, last)
           pending = []
 
-        if eval_data is not None and (step % train_config.eval_every == 0
-                                      or step == num_steps):
+        if eval_data is not None and step % train_config.eval_every == 0:
           writer.write(step, evaluate(state.params))
           throughput.restart(step)
 
@@ -205,7 +235,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer.wait()
     checkpointer.close()
     writer.close()
-    preemption.close()
   if preempted:
     _log(f'preempted: saved a checkpoint at step {step}; rerun to resume')
   elif step == first_step:
@@ -237,6 +266,25 @@ def _check_train_config(config: ml_collections.ConfigDict,
   if train.batch_size % jax.process_count():
     raise UsageError(f'train.batch_size={train.batch_size} does not split over '
                      f'{jax.process_count()} processes')
+
+
+def _initial_params(init_from: str, model_config: ModelConfig,
+                    tokenizer: Tokenizer, abstract_params: Any) -> Any:
+  """The params of the exported model `init_from` (None when empty), checked
+  against this run's model config, vocabulary and param shapes."""
+  if not init_from:
+    return None
+  try:
+    pretrained = export.load_pretrained(init_from)
+    export.check_architecture(pretrained.config, model_config, source=init_from)
+    params = export.matching_params(pretrained.params, abstract_params,
+                                    source=init_from)
+  except export.ExportError as e:
+    raise UsageError(str(e)) from None
+  if pretrained.tokenizer.fingerprint != tokenizer.fingerprint:
+    raise UsageError(f'data.vocab is not the vocabulary of init_from {init_from}: '
+                     'leave --config.data.vocab empty to use the model\'s own')
+  return params
 
 
 def _model_changes(saved_config_path: str, config: ml_collections.ConfigDict) -> str:

@@ -80,30 +80,35 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       source='builtin',
       text_feature='text',
       # Held-out data for evaluation; empty: the last `eval_documents` documents
-      # of `source` are held out and never trained on.
+      # of `source` are held out and never trained on (0: no evaluation).
       eval_source='',
       eval_documents=64 if tiny else 10000,
-      # SentencePiece model directory; empty: one is trained into the workdir.
+      # SentencePiece model directory; empty: prepared data's own, else one
+      # trained on the training documents into WORKDIR/vocab.
       vocab='',
+      # Normalisation of a tokenizer trained here; a loaded one keeps its own.
       lowercase=True,
-      max_seq_length=128 if tiny else 512,
+      max_seq_length=64 if tiny else 512,
       max_predictions_per_seq=20,
       masked_lm_prob=0.15,
       short_seq_prob=0.1,
       max_ngram=3,
       sentence_objective='sop',  # 'sop' | 'nsp' | 'none'
       seed=0,
+      # Worker processes building batches; 0: in the training process.
       num_workers=0,
+      # Batches prepared ahead (per worker, or on a thread when 0 workers).
       prefetch_buffer_size=2,
   ))
 
   config.train = ml_collections.ConfigDict(dict(
       batch_size=32 if tiny else 4096,  # global, over all processes
       grad_accum_steps=1,
-      num_steps=300 if tiny else 125000,
+      num_steps=600 if tiny else 125000,
       optimizer='lamb',  # 'lamb' | 'adamw'
-      learning_rate=2e-3 if tiny else 0.00176,
-      warmup_steps=30 if tiny else 3125,
+      # LAMB's step is relative to each weight's norm: a tiny model takes a large one.
+      learning_rate=2e-2 if tiny else 0.00176,
+      warmup_steps=60 if tiny else 3125,
       weight_decay=0.01,
       # Regexes searched in param paths ('encoder/layer/.../kernel'): matches
       # get neither weight decay nor LAMB's trust ratio (ALBERT's list).
@@ -113,15 +118,15 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       eps=1e-6,
       clip_norm=1.0,
       seed=0,
-      log_every=10 if tiny else 100,
-      eval_every=100 if tiny else 5000,
+      log_every=20 if tiny else 100,
+      eval_every=200 if tiny else 5000,
       eval_steps=4 if tiny else 50,
       # Peak FLOP/s per device for MFU; 0: looked up from the device kind.
       peak_flops_per_device=0.0,
   ))
 
   config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=100 if tiny else 5000,
+      every_steps=200 if tiny else 5000,
       keep=3,
   ))
 
