@@ -84,13 +84,18 @@ class CompiledStep:
   compile_s: float  # XLA compilation.
 
 
-def compile_train_step(config: ml_collections.ConfigDict,
-                       devices: list[jax.Device] | None = None) -> CompiledStep:
+def compile_train_step(
+    config: ml_collections.ConfigDict,
+    devices: list[jax.Device] | None = None,
+    compiler_options: Mapping[str, str | bool | int] | None = None,
+) -> CompiledStep:
   """Lowers and compiles the train step of `config` from abstract arguments.
 
   Nothing is allocated: the state and the global batch
   [train.batch_size, data.max_seq_length] are ShapeDtypeStructs carrying the
   shardings of `config.mesh` over `devices` (default: all).
+  `compiler_options` are XLA debug options of this compilation only (the
+  names of XLA_FLAGS without '--').
   """
   model_config = ModelConfig.from_config(config.model)
   train, data = config.train, config.data
@@ -134,7 +139,7 @@ def compile_train_step(config: ml_collections.ConfigDict,
     start = time.perf_counter()
     lowered = step.lower(abstract_state, abstract_batch)
     lowered_at = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options)
     compiled_at = time.perf_counter()
 
   def init_state() -> step_lib.TrainState:

@@ -169,9 +169,7 @@ def save_flax(pretrained: Pretrained, directory: str, *,
     params = jax.tree.map(lambda x: np.asarray(x, config.params_dtype), params)
   flat = traverse_util.flatten_dict(params, sep='/')
   with _new_directory(directory) as partial:
-    safetensors.numpy.save_file(
-        {name: np.ascontiguousarray(value) for name, value in flat.items()},
-        os.path.join(partial, PARAMS_FILE))
+    _save_safetensors(flat, os.path.join(partial, PARAMS_FILE))
     _write_json(os.path.join(partial, CONFIG_FILE), dataclasses.asdict(config))
     pretrained.tokenizer.save(partial)
 
@@ -223,9 +221,8 @@ def save_hf(pretrained: Pretrained, directory: str) -> None:
         'eos_token_id': SPECIAL_PIECES.index('[SEP]'),
         'tie_word_embeddings': True,
     })
-    safetensors.numpy.save_file(state_dict,
-                                os.path.join(partial, HF_WEIGHTS_FILE),
-                                metadata={'format': 'pt'})
+    _save_safetensors(state_dict, os.path.join(partial, HF_WEIGHTS_FILE),
+                      metadata={'format': 'pt'})
     pretrained.tokenizer.save(partial)
     _write_json(os.path.join(partial, HF_TOKENIZER_CONFIG), {
         'tokenizer_class': 'AlbertTokenizer',
@@ -363,6 +360,16 @@ def _new_directory(directory: str) -> Iterator[str]:
     os.rename(partial, directory)
   finally:
     shutil.rmtree(partial, ignore_errors=True)
+
+
+def _save_safetensors(tensors: Mapping[str, np.ndarray], path: str,
+                      metadata: Mapping[str, str] | None = None) -> None:
+  # safetensors writes an array's memory as it lies: transposed views
+  # (PyTorch layout) must be made contiguous first.
+  safetensors.numpy.save_file(
+      {name: np.ascontiguousarray(value) for name, value in tensors.items()},
+      path, metadata=metadata)
+  os.chmod(path, 0o644)
 
 
 def _write_json(path: str, value: Mapping[str, Any]) -> None:

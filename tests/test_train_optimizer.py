@@ -8,7 +8,10 @@ import numpy as np
 import optax
 import pytest
 
+from albert_jax.config import ModelConfig
+from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import optimizer as optimizer_lib
+from albert_jax.train import tree_paths
 from experiments.configs import pretrain
 
 
@@ -44,6 +47,24 @@ def test_decay_mask_excludes_layer_norm_and_biases():
       'encoder': {'layer': {'query': {'kernel': True, 'bias': False}}},
       'predictions': {'bias': False},
   }
+
+
+@pytest.mark.parametrize('sharing', ['all', 'attention', 'ffn', 'none'])
+def test_decay_mask_on_the_model_spares_exactly_layer_norms_and_biases(sharing):
+  config = pretrain.get_config('tiny')
+  config.model.sharing = sharing
+  model = AlbertForPreTraining(ModelConfig.from_config(config.model))
+  ids = jnp.zeros((1, 8), jnp.int32)
+  params = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids, ids[:, :2]))['params']
+  mask = optimizer_lib.weight_decay_mask(nn.unbox(params),
+                                         config.train.weight_decay_exclude)
+  for path, decayed in jax.tree_util.tree_flatten_with_path(mask)[0]:
+    name = tree_paths.path_str(path)
+    leaf = name.rsplit('/', 1)[-1]
+    assert leaf in ('kernel', 'embedding', 'scale', 'bias'), name
+    # LayerNorm scales and all biases are spared; weight matrices decay.
+    assert decayed == (leaf in ('kernel', 'embedding')), name
 
 
 def test_decay_mask_sees_through_logical_boxes():

@@ -62,11 +62,13 @@ def test_restart_from_a_periodic_checkpoint_is_exact(vocab, straight, tmp_path):
 
 
 def test_sigterm_saves_exits_0_and_resume_is_exact(vocab, straight, tmp_path):
+  # Run from elsewhere with a relative workdir, as users do.
   process = subprocess.Popen(
-      [sys.executable, '-m', 'launch.pretrain', f'--workdir={tmp_path}',
+      [sys.executable, '-m', 'launch.pretrain', '--workdir=run',
        *train_testing.tiny_flags(vocab, **SETTINGS)],
-      cwd=REPO, env=train_testing.subprocess_env(), text=True,
+      cwd=tmp_path, env=train_testing.subprocess_env(PYTHONPATH=REPO), text=True,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  workdir = str(tmp_path / 'run')
   output = []
   for line in process.stdout:
     output.append(line)
@@ -75,12 +77,16 @@ def test_sigterm_saves_exits_0_and_resume_is_exact(vocab, straight, tmp_path):
   output = ''.join(output)
   assert process.wait(timeout=120) == 0, output
   assert 'preempted: saved a checkpoint at step 1; rerun to resume' in output
-  assert f'checkpoints: {tmp_path}/checkpoints' in output
-  assert [d for d in os.listdir(os.path.join(tmp_path, 'checkpoints')) if d.isdigit()] == ['1']
+  assert 'checkpoints: run/checkpoints' in output
+  assert [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()] == ['1']
 
-  result = trainer.train(train_testing.tiny_config(vocab, **SETTINGS), str(tmp_path))
+  # Resumed keeping the last 2 checkpoints: 1 (the preemption's) goes.
+  result = trainer.train(
+      train_testing.tiny_config(vocab, **{**SETTINGS, 'checkpoint.keep': 2}), workdir)
   assert result.step == NUM_STEPS
-  _assert_same_run_after(1, str(tmp_path), straight)
+  _assert_same_run_after(1, workdir, straight)
+  assert sorted(d for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                if d.isdigit()) == ['2', '4']
 
 
 def test_checkpoint_of_data_mesh_restores_under_fsdp(vocab, straight, tmp_path):

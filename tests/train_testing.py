@@ -1,7 +1,9 @@
 """Shared by tests/test_train_*.py: a tiny pretraining config, in-process or as flags."""
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -18,6 +20,7 @@ VOCAB_SIZE = 256
 # Compiled programs persist for the whole session (and its subprocesses, see
 # subprocess_env): many tests run the same step on the same mesh.
 _COMPILATION_CACHE = tempfile.mkdtemp(prefix='albert-jax-test-xla-')
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 compilation_cache.set_cache_dir(_COMPILATION_CACHE)
 compilation_cache.reset_cache()  # Earlier tests may have compiled without one.

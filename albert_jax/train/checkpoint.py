@@ -9,10 +9,10 @@ Restoring takes the target shardings from an abstract state, so a checkpoint
 saved under one mesh loads under another.
 """
 
+import os
 from typing import Any
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 from orbax.checkpoint.checkpoint_managers import save_decision_policy
@@ -28,9 +28,10 @@ class Checkpointer:
     if every_steps < 1 or keep < 1:
       raise UsageError('config.checkpoint.every_steps and .keep must be >= 1, '
                        f'got {every_steps} and {keep}')
-    self.directory = directory
+    # Orbax needs absolute paths; remote ones (gs://...) already are.
+    self.directory = directory if '://' in directory else os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        directory,
+        self.directory,
         options=ocp.CheckpointManagerOptions(
             save_decision_policy=save_decision_policy.FixedIntervalPolicy(every_steps),
             preservation_policy=preservation_policy.LatestN(keep),

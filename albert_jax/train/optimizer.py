@@ -7,7 +7,9 @@ matches an exclusion rule (LayerNorm, biases) get neither weight decay nor the
 layer-wise trust ratio (the original's `exclude_from_layer_adaptation` defaults
 to its `exclude_from_weight_decay`). `optax.lamb` applies the trust ratio to
 every parameter, so the same chain is assembled here from optax's parts with the
-trust ratio masked like the decay.
+trust ratio masked like the decay. One deliberate difference: the Adam moments
+are bias-corrected (optax's `scale_by_adam`); the original's are not, which
+only changes the first few hundred (warmup) updates.
 """
 
 from collections.abc import Sequence

@@ -242,7 +242,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
          'raise --config.train.num_steps to train on')
   return TrainResult(
       step=step, preempted=preempted, metrics=last, workdir=workdir,
-      checkpoint_dir=checkpointer.directory, metrics_path=writer.jsonl_path,
+      checkpoint_dir=os.path.join(workdir, 'checkpoints'), metrics_path=writer.jsonl_path,
       tensorboard_dir=writer.tensorboard_dir)
 
 

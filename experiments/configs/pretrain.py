@@ -88,7 +88,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       vocab='',
       # Normalisation of a tokenizer trained here; a loaded one keeps its own.
       lowercase=True,
-      max_seq_length=64 if tiny else 512,
+      max_seq_length=128 if tiny else 512,
       max_predictions_per_seq=20,
       masked_lm_prob=0.15,
       short_seq_prob=0.1,

@@ -1,0 +1,89 @@
+"""Fine-tuning presets: `python -m launch.finetune --model=OUT --task=NAME`.
+
+NAME is one of:
+  classification  sequence (pair) classification from --config.data.train /
+                  .eval: PATH.tsv, PATH.csv or tfds:NAME[/CONFIG][:SPLIT];
+  sst2            GLUE SST-2 from TFDS (glue/sst2, train / validation);
+  imdb            IMDb reviews from TFDS (imdb_reviews, train / test);
+  span_qa         extractive QA from SQuAD-format JSON files
+                  (--config.data.train / .eval).
+Hyperparameters follow ALBERT's run_classifier / run_squad (AdamW-style
+fine-tuning, linear warmup 10% then decay); every key can be overridden,
+e.g. `--config.train.learning_rate=1e-5 --config.data.max_seq_length=256`.
+"""
+
+import ml_collections
+
+from experiments.configs import pretrain
+
+# name: (task, train source, eval source, text feature, max_seq_length)
+_PRESETS = {
+    'classification': ('classification', '', '', 'text', 128),
+    'sst2': ('classification', 'tfds:glue/sst2:train',
+             'tfds:glue/sst2:validation', 'sentence', 128),
+    'imdb': ('classification', 'tfds:imdb_reviews:train',
+             'tfds:imdb_reviews:test', 'text', 512),
+    'span_qa': ('span_qa', '', '', 'text', 384),
+}
+
+
+def get_config(arg: str = 'classification') -> ml_collections.ConfigDict:
+  """The fine-tuning config of preset `arg`."""
+  if arg not in _PRESETS:
+    raise ValueError(f'unknown fine-tuning task {arg!r}: choose one of '
+                     f'{", ".join(_PRESETS)}')
+  task, train, evaluation, text_feature, max_seq_length = _PRESETS[arg]
+  config = ml_collections.ConfigDict()
+  config.preset = arg
+  config.task = task  # 'classification' | 'span_qa'
+
+  config.data = ml_collections.ConfigDict(dict(
+      train=train,
+      # Empty: no evaluation.
+      eval=evaluation,
+      # Classification: column / feature names (see finetune/classification.py).
+      text_feature=text_feature,
+      text_b_feature='',
+      label_feature='label',
+      # 0: from the data.
+      num_labels=0,
+      max_seq_length=max_seq_length,
+      # Span QA: windows over long contexts, question and answer lengths.
+      doc_stride=128,
+      max_query_length=64,
+      max_answer_length=30,
+      seed=0,
+  ))
+
+  # Run-time settings of the exported model (its architecture is fixed).
+  config.model = ml_collections.ConfigDict(dict(
+      dtype='float32',
+      hidden_dropout_prob=0.1 if task == 'classification' else 0.0,
+      attention_dropout_prob=0.0,
+      remat_policy='none',
+  ))
+
+  squad = task == 'span_qa'
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=48 if squad else 32,
+      grad_accum_steps=1,
+      num_steps=3649 if squad else 20935,
+      optimizer='adamw',
+      learning_rate=5e-5 if squad else 1e-5,
+      warmup_steps=365 if squad else 1256,
+      weight_decay=0.01,
+      weight_decay_exclude=('LayerNorm', 'layer_norm', 'bias'),
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      clip_norm=1.0,
+      seed=0,
+      log_every=100,
+      eval_every=1000,
+      peak_flops_per_device=0.0,
+  ))
+
+  config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=1))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.sharding_rules = pretrain.get_config().sharding_rules
+  return config

@@ -1,0 +1,72 @@
+r"""Export a pretrained model, or import one from Hugging Face.
+
+  # A training run's checkpoint -> Hugging Face transformers
+  python -m launch.export --workdir=runs/base --format=hf --output=out/hf
+  # -> this codebase's flax format (params only), optionally in bfloat16
+  python -m launch.export --workdir=runs/base --step=5000 --format=flax \
+      --dtype=bfloat16 --output=out/flax
+  # A local Hugging Face ALBERT directory -> the flax format
+  python -m launch.export --from_hf=path/to/albert-base-v2 --output=out/flax
+
+The flax format is what launch.fill_mask, launch.evaluate, launch.finetune
+and `--config.init_from` of launch.pretrain read. An existing non-empty
+--output is never touched.
+"""
+
+import sys
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from albert_jax import export
+from albert_jax.data.errors import DataError
+
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Training run (launch.pretrain --workdir) to export.')
+_STEP = flags.DEFINE_integer(
+    'step', None, 'Checkpoint step to export; default: the latest.')
+_FROM_HF = flags.DEFINE_string(
+    'from_hf', None, 'Local Hugging Face ALBERT directory to import instead.')
+_FORMAT = flags.DEFINE_enum(
+    'format', 'flax', export.FORMATS,
+    'flax: this codebase (params only); hf: Hugging Face transformers.')
+_DTYPE = flags.DEFINE_enum(
+    'dtype', None, ['float32', 'bfloat16'],
+    'Cast the params of a flax export (default: as trained).')
+_OUTPUT = flags.DEFINE_string('output', None, 'New directory to write.')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected argument {argv[1]!r}; flags look like '
+             '--name=value')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  if not _OUTPUT.value:
+    sys.exit('error: pass --output=DIR, a new directory to write')
+  if bool(_WORKDIR.value) == bool(_FROM_HF.value):
+    sys.exit('error: pass either --workdir=RUN (export a training run) or '
+             '--from_hf=DIR (import a Hugging Face model)')
+  if _FROM_HF.value and _FORMAT.value != 'flax':
+    sys.exit('error: --from_hf writes the flax format; drop --format=hf')
+  if _DTYPE.value and _FORMAT.value != 'flax':
+    sys.exit('error: --dtype applies to --format=flax only (the Hugging Face '
+             'export is float32)')
+  try:
+    if _FROM_HF.value:
+      pretrained = export.load_hf(_FROM_HF.value)
+    else:
+      pretrained = export.restore_from_workdir(_WORKDIR.value, _STEP.value)
+    if _FORMAT.value == 'hf':
+      export.save_hf(pretrained, _OUTPUT.value)
+    else:
+      export.save_flax(pretrained, _OUTPUT.value, dtype=_DTYPE.value)
+  except (export.ExportError, DataError) as e:
+    sys.exit(f'error: {e}')
+  print(f'wrote {_FORMAT.value} model to {_OUTPUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,118 @@
+"""Shared by tests/test_export.py, test_fill_mask.py, test_evaluate.py and
+test_finetune.py: one tiny model pretrained once per test session on a
+synthetic, perfectly predictable corpus, and its exports.
+
+The corpus: every document repeats one word of WORDS ("dogs dogs dogs.
+dogs dogs."), so a masked word is the word around it, whatever the position
+or segment. (Tiny ALBERTs learn position-based rules such as "the next
+number" only after thousands of steps; this one is learned in a few hundred.)
+"""
+
+import functools
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import jax
+
+from albert_jax import export
+from albert_jax.train import trainer
+from experiments.configs import pretrain
+import train_testing  # Compilation cache shared with the trainer tests.
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENGLISH = ('cats', 'mice', 'dogs', 'bones', 'birds', 'nests', 'fish', 'rivers',
+           'bees', 'honey')
+CHINESE = ('猫', '鱼', '老师', '汉字')
+WORDS = ENGLISH + CHINESE
+NUM_STEPS = 400
+SETTINGS = {
+    'model.vocab_size': 128,
+    'model.embedding_size': 32,
+    'model.hidden_size': 48,
+    'model.num_layers': 2,
+    'model.num_heads': 4,
+    'model.intermediate_size': 96,
+    'model.max_position_embeddings': 32,
+    'data.max_seq_length': 32,
+    'data.max_predictions_per_seq': 5,
+    'train.batch_size': 32,
+    'train.num_steps': NUM_STEPS,
+    'train.learning_rate': 3e-2,
+    'train.warmup_steps': 10,
+    'train.log_every': 100,
+    'train.eval_every': NUM_STEPS,
+    'train.eval_steps': 2,
+    'checkpoint.every_steps': 200,
+}
+
+
+def sentence_end(word: str) -> str:
+  return '。' if word in CHINESE else '.'
+
+
+def write_corpus(path: str, num_documents: int, seed: int) -> str:
+  """Documents of one word repeated, in BERT text format; returns `path`."""
+  rng = random.Random(seed)
+  with open(path, 'w', encoding='utf-8') as f:
+    for _ in range(num_documents):
+      word = rng.choice(WORDS)
+      sentences = [' '.join([word] * rng.randint(3, 6)) + sentence_end(word)
+                   for _ in range(rng.randint(2, 4))]
+      f.write('\n'.join(sentences) + '\n\n')
+  return path
+
+
+@functools.cache
+def pretrained_run() -> tuple[str, Any]:
+  """(workdir, config) of the shared run: NUM_STEPS steps on one device, its
+  tokenizer trained on the corpus, evaluated on held-out documents at the
+  end."""
+  root = tempfile.mkdtemp(prefix='albert-jax-export-test-')
+  train = write_corpus(os.path.join(root, 'train.txt'), 300, seed=0)
+  heldout = write_corpus(os.path.join(root, 'heldout.txt'), 64, seed=1)
+  config = pretrain.get_config('tiny')
+  for key, value in {**SETTINGS, 'data.source': f'text:{train}',
+                     'data.eval_source': f'text:{heldout}'}.items():
+    section, name = key.split('.')
+    config[section][name] = value
+  workdir = os.path.join(root, 'run')
+  trainer.train(config, workdir, devices=jax.devices()[:1])
+  return workdir, config
+
+
+@functools.cache
+def exported(format_: str) -> str:
+  """The shared run exported in `format_` ('flax' | 'hf') by the library."""
+  workdir, _ = pretrained_run()
+  output = os.path.join(os.path.dirname(workdir), f'export_{format_}')
+  pretrained = export.restore_from_workdir(workdir)
+  (export.save_hf if format_ == 'hf' else export.save_flax)(pretrained, output)
+  return output
+
+
+def heldout_source() -> str:
+  _, config = pretrained_run()
+  return config.data.eval_source
+
+
+def launch(name: str, *args: str, timeout: float = 300
+           ) -> subprocess.CompletedProcess:
+  """Runs `python -m launch.NAME ARGS` from the repository root."""
+  return subprocess.run(
+      [sys.executable, '-m', f'launch.{name}', *args], cwd=REPO,
+      env=train_testing.subprocess_env(), text=True, capture_output=True,
+      timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess,
+                          pattern: str) -> None:
+  """A launcher failed with one `error: ...` line matching `pattern`."""
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode != 0, result.stdout
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+  assert re.search(pattern, lines[0]), lines[0]
