@@ -115,6 +115,9 @@ def restore_from_workdir(workdir: str, step: int | None = None) -> Pretrained:
                       'checkpoints/): pass the --workdir of launch.pretrain')
   with open(config_path) as f:
     run_config = ml_collections.ConfigDict(json.load(f))
+  if 'task' in run_config:
+    raise ExportError(f'{workdir} is a fine-tuning run: export pretraining '
+                      'runs (launch.pretrain --workdir)')
   try:
     config = ModelConfig.from_config(run_config.model)
   except ValueError as e:
@@ -130,13 +133,17 @@ def restore_from_workdir(workdir: str, step: int | None = None) -> Pretrained:
                       f'choose one of {", ".join(map(str, steps))}')
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), param_shapes(config))
-  restored = ocp.PyTreeCheckpointer().restore(
-      os.path.join(checkpoints, str(step), 'state'),
-      args=ocp.args.PyTreeRestore(
-          item={'params': abstract},
-          restore_args={'params': jax.tree.map(
-              lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)},
-          partial_restore=True))
+  state_dir = os.path.join(checkpoints, str(step), 'state')
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+        item={'params': abstract},
+        restore_args={'params': jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)},
+        partial_restore=True))
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    message = (str(e).strip() or type(e).__name__).splitlines()[0]
+    raise ExportError(f'cannot read the params of {state_dir} with the model '
+                      f'of {config_path}: {message}') from None
   return Pretrained(config, restored['params'],
                     _run_tokenizer(run_config.data, config, workdir))
 

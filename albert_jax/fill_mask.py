@@ -47,12 +47,12 @@ class FillMask:
     self._params = jax.device_put(pretrained.params)
     self._model = AlbertForPreTraining(pretrained.config)
 
-  @functools.partial(jax.jit, static_argnums=(0, 4))
-  def _top_k(self, params, input_ids: jax.Array, positions: jax.Array,
-             top_k: int) -> tuple[jax.Array, jax.Array]:
-    """[1, S] ids, [1, P] mask positions -> [P, k] probabilities and ids."""
-    ones = jnp.ones_like(input_ids)
-    logits = self._model.apply({'params': params}, input_ids, ones,
+  @functools.partial(jax.jit, static_argnums=(0, 5))
+  def _top_k(self, params, input_ids: jax.Array, input_mask: jax.Array,
+             positions: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
+    """[1, S] ids and mask, [1, P] mask positions -> [P, k] probabilities
+    and ids."""
+    logits = self._model.apply({'params': params}, input_ids, input_mask,
                                jnp.zeros_like(input_ids),
                                positions)['mlm_logits'][0]
     return jax.lax.top_k(jax.nn.softmax(logits, axis=-1), top_k)
@@ -73,8 +73,13 @@ class FillMask:
           f'the text is {len(ids)} tokens long with [CLS] and [SEP], the model '
           f'takes at most {self.config.max_position_embeddings}: shorten it')
     top_k = max(1, min(top_k, self.config.vocab_size))
+    # Padded to a power of two: texts of similar length share a compilation.
+    length = min(1 << (len(ids) - 1).bit_length(),
+                 self.config.max_position_embeddings)
+    input_ids = np.zeros((1, length), np.int32)
+    input_ids[0, :len(ids)] = ids
     scores, token_ids = jax.device_get(self._top_k(
-        self._params, np.asarray([ids], np.int32),
+        self._params, input_ids, (input_ids > 0).astype(np.int32),
         np.asarray([positions], np.int32), top_k))
     return [[(self.tokenizer.decode([t]), float(s))
              for s, t in zip(mask_scores, mask_ids)]

@@ -80,8 +80,12 @@ def main(argv: Sequence[str]) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
   """Defines --config from --task and parses the command line; a bad flag
   exits with one line."""
-  task = next((a.split('=', 1)[1] for a in argv[1:]
-               if a.startswith('--task=')), _TASK.default)
+  task = _TASK.default
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith('--task='):
+      task = arg.split('=', 1)[1]
+    elif arg == '--task' and i + 1 < len(argv):
+      task = argv[i + 1]
   try:
     # Defined here, not at import: the default preset is --task's, and is
     # parsed (overrides included) as soon as it is defined.

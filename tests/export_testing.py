@@ -8,10 +8,12 @@ or segment. (Tiny ALBERTs learn position-based rules such as "the next
 number" only after thousands of steps; this one is learned in a few hundred.)
 """
 
+import atexit
 import functools
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +75,7 @@ def pretrained_run() -> tuple[str, Any]:
   tokenizer trained on the corpus, evaluated on held-out documents at the
   end."""
   root = tempfile.mkdtemp(prefix='albert-jax-export-test-')
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
   train = write_corpus(os.path.join(root, 'train.txt'), 300, seed=0)
   heldout = write_corpus(os.path.join(root, 'heldout.txt'), 64, seed=1)
   config = pretrain.get_config('tiny')

@@ -102,7 +102,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   ))
 
   config.train = ml_collections.ConfigDict(dict(
-      batch_size=32 if tiny else 4096,  # global, over all processes
+      batch_size=16 if tiny else 4096,  # global, over all processes
       grad_accum_steps=1,
       num_steps=600 if tiny else 125000,
       optimizer='lamb',  # 'lamb' | 'adamw'

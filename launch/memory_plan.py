@@ -1,0 +1,166 @@
+r"""Per-device memory of a config on meshes too big for this machine, compiled AOT.
+
+  python -m launch.memory_plan --config=experiments/configs/pretrain.py:xxlarge
+
+For each device count (--num_devices, simulated with
+--xla_force_host_platform_device_count), mesh layout (--meshes) and remat
+policy (--remat_policies), compiles the train step of the global batch
+(train.batch_size, data.max_seq_length) ahead of time, nothing allocated, with
+gradient accumulation so that each micro-batch holds --micro_batch_per_device
+examples per device, and prints XLA's per-device buffer assignment as a
+Markdown table, with whether it fits a 16 GiB device (TPU v3 core, V100-16GB)
+and an 80 GiB one (A100 / H100 80GB).
+
+The figures come from the CPU compiler: a guide, not a promise. An
+accelerator's compiler fuses and schedules differently (and may remat more
+to fit), and its runtime adds a little on top.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+from albert_jax import benchmark
+from albert_jax.config import REMAT_POLICIES
+from albert_jax.train import mesh as mesh_lib
+from albert_jax.train.errors import UsageError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'experiments/configs/pretrain.py:xxlarge',
+    'Config file and preset, FILE:PRESET.', lock_config=False)
+_NUM_DEVICES = flags.DEFINE_list('num_devices', ['8', '64'],
+                                 'Simulated device counts.')
+_MESHES = flags.DEFINE_list(
+    'meshes', ['data', 'fsdp'],
+    'Mesh layouts, each AXIS (all devices on it) or AXIS=N+AXIS=-1 '
+    '(e.g. fsdp=-1+tensor=4).')
+_REMAT = flags.DEFINE_list('remat_policies', list(REMAT_POLICIES),
+                           'model.remat_policy values to compare.')
+_MICRO_BATCH = flags.DEFINE_integer(
+    'micro_batch_per_device', 8,
+    'Examples per device in each accumulation step; sets train.grad_accum_steps.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per compilation.')
+
+GIB = 2**30
+DEVICE_SIZES_GIB = (16, 80)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected argument {argv[1]!r}; flags look like --name=value')
+  try:
+    counts = _positive_ints(_NUM_DEVICES.value, '--num_devices')
+    _simulate_devices(max(counts))
+    records = []
+    for count in counts:
+      for mesh in _MESHES.value:
+        for policy in _REMAT.value:
+          records.append(_plan(_CONFIG.value.copy_and_resolve_references(),
+                               count, mesh, policy))
+          if _JSON.value:
+            print(json.dumps(records[-1]), flush=True)
+  except (UsageError, ValueError) as e:
+    sys.exit(f'error: {e}')
+  if not _JSON.value:
+    print(markdown_table(records))
+
+
+def _positive_ints(values: list[str], name: str) -> list[int]:
+  if not all(v.isdigit() and int(v) > 0 for v in values):
+    raise UsageError(f'{name} takes positive integers, got {",".join(values)}')
+  return [int(v) for v in values]
+
+
+def _simulate_devices(count: int) -> None:
+  """Makes the CPU backend pretend to have `count` devices (before it starts)."""
+  flag = f'--xla_force_host_platform_device_count={count}'
+  os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {flag}'.strip()
+  jax.config.update('jax_platforms', 'cpu')
+  if len(jax.devices()) < count:
+    raise UsageError(f'{count} devices asked for, but the backend has '
+                     f'{len(jax.devices())}; run without XLA_FLAGS setting '
+                     'the device count')
+
+
+def mesh_config(layout: str, num_devices: int) -> dict[str, int]:
+  """'fsdp' -> {'data': 1, 'fsdp': -1, 'tensor': 1}; 'fsdp=-1+tensor=4' likewise."""
+  sizes = {axis: 1 for axis in mesh_lib.MESH_AXES}
+  parts = layout.split('+')
+  for part in parts:
+    axis, _, size = part.partition('=')
+    if axis not in sizes or (size and not size.lstrip('-').isdigit()):
+      raise UsageError(f'bad mesh layout {layout!r}: use AXIS or AXIS=N joined '
+                       f'by +, axes {", ".join(mesh_lib.MESH_AXES)}')
+    sizes[axis] = int(size) if size else -1
+  mesh_lib.mesh_shape(sizes, num_devices)  # Raises if it does not fit.
+  return sizes
+
+
+def _plan(config, num_devices: int, layout: str, policy: str) -> dict:
+  """Compiles `config` for one (devices, mesh, policy); its memory record."""
+  config.mesh = mesh_config(layout, num_devices)
+  config.model.remat_policy = policy
+  shape = dict(zip(mesh_lib.MESH_AXES,
+                   mesh_lib.mesh_shape(config.mesh, num_devices)))
+  batch_shards = shape['data'] * shape['fsdp']
+  micro = _MICRO_BATCH.value * batch_shards
+  if config.train.batch_size % micro:
+    raise UsageError(
+        f'train.batch_size={config.train.batch_size} is not a multiple of '
+        f'{micro} (--micro_batch_per_device={_MICRO_BATCH.value} x '
+        f'{batch_shards} batch shards)')
+  config.train.grad_accum_steps = config.train.batch_size // micro
+  step = benchmark.compile_train_step(config, jax.devices()[:num_devices])
+  memory = benchmark.memory(step.compiled)
+  return {
+      'preset': config.get('preset', ''),
+      'num_devices': num_devices,
+      'mesh': ' '.join(f'{a}={n}' for a, n in shape.items() if n > 1) or 'single',
+      'remat_policy': policy,
+      'dtype': config.model.dtype,
+      'batch_size': config.train.batch_size,
+      'seq_len': config.data.max_seq_length,
+      'micro_batch_per_device': _MICRO_BATCH.value,
+      'grad_accum_steps': config.train.grad_accum_steps,
+      'memory_per_device_bytes': memory.peak,
+      'memory_analysis': dataclasses.asdict(memory),
+      'compile_s': step.compile_s,
+  }
+
+
+def markdown_table(records: list[dict]) -> str:
+  """The records as a Markdown table, then which settings fit each device size."""
+  fits = lambda r, gib: r['memory_per_device_bytes'] <= gib * GIB
+  r0 = records[0]
+  lines = [
+      f'{r0["preset"]}, {r0["dtype"]}, global batch {r0["batch_size"]} x seq '
+      f'{r0["seq_len"]}, {r0["micro_batch_per_device"]} examples per device per '
+      'micro-batch (XLA CPU buffer assignment, per device)',
+      '',
+      '| devices | mesh | remat | accum steps | state + batch GiB | temporaries GiB '
+      '| peak GiB | ' + ' | '.join(f'fits {g} GiB' for g in DEVICE_SIZES_GIB) + ' |',
+      '|---:|---|---|---:|---:|---:|---:|' + '---|' * len(DEVICE_SIZES_GIB),
+  ]
+  for r in records:
+    m = r['memory_analysis']
+    lines.append(
+        f'| {r["num_devices"]} | {r["mesh"]} | {r["remat_policy"]} | '
+        f'{r["grad_accum_steps"]} | {m["arguments"] / GIB:.2f} | '
+        f'{m["temporaries"] / GIB:.2f} | {r["memory_per_device_bytes"] / GIB:.2f} | '
+        + ' | '.join('yes' if fits(r, g) else 'no' for g in DEVICE_SIZES_GIB)
+        + ' |')
+  for gib in DEVICE_SIZES_GIB:
+    ok = [f'{r["num_devices"]} x {r["mesh"]} / {r["remat_policy"]}'
+          for r in records if fits(r, gib)]
+    lines.append(f'\nFits {gib} GiB: {", ".join(ok) if ok else "none"}.')
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  app.run(main)
