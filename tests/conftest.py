@@ -1,10 +1,19 @@
-"""Test setup: 8 simulated CPU devices, so sharded code runs on one machine.
+"""Test setup, before jax is imported anywhere in the test process.
 
-The flag must be set before jax is imported anywhere in the test process.
+- 8 simulated CPU devices, so sharded code runs on one machine;
+- a persistent compilation cache for the session, shared with the launcher
+  subprocesses through the environment: many tests compile the same step.
 """
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+_CACHE = tempfile.mkdtemp(prefix='albert-jax-test-xla-')
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,14 +1,9 @@
 """Shared by tests/test_train_*.py: a tiny pretraining config, in-process or as flags."""
 
-import atexit
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
-import jax
-from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 
 from albert_jax.data import sources
@@ -16,14 +11,6 @@ from albert_jax.data.tokenizer import train_tokenizer
 from experiments.configs import pretrain
 
 VOCAB_SIZE = 256
-
-# Compiled programs persist for the whole session (and its subprocesses, see
-# subprocess_env): many tests run the same step on the same mesh.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix='albert-jax-test-xla-')
-atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-compilation_cache.set_cache_dir(_COMPILATION_CACHE)
-compilation_cache.reset_cache()  # Earlier tests may have compiled without one.
 
 # Sized so every mesh axis of 8 devices (data, fsdp, tensor up to 4) divides
 # every sharded dimension, and a step takes milliseconds.
@@ -85,6 +72,5 @@ def train_losses(workdir: str) -> dict[int, float]:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-  """Environment for a launcher subprocess: this session's compilation cache."""
-  return {**os.environ, 'JAX_COMPILATION_CACHE_DIR': _COMPILATION_CACHE,
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5', **extra}
+  """Environment for a launcher subprocess (it inherits conftest's compilation cache)."""
+  return {**os.environ, **extra}

@@ -1,7 +1,8 @@
 """Pretraining presets: `--config=experiments/configs/pretrain.py:NAME`.
 
-NAME is one of: tiny (seconds on a CPU), base, large, xlarge, xxlarge (ALBERT v2
-shapes), bert_base, bert_large (E = H, nothing shared; for comparison).
+NAME is one of: tiny (a few minutes on a 2-core CPU), base, large, xlarge,
+xxlarge (ALBERT v2 shapes), bert_base, bert_large (E = H, nothing shared; for
+comparison).
 Every key can be overridden on the command line, e.g.
 `--config.model.embedding_size=64 --config.model.sharing=none`.
 """
@@ -82,7 +83,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       # Held-out data for evaluation; empty: the last `eval_documents` documents
       # of `source` are held out and never trained on (0: no evaluation).
       eval_source='',
-      eval_documents=64 if tiny else 10000,
+      eval_documents=16 if tiny else 10000,
       # SentencePiece model directory; empty: prepared data's own, else one
       # trained on the training documents into WORKDIR/vocab.
       vocab='',
