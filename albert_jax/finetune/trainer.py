@@ -148,10 +148,7 @@ def _finetune(config: ml_collections.ConfigDict, model_dir: str,
 
   seed = jax.random.PRNGKey(train_config.seed)
   boxed = jax.eval_shape(init_state, seed)
-  state_shardings = mesh_lib.tree_shardings(boxed, mesh, rules)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.unbox(boxed), state_shardings)
+  abstract_state, state_shardings = mesh_lib.sharded_abstract(boxed, mesh, rules)
 
   # ---------------------------------------------------------------- 4. Start or resume
   checkpointer = checkpoint_lib.Checkpointer(

@@ -103,6 +103,20 @@ def tree_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh,
   return shardings
 
 
+def sharded_abstract(abstract_boxed: Any, mesh: jax.sharding.Mesh,
+                     rules: LogicalRules) -> tuple[Any, Any]:
+  """(unboxed ShapeDtypeStructs carrying their shardings, the shardings).
+
+  The abstract tree is what jit'ed code is lowered and checkpoints are
+  restored against; the shardings place the real arrays (see tree_shardings).
+  """
+  shardings = tree_shardings(abstract_boxed, mesh, rules)
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(abstract_boxed), shardings)
+  return abstract, shardings
+
+
 def _check_divisible(name: str, shape: tuple[int, ...],
                      sharding: NamedSharding) -> None:
   for dim, axes in zip(shape, sharding.spec):
