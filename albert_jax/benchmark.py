@@ -15,7 +15,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -211,14 +211,23 @@ class JaxTrainer:
     return elapsed
 
 
+@dataclasses.dataclass(frozen=True)
+class Rounds:
+  """Per-round seconds per step of one runner."""
+  wall: list[float]
+  cpu: list[float]  # CPU time of this process (all its threads).
+
+
 def interleaved_rounds(runners: Mapping[str, Callable[[int], float]], *,
-                       rounds: int, steps: int) -> dict[str, list[float]]:
+                       rounds: int, steps: int) -> dict[str, Rounds]:
   """Seconds per step of each runner, per round; within a round the runners
   take turns, so load from other processes hits all of them alike."""
-  times = {name: [] for name in runners}
+  times = {name: Rounds([], []) for name in runners}
   for _ in range(rounds):
     for name, run in runners.items():
-      times[name].append(run(steps) / steps)
+      cpu = time.process_time()
+      times[name].wall.append(run(steps) / steps)
+      times[name].cpu.append((time.process_time() - cpu) / steps)
   return times
 
 

@@ -114,7 +114,7 @@ def _time_step(config) -> dict:
 
   devices = list(step.mesh.devices.flat)
   tokens = train.batch_size * data.max_seq_length
-  step_time = statistics.median(times['jax'])
+  step_time = statistics.median(times['jax'].wall)
   flops_per_step = benchmark.train_flops_per_step(config)
   peak = benchmark.peak_flops(devices, train.peak_flops_per_device)
   memory = benchmark.memory(step.compiled)
@@ -134,7 +134,8 @@ def _time_step(config) -> dict:
       'steps': _STEPS.value,
       'rounds': _ROUNDS.value,
       'step_time_s': step_time,
-      'step_times_s': times['jax'],
+      'step_times_s': times['jax'].wall,
+      'cpu_s_per_step': statistics.median(times['jax'].cpu),
       'tokens_per_sec': tokens / step_time,
       'flops_per_step': flops_per_step,
       'flops_per_sec': flops_per_step / step_time,
@@ -150,16 +151,20 @@ def _time_step(config) -> dict:
       'max_rss_bytes': benchmark.max_rss_bytes(),
       'threads': threads,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
   }
   if 'peer' in runners:
-    peer_time = statistics.median(times['peer'])
+    peer_time = statistics.median(times['peer'].wall)
     result.update({
         'peer': 'hf',
         'peer_attention': peer.attention_implementation,
         'peer_step_time_s': peer_time,
-        'peer_step_times_s': times['peer'],
+        'peer_step_times_s': times['peer'].wall,
+        'peer_cpu_s_per_step': statistics.median(times['peer'].cpu),
         'peer_tokens_per_sec': tokens / peer_time,
         'ratio': peer_time / step_time,
+        'cpu_ratio': (statistics.median(times['peer'].cpu)
+                      / statistics.median(times['jax'].cpu)),
     })
   return result
 
@@ -206,7 +211,8 @@ def _print(result: dict) -> None:
   if 'peer' in result:
     print(f'  peer hf (torch, {result["peer_attention"]} attention): '
           f'{result["peer_tokens_per_sec"]:,.0f} tokens/s | '
-          f'JAX / peer = {result["ratio"]:.2f}x')
+          f'JAX / peer = {result["ratio"]:.2f}x '
+          f'(CPU seconds per step: {result["cpu_ratio"]:.2f}x)')
 
 
 if __name__ == '__main__':
