@@ -16,7 +16,6 @@ import os
 import resource
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import flax.linen as nn
 import jax

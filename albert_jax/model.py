@@ -113,7 +113,7 @@ def attention(query: Array, key: Array, value: Array, mask: Array, *,
     [batch, seq, heads, head_dim].
   """
   if dropout_rng is None:
-    return jax.nn.dot_product_attention(query, key, value, mask=mask)
+    return _fused_attention(query, key, value, mask)
   # The fused op has no dropout on the probabilities: spell it out.
   logits = jnp.einsum('btnd,bsnd->bnts', query, key,
                       preferred_element_type=jnp.float32)
@@ -123,6 +123,21 @@ def attention(query: Array, key: Array, value: Array, mask: Array, *,
   keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
   probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
   return jnp.einsum('bnts,bsnd->btnd', probs.astype(value.dtype), value)
+
+
+def _fused_attention(query: Array, key: Array, value: Array,
+                     mask: Array) -> Array:
+  """jax.nn.dot_product_attention: cuDNN's fused kernel on GPUs for 16-bit
+  inputs (it never materialises the [seq, seq] probabilities), XLA otherwise
+  or when cuDNN rejects the shapes at trace time."""
+  if (jax.default_backend() == 'gpu'
+      and query.dtype in (jnp.bfloat16, jnp.float16)):
+    try:
+      return jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                          implementation='cudnn')
+    except (ValueError, NotImplementedError, RuntimeError):
+      pass
+  return jax.nn.dot_product_attention(query, key, value, mask=mask)
 
 
 class Embeddings(nn.Module):
