@@ -197,14 +197,14 @@ class JaxTrainer:
       self._batch = jax.device_put(batch, step.batch_sharding)
     self._state = step.init_state()
 
-  def run(self, num_steps: int) -> float:
-    """Seconds for `num_steps` steps, from dispatch to the last result."""
-    start = time.perf_counter()
+  def run(self, num_steps: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for `num_steps` steps, from dispatch to the last result."""
+    start, cpu = time.perf_counter(), time.process_time()
     with mesh_lib.activate(self._step.mesh, self._step.rules):
       for _ in range(num_steps):
         self._state, metrics = self._step.compiled(self._state, self._batch)
       loss = float(metrics['loss'])  # Waits for the last step.
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start, time.process_time() - cpu
     if not math.isfinite(loss):
       raise FloatingPointError(f'the benchmarked step gave loss {loss}')
     return elapsed
@@ -214,19 +214,21 @@ class JaxTrainer:
 class Rounds:
   """Per-round seconds per step of one runner."""
   wall: list[float]
-  cpu: list[float]  # CPU time of this process (all its threads).
+  cpu: list[float]  # CPU time of the runner's process (all its threads).
 
 
-def interleaved_rounds(runners: Mapping[str, Callable[[int], float]], *,
-                       rounds: int, steps: int) -> dict[str, Rounds]:
-  """Seconds per step of each runner, per round; within a round the runners
-  take turns, so load from other processes hits all of them alike."""
+def interleaved_rounds(
+    runners: Mapping[str, Callable[[int], tuple[float, float]]], *,
+    rounds: int, steps: int) -> dict[str, Rounds]:
+  """Seconds per step of each runner (`run(steps) -> (wall, cpu)`), per round;
+  within a round the runners take turns, so load from other processes hits
+  all of them alike."""
   times = {name: Rounds([], []) for name in runners}
   for _ in range(rounds):
     for name, run in runners.items():
-      cpu = time.process_time()
-      times[name].wall.append(run(steps) / steps)
-      times[name].cpu.append((time.process_time() - cpu) / steps)
+      wall, cpu = run(steps)
+      times[name].wall.append(wall / steps)
+      times[name].cpu.append(cpu / steps)
   return times
 
 

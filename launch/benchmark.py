@@ -15,8 +15,10 @@ allocator's peak on accelerators and the process's max RSS on CPU.
 The batch is synthetic (albert_jax.benchmark.synthetic_batch).
 
 --peer=hf also trains Hugging Face's PyTorch AlbertForPreTraining (AdamW) on
-the same batch with as many threads as XLA uses, in alternating rounds, and
-adds peer_tokens_per_sec and ratio (JAX / peer tokens/s).
+the same batch with as many threads as XLA uses, in a child process driven in
+alternating rounds with the JAX step, and adds peer_tokens_per_sec and ratio
+(JAX / peer tokens/s). CPU seconds per step are reported for both: with other
+work on the machine they are steadier than wall time.
 
 --compile_depths compiles the step (nothing run) at each num_layers, with the
 layer scan and unrolled, and prints compile_s of each.
@@ -99,18 +101,24 @@ def _time_step(config) -> dict:
       num_masked, config.model.vocab_size)
   runners = {'jax': benchmark.JaxTrainer(step, batch).run}
   threads = len(os.sched_getaffinity(0))
+  peer = None
   if _PEER.value == 'hf':
     from albert_jax import hf_peer  # pylint: disable=g-import-not-at-top
-    peer = hf_peer.TorchTrainer(
+    peer = hf_peer.PeerProcess(
         ModelConfig.from_config(config.model), batch,
         learning_rate=train.learning_rate, weight_decay=train.weight_decay,
         b1=train.b1, b2=train.b2, eps=train.eps, clip_norm=train.clip_norm,
         num_threads=threads)
     runners['peer'] = peer.run
-  for run in runners.values():
-    run(_WARMUP.value)
-  times = benchmark.interleaved_rounds(runners, rounds=_ROUNDS.value,
-                                       steps=_STEPS.value)
+  try:
+    for run in runners.values():
+      if _WARMUP.value:
+        run(_WARMUP.value)
+    times = benchmark.interleaved_rounds(runners, rounds=_ROUNDS.value,
+                                         steps=_STEPS.value)
+  finally:
+    if peer is not None:
+      peer.close()
 
   devices = list(step.mesh.devices.flat)
   tokens = train.batch_size * data.max_seq_length
@@ -157,7 +165,7 @@ def _time_step(config) -> dict:
     peer_time = statistics.median(times['peer'].wall)
     result.update({
         'peer': 'hf',
-        'peer_attention': peer.attention_implementation,
+        **peer.info,
         'peer_step_time_s': peer_time,
         'peer_step_times_s': times['peer'].wall,
         'peer_cpu_s_per_step': statistics.median(times['peer'].cpu),

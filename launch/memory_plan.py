@@ -27,6 +27,7 @@ import jax
 from ml_collections import config_flags
 
 from albert_jax import benchmark
+from albert_jax.memory_plan import mesh_config, markdown_table
 from albert_jax.config import REMAT_POLICIES
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train.errors import UsageError
@@ -47,8 +48,6 @@ _MICRO_BATCH = flags.DEFINE_integer(
     'Examples per device in each accumulation step; sets train.grad_accum_steps.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per compilation.')
 
-GIB = 2**30
-DEVICE_SIZES_GIB = (16, 80)
 
 
 def main(argv: list[str]) -> None:
@@ -88,20 +87,6 @@ def _simulate_devices(count: int) -> None:
                      'the device count')
 
 
-def mesh_config(layout: str, num_devices: int) -> dict[str, int]:
-  """'fsdp' -> {'data': 1, 'fsdp': -1, 'tensor': 1}; 'fsdp=-1+tensor=4' likewise."""
-  sizes = {axis: 1 for axis in mesh_lib.MESH_AXES}
-  parts = layout.split('+')
-  for part in parts:
-    axis, _, size = part.partition('=')
-    if axis not in sizes or (size and not size.lstrip('-').isdigit()):
-      raise UsageError(f'bad mesh layout {layout!r}: use AXIS or AXIS=N joined '
-                       f'by +, axes {", ".join(mesh_lib.MESH_AXES)}')
-    sizes[axis] = int(size) if size else -1
-  mesh_lib.mesh_shape(sizes, num_devices)  # Raises if it does not fit.
-  return sizes
-
-
 def _plan(config, num_devices: int, layout: str, policy: str) -> dict:
   """Compiles `config` for one (devices, mesh, policy); its memory record."""
   config.mesh = mesh_config(layout, num_devices)
@@ -132,34 +117,6 @@ def _plan(config, num_devices: int, layout: str, policy: str) -> dict:
       'memory_analysis': dataclasses.asdict(memory),
       'compile_s': step.compile_s,
   }
-
-
-def markdown_table(records: list[dict]) -> str:
-  """The records as a Markdown table, then which settings fit each device size."""
-  fits = lambda r, gib: r['memory_per_device_bytes'] <= gib * GIB
-  r0 = records[0]
-  lines = [
-      f'{r0["preset"]}, {r0["dtype"]}, global batch {r0["batch_size"]} x seq '
-      f'{r0["seq_len"]}, {r0["micro_batch_per_device"]} examples per device per '
-      'micro-batch (XLA CPU buffer assignment, per device)',
-      '',
-      '| devices | mesh | remat | accum steps | state + batch GiB | temporaries GiB '
-      '| peak GiB | ' + ' | '.join(f'fits {g} GiB' for g in DEVICE_SIZES_GIB) + ' |',
-      '|---:|---|---|---:|---:|---:|---:|' + '---|' * len(DEVICE_SIZES_GIB),
-  ]
-  for r in records:
-    m = r['memory_analysis']
-    lines.append(
-        f'| {r["num_devices"]} | {r["mesh"]} | {r["remat_policy"]} | '
-        f'{r["grad_accum_steps"]} | {m["arguments"] / GIB:.2f} | '
-        f'{m["temporaries"] / GIB:.2f} | {r["memory_per_device_bytes"] / GIB:.2f} | '
-        + ' | '.join('yes' if fits(r, g) else 'no' for g in DEVICE_SIZES_GIB)
-        + ' |')
-  for gib in DEVICE_SIZES_GIB:
-    ok = [f'{r["num_devices"]} x {r["mesh"]} / {r["remat_policy"]}'
-          for r in records if fits(r, gib)]
-    lines.append(f'\nFits {gib} GiB: {", ".join(ok) if ok else "none"}.')
-  return '\n'.join(lines)
 
 
 if __name__ == '__main__':

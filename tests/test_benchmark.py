@@ -15,7 +15,7 @@ import pytest
 from albert_jax import benchmark
 from albert_jax.train.errors import UsageError
 from experiments.configs import pretrain
-from launch import memory_plan
+from albert_jax import memory_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
