@@ -177,6 +177,13 @@ def memory(compiled: jax.stages.Compiled) -> Memory:
                 code=analysis.generated_code_size_in_bytes)
 
 
+def fused_attention_calls(compiled: jax.stages.Compiled) -> int:
+  """cuDNN fused-attention kernels in the compiled program (0 off GPU, or
+  where JAX fell back to XLA's spelled-out attention)."""
+  return sum('custom-call(' in line and '__cudnn$fmha' in line
+             for line in compiled.as_text().splitlines())
+
+
 def max_rss_bytes() -> int:
   """Peak resident memory of this process so far (Linux reports KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

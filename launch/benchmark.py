@@ -9,9 +9,10 @@ r"""Times the pretraining step alone, after compilation.
 
 Reports step time (median over rounds), tokens/s, model FLOP/s and MFU against
 the devices' peak (fp32 from /proc/cpuinfo on CPU, the bf16 table of
-albert_jax.train.metrics on accelerators), lowering and compile time, and
-memory: XLA's buffer assignment of the compiled step per device, the
-allocator's peak on accelerators and the process's max RSS on CPU.
+albert_jax.train.metrics on accelerators), lowering and compile time, the
+cuDNN fused-attention kernels in the compiled step (0: XLA's spelled-out
+attention), and memory: XLA's buffer assignment of the compiled step per
+device, the allocator's peak on accelerators and the process's max RSS on CPU.
 The batch is synthetic (albert_jax.benchmark.synthetic_batch).
 
 --peer=hf also trains Hugging Face's PyTorch AlbertForPreTraining (AdamW) on
@@ -153,6 +154,7 @@ def _time_step(config) -> dict:
               if peak.flops_per_sec else None),
       'lower_s': step.lower_s,
       'compile_s': step.compile_s,
+      'fused_attention_calls': benchmark.fused_attention_calls(step.compiled),
       'memory_per_device_bytes': memory.peak,
       'memory_analysis': dataclasses.asdict(memory),
       'device_peak_bytes': benchmark.device_peak_bytes(devices[0]),

@@ -312,13 +312,18 @@ def test_dropout_uses_the_dropout_rng():
 
 
 def test_attention_with_dropout_path_matches_fused_without():
-  q, k, v = np.random.default_rng(0).standard_normal((3, 2, 5, 4, 8),
+  q, k, v = np.random.default_rng(0).standard_normal((3, 3, 5, 4, 8),
                                                      np.float32)
-  mask = np.array([[1] * 5, [1] * 3 + [0] * 2], bool)[:, None, None, :]
-  fused = jax.jit(albert.attention)(q, k, v, mask)
+  lengths = np.array([5, 3, 0], np.int32)  # Full, padded, padding alone.
+  fused = jax.jit(albert.attention)(q, k, v, lengths)
   spelled = jax.jit(functools.partial(albert.attention, dropout_rate=0.0))(
-      q, k, v, mask, dropout_rng=jax.random.key(1))
+      q, k, v, lengths, dropout_rng=jax.random.key(1))
   np.testing.assert_allclose(fused, spelled, atol=1e-6)
+  # Keys past the length get no weight: the padded row sees its 3 keys only.
+  alone = albert.attention(q[1:2, :, :, :], k[1:2, :3], v[1:2, :3],
+                           np.array([3], np.int32))
+  np.testing.assert_allclose(fused[1:2], alone, atol=1e-6)
+  assert np.isfinite(fused[2]).all()
 
 
 # -- Fine-tuning heads --------------------------------------------------------
