@@ -311,19 +311,23 @@ def test_dropout_uses_the_dropout_rng():
     train(None)
 
 
-def test_attention_with_dropout_path_matches_fused_without():
+def test_attention_matches_jax_reference_and_ignores_padding():
   q, k, v = np.random.default_rng(0).standard_normal((3, 3, 5, 4, 8),
                                                      np.float32)
   lengths = np.array([5, 3, 0], np.int32)  # Full, padded, padding alone.
-  fused = jax.jit(albert.attention)(q, k, v, lengths)
-  spelled = jax.jit(functools.partial(albert.attention, dropout_rate=0.0))(
-      q, k, v, lengths, dropout_rng=jax.random.key(1))
-  np.testing.assert_allclose(fused, spelled, atol=1e-6)
+  got = jax.jit(albert.attention)(q, k, v, lengths)
+  mask = (np.arange(5) < lengths[:, None])[:, None, None, :]
+  want = jax.nn.dot_product_attention(q[:2], k[:2], v[:2], mask=mask[:2])
+  np.testing.assert_allclose(got[:2], want, atol=1e-6)
   # Keys past the length get no weight: the padded row sees its 3 keys only.
-  alone = albert.attention(q[1:2, :, :, :], k[1:2, :3], v[1:2, :3],
+  alone = albert.attention(q[1:2], k[1:2, :3], v[1:2, :3],
                            np.array([3], np.int32))
-  np.testing.assert_allclose(fused[1:2], alone, atol=1e-6)
-  assert np.isfinite(fused[2]).all()
+  np.testing.assert_allclose(got[1:2], alone, atol=1e-6)
+  assert np.isfinite(got[2]).all()
+  # Dropout at rate 0 is the identity.
+  no_drop = jax.jit(functools.partial(albert.attention, dropout_rate=0.0))(
+      q, k, v, lengths, dropout_rng=jax.random.key(1))
+  np.testing.assert_allclose(no_drop, got, atol=1e-6)
 
 
 # -- Fine-tuning heads --------------------------------------------------------
