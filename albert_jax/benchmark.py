@@ -17,9 +17,7 @@ import resource
 import time
 from collections.abc import Callable, Mapping
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -29,6 +27,7 @@ from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import metrics as metrics_lib
 from albert_jax.train import optimizer as optimizer_lib
+from albert_jax.train import state as state_lib
 from albert_jax.train import train_step as step_lib
 
 Batch = dict[str, np.ndarray]
@@ -101,24 +100,12 @@ def compile_train_step(
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = tuple(config.sharding_rules)
   model = AlbertForPreTraining(model_config)
-  schedule = optimizer_lib.learning_rate_schedule(
-      train.learning_rate, train.warmup_steps, train.num_steps)
-  optimizer = optimizer_lib.make_optimizer(train, schedule)
+  optimizer, schedule = optimizer_lib.optimizer_and_schedule(train)
 
-  def boxed_state(rng: jax.Array) -> step_lib.TrainState:
-    params_rng, dropout_rng = jax.random.split(rng)
-    ids = jnp.zeros((1, data.max_seq_length), jnp.int32)
-    positions = jnp.zeros((1, num_masked_positions(data)), jnp.int32)
-    params = model.init(params_rng, ids, ids, ids, positions)['params']
-    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               opt_state=optimizer.init(params), rng=dropout_rng)
-
-  seed = jax.random.PRNGKey(train.seed)
-  boxed = jax.eval_shape(boxed_state, seed)
-  state_shardings = mesh_lib.tree_shardings(boxed, mesh, rules)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.unbox(boxed), state_shardings)
+  initial = state_lib.initial_state(
+      model, state_lib.pretraining_inputs(data.max_seq_length,
+                                          num_masked_positions(data)),
+      optimizer=optimizer, seed=train.seed, mesh=mesh, rules=rules)
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   abstract_batch = {
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
@@ -130,21 +117,20 @@ def compile_train_step(
       for k, v in abstract_batch.items()}
 
   step = step_lib.jit_train_step(
-      mesh, rules, state_shardings,
+      mesh, rules, initial.shardings,
       objective=step_lib.PretrainingObjective(model, data.sentence_objective),
       optimizer=optimizer, schedule=schedule,
       grad_accum_steps=train.grad_accum_steps)
   with mesh_lib.activate(mesh, rules):
     start = time.perf_counter()
-    lowered = step.lower(abstract_state, abstract_batch)
+    lowered = step.lower(initial.abstract, abstract_batch)
     lowered_at = time.perf_counter()
     compiled = lowered.compile(compiler_options)
     compiled_at = time.perf_counter()
 
   def init_state() -> step_lib.TrainState:
     with mesh_lib.activate(mesh, rules):
-      return jax.jit(lambda rng: nn.unbox(boxed_state(rng)),
-                     out_shardings=state_shardings)(seed)
+      return initial.materialize()
 
   return CompiledStep(compiled=compiled, init_state=init_state,
                       batch_sharding=batch_sharding, mesh=mesh, rules=rules,

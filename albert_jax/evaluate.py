@@ -30,6 +30,7 @@ from albert_jax.data.errors import DataError
 from albert_jax.export import Pretrained
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
+from albert_jax.train import state as state_lib
 from albert_jax.train import train_step as step_lib
 
 OBJECTIVES = ('sop', 'nsp')
@@ -98,9 +99,9 @@ def _place(model: nn.Module, pretrained: Pretrained,
            data: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
            rules: mesh_lib.LogicalRules):
   """The params on `mesh`, laid out by the logical axis rules."""
-  ids = jnp.zeros((1, data.max_seq_length), jnp.int32)
-  positions = jnp.zeros((1, data.max_predictions_per_seq), jnp.int32)
+  inputs = state_lib.pretraining_inputs(data.max_seq_length,
+                                        data.max_predictions_per_seq)
   boxed = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), ids, ids, ids, positions))['params']
+      lambda: model.init(jax.random.key(0), *inputs))['params']
   return jax.device_put(pretrained.params,
                         mesh_lib.tree_shardings(boxed, mesh, rules))

@@ -34,16 +34,13 @@ import sys
 from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 import numpy as np
 
 from albert_jax import benchmark
 from albert_jax.config import ModelConfig
 from albert_jax.train.errors import UsageError
+from launch import command_line
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/configs/pretrain.py:base',
-    'Config file and preset, FILE:PRESET.', lock_config=False)
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Global batch (sets train.batch_size).')
 _SEQ_LEN = flags.DEFINE_integer(
@@ -60,9 +57,8 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per result.')
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected argument {argv[1]!r}; flags look like --name=value')
-  config = _CONFIG.value
+  command_line.check_no_arguments(argv)
+  config = flags.FLAGS.config
   if _BATCH_SIZE.value is not None:
     config.train.batch_size = _BATCH_SIZE.value
   if _SEQ_LEN.value is not None:
@@ -226,4 +222,6 @@ def _print(result: dict) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=command_line.config_parser(
+      'experiments/configs/pretrain.py:base',
+      keys_file='experiments/configs/pretrain.py', lock_config=False))

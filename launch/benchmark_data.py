@@ -21,6 +21,7 @@ from albert_jax.data import pipeline, prepared, sources
 from albert_jax.data.errors import DataError
 from albert_jax.data.tokenizer import train_tokenizer
 from experiments.configs import pretrain
+from launch import command_line
 
 _SEQ_LEN = flags.DEFINE_integer('seq_len', 512, 'max_seq_length.')
 _MAX_PREDICTIONS = flags.DEFINE_integer('max_predictions', 20,
@@ -37,7 +38,7 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 
 def main(argv):
-  del argv
+  command_line.check_no_arguments(argv)
   os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   try:
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from albert_jax import evaluate
 from albert_jax import export
@@ -29,6 +28,7 @@ from albert_jax.data.errors import DataError
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train.errors import UsageError
 from experiments.configs import pretrain
+from launch import command_line
 
 _MODEL = flags.DEFINE_string(
     'model', None, 'Model directory in the flax format (launch.export).')
@@ -57,11 +57,7 @@ _COLUMNS = ('mlm_loss', 'mlm_accuracy', 'mlm_perplexity', 'sentence_accuracy',
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected argument {argv[1]!r}; flags look like '
-             '--name=value')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  command_line.start(argv)
   if not _MODEL.value or not _DATA.value:
     sys.exit('error: pass --model=DIR (from launch.export) and --data=SOURCE '
              '(held-out text)')

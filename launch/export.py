@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from albert_jax import export
 from albert_jax.data.errors import DataError
+from launch import command_line
 
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Training run (launch.pretrain --workdir) to export.')
@@ -39,11 +39,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'New directory to write.')
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected argument {argv[1]!r}; flags look like '
-             '--name=value')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  command_line.start(argv)
   if not _OUTPUT.value:
     sys.exit('error: pass --output=DIR, a new directory to write')
   if bool(_WORKDIR.value) == bool(_FROM_HF.value):

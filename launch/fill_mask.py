@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from albert_jax import export
 from albert_jax.data.errors import DataError
 from albert_jax.fill_mask import FillMask
+from launch import command_line
 
 _MODEL = flags.DEFINE_string(
     'model', None, 'Model directory in the flax format (launch.export).')
@@ -27,8 +27,7 @@ _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 
 def main(argv: Sequence[str]) -> None:
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  command_line.quiet_logging()
   texts = argv[1:]
   if not _MODEL.value:
     sys.exit('error: pass --model=DIR, a model written by launch.export')

@@ -19,14 +19,13 @@ from collections.abc import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
-from ml_collections import config_flags
 
 from albert_jax.data.errors import DataError
 from albert_jax.finetune import trainer
 from albert_jax.train import distributed
 from albert_jax.train.errors import UsageError
+from launch import command_line
 
 _CONFIG_FILE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -52,11 +51,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected argument {argv[1]!r}; flags look like '
-             '--name=value')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  command_line.start(argv)
   if not _MODEL.value:
     sys.exit('error: pass --model=DIR, a pretrained model written by '
              'launch.export')
@@ -77,36 +72,19 @@ def main(argv: Sequence[str]) -> None:
         f'metrics:     {result.metrics_path}')
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """Defines --config from --task and parses the command line; a bad flag
-  exits with one line."""
+def _default_config(argv: Sequence[str]) -> str:
+  """The preset of --task, read before the flags are parsed."""
   task = _TASK.default
   for i, arg in enumerate(argv[1:], start=1):
     if arg.startswith('--task='):
       task = arg.split('=', 1)[1]
     elif arg == '--task' and i + 1 < len(argv):
       task = argv[i + 1]
-  try:
-    # Defined here, not at import: the default preset is --task's, and is
-    # parsed (overrides included) as soon as it is defined.
-    config_flags.DEFINE_config_file(
-        'config', f'{_CONFIG_FILE}:{task}', 'Config file and preset, '
-        'FILE:PRESET (default: the --task preset).', lock_config=True)
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    sys.exit(f'error: {lines[0]}' + (f' {lines[-1]}' if len(lines) > 1 else ''))
-  except ValueError as e:  # get_config's unknown preset.
-    sys.exit(f'error: {e}')
-  except (AttributeError, KeyError) as e:  # An override of a key the config lacks.
-    while e.args and isinstance(e.args[0], Exception):
-      e = e.args[0]
-    key = str(e.args[0] if e.args else e).splitlines()[0].strip('"\'')
-    bad = [a.split('=')[0] for a in argv[1:]
-           if a.startswith('--config.') and key in a.split('=')[0].split('.')]
-    sys.exit(f'error: unknown config key {bad[0] if bad else key}: see '
-             'experiments/configs/finetune.py for the keys')
+  return f'{_CONFIG_FILE}:{task}'
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=command_line.config_parser(
+      _default_config, keys_file='experiments/configs/finetune.py',
+      help_text='Config file and preset, FILE:PRESET (default: the --task '
+      'preset).'))

@@ -24,17 +24,14 @@ import sys
 from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 
 from albert_jax import benchmark
 from albert_jax.memory_plan import mesh_config, markdown_table
 from albert_jax.config import REMAT_POLICIES
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train.errors import UsageError
+from launch import command_line
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/configs/pretrain.py:xxlarge',
-    'Config file and preset, FILE:PRESET.', lock_config=False)
 _NUM_DEVICES = flags.DEFINE_list('num_devices', ['8', '64'],
                                  'Simulated device counts.')
 _MESHES = flags.DEFINE_list(
@@ -51,8 +48,7 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per compilation.')
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected argument {argv[1]!r}; flags look like --name=value')
+  command_line.check_no_arguments(argv)
   try:
     counts = _positive_ints(_NUM_DEVICES.value, '--num_devices')
     _simulate_devices(max(counts))
@@ -60,7 +56,7 @@ def main(argv: list[str]) -> None:
     for count in counts:
       for mesh in _MESHES.value:
         for policy in _REMAT.value:
-          records.append(_plan(_CONFIG.value.copy_and_resolve_references(),
+          records.append(_plan(flags.FLAGS.config.copy_and_resolve_references(),
                                count, mesh, policy))
           if _JSON.value:
             print(json.dumps(records[-1]), flush=True)
@@ -120,4 +116,6 @@ def _plan(config, num_devices: int, layout: str, policy: str) -> dict:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=command_line.config_parser(
+      'experiments/configs/pretrain.py:xxlarge',
+      keys_file='experiments/configs/pretrain.py', lock_config=False))

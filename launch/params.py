@@ -10,24 +10,21 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from albert_jax.config import ModelConfig
 from albert_jax.param_count import count_params
+from launch import command_line
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. experiments/configs/pretrain.py:base.',
-    lock_config=True)
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {" ".join(argv[1:])}')
-  if _CONFIG.value is None:
+  command_line.check_no_arguments(argv)
+  config = flags.FLAGS.config
+  if config is None:
     sys.exit('error: pass --config=experiments/configs/pretrain.py:NAME')
   try:
-    model_config = ModelConfig.from_config(_CONFIG.value.model)
+    model_config = ModelConfig.from_config(config.model)
   except ValueError as e:
     sys.exit(f'error: {e}')
   counts = count_params(model_config)
@@ -39,4 +36,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=command_line.config_parser(
+      None, keys_file='experiments/configs/pretrain.py',
+      help_text='Config file, e.g. experiments/configs/pretrain.py:base.'))

@@ -16,6 +16,7 @@ from absl import flags
 
 from albert_jax.data import prepared
 from albert_jax.data.errors import DataError
+from launch import command_line
 
 _SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to tokenize.')
 _VOCAB = flags.DEFINE_string('vocab', None, 'Tokenizer directory.',
@@ -31,7 +32,7 @@ _DOCUMENTS_PER_SHARD = flags.DEFINE_integer('documents_per_shard', 100_000,
 
 
 def main(argv):
-  del argv
+  command_line.check_no_arguments(argv)
   try:
     metadata = prepared.prepare(
         _SOURCE.value, _VOCAB.value, _OUTPUT.value,

@@ -17,14 +17,13 @@ from collections.abc import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
-from ml_collections import config_flags
 
 from albert_jax.data.errors import DataError
 from albert_jax.train import distributed
 from albert_jax.train import trainer
 from albert_jax.train.errors import UsageError
+from launch import command_line
 
 _DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -42,10 +41,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected argument {argv[1]!r}; flags look like --name=value')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  command_line.start(argv)
   config = flags.FLAGS.config
   workdir = _WORKDIR.value or os.path.join('runs', config.get('preset', 'run'))
   distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
@@ -63,29 +59,6 @@ def main(argv: Sequence[str]) -> None:
         f'tensorboard: tensorboard --logdir {result.tensorboard_dir}')
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """Defines --config and parses the command line; a bad flag exits with one line."""
-  try:
-    # Defined here, not at import: with no --config on the command line the
-    # default is parsed (overrides included) as soon as it is defined.
-    config_flags.DEFINE_config_file(
-        'config', _DEFAULT_CONFIG, 'Config file and preset, FILE:PRESET.',
-        lock_config=True)
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    sys.exit(f'error: {lines[0]}' + (f' {lines[-1]}' if len(lines) > 1 else ''))
-  except (AttributeError, KeyError) as e:  # An override of a key the config lacks.
-    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(...))
-      e = e.args[0]
-    lines = str(e.args[0] if e.args else e).splitlines()
-    key = lines[0].strip('"\'')
-    hint = f' ({lines[1]})' if len(lines) > 1 else ''
-    bad = [a.split('=')[0] for a in argv[1:]
-           if a.startswith('--config.') and key in a.split('=')[0].split('.')]
-    sys.exit(f'error: unknown config key {bad[0] if bad else key}{hint}: '
-             'see experiments/configs/pretrain.py for the keys')
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=command_line.config_parser(
+      _DEFAULT_CONFIG, keys_file='experiments/configs/pretrain.py'))

@@ -16,6 +16,7 @@ from absl import flags
 from albert_jax.data import sources
 from albert_jax.data.errors import DataError
 from albert_jax.data.tokenizer import Normalization, train_tokenizer
+from launch import command_line
 
 _INPUT = flags.DEFINE_string('input', 'builtin', 'Data source to train on.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory to write.',
@@ -36,7 +37,7 @@ _MAX_SENTENCES = flags.DEFINE_integer(
 
 
 def main(argv):
-  del argv
+  command_line.check_no_arguments(argv)
   try:
     tokenizer = train_tokenizer(
         sources.read_sentences(_INPUT.value, text_feature=_TEXT_FEATURE.value),

@@ -2,7 +2,8 @@
 
 - 8 simulated CPU devices, so sharded code runs on one machine;
 - a persistent compilation cache for the session, shared with the launcher
-  subprocesses through the environment: many tests compile the same step.
+  subprocesses through the environment: many tests compile the same step;
+- `vocab`: the tiny training runs' SentencePiece vocabulary (train_testing).
 """
 
 import atexit
@@ -11,9 +12,18 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 _CACHE = tempfile.mkdtemp(prefix='albert-jax-test-xla-')
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope='session')
+def vocab(tmp_path_factory) -> str:
+  """The directory of the tiny training runs' SentencePiece vocabulary."""
+  import train_testing  # pylint: disable=g-import-not-at-top  (imports jax)
+  return train_testing.train_vocab(str(tmp_path_factory.mktemp('vocab')))

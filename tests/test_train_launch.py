@@ -19,11 +19,6 @@ import train_testing
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def vocab(tmp_path_factory):
-  return train_testing.train_vocab(str(tmp_path_factory.mktemp('vocab')))
-
-
 def _launch(*args: str, env: dict[str, str] | None = None, **kwargs):
   return subprocess.Popen(
       [sys.executable, '-m', 'launch.pretrain', *args], cwd=REPO,

@@ -21,11 +21,6 @@ SETTINGS = {'checkpoint.every_steps': 2, 'checkpoint.keep': 10}
 
 
 @pytest.fixture(scope='module')
-def vocab(tmp_path_factory):
-  return train_testing.train_vocab(str(tmp_path_factory.mktemp('vocab')))
-
-
-@pytest.fixture(scope='module')
 def straight(vocab, tmp_path_factory):
   """NUM_STEPS uninterrupted steps on all 8 devices (data=8), checkpoints every 2."""
   workdir = str(tmp_path_factory.mktemp('straight'))

@@ -13,11 +13,6 @@ import train_testing
 
 
 @pytest.fixture(scope='module')
-def vocab(tmp_path_factory):
-  return train_testing.train_vocab(str(tmp_path_factory.mktemp('vocab')))
-
-
-@pytest.fixture(scope='module')
 def one_device_run(vocab, tmp_path_factory):
   """The reference: 4 steps on one device, with an evaluation at the end."""
   workdir = str(tmp_path_factory.mktemp('one_device'))

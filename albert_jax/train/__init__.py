@@ -1,1 +1,2 @@
-"""Training: optimizer, mesh and sharding, train step, checkpoints, metrics."""
+"""Training: optimizer, mesh and sharding, train step, initial state,
+checkpoints, metrics, the loop."""

@@ -85,6 +85,20 @@ def batch_shards(mesh: jax.sharding.Mesh, rules: LogicalRules) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
+def check_batch_split(batch_size: int, grad_accum_steps: int,
+                      mesh: jax.sharding.Mesh, rules: LogicalRules, *,
+                      factor: int = 1) -> None:
+  """Raises UsageError unless `batch_size` is a multiple of
+  grad_accum_steps x the batch shards of `mesh` x `factor`."""
+  shards = batch_shards(mesh, rules)
+  multiple = shards * grad_accum_steps * factor
+  if batch_size % multiple:
+    raise UsageError(
+        f'train.batch_size={batch_size} does not split into {grad_accum_steps} '
+        f'micro-batches over the {shards} batch shards of mesh '
+        f'{describe(mesh)}: use a multiple of {multiple}')
+
+
 def tree_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh,
                    rules: LogicalRules) -> Any:
   """NamedShardings for a tree of (boxed, from jax.eval_shape) arrays.

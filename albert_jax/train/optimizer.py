@@ -51,6 +51,17 @@ def weight_decay_mask(params: Any, exclude: Sequence[str]) -> Any:
       decay, params, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
+def optimizer_and_schedule(
+    train: ml_collections.ConfigDict
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer of `config.train` and its learning rate schedule (warmup
+  to train.learning_rate over train.warmup_steps, then decay to 0 at
+  train.num_steps)."""
+  schedule = learning_rate_schedule(train.learning_rate, train.warmup_steps,
+                                    train.num_steps)
+  return make_optimizer(train, schedule), schedule
+
+
 def make_optimizer(
     train: ml_collections.ConfigDict,
     schedule: optax.Schedule) -> optax.GradientTransformation:

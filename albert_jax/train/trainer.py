@@ -1,13 +1,15 @@
-"""The pretraining loop: `train(config, workdir)`.
+"""Pretraining: `train(config, workdir)`.
 
 Reads top to bottom:
   1. Config and mesh      validate, build the device mesh
   2. Data                 tokenizer, corpus, per-process train / eval streams
   3. Model and optimizer  abstract state, its shardings from the logical rules
+                          (train/state.py)
   4. Start or resume      refuse another model's checkpoint, restore, or init
                           (random, or config.init_from's exported params)
   5. Compiled steps       train step (donated state) and eval step
   6. Loop                 step, log, evaluate, checkpoint, preemption
+                          (train/loop.py, shared with fine-tuning)
 A workdir ends up holding:
   config.json  checkpoints/  metrics.jsonl  tensorboard/  vocab/ (if trained)
 """
@@ -19,11 +21,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 
 from albert_jax import export
@@ -32,11 +32,11 @@ from albert_jax.config import ModelConfig
 from albert_jax.data import pipeline
 from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.model import AlbertForPreTraining
-from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train import distributed
+from albert_jax.train import loop
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train import metrics as metrics_lib
 from albert_jax.train import optimizer as optimizer_lib
+from albert_jax.train import state as state_lib
 from albert_jax.train import train_step as step_lib
 from albert_jax.train.errors import UsageError
 
@@ -87,15 +87,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   _check_train_config(config, model_config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = tuple(config.sharding_rules)
-  batch_split = mesh_lib.batch_shards(mesh, rules) * train_config.grad_accum_steps
-  if train_config.batch_size % batch_split:
-    raise UsageError(
-        f'train.batch_size={train_config.batch_size} does not split into '
-        f'{train_config.grad_accum_steps} micro-batches over the '
-        f'{mesh_lib.batch_shards(mesh, rules)} batch shards of mesh '
-        f'{mesh_lib.describe(mesh)}: use a multiple of {batch_split}')
+  mesh_lib.check_batch_split(train_config.batch_size,
+                             train_config.grad_accum_steps, mesh, rules)
   os.makedirs(workdir, exist_ok=True)
-  _log(f'mesh {mesh_lib.describe(mesh)}; workdir {workdir}')
+  loop.log(f'mesh {mesh_lib.describe(mesh)}; workdir {workdir}')
 
   # ---------------------------------------------------------------- 2. Data
   init_from = config.get('init_from', '')
@@ -123,61 +118,33 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
 
   # ---------------------------------------------------------------- 3. Model and optimizer
   model = AlbertForPreTraining(model_config)
-  schedule = optimizer_lib.learning_rate_schedule(
-      train_config.learning_rate, train_config.warmup_steps, train_config.num_steps)
-  optimizer = optimizer_lib.make_optimizer(train_config, schedule)
-
-  def init_state(rng: jax.Array, initial_params: Any = None) -> step_lib.TrainState:
-    """A fresh state; params (and the optimizer moments) boxed with logical axes.
-
-    `initial_params` (unboxed), when given, replace the random params' values.
-    """
-    params_rng, dropout_rng = jax.random.split(rng)
-    ids = jnp.zeros((1, data_config.max_seq_length), jnp.int32)
-    positions = jnp.zeros((1, data_config.max_predictions_per_seq), jnp.int32)
-    params = model.init(params_rng, ids, ids, ids, positions)['params']
-    if initial_params is not None:
-      params = jax.tree.map(lambda box, value: box.replace_boxed(value),
-                            params, initial_params,
-                            is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               opt_state=optimizer.init(params), rng=dropout_rng)
-
-  seed = jax.random.PRNGKey(train_config.seed)
-  boxed = jax.eval_shape(init_state, seed)
-  abstract_state, state_shardings = mesh_lib.sharded_abstract(boxed, mesh, rules)
+  optimizer, schedule = optimizer_lib.optimizer_and_schedule(train_config)
+  initial = state_lib.initial_state(
+      model, state_lib.pretraining_inputs(data_config.max_seq_length,
+                                          data_config.max_predictions_per_seq),
+      optimizer=optimizer, seed=train_config.seed, mesh=mesh, rules=rules)
 
   # ---------------------------------------------------------------- 4. Start or resume
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, 'checkpoints'),
-      every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep)
-  latest = checkpointer.latest_step()
-  config_path = os.path.join(workdir, 'config.json')
-  if latest is not None:
-    checkpointer.check_compatible(latest, abstract_state,
-                                  _model_changes(config_path, config))
-    state = checkpointer.restore(latest, abstract_state, train_iter)
-    _log(f'resumed from {checkpointer.directory} at step {latest}')
-  else:
-    # Created in place, each device computing only its own shards.
-    initial_params = _initial_params(init_from, model_config, tokenizer,
-                                     abstract_state.params)
-    state = jax.jit(lambda rng, params: nn.unbox(init_state(rng, params)),
-                    out_shardings=state_shardings)(seed, initial_params)
+  def fresh() -> step_lib.TrainState:
+    state = initial.materialize(_initial_params(
+        init_from, model_config, tokenizer, initial.abstract.params))
     if init_from:
-      _log(f'started from the params of {init_from}')
-  if jax.process_index() == 0:
-    with open(config_path, 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))
-  _log(f'model {config.get("preset", "")}: {num_params:,} parameters')
+      loop.log(f'started from the params of {init_from}')
+    return state
+
+  config_path = os.path.join(workdir, 'config.json')
+  checkpointer, state = loop.start_or_resume(
+      config, workdir, initial, train_iter, fresh,
+      model_changes=lambda: _model_changes(config_path, config))
+  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(initial.abstract.params))
+  loop.log(f'model {config.get("preset", "")}: {num_params:,} parameters')
 
   # ---------------------------------------------------------------- 5. Compiled steps
   objective = step_lib.PretrainingObjective(model, data_config.sentence_objective)
   train_step = step_lib.jit_train_step(
-      mesh, rules, state_shardings, objective=objective, optimizer=optimizer,
+      mesh, rules, initial.shardings, objective=objective, optimizer=optimizer,
       schedule=schedule, grad_accum_steps=train_config.grad_accum_steps)
-  eval_step = step_lib.jit_eval_step(mesh, rules, state_shardings.params,
+  eval_step = step_lib.jit_eval_step(mesh, rules, initial.shardings.params,
                                      objective=objective)
 
   def evaluate(params: Any) -> dict[str, float]:
@@ -187,60 +154,27 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       batch_sums = eval_step(params, pipeline.make_global_batch(next(eval_iter),
                                                                 batch_sharding))
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-    return _floats(objective.summarize(sums, prefix='eval_'))
+    return _floats(objective.summarize(sums))
 
   # ---------------------------------------------------------------- 6. Loop
-  num_steps = train_config.num_steps
-  writer = metrics_lib.MetricsWriter(workdir, total_steps=num_steps)
-  throughput = metrics_lib.Throughput(
-      flops_per_step=train_config.batch_size * flops.train_flops_per_example(
+  result = loop.run(
+      state, train_step, train_config=train_config, workdir=workdir,
+      mesh=mesh, rules=rules, train_iter=train_iter, checkpointer=checkpointer,
+      preemption=preemption,
+      flops_per_example=flops.train_flops_per_example(
           model_config, data_config.max_seq_length,
           data_config.max_predictions_per_seq),
-      tokens_per_step=train_config.batch_size * data_config.max_seq_length,
-      peak_flops=_peak_flops(mesh, train_config.peak_flops_per_device),
-      total_steps=num_steps)
-  first_step = int(state.step)
-  pending: list[dict[str, jax.Array]] = []  # Metrics of the steps not yet logged.
-  last: dict[str, float | None] = {}
-  step, preempted = first_step, False
-  try:
-    with mesh_lib.activate(mesh, rules):
-      while step < num_steps and not preempted:
-        batch = pipeline.make_global_batch(next(train_iter), batch_sharding)
-        state, metrics = train_step(state, batch)
-        step += 1
-        pending.append(metrics)
-        if step == first_step + 1:  # Compiled; time from here.
-          jax.block_until_ready(metrics)
-          throughput.restart(step)
-
-        if step % train_config.log_every == 0 or step == num_steps:
-          last = {**_mean_checked(pending, step), **throughput.measure(step)}
-          writer.write(step, last)
-          pending = []
-
-        if eval_data is not None and step % train_config.eval_every == 0:
-          writer.write(step, evaluate(state.params))
-          throughput.restart(step)
-
-        preempted = preemption.should_stop(step)
-        if checkpointer.should_save(step) or step == num_steps or preempted:
-          _mean_checked(pending, step)  # Never save a diverged state.
-          checkpointer.save(step, state, train_iter)
-          throughput.restart(step)
-  finally:
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
-  if preempted:
-    _log(f'preempted: saved a checkpoint at step {step}; rerun to resume')
-  elif step == first_step:
-    _log(f'nothing to do: the checkpoint is at step {step} of {num_steps}; '
-         'raise --config.train.num_steps to train on')
+      tokens_per_example=data_config.max_seq_length,
+      evaluate=None if eval_data is None else evaluate, eval_at_end=False,
+      diverged='training diverged; lower --config.train.learning_rate or '
+               'raise --config.train.warmup_steps')
+  if not result.preempted and result.step == result.first_step:
+    loop.log(f'nothing to do: the checkpoint is at step {result.step} of '
+             f'{train_config.num_steps}; raise --config.train.num_steps to train on')
   return TrainResult(
-      step=step, preempted=preempted, metrics=last, workdir=workdir,
-      checkpoint_dir=os.path.join(workdir, 'checkpoints'), metrics_path=writer.jsonl_path,
-      tensorboard_dir=writer.tensorboard_dir)
+      step=result.step, preempted=result.preempted, metrics=result.train_metrics,
+      workdir=workdir, checkpoint_dir=os.path.join(workdir, 'checkpoints'),
+      metrics_path=result.metrics_path, tensorboard_dir=result.tensorboard_dir)
 
 
 def _check_train_config(config: ml_collections.ConfigDict,
@@ -294,36 +228,10 @@ def _model_changes(saved_config_path: str, config: ml_collections.ConfigDict) ->
                    if k in saved and saved[k] != v)
 
 
-def _mean_checked(pending: list[Mapping[str, jax.Array]], step: int) -> dict[str, float]:
-  """Mean of per-step metrics; UsageError naming the first step whose loss is not finite."""
-  if not pending:
-    return {}
-  values = jax.device_get(pending)
-  for offset, metrics in enumerate(values):
-    if not np.isfinite(metrics['loss']):
-      bad = step - len(values) + 1 + offset
-      raise UsageError(
-          f'loss is {metrics["loss"]} at step {bad}: training diverged; lower '
-          '--config.train.learning_rate or raise --config.train.warmup_steps '
-          '(the last checkpoint before it is kept)')
-  return {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
-
-
 def _floats(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
-
-
-def _peak_flops(mesh: jax.sharding.Mesh, override: float) -> float | None:
-  """Peak FLOP/s of all devices of `mesh`, None when unknown."""
-  peak = metrics_lib.peak_flops_per_device(mesh.devices.flat[0].device_kind, override)
-  return None if peak is None else peak * mesh.size
 
 
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
-
-
-def _log(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, flush=True)

@@ -64,26 +64,13 @@ def get_config(arg: str = 'classification') -> ml_collections.ConfigDict:
   ))
 
   squad = task == 'span_qa'
-  config.train = ml_collections.ConfigDict(dict(
+  config.train = pretrain.train_config(
       batch_size=48 if squad else 32,
-      grad_accum_steps=1,
       num_steps=3649 if squad else 20935,
       optimizer='adamw',
       learning_rate=5e-5 if squad else 1e-5,
       warmup_steps=365 if squad else 1256,
-      weight_decay=0.01,
-      weight_decay_exclude=('LayerNorm', 'layer_norm', 'bias'),
-      b1=0.9,
-      b2=0.999,
-      eps=1e-6,
-      clip_norm=1.0,
-      seed=0,
       log_every=100,
-      eval_every=1000,
-      peak_flops_per_device=0.0,
-  ))
-
-  config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=1))
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  config.sharding_rules = pretrain.get_config().sharding_rules
+      eval_every=1000)
+  pretrain.add_run_blocks(config, checkpoint_every=1000, checkpoint_keep=1)
   return config

@@ -66,6 +66,48 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   ))
 
 
+def train_config(*, batch_size: int, num_steps: int, optimizer: str,
+                 learning_rate: float, warmup_steps: int, log_every: int,
+                 eval_every: int, **more) -> ml_collections.ConfigDict:
+  """A `config.train` block: these settings, `more` after eval_every, and
+  the defaults shared with fine-tuning."""
+  return ml_collections.ConfigDict(dict(
+      batch_size=batch_size,  # global, over all processes
+      grad_accum_steps=1,
+      num_steps=num_steps,
+      optimizer=optimizer,  # 'lamb' | 'adamw'
+      learning_rate=learning_rate,
+      warmup_steps=warmup_steps,
+      weight_decay=0.01,
+      # Regexes searched in param paths ('encoder/layer/.../kernel'): matches
+      # get neither weight decay nor LAMB's trust ratio (ALBERT's list).
+      weight_decay_exclude=('LayerNorm', 'layer_norm', 'bias'),
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      clip_norm=1.0,
+      seed=0,
+      log_every=log_every,
+      eval_every=eval_every,
+      **more,
+      # Peak FLOP/s per device for MFU; 0: looked up from the device kind.
+      peak_flops_per_device=0.0,
+  ))
+
+
+def add_run_blocks(config: ml_collections.ConfigDict, *, checkpoint_every: int,
+                   checkpoint_keep: int) -> None:
+  """Sets `config.checkpoint`, `config.mesh` (all devices on 'data') and
+  `config.sharding_rules`."""
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=checkpoint_every,
+      keep=checkpoint_keep,
+  ))
+  # -1 takes the devices left over by the other axes.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.sharding_rules = _SHARDING_RULES
+
+
 def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   """Returns the full pretraining config of preset `arg`."""
   if arg not in _SIZES:
@@ -102,38 +144,18 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       prefetch_buffer_size=2,
   ))
 
-  config.train = ml_collections.ConfigDict(dict(
-      batch_size=16 if tiny else 4096,  # global, over all processes
-      grad_accum_steps=1,
+  config.train = train_config(
+      batch_size=16 if tiny else 4096,
       num_steps=600 if tiny else 125000,
-      optimizer='lamb',  # 'lamb' | 'adamw'
+      optimizer='lamb',
       # LAMB's step is relative to each weight's norm: a tiny model takes a large one.
       learning_rate=2e-2 if tiny else 0.00176,
       warmup_steps=60 if tiny else 3125,
-      weight_decay=0.01,
-      # Regexes searched in param paths ('encoder/layer/.../kernel'): matches
-      # get neither weight decay nor LAMB's trust ratio (ALBERT's list).
-      weight_decay_exclude=('LayerNorm', 'layer_norm', 'bias'),
-      b1=0.9,
-      b2=0.999,
-      eps=1e-6,
-      clip_norm=1.0,
-      seed=0,
       log_every=20 if tiny else 100,
       eval_every=200 if tiny else 5000,
-      eval_steps=4 if tiny else 50,
-      # Peak FLOP/s per device for MFU; 0: looked up from the device kind.
-      peak_flops_per_device=0.0,
-  ))
-
-  config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=200 if tiny else 5000,
-      keep=3,
-  ))
-
-  # -1 takes the devices left over by the other axes.
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  config.sharding_rules = _SHARDING_RULES
+      eval_steps=4 if tiny else 50)
+  add_run_blocks(config, checkpoint_every=200 if tiny else 5000,
+                 checkpoint_keep=3)
 
   # A directory written by `launch.export` (flax format): start from its params.
   config.init_from = ''
