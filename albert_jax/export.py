@@ -108,6 +108,8 @@ def restore_from_workdir(workdir: str, step: int | None = None) -> Pretrained:
   Reads the 'params' subtree of the checkpoint only: the optimizer state and
   the data iterator positions stay on disk.
   """
+  if '://' not in workdir:
+    workdir = os.path.abspath(workdir)  # Orbax takes absolute paths only.
   config_path = os.path.join(workdir, 'config.json')
   checkpoints = os.path.join(workdir, 'checkpoints')
   if not os.path.isfile(config_path) or not os.path.isdir(checkpoints):

@@ -1,0 +1,105 @@
+"""The runs of a sweep and their commands, saved as DIR/sweep.json.
+
+A run is a variant at one seed. Its command is `launch.pretrain` on the
+sweep's preset with the base overrides of the command line and the run's own,
+working in DIR/RUN; the runner runs it, `--emit` writes it, and
+`--report=DIR` reads sweep.json to know the runs and their table rows.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from albert_jax.cluster import pretrain_command
+from albert_jax.sweep.errors import SweepError
+from albert_jax.sweep.variants import Sweep
+
+PLAN_FILE = 'sweep.json'
+CONFIG_FILE = 'experiments/configs/pretrain.py'  # Relative to the repository.
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str  # Sub-workdir: the variant's name, '-seedS' appended with seeds.
+  variant: str
+  group: str
+  label: str
+  seed: int | None  # None: the config's seeds.
+  overrides: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  spec: str  # --sweep, e.g. 'experiments/ablations/sharing.py:tiny'.
+  name: str
+  title: str
+  config: str  # 'experiments/configs/pretrain.py:PRESET'.
+  base_overrides: tuple[str, ...]  # '--config.train.num_steps=20', ...
+  runs: tuple[Run, ...]
+
+  def command(self, run: Run, root: str, *, distributed: bool = False
+              ) -> list[str]:
+    """`python -m launch.pretrain ...` of `run`, working in `root`/RUN."""
+    own = [f'--config.{key}={value}' for key, value in run.overrides.items()]
+    return pretrain_command(self.config, os.path.join(root, run.name),
+                            [*self.base_overrides, *own],
+                            distributed=distributed)
+
+  def save(self, root: str) -> None:
+    """Writes `root`/sweep.json; refuses a directory of another sweep."""
+    existing = load_plan(root) if os.path.isfile(
+        os.path.join(root, PLAN_FILE)) else None
+    if existing is not None and existing.name != self.name:
+      raise SweepError(f'{root} holds the {existing.name!r} sweep: choose '
+                       'another --workdir')
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, PLAN_FILE), 'w') as f:
+      json.dump(dataclasses.asdict(self), f, indent=2)
+
+
+def make_plan(sweep: Sweep, spec: str, base_overrides: Sequence[str],
+              seeds: Sequence[int]) -> Plan:
+  """The runs of `sweep`: each variant once, or once per seed (setting
+  train.seed and data.seed: init, data order and masks)."""
+  runs = []
+  # Seed-major: a sweep stopped early holds whole seeds.
+  for seed in seeds or [None]:
+    for variant in sweep.variants:
+      overrides = dict(variant.overrides)
+      if seed is not None:
+        overrides.update({'train.seed': seed, 'data.seed': seed})
+      runs.append(Run(
+          name=variant.name + ('' if seed is None else f'-seed{seed}'),
+          variant=variant.name, group=variant.group, label=variant.label,
+          seed=seed, overrides=overrides))
+  given = {arg.split('=')[0].removeprefix('--config.') for arg in base_overrides}
+  if seeds and given & {'train.seed', 'data.seed'}:
+    raise SweepError('--seeds sets train.seed and data.seed per run: drop '
+                     '--config.train.seed / --config.data.seed')
+  for variant in sweep.variants:
+    clash = sorted(given & set(variant.overrides))
+    if clash:
+      raise SweepError(f'--config.{clash[0]} is set per variant by the '
+                       f'{sweep.name} sweep: drop it')
+  return Plan(spec=spec, name=sweep.name, title=sweep.title,
+              config=f'{CONFIG_FILE}:{sweep.preset}',
+              base_overrides=tuple(base_overrides), runs=tuple(runs))
+
+
+def load_plan(root: str) -> Plan:
+  """The plan saved in `root`/sweep.json."""
+  path = os.path.join(root, PLAN_FILE)
+  if not os.path.isfile(path):
+    raise SweepError(f'{root} holds no sweep ({PLAN_FILE} not found): pass the '
+                     '--workdir of a launch.sweep run')
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    runs = tuple(Run(**run) for run in saved.pop('runs'))
+    return Plan(**{**saved, 'base_overrides': tuple(saved['base_overrides'])},
+                runs=runs)
+  except (ValueError, TypeError, KeyError) as e:
+    raise SweepError(f'{path} is not a sweep plan ({e}): rerun the sweep with '
+                     '--workdir=' + root) from None

@@ -1,0 +1,157 @@
+"""Runs a plan on this machine, one run at a time.
+
+Each run is its `launch.pretrain` command in a subprocess (the same command
+`--emit=shell` writes), then evaluated in this process. A run whose
+sweep_result.json is at the final step is skipped; one whose final checkpoint
+exists is only evaluated; any other is (re)started by its command, which
+resumes from the run's latest checkpoint. A run that fails is reported and
+the next one starts. SIGTERM stops the sweep: it is passed on to the running
+trainer, which checkpoints and exits, so that rerunning the sweep resumes.
+"""
+
+import collections
+import dataclasses
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import ml_collections
+
+from albert_jax import export
+from albert_jax.data.errors import DataError
+from albert_jax.sweep import results
+from albert_jax.sweep.errors import SweepError
+from albert_jax.sweep.plan import Plan, Run
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  run: str
+  # 'finished before' | 'trained' | 'evaluated' | 'failed' | 'stopped'
+  status: str
+  message: str = ''
+
+
+def run_plan(plan: Plan, root: str, base_config: ml_collections.ConfigDict, *,
+             eval_batches: int, echo: Callable[[str], None] = print
+             ) -> list[Outcome]:
+  """Runs every run of `plan` not finished yet in `root`/RUN.
+
+  Args:
+    plan: the sweep's runs; saved to `root`/sweep.json first.
+    root: absolute sweep directory.
+    base_config: the preset with the base overrides applied (each run's
+      config is it with the run's overrides).
+    eval_batches: batches per objective of the final evaluation, 0: one pass
+      over the held-out examples.
+    echo: where the runs' console lines go.
+  Returns: one outcome per run, up to the first 'stopped' (after a SIGTERM).
+  """
+  plan.save(root)
+  stop = _StopOnSigterm()
+  outcomes = []
+  try:
+    for run in plan.runs:
+      if stop.requested:
+        break
+      outcome = _run_one(plan, run, root, base_config, eval_batches, echo, stop)
+      echo(f'[{run.name}] {outcome.status}'
+           + (f': {outcome.message}' if outcome.message else ''))
+      outcomes.append(outcome)
+      if outcome.status == 'stopped':
+        break
+  finally:
+    stop.close()
+  return outcomes
+
+
+def _run_one(plan: Plan, run: Run, root: str,
+             base_config: ml_collections.ConfigDict, eval_batches: int,
+             echo: Callable[[str], None], stop: '_StopOnSigterm') -> Outcome:
+  workdir = os.path.join(root, run.name)
+  config = base_config.copy_and_resolve_references()
+  config.update_from_flattened_dict(dict(run.overrides))
+  num_steps = config.train.num_steps
+  result = results.read_result(workdir)
+  if result is not None and result['step'] == num_steps:
+    return Outcome(run.name, 'finished before')
+  status = 'evaluated'
+  if results.final_step(workdir) != num_steps:
+    command = plan.command(run, root)
+    echo(f"$ {shlex.join(command)}")
+    returncode, last_line = stop.run([sys.executable, *command[1:]],
+                                     prefix=f'[{run.name}] ', echo=echo)
+    if stop.requested:
+      return Outcome(run.name, 'stopped', 'rerun the sweep to resume')
+    if returncode:
+      return Outcome(run.name, 'failed', f'exit status {returncode}: {last_line}')
+    step = results.final_step(workdir)
+    if step != num_steps:
+      return Outcome(run.name, 'failed', f'stopped at step {step} of '
+                     f'{num_steps}: rerun the sweep to resume')
+    status = 'trained'
+  try:
+    results.evaluate_run(workdir, num_batches=eval_batches)
+  except (export.ExportError, DataError, SweepError) as e:
+    return Outcome(run.name, 'failed', f'evaluation: {e}')
+  return Outcome(run.name, status)
+
+
+def evaluate_unevaluated(plan: Plan, root: str, *, eval_batches: int) -> None:
+  """Evaluates each finished run of `plan` (its checkpoint at the step its
+  config.json ends at) that has no result of that step yet: runs launched by
+  `--emit` commands."""
+  for run in plan.runs:
+    workdir = os.path.join(root, run.name)
+    step, result = results.final_step(workdir), results.read_result(workdir)
+    config = results.run_config(workdir)
+    if (step is not None and config is not None
+        and step == config.train.num_steps
+        and (result is None or result['step'] != step)):
+      try:
+        results.evaluate_run(workdir, num_batches=eval_batches)
+      except (export.ExportError, DataError) as e:
+        raise SweepError(f'{run.name}: {e}') from None
+
+
+class _StopOnSigterm:
+  """Runs subprocesses; on SIGTERM passes it to the running one and records
+  that the sweep must stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._process: subprocess.Popen | None = None
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.requested = True
+    if self._process is not None:
+      self._process.terminate()
+
+  def run(self, command: list[str], *, prefix: str,
+          echo: Callable[[str], None]) -> tuple[int, str]:
+    """Runs `command` in the repository, echoing its output; returns the exit
+    status and the last line of output."""
+    tail = collections.deque(maxlen=1)
+    self._process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+      for line in self._process.stdout:
+        line = line.rstrip()
+        if line:
+          echo(prefix + line)
+          tail.append(line)
+      returncode = self._process.wait()
+    finally:
+      self._process = None
+    return returncode, tail[0] if tail else ''
+
+  def close(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)

@@ -1,0 +1,61 @@
+"""Sweep definitions: what a file under experiments/ablations/ returns.
+
+A sweep file defines `get_sweep(scale: str) -> Sweep`, its variants being
+config overrides of preset `scale` of experiments/configs/pretrain.py.
+`load_sweep('FILE:SCALE')` imports the file by path, as config files are.
+"""
+
+import dataclasses
+import importlib.util
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from albert_jax.sweep.errors import SweepError
+
+# The scales a sweep file answers: this CPU, and the paper's ALBERT-base.
+SCALES = ('tiny', 'base')
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One row of the paper's table."""
+  name: str  # Its sub-workdir, e.g. 'E128-none'.
+  group: str  # The table's row group, e.g. 'ALBERT base E=128'.
+  label: str  # The row label within the group, e.g. 'not-shared'.
+  overrides: Mapping[str, Any]  # e.g. {'model.sharing': 'none'}.
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  name: str  # e.g. 'sharing'.
+  title: str  # The paper's table it follows.
+  preset: str  # Of experiments/configs/pretrain.py: the scale.
+  variants: tuple[Variant, ...]
+
+
+def check_scale(scale: str) -> None:
+  """ValueError unless `scale` is one of SCALES."""
+  if scale not in SCALES:
+    raise ValueError(f'unknown scale {scale!r}: choose one of {", ".join(SCALES)}')
+
+
+def load_sweep(spec: str) -> Sweep:
+  """The sweep of 'FILE:SCALE' (e.g. 'experiments/ablations/sharing.py:tiny')."""
+  path, _, scale = spec.partition(':')
+  if not path.endswith('.py') or not os.path.isfile(path):
+    raise SweepError(f'--sweep={spec}: no sweep file {path!r}; pass FILE:SCALE, '
+                     'e.g. experiments/ablations/sharing.py:tiny')
+  module_spec = importlib.util.spec_from_file_location('_sweep_file', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise SweepError(f'{path} defines no get_sweep(scale): it is not a sweep file')
+  try:
+    sweep = module.get_sweep(scale or 'tiny')
+  except ValueError as e:
+    raise SweepError(f'--sweep={spec}: {e}') from None
+  names = [v.name for v in sweep.variants]
+  if len(set(names)) != len(names):
+    raise SweepError(f'{path}: variant names repeat: {", ".join(names)}')
+  return sweep

@@ -1,0 +1,124 @@
+r"""Ablation sweeps: each variant of a sweep file trained by launch.pretrain in
+its own sub-workdir, evaluated on held-out NSP and SOP examples, tabulated.
+
+  python -m launch.sweep --sweep=experiments/ablations/sharing.py:tiny \
+      --workdir=runs/sharing --config.train.num_steps=1200 --seeds=0,1
+  python -m launch.sweep --report=runs/sharing        # rebuild the report
+  python -m launch.sweep --sweep=experiments/ablations/sharing.py:base \
+      --workdir=/shared/sharing --emit=slurm --nodes=4 > submit.sh
+
+--config.KEY=VALUE applies to every run. Rerunning skips finished runs and
+resumes the others; a failed run is reported and the others still run.
+Writes DIR/results.csv, results.md, mlm_accuracy.png and params.png.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from albert_jax.sweep import emit, plan as plan_lib, report, runner, variants
+from albert_jax.sweep.errors import SweepError
+
+_SWEEP = flags.DEFINE_string('sweep', None, 'FILE:SCALE, e.g. '
+                             'experiments/ablations/sharing.py:tiny.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory: DIR/RUN per run.')
+_SEEDS = flags.DEFINE_list('seeds', [], 'Each variant once per seed (sets '
+                           'train.seed and data.seed); default: the config\'s.')
+_EVAL_BATCHES = flags.DEFINE_integer(
+    'eval_batches', 0, 'Batches per objective of the final evaluation; 0: one '
+    'pass over the held-out examples.')
+_EMIT = flags.DEFINE_enum('emit', None, emit.TARGETS, 'Print a bash script of '
+                          'launch commands instead of running.')
+_REPORT = flags.DEFINE_string('report', None, 'Rebuild the report of DIR '
+                              '(evaluating finished runs without a result).')
+_NODES = flags.DEFINE_integer('nodes', 1, 'slurm: nodes per run.')
+_GPUS = flags.DEFINE_integer('gpus_per_node', 8, 'slurm: GPUs per node.')
+_TIME = flags.DEFINE_string('time', '24:00:00', 'slurm: time limit per run.')
+_PARTITION = flags.DEFINE_string('partition', None, 'slurm: partition.')
+_TPU = flags.DEFINE_string('tpu', None, 'tpu: TPU VM name.')
+_ZONE = flags.DEFINE_string('zone', None, 'tpu: its zone.')
+
+
+def main(argv: list[str]) -> None:
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    sys.exit(_main(argv))
+  except SweepError as e:
+    sys.exit(f'error: {e}')
+
+
+def _main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise SweepError(f'unexpected argument {argv[1]!r}; flags look like --name=value')
+  if _REPORT.value:
+    root = os.path.abspath(_REPORT.value)
+    plan = plan_lib.load_plan(root)
+    runner.evaluate_unevaluated(plan, root, eval_batches=_EVAL_BATCHES.value)
+    print('\n'.join(report.write_report(plan, root)))
+    return 0
+  if not _SWEEP.value or not _WORKDIR.value:
+    raise SweepError('pass --sweep=FILE:SCALE and --workdir=DIR (or --report=DIR)')
+  if not all(seed.isdigit() for seed in _SEEDS.value):
+    raise SweepError(f'--seeds={",".join(_SEEDS.value)}: give integers, e.g. 0,1,2')
+  overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
+  plan = plan_lib.make_plan(variants.load_sweep(_SWEEP.value), _SWEEP.value,
+                            overrides, [int(s) for s in _SEEDS.value])
+  if _EMIT.value:
+    script = emit.emit(plan, _WORKDIR.value, _EMIT.value, emit.Cluster(
+        _NODES.value, _GPUS.value, _TIME.value, _PARTITION.value, _TPU.value,
+        _ZONE.value))
+    plan.save(_WORKDIR.value)  # For --report.
+    print(script, end='')
+    return 0
+  root = os.path.abspath(_WORKDIR.value)
+  outcomes = runner.run_plan(plan, root, flags.FLAGS.config,
+                             eval_batches=_EVAL_BATCHES.value)
+  if report.collect(plan, root):
+    print('\n'.join(report.write_report(plan, root)))
+  bad = [o for o in outcomes if o.status in ('failed', 'stopped')]
+  print(f'{len(outcomes) - len(bad)} of {len(plan.runs)} runs finished'
+        + ''.join(f'\n  {o.run} {o.status}: {o.message}' for o in bad))
+  return 1 if bad or len(outcomes) < len(plan.runs) else 0
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses the command line; --config.KEY=VALUE is checked against the
+  preset of --sweep. A bad flag exits with one line."""
+  try:
+    spec = _sweep_spec(argv[1:])
+    if any(a.startswith('--config=') for a in argv[1:]):
+      raise SweepError('the sweep file picks the preset: drop --config= and '
+                       'pass overrides as --config.KEY=VALUE')
+    if spec is not None:
+      config_flags.DEFINE_config_file(
+          'config', os.path.join(runner.REPO, plan_lib.CONFIG_FILE) + ':'
+          + variants.load_sweep(spec).preset, 'Set by --sweep.', lock_config=True)
+    return flags.FLAGS(argv)
+  except SweepError as e:
+    sys.exit(f'error: {e}')
+  except flags.Error as e:
+    sys.exit(f'error: {str(e).splitlines()[0]}')
+  except (AttributeError, KeyError) as e:  # An override of a key the config lacks.
+    bad = next((a for a in argv[1:] if a.startswith('--config.')
+                and str(e).strip('"\'').split()[0] in a), None)
+    sys.exit(f'error: unknown config key in {bad or e}: see '
+             f'{plan_lib.CONFIG_FILE} for the keys')
+
+
+def _sweep_spec(args: list[str]) -> str | None:
+  """The value of --sweep, read before the flags are parsed."""
+  for flag, value in zip(args, args[1:] + ['']):
+    if flag.startswith('--sweep='):
+      return flag.split('=', 1)[1]
+    if flag == '--sweep':
+      return value
+  return None
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)
