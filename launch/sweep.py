@@ -17,11 +17,11 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from albert_jax.sweep import emit, plan as plan_lib, report, runner, variants
 from albert_jax.sweep.errors import SweepError
+from launch import command_line
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'FILE:SCALE, e.g. '
                              'experiments/ablations/sharing.py:tiny.')
@@ -44,17 +44,14 @@ _ZONE = flags.DEFINE_string('zone', None, 'tpu: its zone.')
 
 
 def main(argv: list[str]) -> None:
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  command_line.start(argv)
   try:
-    sys.exit(_main(argv))
+    sys.exit(_main())
   except SweepError as e:
     sys.exit(f'error: {e}')
 
 
-def _main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise SweepError(f'unexpected argument {argv[1]!r}; flags look like --name=value')
+def _main() -> int:
   if _REPORT.value:
     root = os.path.abspath(_REPORT.value)
     plan = plan_lib.load_plan(root)
