@@ -26,7 +26,7 @@ import ml_collections
 
 from albert_jax.data import examples, pipeline
 from albert_jax.data.corpus import Documents
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.export import Pretrained
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib

@@ -56,11 +56,11 @@ from flax import traverse_util
 from albert_jax import hf
 from albert_jax.config import ModelConfig
 from albert_jax.data import pipeline
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError, ExportError
 from albert_jax.data.tokenizer import (MODEL_FILE, SPECIAL_PIECES, Normalization,
                                        Tokenizer)
 from albert_jax.param_count import param_shapes
-from albert_jax.train import tree_paths
+from albert_jax import tree_paths
 
 Params = dict[str, Any]
 
@@ -83,11 +83,6 @@ _SPECIAL_TOKENS = dict(pad_token='<pad>', unk_token='<unk>',
                        cls_token='[CLS]', sep_token='[SEP]',
                        mask_token='[MASK]', bos_token='[CLS]',
                        eos_token='[SEP]')
-
-
-class ExportError(ValueError):
-  """A model directory that cannot be read or written; one line saying why
-  and what to do. Launchers print it as `error: ...`."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, MASK_ID, SEP_ID, Tokenizer
 from albert_jax.export import Pretrained
 from albert_jax.model import AlbertForPreTraining

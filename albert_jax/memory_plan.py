@@ -6,7 +6,7 @@ buffer assignment.
 """
 
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 
 GIB = 2**30
 DEVICE_SIZES_GIB = (16, 80)

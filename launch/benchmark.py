@@ -38,7 +38,7 @@ import numpy as np
 
 from albert_jax import benchmark
 from albert_jax.config import ModelConfig
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 from launch import command_line
 
 _BATCH_SIZE = flags.DEFINE_integer(

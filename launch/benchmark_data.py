@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 
 from albert_jax.data import pipeline, prepared, sources
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import train_tokenizer
 from experiments.configs import pretrain
 from launch import command_line

@@ -24,9 +24,9 @@ from absl import flags
 from albert_jax import evaluate
 from albert_jax import export
 from albert_jax.data import pipeline
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 from experiments.configs import pretrain
 from launch import command_line
 

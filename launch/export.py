@@ -20,7 +20,7 @@ from absl import app
 from absl import flags
 
 from albert_jax import export
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from launch import command_line
 
 _WORKDIR = flags.DEFINE_string(

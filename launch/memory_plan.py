@@ -29,7 +29,7 @@ from albert_jax import benchmark
 from albert_jax.memory_plan import mesh_config, markdown_table
 from albert_jax.config import REMAT_POLICIES
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 from launch import command_line
 
 _NUM_DEVICES = flags.DEFINE_list('num_devices', ['8', '64'],

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 
 from albert_jax.data import prepared
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from launch import command_line
 
 _SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to tokenize.')

@@ -19,10 +19,10 @@ from absl import app
 from absl import flags
 import jax
 
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.train import distributed
 from albert_jax.train import trainer
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 from launch import command_line
 
 _DEFAULT_CONFIG = os.path.join(

@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from albert_jax.sweep import emit, plan as plan_lib, report, runner, variants
-from albert_jax.sweep.errors import SweepError
+from albert_jax.errors import SweepError
 from launch import command_line
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'FILE:SCALE, e.g. '

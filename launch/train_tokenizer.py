@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 
 from albert_jax.data import sources
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import Normalization, train_tokenizer
 from launch import command_line
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from albert_jax import benchmark
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 from experiments.configs import pretrain
 from albert_jax import memory_plan
 

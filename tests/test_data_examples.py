@@ -7,7 +7,7 @@ import pytest
 
 from albert_jax.data import examples, sources
 from albert_jax.data.corpus import TokenizedCorpus, tokenize
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID,
                                        train_tokenizer)
 

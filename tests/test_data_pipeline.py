@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from albert_jax.data import examples, pipeline, prepared
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import train_tokenizer
 from experiments.configs import pretrain
 

@@ -5,7 +5,7 @@ import gzip
 import pytest
 
 from albert_jax.data import builtin_corpus, sources
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.sentences import split_sentences
 
 

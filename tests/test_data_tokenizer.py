@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from albert_jax.data import sources
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID,
                                        Normalization, Tokenizer,
                                        train_tokenizer)

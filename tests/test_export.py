@@ -24,7 +24,7 @@ from albert_jax.fill_mask import encode_with_masks
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.param_count import param_shapes
 from albert_jax.train import trainer
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 import export_testing
 
 # float32 noise of two implementations summing in different orders: the

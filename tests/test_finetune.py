@@ -16,10 +16,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from albert_jax import export
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, SEP_ID
 from albert_jax.finetune import classification, span_qa, trainer
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 from experiments.configs import finetune as finetune_config
 import export_testing
 import train_testing

@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 from albert_jax.config import ModelConfig
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 from experiments.configs import pretrain
 
 RULES = pretrain.get_config('tiny').sharding_rules

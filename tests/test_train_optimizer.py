@@ -11,7 +11,7 @@ import pytest
 from albert_jax.config import ModelConfig
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import optimizer as optimizer_lib
-from albert_jax.train import tree_paths
+from albert_jax import tree_paths
 from experiments.configs import pretrain
 
 

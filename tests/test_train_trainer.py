@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from albert_jax.train import trainer
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 import train_testing
 
 

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import tqdm
 
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import Tokenizer
 
 

@@ -54,7 +54,7 @@ import dataclasses
 import numpy as np
 
 from albert_jax.data.corpus import Documents
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, MASK_ID, SEP_ID, SPECIAL_PIECES
 
 OBJECTIVES = ('sop', 'nsp', 'none')

@@ -57,7 +57,7 @@ import numpy as np
 
 from albert_jax.data import examples, prepared, sources
 from albert_jax.data.corpus import Documents, tokenize
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import (MODEL_FILE, Normalization, Tokenizer,
                                        train_tokenizer)
 

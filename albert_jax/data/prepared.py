@@ -36,7 +36,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from albert_jax.data import sources
 from albert_jax.data.corpus import tokenize_document
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import Tokenizer
 
 METADATA_FILE = 'metadata.json'

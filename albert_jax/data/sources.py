@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterator
 
 from albert_jax.data import builtin_corpus
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.sentences import split_sentences
 
 SCHEMES = ('builtin', 'text:', 'tfds:', 'prepared:')

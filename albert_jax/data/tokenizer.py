@@ -41,7 +41,7 @@ import numpy as np
 import sentencepiece as spm
 import tqdm
 
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 SPECIAL_PIECES = ('<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]')

@@ -35,7 +35,7 @@ import optax
 
 from albert_jax.config import ModelConfig
 from albert_jax.data import sources
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, SEP_ID, Tokenizer
 from albert_jax.finetune.task import Features, Task
 from albert_jax.model import AlbertForSequenceClassification

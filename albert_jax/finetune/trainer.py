@@ -34,7 +34,7 @@ import numpy as np
 from albert_jax import export
 from albert_jax import flops
 from albert_jax.data import pipeline
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.finetune import classification, span_qa
 from albert_jax.finetune.task import Features, Task, num_rows
 from albert_jax.train import distributed
@@ -43,7 +43,7 @@ from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import optimizer as optimizer_lib
 from albert_jax.train import state as state_lib
 from albert_jax.train import train_step as step_lib
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 
 TASKS = {'classification': classification.make_task,
          'span_qa': span_qa.make_task}

@@ -14,7 +14,7 @@ import dataclasses
 import shlex
 
 from albert_jax.cluster import sbatch_script, tpu_commands
-from albert_jax.sweep.errors import SweepError
+from albert_jax.errors import SweepError
 from albert_jax.sweep.plan import Plan
 
 TARGETS = ('shell', 'slurm', 'tpu')

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from albert_jax.cluster import pretrain_command
-from albert_jax.sweep.errors import SweepError
+from albert_jax.errors import SweepError
 from albert_jax.sweep.variants import Sweep
 
 PLAN_FILE = 'sweep.json'

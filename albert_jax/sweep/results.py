@@ -19,7 +19,7 @@ from albert_jax import evaluate
 from albert_jax import export
 from albert_jax.data import pipeline
 from albert_jax.param_count import count_params
-from albert_jax.sweep.errors import SweepError
+from albert_jax.errors import SweepError
 from albert_jax.train import mesh as mesh_lib
 from experiments.configs import pretrain
 

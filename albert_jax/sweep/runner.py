@@ -21,9 +21,9 @@ from collections.abc import Callable
 import ml_collections
 
 from albert_jax import export
-from albert_jax.data.errors import DataError
+from albert_jax.errors import DataError
 from albert_jax.sweep import results
-from albert_jax.sweep.errors import SweepError
+from albert_jax.errors import SweepError
 from albert_jax.sweep.plan import Plan, Run
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

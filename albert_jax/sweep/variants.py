@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from albert_jax.sweep.errors import SweepError
+from albert_jax.errors import SweepError
 
 # The scales a sweep file answers: this CPU, and the paper's ALBERT-base.
 SCALES = ('tiny', 'base')

@@ -17,8 +17,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 from orbax.checkpoint.checkpoint_managers import save_decision_policy
 
-from albert_jax.train import tree_paths
-from albert_jax.train.errors import UsageError
+from albert_jax import tree_paths
+from albert_jax.errors import UsageError
 
 
 class Checkpointer:

@@ -22,7 +22,7 @@ from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train import distributed
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import metrics as metrics_lib
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 from albert_jax.train.state import InitialState
 from albert_jax.train.train_step import TrainState
 

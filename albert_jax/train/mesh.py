@@ -17,8 +17,8 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from albert_jax.train import tree_paths
-from albert_jax.train.errors import UsageError
+from albert_jax import tree_paths
+from albert_jax.errors import UsageError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]

@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import optax
 
-from albert_jax.train import tree_paths
+from albert_jax import tree_paths
 
 
 def learning_rate_schedule(

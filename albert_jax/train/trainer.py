@@ -38,7 +38,7 @@ from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import optimizer as optimizer_lib
 from albert_jax.train import state as state_lib
 from albert_jax.train import train_step as step_lib
-from albert_jax.train.errors import UsageError
+from albert_jax.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
