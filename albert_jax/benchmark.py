@@ -4,7 +4,8 @@ Used by `launch.benchmark` (step time, tokens/s, MFU against the device's peak,
 compile time, memory) and `launch.memory_plan` (per-device memory of a config
 compiled ahead of time for a mesh of simulated devices). The step is
 `albert_jax.train.train_step.train_step`, compiled exactly as the trainer
-compiles it (`jit_train_step`: state donated, batch split over the batch axes).
+compiles it (train/run.py `assemble`: state donated, batch split over the
+batch axes).
 
 Synthetic batches: random ids, every token real (input_mask 1), two segments,
 `num_masked_positions` distinct masked positions per example, all weighted 1.
@@ -18,24 +19,24 @@ import time
 from collections.abc import Callable, Mapping
 
 import jax
-import ml_collections
 import numpy as np
 
 from albert_jax import flops
-from albert_jax.config import ModelConfig
+from albert_jax.data.config import DataConfig
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import metrics as metrics_lib
-from albert_jax.train import optimizer as optimizer_lib
+from albert_jax.train import run as run_lib
 from albert_jax.train import state as state_lib
 from albert_jax.train import train_step as step_lib
+from albert_jax.train.config import PretrainConfig
 
 Batch = dict[str, np.ndarray]
 
 _FIRST_NORMAL_ID = 5  # After <pad>, <unk>, [CLS], [SEP], [MASK].
 
 
-def num_masked_positions(data: ml_collections.ConfigDict) -> int:
+def num_masked_positions(data: DataConfig) -> int:
   """Masked positions per example: at least max_predictions_per_seq, and
   masked_lm_prob of the tokens at longer sequences (BERT's 20 at 128, 76 at 512)."""
   return max(data.max_predictions_per_seq,
@@ -83,7 +84,7 @@ class CompiledStep:
 
 
 def compile_train_step(
-    config: ml_collections.ConfigDict,
+    config: PretrainConfig,
     devices: list[jax.Device] | None = None,
     compiler_options: Mapping[str, str | bool | int] | None = None,
 ) -> CompiledStep:
@@ -95,46 +96,32 @@ def compile_train_step(
   `compiler_options` are XLA debug options of this compilation only (the
   names of XLA_FLAGS without '--').
   """
-  model_config = ModelConfig.from_config(config.model)
-  train, data = config.train, config.data
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  rules = tuple(config.sharding_rules)
-  model = AlbertForPreTraining(model_config)
-  optimizer, schedule = optimizer_lib.optimizer_and_schedule(train)
-
-  initial = state_lib.initial_state(
-      model, state_lib.pretraining_inputs(data.max_seq_length,
-                                          num_masked_positions(data)),
-      optimizer=optimizer, seed=train.seed, mesh=mesh, rules=rules)
-  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+  data, num_masked = config.data, num_masked_positions(config.data)
+  model = AlbertForPreTraining(config.model)
+  run = run_lib.assemble(
+      model, state_lib.pretraining_inputs(data.max_seq_length, num_masked),
+      step_lib.PretrainingObjective(model, data.sentence_objective),
+      mesh=mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices),
+      rules=config.sharding_rules, train=config.train)
   abstract_batch = {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+      k: jax.ShapeDtypeStruct((config.train.batch_size,) + v.shape[1:], v.dtype,
+                              sharding=run.batch_sharding)
       for k, v in synthetic_batch(np.random.default_rng(0), 1,
-                                  data.max_seq_length,
-                                  num_masked_positions(data), 8).items()}
-  abstract_batch = {
-      k: v.update(shape=(train.batch_size,) + v.shape[1:])
-      for k, v in abstract_batch.items()}
-
-  step = step_lib.jit_train_step(
-      mesh, rules, initial.shardings,
-      objective=step_lib.PretrainingObjective(model, data.sentence_objective),
-      optimizer=optimizer, schedule=schedule,
-      grad_accum_steps=train.grad_accum_steps)
-  with mesh_lib.activate(mesh, rules):
+                                  data.max_seq_length, num_masked, 8).items()}
+  with mesh_lib.activate(run.mesh, run.rules):
     start = time.perf_counter()
-    lowered = step.lower(initial.abstract, abstract_batch)
+    lowered = run.train_step.lower(run.initial.abstract, abstract_batch)
     lowered_at = time.perf_counter()
     compiled = lowered.compile(compiler_options)
     compiled_at = time.perf_counter()
 
   def init_state() -> step_lib.TrainState:
-    with mesh_lib.activate(mesh, rules):
-      return initial.materialize()
+    with mesh_lib.activate(run.mesh, run.rules):
+      return run.initial.materialize()
 
   return CompiledStep(compiled=compiled, init_state=init_state,
-                      batch_sharding=batch_sharding, mesh=mesh, rules=rules,
-                      lower_s=lowered_at - start,
+                      batch_sharding=run.batch_sharding, mesh=run.mesh,
+                      rules=run.rules, lower_s=lowered_at - start,
                       compile_s=compiled_at - lowered_at)
 
 
@@ -225,10 +212,10 @@ def interleaved_rounds(
   return times
 
 
-def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
+def train_flops_per_step(config: PretrainConfig) -> float:
   """Model FLOPs (forward + backward) of one step of the global batch."""
   return config.train.batch_size * flops.train_flops_per_example(
-      ModelConfig.from_config(config.model), config.data.max_seq_length,
+      config.model, config.data.max_seq_length,
       num_masked_positions(config.data))
 
 

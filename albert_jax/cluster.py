@@ -5,8 +5,8 @@ of a Cloud TPU VM pod (gcloud over ssh) or a SLURM job (an sbatch script).
 writes them for every variant of a sweep.
 """
 
-from collections.abc import Sequence
 import shlex
+from collections.abc import Sequence
 
 
 def pretrain_command(config: str, workdir: str, extra: Sequence[str], *,

@@ -2,7 +2,7 @@
 
 `ModelConfig.from_config(config.model)` turns the `model` block of an
 ml_collections config (experiments/configs/pretrain.py) into a `ModelConfig`.
-Every impossible combination fails at construction with one ValueError line.
+Every impossible combination fails at construction with one UsageError line.
 
 Layer sharing (paper section 3.1, original code / Hugging Face semantics):
   * `sharing='all'`: all layers share one set of weights. `num_hidden_groups`
@@ -18,11 +18,14 @@ Layer sharing (paper section 3.1, original code / Hugging Face semantics):
 
 import dataclasses
 import functools
+import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import jax
 import jax.numpy as jnp
+
+from albert_jax.errors import UsageError
 
 SHARING_MODES = ('all', 'attention', 'ffn', 'none')
 
@@ -48,9 +51,63 @@ REMAT_POLICIES: Mapping[str, Callable[..., Any] | None] = {
 DTYPES = ('float32', 'bfloat16')
 
 
+class Record:
+  """A frozen dataclass config block, built from a ConfigDict at the edge.
+
+  `from_config(block)` refuses unknown keys (missing ones take the field's
+  default) and turns lists back into tuples (JSON has no tuples); each
+  subclass checks its values in __post_init__ with `check_types` first.
+  """
+  block: ClassVar[str]  # Its name in the config: 'model', 'train', ...
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> Self:
+    """Builds from a ConfigDict block (or any mapping)."""
+    values = dict(config.items())
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise UsageError(
+          f'unknown {cls.block} config key {unknown[0]!r}; known keys: '
+          f'{", ".join(sorted(known))}')
+    types = {field.name: field.type for field in dataclasses.fields(cls)}
+    return cls(**{k: _value(types[k], v) for k, v in values.items()})
+
+
+def check_types(record: Record) -> None:
+  """UsageError unless each field of `record` has its annotated type
+  (int, float, bool, str or tuple)."""
+  for field in dataclasses.fields(record):
+    value = getattr(record, field.name)
+    kind = typing.get_origin(field.type) or field.type
+    if kind is float:
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+      ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind in (bool, str, tuple):
+      ok = isinstance(value, kind)
+    else:  # A nested record or mapping: checked by its own type.
+      ok = True
+    _check(ok, f'{record.block}.{field.name} must be {getattr(kind, "__name__", kind)}, '
+               f'got {value!r}')
+
+
+def _value(field_type: Any, value: Any) -> Any:
+  """A config value as the field holds it: nested blocks as their records,
+  mappings as dicts, lists as tuples."""
+  if isinstance(field_type, type) and issubclass(field_type, Record):
+    return value if isinstance(value, field_type) else field_type.from_config(value)
+  if (typing.get_origin(field_type) or field_type) is dict:
+    return dict(value.items())
+  if isinstance(value, (list, tuple)):
+    return tuple(_value(None, v) for v in value)
+  return value
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelConfig:
+class ModelConfig(Record):
   """ALBERT hyperparameters. Defaults: ALBERT-base v2."""
+  block: ClassVar[str] = 'model'
 
   vocab_size: int = 30000
   embedding_size: int = 128  # E: width of the factorized embeddings.
@@ -71,39 +128,18 @@ class ModelConfig:
   dtype: str = 'float32'  # Computation.
   param_dtype: str = 'float32'  # Storage of the parameters.
   remat_policy: str = 'none'
-  # False unrolls the layer loop into straight-line code (for comparison only:
-  # the compiled program then grows with depth).
+  # False unrolls the layer loop into straight-line code with the same params:
+  # XLA can then fuse and schedule across layers, often a faster step on GPUs
+  # and CPUs at moderate depth, but the program and its compile time grow with
+  # depth. True (the default) keeps them flat in depth.
   scan: bool = True
 
-  @classmethod
-  def from_config(cls, config: Mapping[str, Any]) -> 'ModelConfig':
-    """Builds from a `config.model` ConfigDict (or any mapping)."""
-    values = dict(config.items())
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(
-          f'unknown model config key {unknown[0]!r}; known keys: '
-          f'{", ".join(sorted(known))}')
-    return cls(**values)
-
   def __post_init__(self):
+    check_types(self)
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      if field.type is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-      elif field.type is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-      elif field.type is bool:
-        ok = isinstance(value, bool)
-      else:
-        ok = isinstance(value, str)
-      if not ok:
-        raise ValueError(
-            f'model.{field.name} must be {field.type.__name__}, '
-            f'got {value!r}')
-      if field.type is int and value < 1:
-        raise ValueError(f'model.{field.name} must be >= 1, got {value}')
+      _check(field.type is not int or value >= 1,
+             f'model.{field.name} must be >= 1, got {value}')
     _check(self.sharing in SHARING_MODES,
            f'unknown model.sharing {self.sharing!r}: choose one of '
            f'{", ".join(SHARING_MODES)}')
@@ -177,6 +213,14 @@ class ModelConfig:
     return ACTIVATIONS[self.hidden_act]
 
 
+def check_sequence_fits(max_seq_length: int, model: ModelConfig) -> None:
+  """UsageError unless sequences of `max_seq_length` fit the model's
+  position embeddings."""
+  _check(max_seq_length <= model.max_position_embeddings,
+         f'data.max_seq_length={max_seq_length} exceeds the model\'s '
+         f'max_position_embeddings={model.max_position_embeddings}')
+
+
 def _check(condition: bool, message: str) -> None:
   if not condition:
-    raise ValueError(message)
+    raise UsageError(message)

@@ -1,6 +1,6 @@
 """Fill-mask inference with an exported model: top-k fills of each [MASK].
 
-  pretrained = export.load_pretrained('OUT')
+  pretrained = albert_jax.pretrained.load_pretrained('OUT')
   fill = FillMask(pretrained)
   fill('the cat sat on the [MASK] .', top_k=5)
   # -> [[('mat', 0.91), ('floor', 0.03), ...]]   one list per [MASK]
@@ -22,8 +22,8 @@ import numpy as np
 
 from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, MASK_ID, SEP_ID, Tokenizer
-from albert_jax.export import Pretrained
 from albert_jax.model import AlbertForPreTraining
+from albert_jax.pretrained import Pretrained
 
 MASK_TOKEN = '[MASK]'
 

@@ -1,11 +1,11 @@
 """Model FLOPs of one ALBERT pretraining example (forward + backward).
 
-Counted as in ALBERT_FACTS "Measuring speed": 6 FLOPs per matmul parameter
-per token it is applied to (2 forward, 4 backward), where a shared layer
-counts once per application, plus attention scores and mixing
-(12 * applications * seq^2 * H), plus the MLM head on the masked positions
-only. Embedding lookups, LayerNorms, activations and softmax are not matmuls
-and are left out.
+Counted as model FLOPs are for MFU (PaLM, Chowdhery et al. 2022, appendix B):
+6 FLOPs per matmul parameter per token it is applied to (2 forward, 4
+backward), where a shared layer counts once per application, plus attention
+scores and mixing (12 * applications * seq^2 * H), plus the MLM head on the
+masked positions only. Embedding lookups, LayerNorms, activations and
+softmax are not matmuls and are left out.
 """
 
 from albert_jax.config import ModelConfig

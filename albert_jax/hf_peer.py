@@ -7,9 +7,9 @@ nothing is masked), the default attention implementation (SDPA), eager mode.
 
 `PeerProcess` runs the peer in a child process that the benchmark drives round
 by round, so the two frameworks alternate on the same cores but do not share
-an address space: measured here, torch's allocations and threads living in the
-JAX process slowed the JAX step at seq 512 by ~45% (its kernel time tripled).
-Only the child imports torch.
+an address space: torch's allocator and thread pool living in the JAX process
+slow the JAX step down (benchmarks/results/README.md). Only the child imports
+torch.
 """
 
 import dataclasses
@@ -28,6 +28,12 @@ from albert_jax import hf
 from albert_jax.config import ModelConfig
 
 _IGNORE = -100  # Hugging Face's label for positions without a loss.
+# The child process finds albert_jax where this one did (installed, or on a
+# path such as the working directory of `python -m`), whatever its own working
+# directory: this process's import path, made absolute while '' still means
+# the directory albert_jax was imported from.
+_IMPORT_PATH = [os.path.abspath(p or os.curdir) for p in sys.path
+                if os.path.exists(p or os.curdir)]
 
 
 class TorchTrainer:
@@ -98,10 +104,10 @@ class PeerProcess:
     self._batch_path = f.name
     spec = {'config': dataclasses.asdict(config), 'batch': f.name,
             'kwargs': trainer_kwargs}
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(_IMPORT_PATH)}
     self._child = subprocess.Popen(
         [sys.executable, '-m', 'albert_jax.hf_peer'], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        stdout=subprocess.PIPE, text=True, env=env)
     self.info = self._call(spec)
 
   def _call(self, message: Any) -> Any:

@@ -10,7 +10,8 @@ Modules, outermost first:
       pooler       dense + tanh on the first ([CLS]) token
 
 The encoder runs its layers with `nn.scan` in every sharing mode, so the
-compiled program does not grow with depth. Layer weights live in one module,
+compiled program does not grow with depth (`scan=False` unrolls the same
+scans into straight-line code, same params). Layer weights live in one module,
 `encoder/layer`, whose params carry a leading axis per stacked scan level:
   * groups: G distinct groups, stacked (sharing 'none' is G = L);
   * repeats: each group is applied L / G times in a row, weights broadcast;
@@ -122,16 +123,17 @@ def attention(query: Array, key: Array, value: Array, lengths: Array, *,
       and query.dtype in (jnp.bfloat16, jnp.float16)):
     try:
       # Padding as key lengths, not as a mask: cuDNN takes lengths natively,
-      # while a [batch, 1, 1, seq] mask makes JAX fall back to XLA (H200,
-      # base, seq 512: a 1.65x slower step). `launch.benchmark` reports the
-      # fused kernels it finds in the compiled step.
+      # while a [batch, 1, 1, seq] mask silently makes JAX fall back to XLA's
+      # attention, which materialises the [seq, seq] probabilities.
+      # `launch.benchmark` counts the fused kernels in the compiled step, so
+      # a fallback shows.
       return jax.nn.dot_product_attention(
           query, key, value, key_value_seq_lengths=lengths,
           implementation='cudnn')
     except (ValueError, NotImplementedError, RuntimeError):
       pass  # Shapes cuDNN rejects at trace time.
-  # Spelled out rather than jax.nn.dot_product_attention's XLA version, which
-  # took 1.7x the CPU time per layer on this CPU (base, seq 512, fwd + bwd).
+  # Spelled out rather than jax.nn.dot_product_attention's XLA
+  # implementation, which is slower on CPUs (benchmarks/results/README.md).
   # Scaling the query is cheaper than scaling the [seq, seq] logits.
   mask = jnp.arange(key.shape[1]) < lengths[:, None, None, None]
   logits = jnp.einsum('btnd,bsnd->bnts', query * query.shape[-1] ** -0.5, key,
@@ -427,10 +429,17 @@ class AlbertForPreTraining(nn.Module):
 
 
 class AlbertForSequenceClassification(nn.Module):
-  """ALBERT with a classifier on the pooled output (e.g. GLUE)."""
+  """ALBERT with a classifier on the pooled output (e.g. GLUE).
+
+  The backbone runs with its config's dropout (0 for ALBERT v2); the pooled
+  output alone gets `classifier_dropout_prob` before the classifier, as in the
+  original's classifier_utils (a fixed 0.1) and Hugging Face
+  (`AlbertConfig.classifier_dropout_prob`, default 0.1).
+  """
 
   config: ModelConfig
   num_labels: int
+  classifier_dropout_prob: float = 0.1
 
   @nn.compact
   def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
@@ -439,14 +448,18 @@ class AlbertForSequenceClassification(nn.Module):
     cfg = self.config
     _, pooled = AlbertModel(cfg, name='albert')(
         input_ids, input_mask, segment_ids, deterministic=deterministic)
-    pooled = nn.Dropout(cfg.hidden_dropout_prob)(pooled, deterministic)
+    pooled = nn.Dropout(self.classifier_dropout_prob)(pooled, deterministic)
     logits = _dense(cfg, self.num_labels, ('hidden', 'classes'),
                     'classifier')(pooled)
     return {'logits': logits.astype(jnp.float32)}
 
 
 class AlbertForQuestionAnswering(nn.Module):
-  """ALBERT with a per-token span start / end classifier (e.g. SQuAD)."""
+  """ALBERT with a per-token span start / end classifier (e.g. SQuAD).
+
+  No dropout of its own: the span head reads the sequence output directly,
+  as the original's run_squad (v1) and Hugging Face do.
+  """
 
   config: ModelConfig
 

@@ -1,7 +1,7 @@
 """Parameter counts of ALBERT, read from the real param tree.
 
 The tree comes from `jax.eval_shape` of `AlbertForPreTraining.init`: shapes
-only, nothing allocated, so even xxlarge answers in about a second.
+only, nothing allocated or compiled, so even xxlarge is cheap to count.
 """
 
 import math

@@ -42,7 +42,7 @@ for preset in base large; do
     scan="${variant#*:}"
     "${PYTHON}" -m launch.benchmark \
       --config="experiments/configs/pretrain.py:${preset}" \
-      --batch_size="${BATCH_SIZE}" --seq_len="${SEQ_LEN}" \
+      --batch_size="${BATCH_SIZE}" --max_seq_length="${SEQ_LEN}" \
       --steps="${STEPS}" --rounds="${ROUNDS}" \
       --config.model.dtype=bfloat16 \
       --config.model.remat_policy="${remat}" \

@@ -1,9 +1,9 @@
 r"""Times the pretraining step alone, after compilation.
 
   python -m launch.benchmark --config=experiments/configs/pretrain.py:base \
-      --batch_size=8 --seq_len=128 --json
+      --batch_size=8 --max_seq_length=128 --json
   python -m launch.benchmark --config=experiments/configs/pretrain.py:base \
-      --batch_size=8 --seq_len=512 --peer=hf --config.train.optimizer=adamw
+      --batch_size=8 --max_seq_length=512 --peer=hf --config.train.optimizer=adamw
   python -m launch.benchmark --config=experiments/configs/pretrain.py:base \
       --compile_depths=12,48                    # compile time vs depth
 
@@ -29,22 +29,20 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 
-from absl import app
-from absl import flags
 import jax
 import numpy as np
+from absl import flags
 
 from albert_jax import benchmark
-from albert_jax.config import ModelConfig
 from albert_jax.errors import UsageError
+from albert_jax.train.config import PretrainConfig
 from launch import command_line
 
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Global batch (sets train.batch_size).')
-_SEQ_LEN = flags.DEFINE_integer(
-    'seq_len', None, 'Sequence length (sets data.max_seq_length).')
+_MAX_SEQ_LENGTH = flags.DEFINE_integer(
+    'max_seq_length', None, 'Sequence length (sets data.max_seq_length).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timing rounds (alternating with the peer).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
@@ -57,27 +55,25 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per result.')
 
 
 def main(argv: list[str]) -> None:
-  command_line.check_no_arguments(argv)
+  del argv  # Flags only.
   config = flags.FLAGS.config
+  _check(config)
+  if _COMPILE_DEPTHS.value:
+    _compile_depths(config, [int(d) for d in _COMPILE_DEPTHS.value])
+  else:
+    _print(_time_step(PretrainConfig.from_config(config)))
+
+
+def _apply_flags(config) -> None:
+  """Sets the config keys of --batch_size and --max_seq_length."""
   if _BATCH_SIZE.value is not None:
     config.train.batch_size = _BATCH_SIZE.value
-  if _SEQ_LEN.value is not None:
-    config.data.max_seq_length = _SEQ_LEN.value
-  try:
-    _check(config)
-    if _COMPILE_DEPTHS.value:
-      _compile_depths(config, [int(d) for d in _COMPILE_DEPTHS.value])
-    else:
-      _print(_time_step(config))
-  except (UsageError, ValueError) as e:
-    sys.exit(f'error: {e}')
+  if _MAX_SEQ_LENGTH.value is not None:
+    config.data.max_seq_length = _MAX_SEQ_LENGTH.value
 
 
 def _check(config) -> None:
-  model = ModelConfig.from_config(config.model)
-  if config.data.max_seq_length > model.max_position_embeddings:
-    raise UsageError(f'--seq_len={config.data.max_seq_length} exceeds '
-                     f'model.max_position_embeddings={model.max_position_embeddings}')
+  PretrainConfig.from_config(config)  # Refuses an impossible config.
   for name, value in (('--steps', _STEPS.value), ('--rounds', _ROUNDS.value),
                       ('--batch_size', config.train.batch_size)):
     if value < 1:
@@ -88,7 +84,7 @@ def _check(config) -> None:
                      f'{",".join(_COMPILE_DEPTHS.value)}')
 
 
-def _time_step(config) -> dict:
+def _time_step(config: PretrainConfig) -> dict:
   """Compiles, warms up and times the step (and the peer); the JSON record."""
   data, train = config.data, config.train
   step = benchmark.compile_train_step(config)
@@ -102,7 +98,7 @@ def _time_step(config) -> dict:
   if _PEER.value == 'hf':
     from albert_jax import hf_peer  # pylint: disable=g-import-not-at-top
     peer = hf_peer.PeerProcess(
-        ModelConfig.from_config(config.model), batch,
+        config.model, batch,
         learning_rate=train.learning_rate, weight_decay=train.weight_decay,
         b1=train.b1, b2=train.b2, eps=train.eps, clip_norm=train.clip_norm,
         num_threads=threads)
@@ -124,7 +120,7 @@ def _time_step(config) -> dict:
   peak = benchmark.peak_flops(devices, train.peak_flops_per_device)
   memory = benchmark.memory(step.compiled)
   result = {
-      'preset': config.get('preset', ''),
+      'preset': config.preset,
       'backend': jax.default_backend(),
       'device_kind': devices[0].device_kind,
       'num_devices': len(devices),
@@ -182,7 +178,7 @@ def _compile_depths(config, depths: list[int]) -> None:
     for depth in depths:
       config.model.num_layers = depth
       config.model.scan = scan
-      step = benchmark.compile_train_step(config)
+      step = benchmark.compile_train_step(PretrainConfig.from_config(config))
       records.append({'preset': config.get('preset', ''), 'num_layers': depth,
                       'scan': scan, 'lower_s': step.lower_s,
                       'compile_s': step.compile_s})
@@ -222,6 +218,7 @@ def _print(result: dict) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=command_line.config_parser(
+  command_line.run(main, config=command_line.Config(
       'experiments/configs/pretrain.py:base',
-      keys_file='experiments/configs/pretrain.py', lock_config=False))
+      keys_file='experiments/configs/pretrain.py', lock_config=False,
+      resolve=_apply_flags))

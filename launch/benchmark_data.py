@@ -1,51 +1,58 @@
 r"""Measures input-pipeline throughput, in examples per second.
 
-  python -m launch.benchmark_data --seq_len=512 --json
+  python -m launch.benchmark_data --max_seq_length=512 --json
+  python -m launch.benchmark_data --source=prepared:prepared/ --json
 
 One process pinned to one core, num_workers=0 (no worker processes, no
-prefetch thread), reading prepared data: builtin is tokenized and prepared
-into a temporary directory first (not timed) unless --prepared=DIR is given.
+prefetch thread), reading prepared data: --source=prepared:DIR (from
+launch.prepare_data), or builtin (the default), tokenized and prepared into a
+temporary directory first (not timed).
 Prints one JSON object with --json, a line of text otherwise.
 """
 
 import json
 import os
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
 from albert_jax.data import pipeline, prepared, sources
-from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import train_tokenizer
+from albert_jax.errors import UsageError
 from experiments.configs import pretrain
 from launch import command_line
 
-_SEQ_LEN = flags.DEFINE_integer('seq_len', 512, 'max_seq_length.')
-_MAX_PREDICTIONS = flags.DEFINE_integer('max_predictions', 20,
-                                        'max_predictions_per_seq.')
+_MAX_SEQ_LENGTH = flags.DEFINE_integer('max_seq_length', 512,
+                                       'Tokens per example.')
+_MAX_PREDICTIONS = flags.DEFINE_integer('max_predictions_per_seq', 20,
+                                        'Masked positions per example, at most.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Examples per batch.')
 _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 20_000,
                                      'Examples timed.')
 _VOCAB_SIZE = flags.DEFINE_integer(
     'vocab_size', 2000, 'Pieces of the tokenizer trained on builtin.')
 _OBJECTIVE = flags.DEFINE_string('sentence_objective', 'sop', 'sop|nsp|none.')
-_PREPARED = flags.DEFINE_string('prepared', '',
-                                'Prepared data to read; empty: builtin.')
+_SOURCE = flags.DEFINE_string(
+    'source', 'builtin', 'Data to read: prepared:DIR, or builtin (prepared '
+    'first, untimed).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 
-def main(argv):
-  command_line.check_no_arguments(argv)
+def main(argv: Sequence[str]) -> None:
+  del argv  # Flags only.
+  source = _SOURCE.value or 'builtin'
+  if source != 'builtin' and not source.startswith('prepared:'):
+    raise UsageError(f'--source={source}: give prepared:DIR (prepare it with '
+                     'launch.prepare_data) or builtin')
   os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-  try:
-    with tempfile.TemporaryDirectory() as tmp:
-      directory = _PREPARED.value or _prepare_builtin(tmp)
-      result = _measure(directory)
-  except DataError as e:
-    sys.exit(f'error: {e}')
+  with tempfile.TemporaryDirectory() as tmp:
+    if source == 'builtin':
+      result = _measure(_prepare_builtin(tmp), 'prepared builtin')
+    else:
+      directory = source.split(':', 1)[1]
+      result = _measure(directory, directory)
   if _JSON.value:
     print(json.dumps(result))
   else:
@@ -60,11 +67,13 @@ def _prepare_builtin(tmp: str) -> str:
   return f'{tmp}/prepared'
 
 
-def _measure(directory: str) -> dict:
+def _measure(directory: str, name: str) -> dict:
+  """Examples per second of the training pipeline reading `directory`;
+  `name` is its source in the record."""
   data = pretrain.get_config('tiny').data
   data.source = f'prepared:{directory}'
   data.eval_documents = 0
-  data.max_seq_length = _SEQ_LEN.value
+  data.max_seq_length = _MAX_SEQ_LENGTH.value
   data.max_predictions_per_seq = _MAX_PREDICTIONS.value
   data.sentence_objective = _OBJECTIVE.value
   data.num_workers = 0
@@ -82,14 +91,15 @@ def _measure(directory: str) -> dict:
     next(it)
   seconds = time.perf_counter() - start
   num_examples = num_batches * _BATCH_SIZE.value
-  return dict(examples_per_sec=num_examples / seconds, seq_len=_SEQ_LEN.value,
+  return dict(examples_per_sec=num_examples / seconds,
+              seq_len=_MAX_SEQ_LENGTH.value,
               max_predictions_per_seq=_MAX_PREDICTIONS.value,
               batch_size=_BATCH_SIZE.value, num_examples=num_examples,
               seconds=seconds, num_workers=0, cores=1,
               sentence_objective=_OBJECTIVE.value,
               vocab_size=tokenizer.vocab_size,
-              source=directory if _PREPARED.value else 'prepared builtin')
+              source=name)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  command_line.run(main)

@@ -3,14 +3,16 @@ r"""Launch `launch.pretrain` on a Cloud TPU VM pod or a SLURM GPU cluster.
   # Every worker of a TPU pod slice runs one process (over ssh):
   python -m launch.cluster --target=tpu --tpu=my-v4-32 --zone=us-central2-b \
       --config=experiments/configs/pretrain.py:base --workdir=/mnt/shared/base \
-      -- --config.train.batch_size=1024
+      --config.train.batch_size=1024
 
   # One process per GPU on 4 nodes of 8 GPUs (an sbatch script on stdin):
   python -m launch.cluster --target=slurm --nodes=4 --gpus_per_node=8 \
       --config=experiments/configs/pretrain.py:large --workdir=/shared/large
 
-Arguments after `--` go to `launch.pretrain` unchanged. `--dry_run` prints
-what would run and runs nothing. The processes find each other through
+--config=FILE:PRESET and the overrides --config.KEY=VALUE are checked here,
+then go to `launch.pretrain` as given (arguments after `--` too, deprecated);
+--print_config prints the config the run will use. `--dry_run` prints what
+would run and runs nothing. The processes find each other through
 `--distributed` (JAX reads the TPU metadata or the SLURM environment). The
 workdir must be one directory that every host sees (NFS, Filestore, a GCS
 FUSE mount): each process writes its shards of every checkpoint there. On
@@ -18,19 +20,23 @@ preemption (SIGTERM: TPU maintenance, SLURM's `--signal` before the time
 limit) the run checkpoints and exits 0; rerunning the same command resumes.
 """
 
-from collections.abc import Sequence
+import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
 from albert_jax.cluster import pretrain_command, sbatch_script, tpu_commands
+from albert_jax.errors import UsageError
+from launch import command_line
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Relative to the repository: the hosts hold it elsewhere.
+_DEFAULT_CONFIG = 'experiments/configs/pretrain.py:base'
 
 _TARGET = flags.DEFINE_enum('target', None, ['tpu', 'slurm'], 'Where to run.')
-_CONFIG = flags.DEFINE_string(
-    'config', 'experiments/configs/pretrain.py:base', 'Passed to launch.pretrain.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory, shared by all hosts.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
@@ -53,13 +59,20 @@ _JOB_NAME = flags.DEFINE_string('job_name', 'albert-pretrain', 'slurm: job name.
 
 
 def main(argv: Sequence[str]) -> None:
-  extra = argv[1:]
+  if argv[1:] and '--' not in sys.argv:
+    raise UsageError(f'unexpected argument {argv[1]!r}; flags look like '
+                     '--name=value')
+  if argv[1:]:
+    print('warning: arguments after -- are deprecated; pass --config.KEY=VALUE',
+          file=sys.stderr)
   if _TARGET.value is None or _WORKDIR.value is None:
-    sys.exit('error: --target (tpu|slurm) and --workdir are required')
-  command = pretrain_command(_CONFIG.value, _WORKDIR.value, extra)
+    raise UsageError('--target (tpu|slurm) and --workdir are required')
+  config = command_line.flag_value(sys.argv, 'config', _DEFAULT_CONFIG)
+  command = pretrain_command(
+      config, _WORKDIR.value, command_line.config_overrides(sys.argv) + argv[1:])
   if _TARGET.value == 'tpu':
     if not _TPU.value or not _ZONE.value:
-      sys.exit('error: --target=tpu needs --tpu=NAME and --zone=ZONE')
+      raise UsageError('--target=tpu needs --tpu=NAME and --zone=ZONE')
     commands = tpu_commands(tpu=_TPU.value, zone=_ZONE.value,
                             project=_PROJECT.value,
                             repo_dir=_REPO_DIR.value or '~/albert-jax',
@@ -70,7 +83,7 @@ def main(argv: Sequence[str]) -> None:
         _run(cmd)
   else:
     if _NODES.value < 1 or _GPUS_PER_NODE.value < 1:
-      sys.exit('error: --nodes and --gpus_per_node must be >= 1')
+      raise UsageError('--nodes and --gpus_per_node must be >= 1')
     script = sbatch_script(
         nodes=_NODES.value, gpus_per_node=_GPUS_PER_NODE.value,
         time=_TIME.value, partition=_PARTITION.value, account=_ACCOUNT.value,
@@ -86,11 +99,16 @@ def _run(cmd: Sequence[str], stdin: str | None = None) -> None:
   try:
     subprocess.run(cmd, input=stdin, text=True, check=True)
   except FileNotFoundError:
-    sys.exit(f'error: {cmd[0]} not found: run this where it is installed, '
-             'or use --dry_run and run the printed commands yourself')
+    raise UsageError(f'{cmd[0]} not found: run this where it is installed, '
+                     'or use --dry_run and run the printed commands '
+                     'yourself') from None
   except subprocess.CalledProcessError as e:
-    sys.exit(f'error: {shlex.join(cmd)} exited with status {e.returncode}')
+    raise UsageError(f'{shlex.join(cmd)} exited with status '
+                     f'{e.returncode}') from None
 
 
 if __name__ == '__main__':
-  app.run(main)
+  command_line.run(main, takes_arguments=True, config=command_line.Config(
+      os.path.join(_REPO, _DEFAULT_CONFIG), keys_file='experiments/configs/pretrain.py',
+      help_text='Config file and preset, FILE:PRESET, passed to launch.pretrain '
+      '(relative to the repository on the hosts).'))

@@ -1,79 +1,215 @@
-"""Command-line handling that the launchers share: --config from a config
-file, with one line for a bad flag, value or config key; main's prologue (no
-stray arguments, quiet logging).
+"""What every launcher does the same way: parse the flags, refuse stray
+arguments, log quietly, and turn an `AlbertError` into one `error: ...` line.
 
   def main(argv):
-    command_line.start(argv)
     config = flags.FLAGS.config
     ...
 
   if __name__ == '__main__':
-    app.run(main, flags_parser=command_line.config_parser(
+    command_line.run(main, config=command_line.Config(
         'experiments/configs/pretrain.py:tiny',
         keys_file='experiments/configs/pretrain.py'))
+
+A launcher given a `Config` takes --config=FILE:PRESET, overrides
+--config.KEY=VALUE and --print_config. A bad flag, value or config key is one
+line and exit status 1, as is an `AlbertError` raised by main (or by the
+library under it); the deprecated flag names of DEPRECATED_FLAGS still work,
+with a warning.
 """
 
-from collections.abc import Callable, Sequence
+import dataclasses
+import re
 import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+import yaml
+from absl import app, flags, logging
+from ml_collections import config_dict, config_flags
+
+from albert_jax.errors import AlbertError, UsageError
+
+# Old flag name -> (its name now, a prefix its value gains). One name per idea
+# across the launchers; the old names go after one release.
+DEPRECATED_FLAGS: dict[str, tuple[str, str]] = {
+    'input': ('source', ''),  # launch.train_tokenizer
+    'data': ('source', ''),  # launch.evaluate
+    'prepared': ('source', 'prepared:'),  # launch.benchmark_data
+    'seq_len': ('max_seq_length', ''),  # launch.benchmark, launch.benchmark_data
+    'max_predictions': ('max_predictions_per_seq', ''),  # launch.benchmark_data
+}
 
 
-def config_parser(
-    default: str | None | Callable[[Sequence[str]], str], *, keys_file: str,
-    help_text: str = 'Config file and preset, FILE:PRESET.',
-    lock_config: bool = True) -> Callable[[list[str]], list[str]]:
-  """An absl flags parser that defines --config and parses the command line.
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A launcher's --config flag.
 
-  A bad flag, value or config key exits with one line.
-
-  Args:
-    default: the --config default, FILE:PRESET (None: none), or a function
-      of the command line giving it.
+  Attributes:
+    default: FILE:PRESET (None: no config unless --config is given), or a
+      function of the command line giving it (it may raise an AlbertError).
     keys_file: the config file an unknown key's message points to.
     help_text: --config's help.
     lock_config: refuse new keys in the config (see config_flags).
+    resolve: applies the launcher's own flags that set config keys (e.g.
+      --batch_size), in place, before --print_config and main see the config.
   """
-  def parse(argv: list[str]) -> list[str]:
-    try:
+  default: str | None | Callable[[Sequence[str]], str | None]
+  keys_file: str
+  help_text: str = 'Config file and preset, FILE:PRESET.'
+  lock_config: bool = True
+  resolve: Callable[[config_dict.ConfigDict], None] | None = None
+
+
+def run(main: Callable[[list[str]], int | None], *, config: Config | None = None,
+        takes_arguments: bool = False) -> NoReturn:
+  """Parses the command line and runs `main(argv)`, as absl's app.run.
+
+  Args:
+    main: the launcher; argv[1:] holds the arguments that are not flags.
+    config: the launcher's --config flag, if it has one (it also gains
+      --print_config).
+    takes_arguments: allow arguments besides flags (otherwise one is an error).
+  """
+  app.run(lambda argv: _main(main, argv, config, takes_arguments),
+          flags_parser=lambda argv: _parse(argv, config))
+
+
+def flag_value(argv: Sequence[str], name: str, default: str | None = None
+               ) -> str | None:
+  """The value of --name on the command line, read before the flags are
+  parsed (the last one wins, as in absl)."""
+  value = default
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == '--':
+      break
+    if re.fullmatch(f'--?{name}=.*', arg):
+      value = arg.split('=', 1)[1]
+    elif re.fullmatch(f'--?{name}', arg) and i + 1 < len(args):
+      value = args[i + 1]
+  return value
+
+
+def config_overrides(argv: Sequence[str]) -> list[str]:
+  """The --config.KEY=VALUE overrides of the (parsed) command line, as given,
+  for a launcher that passes them on to another."""
+  overrides = []
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == '--':
+      break
+    match = re.fullmatch(r'--?(no)?(config\.[^=]+)(=.*)?', arg)
+    if not match:
+      continue
+    overrides.append(arg)
+    # `--config.KEY VALUE`: the value is the next argument, unless KEY is a bool.
+    name = match.group(2)
+    if (not match.group(1) and not match.group(3) and i + 1 < len(args)
+        and name in flags.FLAGS and not flags.FLAGS[name].boolean):
+      overrides.append(args[i + 1])
+  return overrides
+
+
+def format_config(config: config_dict.ConfigDict) -> str:
+  """The config as YAML: one key a line, lists on one line."""
+  class Dumper(yaml.SafeDumper):
+    pass
+  for kind in (list, tuple):
+    Dumper.add_representer(kind, lambda dumper, value: dumper.represent_sequence(
+        'tag:yaml.org,2002:seq', value, flow_style=True))
+  return yaml.dump(config.copy_and_resolve_references().to_dict(), Dumper=Dumper,
+                   sort_keys=True, width=100)
+
+
+def _main(main: Callable[[list[str]], int | None], argv: list[str],
+          config: Config | None, takes_arguments: bool) -> int | None:
+  """Refuses stray arguments, quietens logging, applies --print_config, and
+  runs main, with an AlbertError as one line."""
+  try:
+    if not takes_arguments and len(argv) > 1:
+      raise UsageError(f'unexpected argument {argv[1]!r}; flags look like '
+                        '--name=value')
+    if not flags.FLAGS['verbosity'].present:
+      # Warnings and errors only (orbax logs every save at INFO).
+      logging.set_verbosity(logging.WARNING)
+    if config is not None:
+      if flags.FLAGS.config is not None and config.resolve is not None:
+        config.resolve(flags.FLAGS.config)
+      if flags.FLAGS.print_config:
+        if flags.FLAGS.config is None:
+          raise UsageError('--print_config: no config on this command line')
+        print(format_config(flags.FLAGS.config), end='')
+        return 0
+    return main(argv)
+  except AlbertError as e:
+    _exit(str(e))
+
+
+def _parse(argv: list[str], config: Config | None) -> list[str]:
+  """Defines --config (and --print_config), then parses the command line.
+  A bad flag, value or config key exits with one line."""
+  try:
+    if config is not None:
+      default = config.default(argv) if callable(config.default) else config.default
       # Defined here, not at import: with no --config on the command line the
-      # default is parsed (overrides included) as soon as it is defined.
-      config_flags.DEFINE_config_file(
-          'config', default(argv) if callable(default) else default,
-          help_text, lock_config=lock_config)
-      return flags.FLAGS(argv)
-    except flags.Error as e:
-      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-      sys.exit(f'error: {lines[0]}' + (f' {lines[-1]}' if len(lines) > 1 else ''))
-    except (AttributeError, KeyError) as e:  # An override of a key the config lacks.
-      while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(...))
-        e = e.args[0]
-      lines = str(e.args[0] if e.args else e).splitlines()
-      key = lines[0].strip('"\'')
-      hint = f' ({lines[1]})' if len(lines) > 1 else ''
-      bad = [a.split('=')[0] for a in argv[1:]
-             if a.startswith('--config.') and key in a.split('=')[0].split('.')]
-      sys.exit(f'error: unknown config key {bad[0] if bad else key}{hint}: '
-               f'see {keys_file} for the keys')
-  return parse
+      # default is parsed (overrides included) as soon as it is defined, and
+      # finetune's default depends on --task.
+      _define_for_main_module(config_flags.DEFINE_config_file(
+          'config', default, config.help_text, lock_config=config.lock_config))
+      _define_for_main_module(flags.DEFINE_bool(
+          'print_config', False, 'Print the config (after the --config.KEY=VALUE '
+          'overrides and the flags that set keys) and exit.'))
+    return flags.FLAGS(_rewrite_deprecated(argv))
+  except AlbertError as e:
+    _exit(str(e))
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _exit(lines[0] + (f' {lines[-1]}' if len(lines) > 1 else ''))
+  except (AttributeError, KeyError) as e:  # An override of a key the config lacks.
+    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(...))
+      e = e.args[0]
+    lines = str(e.args[0] if e.args else e).splitlines()
+    key = lines[0].strip('"\'')
+    hint = f' ({lines[1]})' if len(lines) > 1 else ''
+    bad = [a.split('=')[0] for a in argv[1:]
+           if a.startswith('--config.') and key in a.split('=')[0].split('.')]
+    keys_file = config.keys_file if config is not None else 'the config file'
+    _exit(f'unknown config key {bad[0] if bad else key}{hint}: see {keys_file} '
+          'for the keys')
 
 
-def check_no_arguments(argv: Sequence[str]) -> None:
-  """Exits with one line when the command line holds more than flags."""
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected argument {argv[1]!r}; flags look like --name=value')
+def _define_for_main_module(holder: flags.FlagHolder) -> None:
+  """Lists a flag defined here in the launcher's --help (which shows the
+  flags of the main module only)."""
+  flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[holder.name])
 
 
-def quiet_logging() -> None:
-  """Warnings and errors only, unless --verbosity is given (orbax logs every
-  save at INFO)."""
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+def _rewrite_deprecated(argv: list[str]) -> list[str]:
+  """argv with each deprecated flag name of this launcher replaced by its
+  name now, and a warning for each on stderr."""
+  rewritten = [argv[0]]
+  args = iter(argv[1:])
+  for arg in args:
+    match = re.fullmatch(r'(--?)([a-z_]+)(=.*)?', arg)
+    old = match and match.group(2)
+    if arg == '--':
+      rewritten += [arg, *args]
+      break
+    if (old not in DEPRECATED_FLAGS or old in flags.FLAGS
+        or DEPRECATED_FLAGS[old][0] not in flags.FLAGS):
+      rewritten.append(arg)
+      continue
+    new, prefix = DEPRECATED_FLAGS[old]
+    print(f'warning: --{old} is deprecated; use --{new}', file=sys.stderr)
+    value = match.group(3)[1:] if match.group(3) else next(args, None)
+    if value is None:  # absl says what is missing.
+      rewritten.append(f'--{new}')
+    else:
+      rewritten.append(f'--{new}={prefix if value else ""}{value}')
+  return rewritten
 
 
-def start(argv: Sequence[str]) -> None:
-  """The prologue of a launcher's main: flags only, quiet logging."""
-  check_no_arguments(argv)
-  quiet_logging()
+def _exit(message: str) -> NoReturn:
+  """Exits with status 1 and `message` as one line on stderr."""
+  sys.exit('error: ' + ' '.join(line.strip() for line in message.splitlines()
+                                if line.strip()))

@@ -1,11 +1,11 @@
 r"""Evaluate an exported model on held-out text: MLM loss, accuracy and
 perplexity, and sentence-order (SOP) and next-sentence (NSP) accuracy.
 
-  python -m launch.evaluate --model=out/flax --data=text:heldout/*.txt
-  python -m launch.evaluate --model=out/flax --data=tfds:lm1b:test \
+  python -m launch.evaluate --model=out/flax --source=text:heldout/*.txt
+  python -m launch.evaluate --model=out/flax --source=tfds:lm1b:test \
       --max_seq_length=128 --batch_size=64 --num_batches=20 --json
 
---data takes the sources of pretraining (builtin, text:GLOB,
+--source takes the sources of pretraining (builtin, text:GLOB,
 tfds:NAME[/CONFIG][:SPLIT], prepared:DIR). Examples are built as the
 trainer's evaluation builds them (unshuffled, masks from --seed), so with a
 run's data settings and held-out documents, and --num_batches =
@@ -15,25 +15,22 @@ defaults of experiments/configs/pretrain.py.
 """
 
 import json
-import sys
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
 from albert_jax import evaluate
-from albert_jax import export
+from albert_jax import pretrained as pretrained_lib
 from albert_jax.data import pipeline
-from albert_jax.errors import DataError
-from albert_jax.train import mesh as mesh_lib
+from albert_jax.data.config import DataConfig
 from albert_jax.errors import UsageError
-from experiments.configs import pretrain
+from albert_jax.train import mesh as mesh_lib
 from launch import command_line
 
 _MODEL = flags.DEFINE_string(
     'model', None, 'Model directory in the flax format (launch.export).')
-_DATA = flags.DEFINE_string(
-    'data', None, 'Held-out text: builtin, text:GLOB, tfds:NAME[/CONFIG][:SPLIT] '
+_SOURCE = flags.DEFINE_string(
+    'source', None, 'Held-out text: builtin, text:GLOB, tfds:NAME[/CONFIG][:SPLIT] '
     'or prepared:DIR.')
 _TEXT_FEATURE = flags.DEFINE_string(
     'text_feature', 'text', 'Text feature of a tfds: source.')
@@ -57,14 +54,11 @@ _COLUMNS = ('mlm_loss', 'mlm_accuracy', 'mlm_perplexity', 'sentence_accuracy',
 
 
 def main(argv: Sequence[str]) -> None:
-  command_line.start(argv)
-  if not _MODEL.value or not _DATA.value:
-    sys.exit('error: pass --model=DIR (from launch.export) and --data=SOURCE '
-             '(held-out text)')
-  try:
-    results = _evaluate()
-  except (export.ExportError, DataError, UsageError) as e:
-    sys.exit(f'error: {e}')
+  del argv  # Flags only.
+  if not _MODEL.value or not _SOURCE.value:
+    raise UsageError('pass --model=DIR (from launch.export) and --source=SOURCE '
+                     '(held-out text)')
+  results = _evaluate()
   if _JSON.value:
     print(json.dumps(results, indent=2))
     return
@@ -77,23 +71,19 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _evaluate() -> dict[str, dict[str, float]]:
-  pretrained = export.load_pretrained(_MODEL.value)
-  config = pretrain.get_config('base')
-  data = config.data
-  data.source = _DATA.value
-  data.text_feature = _TEXT_FEATURE.value
-  data.eval_documents = 0  # All of --data is held out.
-  data.max_seq_length = _MAX_SEQ_LENGTH.value or min(
-      512, pretrained.config.max_position_embeddings)
-  data.max_predictions_per_seq = _MAX_PREDICTIONS.value
-  data.seed = _SEED.value
+  pretrained = pretrained_lib.load_pretrained(_MODEL.value)
+  data = DataConfig(
+      source=_SOURCE.value, text_feature=_TEXT_FEATURE.value,
+      eval_documents=0,  # All of --source is held out.
+      max_seq_length=_MAX_SEQ_LENGTH.value or min(
+          512, pretrained.config.max_position_embeddings),
+      max_predictions_per_seq=_MAX_PREDICTIONS.value, seed=_SEED.value)
   documents = pipeline.load_corpus(data, pretrained.tokenizer).train
-  mesh = mesh_lib.make_mesh({'data': -1})
   return evaluate.evaluate(
       pretrained, documents, data, batch_size=_BATCH_SIZE.value,
-      num_batches=_NUM_BATCHES.value, mesh=mesh,
-      rules=tuple(config.sharding_rules), objectives=_OBJECTIVES.value)
+      num_batches=_NUM_BATCHES.value, mesh=mesh_lib.make_mesh({'data': -1}),
+      rules=mesh_lib.DEFAULT_RULES, objectives=_OBJECTIVES.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  command_line.run(main)

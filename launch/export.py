@@ -13,14 +13,13 @@ and `--config.init_from` of launch.pretrain read. An existing non-empty
 --output is never touched.
 """
 
-import sys
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
 from albert_jax import export
-from albert_jax.errors import DataError
+from albert_jax import pretrained as pretrained_lib
+from albert_jax.errors import UsageError
 from launch import command_line
 
 _WORKDIR = flags.DEFINE_string(
@@ -30,7 +29,7 @@ _STEP = flags.DEFINE_integer(
 _FROM_HF = flags.DEFINE_string(
     'from_hf', None, 'Local Hugging Face ALBERT directory to import instead.')
 _FORMAT = flags.DEFINE_enum(
-    'format', 'flax', export.FORMATS,
+    'format', 'flax', pretrained_lib.FORMATS,
     'flax: this codebase (params only); hf: Hugging Face transformers.')
 _DTYPE = flags.DEFINE_enum(
     'dtype', None, ['float32', 'bfloat16'],
@@ -39,30 +38,28 @@ _OUTPUT = flags.DEFINE_string('output', None, 'New directory to write.')
 
 
 def main(argv: Sequence[str]) -> None:
-  command_line.start(argv)
+  del argv  # Flags only.
   if not _OUTPUT.value:
-    sys.exit('error: pass --output=DIR, a new directory to write')
+    raise UsageError('pass --output=DIR, a new directory to write')
   if bool(_WORKDIR.value) == bool(_FROM_HF.value):
-    sys.exit('error: pass either --workdir=RUN (export a training run) or '
-             '--from_hf=DIR (import a Hugging Face model)')
+    raise UsageError('pass either --workdir=RUN (export a training run) or '
+                     '--from_hf=DIR (import a Hugging Face model)')
   if _FROM_HF.value and _FORMAT.value != 'flax':
-    sys.exit('error: --from_hf writes the flax format; drop --format=hf')
+    raise UsageError('--from_hf writes the flax format; drop --format=hf')
   if _DTYPE.value and _FORMAT.value != 'flax':
-    sys.exit('error: --dtype applies to --format=flax only (the Hugging Face '
-             'export is float32)')
-  try:
-    if _FROM_HF.value:
-      pretrained = export.load_hf(_FROM_HF.value)
-    else:
-      pretrained = export.restore_from_workdir(_WORKDIR.value, _STEP.value)
-    if _FORMAT.value == 'hf':
-      export.save_hf(pretrained, _OUTPUT.value)
-    else:
-      export.save_flax(pretrained, _OUTPUT.value, dtype=_DTYPE.value)
-  except (export.ExportError, DataError) as e:
-    sys.exit(f'error: {e}')
+    raise UsageError('--dtype applies to --format=flax only (the Hugging Face '
+                     'export is float32)')
+  if _FROM_HF.value:
+    pretrained = pretrained_lib.load_hf(_FROM_HF.value)
+  else:
+    pretrained = export.restore_from_workdir(_WORKDIR.value,
+                                             _STEP.value).pretrained
+  if _FORMAT.value == 'hf':
+    pretrained_lib.save_hf(pretrained, _OUTPUT.value)
+  else:
+    pretrained_lib.save_flax(pretrained, _OUTPUT.value, dtype=_DTYPE.value)
   print(f'wrote {_FORMAT.value} model to {_OUTPUT.value}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  command_line.run(main)

@@ -9,14 +9,12 @@ one line per text: a JSON list with one entry per [MASK], each a list of
 """
 
 import json
-import sys
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
-from albert_jax import export
-from albert_jax.errors import DataError
+from albert_jax import pretrained as pretrained_lib
+from albert_jax.errors import UsageError
 from albert_jax.fill_mask import FillMask
 from launch import command_line
 
@@ -27,17 +25,13 @@ _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 
 def main(argv: Sequence[str]) -> None:
-  command_line.quiet_logging()
   texts = argv[1:]
   if not _MODEL.value:
-    sys.exit('error: pass --model=DIR, a model written by launch.export')
+    raise UsageError('pass --model=DIR, a model written by launch.export')
   if not texts:
-    sys.exit('error: pass the text to fill, e.g. "the cat sat on the [MASK] ."')
-  try:
-    fill = FillMask(export.load_pretrained(_MODEL.value))
-    results = [fill(text, top_k=_TOP_K.value) for text in texts]
-  except (export.ExportError, DataError) as e:
-    sys.exit(f'error: {e}')
+    raise UsageError('pass the text to fill, e.g. "the cat sat on the [MASK] ."')
+  fill = FillMask(pretrained_lib.load_pretrained(_MODEL.value))
+  results = [fill(text, top_k=_TOP_K.value) for text in texts]
   for text, masks in zip(texts, results):
     if _JSON.value:
       print(json.dumps([[{'token': token, 'score': score}
@@ -51,4 +45,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  command_line.run(main, takes_arguments=True)

@@ -8,23 +8,22 @@ r"""Fine-tune an exported model on a downstream task.
 
 --task picks a preset of experiments/configs/finetune.py (classification,
 sst2, imdb, span_qa); every key can be overridden (`--config.train.num_steps=
-500`). Rerunning with the same workdir resumes from its latest checkpoint.
+500`); --print_config prints the resolved config and runs nothing. Rerunning
+with the same workdir resumes from its latest checkpoint.
 Several processes join as for launch.pretrain (--distributed, or
 --coordinator_address / --num_processes / --process_id).
 """
 
 import os
-import sys
 from collections.abc import Sequence
 
-from absl import app
-from absl import flags
 import jax
+from absl import flags
 
-from albert_jax.errors import DataError
-from albert_jax.finetune import trainer
-from albert_jax.train import distributed
 from albert_jax.errors import UsageError
+from albert_jax.finetune import trainer
+from albert_jax.finetune.config import FinetuneConfig
+from albert_jax.train import distributed
 from launch import command_line
 
 _CONFIG_FILE = os.path.join(
@@ -51,18 +50,15 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 
 
 def main(argv: Sequence[str]) -> None:
-  command_line.start(argv)
+  del argv  # Flags only.
   if not _MODEL.value:
-    sys.exit('error: pass --model=DIR, a pretrained model written by '
-             'launch.export')
-  config = flags.FLAGS.config
+    raise UsageError('pass --model=DIR, a pretrained model written by '
+                     'launch.export')
+  config = FinetuneConfig.from_config(flags.FLAGS.config)
   workdir = _WORKDIR.value or os.path.join('runs', f'finetune_{_TASK.value}')
   distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value, cluster=_DISTRIBUTED.value)
-  try:
-    result = trainer.finetune(config, _MODEL.value, workdir)
-  except (UsageError, DataError) as e:
-    sys.exit(f'error: {e}')
+  result = trainer.finetune(config, _MODEL.value, workdir)
   if jax.process_index() != 0:
     return
   if result.eval_metrics:
@@ -74,17 +70,11 @@ def main(argv: Sequence[str]) -> None:
 
 def _default_config(argv: Sequence[str]) -> str:
   """The preset of --task, read before the flags are parsed."""
-  task = _TASK.default
-  for i, arg in enumerate(argv[1:], start=1):
-    if arg.startswith('--task='):
-      task = arg.split('=', 1)[1]
-    elif arg == '--task' and i + 1 < len(argv):
-      task = argv[i + 1]
-  return f'{_CONFIG_FILE}:{task}'
+  return f'{_CONFIG_FILE}:{command_line.flag_value(argv, "task", _TASK.default)}'
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=command_line.config_parser(
+  command_line.run(main, config=command_line.Config(
       _default_config, keys_file='experiments/configs/finetune.py',
       help_text='Config file and preset, FILE:PRESET (default: the --task '
       'preset).'))

@@ -19,17 +19,16 @@ to fit), and its runtime adds a little on top.
 import dataclasses
 import json
 import os
-import sys
 
-from absl import app
-from absl import flags
 import jax
+from absl import flags
 
 from albert_jax import benchmark
-from albert_jax.memory_plan import mesh_config, markdown_table
 from albert_jax.config import REMAT_POLICIES
-from albert_jax.train import mesh as mesh_lib
 from albert_jax.errors import UsageError
+from albert_jax.memory_plan import markdown_table, mesh_config
+from albert_jax.train import mesh as mesh_lib
+from albert_jax.train.config import PretrainConfig
 from launch import command_line
 
 _NUM_DEVICES = flags.DEFINE_list('num_devices', ['8', '64'],
@@ -48,20 +47,17 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per compilation.')
 
 
 def main(argv: list[str]) -> None:
-  command_line.check_no_arguments(argv)
-  try:
-    counts = _positive_ints(_NUM_DEVICES.value, '--num_devices')
-    _simulate_devices(max(counts))
-    records = []
-    for count in counts:
-      for mesh in _MESHES.value:
-        for policy in _REMAT.value:
-          records.append(_plan(flags.FLAGS.config.copy_and_resolve_references(),
-                               count, mesh, policy))
-          if _JSON.value:
-            print(json.dumps(records[-1]), flush=True)
-  except (UsageError, ValueError) as e:
-    sys.exit(f'error: {e}')
+  del argv  # Flags only.
+  counts = _positive_ints(_NUM_DEVICES.value, '--num_devices')
+  _simulate_devices(max(counts))
+  records = []
+  for count in counts:
+    for mesh in _MESHES.value:
+      for policy in _REMAT.value:
+        records.append(_plan(flags.FLAGS.config.copy_and_resolve_references(),
+                             count, mesh, policy))
+        if _JSON.value:
+          print(json.dumps(records[-1]), flush=True)
   if not _JSON.value:
     print(markdown_table(records))
 
@@ -97,7 +93,8 @@ def _plan(config, num_devices: int, layout: str, policy: str) -> dict:
         f'{micro} (--micro_batch_per_device={_MICRO_BATCH.value} x '
         f'{batch_shards} batch shards)')
   config.train.grad_accum_steps = config.train.batch_size // micro
-  step = benchmark.compile_train_step(config, jax.devices()[:num_devices])
+  step = benchmark.compile_train_step(PretrainConfig.from_config(config),
+                                      jax.devices()[:num_devices])
   memory = benchmark.memory(step.compiled)
   return {
       'preset': config.get('preset', ''),
@@ -116,6 +113,6 @@ def _plan(config, num_devices: int, layout: str, policy: str) -> dict:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=command_line.config_parser(
+  command_line.run(main, config=command_line.Config(
       'experiments/configs/pretrain.py:xxlarge',
       keys_file='experiments/configs/pretrain.py', lock_config=False))

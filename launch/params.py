@@ -6,28 +6,24 @@
 """
 
 import json
-import sys
+from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
 from albert_jax.config import ModelConfig
+from albert_jax.errors import UsageError
 from albert_jax.param_count import count_params
 from launch import command_line
 
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
 
 
-def main(argv: list[str]) -> None:
-  command_line.check_no_arguments(argv)
+def main(argv: Sequence[str]) -> None:
+  del argv  # Flags only.
   config = flags.FLAGS.config
   if config is None:
-    sys.exit('error: pass --config=experiments/configs/pretrain.py:NAME')
-  try:
-    model_config = ModelConfig.from_config(config.model)
-  except ValueError as e:
-    sys.exit(f'error: {e}')
-  counts = count_params(model_config)
+    raise UsageError('pass --config=experiments/configs/pretrain.py:NAME')
+  counts = count_params(ModelConfig.from_config(config.model))
   if _JSON.value:
     print(json.dumps(counts))
     return
@@ -36,6 +32,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=command_line.config_parser(
+  command_line.run(main, config=command_line.Config(
       None, keys_file='experiments/configs/pretrain.py',
       help_text='Config file, e.g. experiments/configs/pretrain.py:base.'))

@@ -9,13 +9,11 @@ processes; masks are drawn on the fly at training time, fresh each epoch.
 """
 
 import os
-import sys
+from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
 from albert_jax.data import prepared
-from albert_jax.errors import DataError
 from launch import command_line
 
 _SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to tokenize.')
@@ -31,18 +29,15 @@ _DOCUMENTS_PER_SHARD = flags.DEFINE_integer('documents_per_shard', 100_000,
                                             'Documents per ArrayRecord file.')
 
 
-def main(argv):
-  command_line.check_no_arguments(argv)
-  try:
-    metadata = prepared.prepare(
-        _SOURCE.value, _VOCAB.value, _OUTPUT.value,
-        text_feature=_TEXT_FEATURE.value, num_workers=_NUM_WORKERS.value,
-        documents_per_shard=_DOCUMENTS_PER_SHARD.value, progress=True)
-  except DataError as e:
-    sys.exit(f'error: {e}')
+def main(argv: Sequence[str]) -> None:
+  del argv  # Flags only.
+  metadata = prepared.prepare(
+      _SOURCE.value, _VOCAB.value, _OUTPUT.value,
+      text_feature=_TEXT_FEATURE.value, num_workers=_NUM_WORKERS.value,
+      documents_per_shard=_DOCUMENTS_PER_SHARD.value, progress=True)
   print(f'wrote {_OUTPUT.value}: {metadata["num_documents"]} documents, '
         f'{metadata["num_tokens"]} tokens in {len(metadata["shards"])} shards')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  command_line.run(main)

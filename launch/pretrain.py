@@ -4,7 +4,8 @@ r"""Pretrain ALBERT.
   python -m launch.pretrain --config=experiments/configs/pretrain.py:base \
       --workdir=runs/base --config.train.batch_size=512 --config.mesh.fsdp=8
 
-Every config key can be overridden (`--config.train.num_steps=200`). Rerunning
+Every config key can be overridden (`--config.train.num_steps=200`);
+--print_config prints the config the run would use, and runs nothing. Rerunning
 with the same workdir resumes from its latest checkpoint. Several processes
 (one per host) join with `--distributed` on Cloud TPU pods and SLURM (see
 launch/cluster.py), or anywhere with --coordinator_address=HOST:PORT
@@ -12,17 +13,13 @@ launch/cluster.py), or anywhere with --coordinator_address=HOST:PORT
 """
 
 import os
-import sys
 from collections.abc import Sequence
 
-from absl import app
-from absl import flags
 import jax
+from absl import flags
 
-from albert_jax.errors import DataError
-from albert_jax.train import distributed
-from albert_jax.train import trainer
-from albert_jax.errors import UsageError
+from albert_jax.train import distributed, trainer
+from albert_jax.train.config import PretrainConfig
 from launch import command_line
 
 _DEFAULT_CONFIG = os.path.join(
@@ -41,24 +38,22 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 
 
 def main(argv: Sequence[str]) -> None:
-  command_line.start(argv)
-  config = flags.FLAGS.config
-  workdir = _WORKDIR.value or os.path.join('runs', config.get('preset', 'run'))
+  del argv  # Flags only.
+  config = PretrainConfig.from_config(flags.FLAGS.config)
+  workdir = _WORKDIR.value or os.path.join('runs', config.preset or 'run')
   distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value, cluster=_DISTRIBUTED.value)
-  try:
-    result = trainer.train(config, workdir)
-  except (UsageError, DataError) as e:
-    sys.exit(f'error: {e}')
+  result = trainer.train(config, workdir)
   if jax.process_index() != 0:
     return
-  if result.metrics:
-    print(f'finished at step {result.step}: loss {result.metrics["loss"]:.4f}')
+  if result.train_metrics:
+    print(f'finished at step {result.step}: '
+          f'loss {result.train_metrics["loss"]:.4f}')
   print(f'checkpoints: {result.checkpoint_dir}\n'
         f'metrics:     {result.metrics_path}\n'
         f'tensorboard: tensorboard --logdir {result.tensorboard_dir}')
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=command_line.config_parser(
+  command_line.run(main, config=command_line.Config(
       _DEFAULT_CONFIG, keys_file='experiments/configs/pretrain.py'))

@@ -15,13 +15,17 @@ Writes DIR/results.csv, results.md, mlm_accuracy.png and params.png.
 import os
 import sys
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-from albert_jax.sweep import emit, plan as plan_lib, report, runner, variants
 from albert_jax.errors import SweepError
+from albert_jax.sweep import emit, report, runner, variants
+from albert_jax.sweep import plan as plan_lib
 from launch import command_line
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The runs' presets, relative to _REPO, where the runs start.
+_CONFIG_FILE = 'experiments/configs/pretrain.py'
+_PRETRAIN = [sys.executable, '-m', 'launch.pretrain']
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'FILE:SCALE, e.g. '
                              'experiments/ablations/sharing.py:tiny.')
@@ -43,12 +47,9 @@ _TPU = flags.DEFINE_string('tpu', None, 'tpu: TPU VM name.')
 _ZONE = flags.DEFINE_string('zone', None, 'tpu: its zone.')
 
 
-def main(argv: list[str]) -> None:
-  command_line.start(argv)
-  try:
-    sys.exit(_main())
-  except SweepError as e:
-    sys.exit(f'error: {e}')
+def main(argv: list[str]) -> int:
+  del argv  # Flags only.
+  return _main()
 
 
 def _main() -> int:
@@ -64,7 +65,8 @@ def _main() -> int:
     raise SweepError(f'--seeds={",".join(_SEEDS.value)}: give integers, e.g. 0,1,2')
   overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
   plan = plan_lib.make_plan(variants.load_sweep(_SWEEP.value), _SWEEP.value,
-                            overrides, [int(s) for s in _SEEDS.value])
+                            overrides, [int(s) for s in _SEEDS.value],
+                            config_file=_CONFIG_FILE)
   if _EMIT.value:
     script = emit.emit(plan, _WORKDIR.value, _EMIT.value, emit.Cluster(
         _NODES.value, _GPUS.value, _TIME.value, _PARTITION.value, _TPU.value,
@@ -74,6 +76,7 @@ def _main() -> int:
     return 0
   root = os.path.abspath(_WORKDIR.value)
   outcomes = runner.run_plan(plan, root, flags.FLAGS.config,
+                             pretrain=_PRETRAIN, cwd=_REPO,
                              eval_batches=_EVAL_BATCHES.value)
   if report.collect(plan, root):
     print('\n'.join(report.write_report(plan, root)))
@@ -83,39 +86,20 @@ def _main() -> int:
   return 1 if bad or len(outcomes) < len(plan.runs) else 0
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """Parses the command line; --config.KEY=VALUE is checked against the
-  preset of --sweep. A bad flag exits with one line."""
-  try:
-    spec = _sweep_spec(argv[1:])
-    if any(a.startswith('--config=') for a in argv[1:]):
-      raise SweepError('the sweep file picks the preset: drop --config= and '
-                       'pass overrides as --config.KEY=VALUE')
-    if spec is not None:
-      config_flags.DEFINE_config_file(
-          'config', os.path.join(runner.REPO, plan_lib.CONFIG_FILE) + ':'
-          + variants.load_sweep(spec).preset, 'Set by --sweep.', lock_config=True)
-    return flags.FLAGS(argv)
-  except SweepError as e:
-    sys.exit(f'error: {e}')
-  except flags.Error as e:
-    sys.exit(f'error: {str(e).splitlines()[0]}')
-  except (AttributeError, KeyError) as e:  # An override of a key the config lacks.
-    bad = next((a for a in argv[1:] if a.startswith('--config.')
-                and str(e).strip('"\'').split()[0] in a), None)
-    sys.exit(f'error: unknown config key in {bad or e}: see '
-             f'{plan_lib.CONFIG_FILE} for the keys')
-
-
-def _sweep_spec(args: list[str]) -> str | None:
-  """The value of --sweep, read before the flags are parsed."""
-  for flag, value in zip(args, args[1:] + ['']):
-    if flag.startswith('--sweep='):
-      return flag.split('=', 1)[1]
-    if flag == '--sweep':
-      return value
-  return None
+def _default_config(argv: list[str]) -> str | None:
+  """The preset of --sweep, read before the flags are parsed: the overrides
+  --config.KEY=VALUE are checked against it."""
+  if command_line.flag_value(argv, 'config') is not None:
+    raise SweepError('the sweep file picks the preset: drop --config= and '
+                     'pass overrides as --config.KEY=VALUE')
+  spec = command_line.flag_value(argv, 'sweep')
+  if spec is None:
+    return None
+  return (os.path.join(_REPO, _CONFIG_FILE) + ':'
+          + variants.load_sweep(spec).preset)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  command_line.run(main, config=command_line.Config(
+      _default_config, keys_file=_CONFIG_FILE,
+      help_text='Set by --sweep (its preset); pass overrides only.'))

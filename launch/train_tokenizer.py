@@ -1,24 +1,22 @@
 r"""Trains an ALBERT SentencePiece tokenizer.
 
-  python -m launch.train_tokenizer --input=text:corpus/*.txt \
+  python -m launch.train_tokenizer --source=text:corpus/*.txt \
       --vocab_size=30000 --output=vocab/
 
---input is any data source (builtin, text:GLOB, tfds:NAME[/CONFIG][:SPLIT]).
+--source is any data source (builtin, text:GLOB, tfds:NAME[/CONFIG][:SPLIT]).
 Writes OUTPUT/spiece.model (loadable by Hugging Face's AlbertTokenizer) and
 OUTPUT/normalization.json (the normalisation, reapplied on load).
 """
 
-import sys
+from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
 from albert_jax.data import sources
-from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import Normalization, train_tokenizer
 from launch import command_line
 
-_INPUT = flags.DEFINE_string('input', 'builtin', 'Data source to train on.')
+_SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to train on.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory to write.',
                               required=True)
 _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 30000, 'Pieces, at most.')
@@ -36,21 +34,18 @@ _MAX_SENTENCES = flags.DEFINE_integer(
     'max_sentences', 10_000_000, 'Sentences sampled for training, at most.')
 
 
-def main(argv):
-  command_line.check_no_arguments(argv)
-  try:
-    tokenizer = train_tokenizer(
-        sources.read_sentences(_INPUT.value, text_feature=_TEXT_FEATURE.value),
-        _OUTPUT.value, vocab_size=_VOCAB_SIZE.value,
-        normalization=Normalization(
-            collapse_whitespace=_COLLAPSE_WHITESPACE.value,
-            strip_accents=_STRIP_ACCENTS.value, lowercase=_LOWERCASE.value),
-        character_coverage=_CHARACTER_COVERAGE.value,
-        max_sentences=_MAX_SENTENCES.value, verbose=True)
-  except DataError as e:
-    sys.exit(f'error: {e}')
+def main(argv: Sequence[str]) -> None:
+  del argv  # Flags only.
+  tokenizer = train_tokenizer(
+      sources.read_sentences(_SOURCE.value, text_feature=_TEXT_FEATURE.value),
+      _OUTPUT.value, vocab_size=_VOCAB_SIZE.value,
+      normalization=Normalization(
+          collapse_whitespace=_COLLAPSE_WHITESPACE.value,
+          strip_accents=_STRIP_ACCENTS.value, lowercase=_LOWERCASE.value),
+      character_coverage=_CHARACTER_COVERAGE.value,
+      max_sentences=_MAX_SENTENCES.value, verbose=True)
   print(f'wrote {_OUTPUT.value}/spiece.model: {tokenizer.vocab_size} pieces')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  command_line.run(main)

@@ -9,7 +9,6 @@
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 
 import pytest
@@ -19,7 +18,6 @@ _CACHE = tempfile.mkdtemp(prefix='albert-jax-test-xla-')
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='session')

@@ -22,8 +22,11 @@ from typing import Any
 import jax
 
 from albert_jax import export
+from albert_jax import pretrained as pretrained_lib
 from albert_jax.train import trainer
+from albert_jax.train.config import PretrainConfig
 from experiments.configs import pretrain
+
 import train_testing  # Compilation cache shared with the trainer tests.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +87,7 @@ def pretrained_run() -> tuple[str, Any]:
     section, name = key.split('.')
     config[section][name] = value
   workdir = os.path.join(root, 'run')
-  trainer.train(config, workdir, devices=jax.devices()[:1])
+  trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
   return workdir, config
 
 
@@ -93,8 +96,9 @@ def exported(format_: str) -> str:
   """The shared run exported in `format_` ('flax' | 'hf') by the library."""
   workdir, _ = pretrained_run()
   output = os.path.join(os.path.dirname(workdir), f'export_{format_}')
-  pretrained = export.restore_from_workdir(workdir)
-  (export.save_hf if format_ == 'hf' else export.save_flax)(pretrained, output)
+  pretrained = export.restore_from_workdir(workdir).pretrained
+  save = pretrained_lib.save_hf if format_ == 'hf' else pretrained_lib.save_flax
+  save(pretrained, output)
   return output
 
 

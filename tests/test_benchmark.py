@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from albert_jax import benchmark
+from albert_jax.train.config import PretrainConfig
 from albert_jax.errors import UsageError
 from experiments.configs import pretrain
 from albert_jax import memory_plan
@@ -62,7 +63,7 @@ def test_synthetic_batch_follows_the_data_contract():
 
 
 def test_compiled_step_runs_and_reports_memory():
-  step = benchmark.compile_train_step(tiny_config(), jax.devices()[:1])
+  step = benchmark.compile_train_step(PretrainConfig.from_config(tiny_config()), jax.devices()[:1])
   batch = benchmark.synthetic_batch(np.random.default_rng(0), 8, 16, 3, 64)
   trainer = benchmark.JaxTrainer(step, batch)
   times = benchmark.interleaved_rounds({'jax': trainer.run}, rounds=2, steps=1)
@@ -79,7 +80,7 @@ def test_aot_memory_shrinks_with_fsdp_and_remat():
     config = tiny_config(**{'train.batch_size': 16, 'data.max_seq_length': 32})
     config.mesh = memory_plan.mesh_config(mesh, 4)
     config.model.remat_policy = policy
-    compiled = benchmark.compile_train_step(config, jax.devices()[:4]).compiled
+    compiled = benchmark.compile_train_step(PretrainConfig.from_config(config), jax.devices()[:4]).compiled
     return benchmark.memory(compiled)
 
   data, fsdp = peak('data', 'none'), peak('fsdp', 'none')
@@ -129,7 +130,7 @@ def _flags(config=TINY):
 
 def test_launch_benchmark_prints_one_json_line_with_sane_values():
   result = _launch('launch.benchmark', '--config=experiments/configs/pretrain.py:tiny',
-                   '--batch_size=4', '--seq_len=16', '--steps=1', '--rounds=2',
+                   '--batch_size=4', '--max_seq_length=16', '--steps=1', '--rounds=2',
                    '--warmup=1', '--json', '--config.data.max_predictions_per_seq=3',
                    *_flags())
   assert result.returncode == 0, result.stderr
@@ -151,6 +152,7 @@ def test_launch_benchmark_prints_one_json_line_with_sane_values():
 
 def test_launch_benchmark_rejects_bad_input_in_one_line():
   result = _launch('launch.benchmark', '--config=experiments/configs/pretrain.py:tiny',
-                   '--seq_len=4096', *_flags())
+                   '--max_seq_length=4096', *_flags())
   assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1].startswith('error: --seq_len=4096')
+  line = result.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: ') and 'max_seq_length=4096' in line, line

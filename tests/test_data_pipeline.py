@@ -9,10 +9,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import flags
 
 from albert_jax.data import examples, pipeline, prepared
-from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import train_tokenizer
+from albert_jax.errors import DataError, UsageError
 from experiments.configs import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,6 +154,26 @@ def test_processes_read_disjoint_parts_of_one_stream(corpus, tokenizer):
     dataset(corpus, tokenizer, count=3)
 
 
+@pytest.fixture
+def parsed_flags():
+  """absl flags parsed, as a launcher's absl app leaves them."""
+  was_parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  yield
+  if not was_parsed:
+    flags.FLAGS.unparse_flags()
+
+
+def test_worker_processes_ask_for_parsed_flags(corpus, tokenizer):
+  if flags.FLAGS.is_parsed():
+    pytest.skip('an earlier test parsed absl flags')
+  with pytest.raises(UsageError, match='data.num_workers=1 needs absl flags '
+                     'parsed'):
+    dataset(corpus, tokenizer, num_workers=1)
+  assert not flags.FLAGS.is_parsed()
+
+
+@pytest.mark.usefixtures('parsed_flags')
 def test_worker_processes_give_the_same_batches(corpus, tokenizer):
   iterator = iter(dataset(corpus, tokenizer, num_workers=1))
   batches = take(iterator, 4)
@@ -249,8 +270,8 @@ def test_prepare_data_and_benchmark_launchers(tmp_path, workdir):
   assert failed.stderr.strip().splitlines()[-1] == (
       'error: text:/nonexistent/*.txt matches no files: check the path')
   assert not os.path.exists(f'{tmp_path}/out2')
-  bench = run('launch.benchmark_data', '--seq_len=64', '--num_examples=256',
-              f'--prepared={tmp_path}/out', '--json')
+  bench = run('launch.benchmark_data', '--max_seq_length=64',
+              '--num_examples=256', f'--source=prepared:{tmp_path}/out', '--json')
   assert bench.returncode == 0, bench.stderr
   import json
   result = json.loads(bench.stdout)

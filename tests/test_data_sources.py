@@ -5,8 +5,8 @@ import gzip
 import pytest
 
 from albert_jax.data import builtin_corpus, sources
-from albert_jax.errors import DataError
 from albert_jax.data.sentences import split_sentences
+from albert_jax.errors import DataError
 
 
 def test_builtin_needs_nothing():

@@ -124,10 +124,10 @@ def test_train_tokenizer_launcher(tmp_path):
   run = lambda *flags: subprocess.run(
       [sys.executable, '-m', 'launch.train_tokenizer', *flags], cwd=REPO,
       capture_output=True, text=True)
-  done = run(f'--input=text:{corpus}', '--vocab_size=40',
+  done = run(f'--source=text:{corpus}', '--vocab_size=40',
              f'--output={tmp_path}/v')
   assert done.returncode == 0, done.stderr
   assert Tokenizer.load(f'{tmp_path}/v').vocab_size <= 40
-  failed = run(f'--input=text:{tmp_path}/nothing*.txt', f'--output={tmp_path}/w')
+  failed = run(f'--source=text:{tmp_path}/nothing*.txt', f'--output={tmp_path}/w')
   assert failed.returncode != 0
   assert failed.stderr.strip().splitlines()[-1].startswith('error: text:')

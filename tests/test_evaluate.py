@@ -17,7 +17,7 @@ def run():
 
 def _run_settings(config) -> list[str]:
   """The flags that build the examples the trainer evaluated on."""
-  return [f'--data={config.data.eval_source}',
+  return [f'--source={config.data.eval_source}',
           f'--max_seq_length={config.data.max_seq_length}',
           f'--max_predictions_per_seq={config.data.max_predictions_per_seq}',
           f'--batch_size={config.train.batch_size}',
@@ -68,6 +68,6 @@ def test_table_and_errors(run):
       'batch size 12 does not split over the 8 devices')
   export_testing.assert_one_line_error(
       export_testing.launch('evaluate', model,
-                            f'--data={config.data.eval_source}',
+                            f'--source={config.data.eval_source}',
                             '--max_seq_length=64'),
-      "max_seq_length 64 exceeds the model's max_position_embeddings 32")
+      "max_seq_length=64 exceeds the model's max_position_embeddings=32")

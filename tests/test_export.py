@@ -20,11 +20,16 @@ import torch
 import transformers
 
 from albert_jax import export
+from albert_jax import pretrained as pretrained_lib
+from albert_jax.errors import ExportError
 from albert_jax.fill_mask import encode_with_masks
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.param_count import param_shapes
+from albert_jax.train import checkpoint as checkpoint_lib
+from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import trainer
-from albert_jax.errors import UsageError
+from albert_jax.train.config import PretrainConfig
+
 import export_testing
 
 # float32 noise of two implementations summing in different orders: the
@@ -50,7 +55,7 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
   assert result.returncode == 0, result.stderr
   model = transformers.AlbertForPreTraining.from_pretrained(hf_dir).eval()
   tokenizer = transformers.AlbertTokenizer.from_pretrained(hf_dir)
-  ours = export.restore_from_workdir(run)
+  ours = export.restore_from_workdir(run).pretrained
 
   # The same ids from both tokenizers, [MASK] included.
   for text in ('Dogs  DOGS [MASK] dogs.', '猫 猫 [MASK]。', 'honey bees.'):
@@ -74,7 +79,7 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
   result = export_testing.launch('export', f'--from_hf={hf_dir}',
                                  f'--output={flax_dir}')
   assert result.returncode == 0, result.stderr
-  imported = export.load_pretrained(flax_dir)
+  imported = pretrained_lib.load_pretrained(flax_dir)
   assert imported.config == ours.config
   assert imported.tokenizer.fingerprint == ours.tokenizer.fingerprint
   _assert_same_params(imported.params, ours.params)
@@ -90,12 +95,42 @@ def test_flax_export_holds_params_only_in_the_chosen_dtype(run, tmp_path):
   names = set(safetensors.numpy.load_file(os.path.join(out, 'params.safetensors')))
   assert 'albert/encoder/layer/ffn/dense/kernel' in names
   assert not any('opt_state' in n or n.startswith('params/') for n in names)
-  loaded = export.load_pretrained(out)
+  loaded = pretrained_lib.load_pretrained(out)
   assert loaded.config.param_dtype == 'bfloat16'
   step_200 = ocp.StandardCheckpointer().restore(
       os.path.join(run, 'checkpoints', '200', 'state'))['params']
   _assert_same_params(loaded.params, jax.tree.map(
       lambda x: np.asarray(x).astype(loaded.config.params_dtype), step_200))
+
+
+def test_a_run_restores_its_checkpoint_params_step_and_config(run):
+  restored = export.restore_from_workdir(run, step=200)
+  assert restored.step == 200
+  assert restored.run_config.train.num_steps == export_testing.NUM_STEPS
+  # config.json's lists are the rules' tuples again.
+  assert restored.run_config.sharding_rules == mesh_lib.DEFAULT_RULES
+  checkpoints = os.path.join(run, checkpoint_lib.WORKDIR_SUBDIR)
+  assert checkpoint_lib.checkpoint_steps(checkpoints) == [200, 400]
+  assert checkpoint_lib.checkpoint_steps(os.path.join(run, 'nothing')) == []
+  step_200 = ocp.StandardCheckpointer().restore(
+      os.path.join(checkpoints, '200', 'state'))['params']
+  _assert_same_params(restored.pretrained.params,
+                      jax.tree.map(np.asarray, step_200))
+  assert export.restore_from_workdir(run).step == 400
+
+
+def test_a_checkpoint_of_another_model_is_one_error(run, tmp_path):
+  other = str(tmp_path / 'run')
+  shutil.copytree(run, other)
+  path = os.path.join(other, 'config.json')
+  with open(path) as f:
+    run_config = json.load(f)
+  run_config['model']['hidden_size'] = 64
+  with open(path, 'w') as f:
+    json.dump(run_config, f)
+  with pytest.raises(ExportError, match=r'checkpoint 400 of .*: parameter '
+                     r'\S+ has shape \([\d, ]+\), expected'):
+    export.restore_from_workdir(other)
 
 
 def test_existing_output_and_bad_runs_are_one_line_errors(run, tmp_path):
@@ -119,20 +154,20 @@ def test_existing_output_and_bad_runs_are_one_line_errors(run, tmp_path):
 
 @pytest.mark.parametrize('sharing', ['attention', 'ffn'])
 def test_partial_sharing_has_no_hf_form_but_exports_to_flax(run, sharing, tmp_path):
-  ours = export.restore_from_workdir(run)
+  ours = export.restore_from_workdir(run).pretrained
   config = dataclasses.replace(ours.config, sharing=sharing)
   rng = np.random.default_rng(0)
   params = jax.tree.map(
       lambda x: rng.standard_normal(x.shape).astype(np.float32),
       param_shapes(config))
-  pretrained = export.Pretrained(config, params, ours.tokenizer)
-  with pytest.raises(export.ExportError,
+  pretrained = pretrained_lib.Pretrained(config, params, ours.tokenizer)
+  with pytest.raises(ExportError,
                      match=f"sharing='{sharing}' has no Hugging Face ALBERT form.*"
                            'the flax format') as error:
-    export.save_hf(pretrained, str(tmp_path / 'hf'))
+    pretrained_lib.save_hf(pretrained, str(tmp_path / 'hf'))
   assert '\n' not in str(error.value) and not os.path.exists(tmp_path / 'hf')
-  export.save_flax(pretrained, str(tmp_path / 'flax'))
-  loaded = export.load_pretrained(str(tmp_path / 'flax'))
+  pretrained_lib.save_flax(pretrained, str(tmp_path / 'flax'))
+  loaded = pretrained_lib.load_pretrained(str(tmp_path / 'flax'))
   assert loaded.config == config
   _assert_same_params(loaded.params, params)
 
@@ -154,8 +189,8 @@ def test_import_names_the_first_offending_parameter(tmp_path):
     hf_config = json.load(f)
   with open(os.path.join(hf_dir, 'config.json'), 'w') as f:
     json.dump({**hf_config, 'model_type': 'bert'}, f)
-  with pytest.raises(export.ExportError, match="a 'bert' model, not 'albert'"):
-    export.load_hf(hf_dir)
+  with pytest.raises(ExportError, match="a 'bert' model, not 'albert'"):
+    pretrained_lib.load_hf(hf_dir)
   assert not os.path.exists(tmp_path / 'out')
 
 
@@ -166,15 +201,17 @@ def test_init_from_starts_pretraining_from_the_exported_params(tmp_path):
   config.init_from = flax_dir
   config.train.num_steps = 1  # Its update has learning rate 0 (warmup).
   config.checkpoint.every_steps = 1
-  trainer.train(config, str(tmp_path / 'run'), devices=jax.devices()[:1])
+  trainer.train(PretrainConfig.from_config(config), str(tmp_path / 'run'),
+                devices=jax.devices()[:1])
   started = ocp.StandardCheckpointer().restore(
       str(tmp_path / 'run' / 'checkpoints' / '1' / 'state'))['params']
   _assert_same_params(jax.tree.map(np.asarray, started),
-                      export.load_pretrained(flax_dir).params)
+                      pretrained_lib.load_pretrained(flax_dir).params)
   # The vocabulary came with the model: none was trained.
   assert not os.path.exists(tmp_path / 'run' / 'vocab')
 
   config.model.hidden_size = 64
-  with pytest.raises(UsageError, match='has model.hidden_size=48 but the '
+  with pytest.raises(ExportError, match='has model.hidden_size=48 but the '
                      'config says 64: set --config.model.hidden_size=48'):
-    trainer.train(config, str(tmp_path / 'other'), devices=jax.devices()[:1])
+    trainer.train(PretrainConfig.from_config(config), str(tmp_path / 'other'),
+                  devices=jax.devices()[:1])

@@ -7,7 +7,7 @@ import json
 import pytest
 import transformers
 
-from albert_jax import export
+from albert_jax import pretrained as pretrained_lib
 from albert_jax.data.tokenizer import MASK_ID
 from albert_jax.fill_mask import FillMask, encode_with_masks
 import export_testing
@@ -22,7 +22,7 @@ PROBES = [(f'{w} {w} [MASK] {w}{export_testing.sentence_end(w)}', [w])
 
 @pytest.fixture(scope='module')
 def fill():
-  return FillMask(export.load_pretrained(export_testing.exported('flax')))
+  return FillMask(pretrained_lib.load_pretrained(export_testing.exported('flax')))
 
 
 def test_mask_is_the_control_id_whatever_the_normalisation(fill):

@@ -6,20 +6,23 @@ animal words vs. texts of thing words; contexts of filler words holding one
 animal and one thing, asked "which animal?" / "which thing?".
 """
 
+import dataclasses
 import json
 import os
 import random
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from albert_jax import export
+from albert_jax import pretrained as pretrained_lib
 from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, SEP_ID
 from albert_jax.finetune import classification, span_qa, trainer
-from albert_jax.errors import UsageError
+from albert_jax.finetune.config import FinetuneConfig
+from albert_jax.errors import ExportError, UsageError
 from experiments.configs import finetune as finetune_config
 import export_testing
 import train_testing
@@ -64,7 +67,7 @@ def _write_squad(path: str, count: int, seed: int) -> str:
 
 @pytest.fixture(scope='module')
 def tokenizer():
-  return export.load_pretrained(export_testing.exported('flax')).tokenizer
+  return pretrained_lib.load_pretrained(export_testing.exported('flax')).tokenizer
 
 
 # ---------------------------------------------------------------- classification data
@@ -184,6 +187,71 @@ def test_windows_over_a_long_context_decode_back_to_the_answers(tokenizer, tmp_p
   assert span_qa.squad_metrics(examples, predictions)['exact_match'] == 1.0
 
 
+# ---------------------------------------------------------------- dropout
+
+
+def _train_mode_intermediates(model, params, features, seed):
+  """Module outputs of a train-mode forward pass of 4 features."""
+  inputs = [jnp.asarray(features[k][:4]) for k in
+            ('input_ids', 'input_mask', 'segment_ids')]
+  outputs, state = model.apply(
+      {'params': params}, *inputs, deterministic=False,
+      rngs={'dropout': jax.random.key(seed)}, capture_intermediates=True,
+      mutable=['intermediates'])
+  return outputs, state['intermediates']
+
+
+def test_default_config_drops_out_the_classifier_input_only(tokenizer, tmp_path):
+  config = FinetuneConfig.from_config(
+      finetune_config.get_config('classification'))
+  pretrained = pretrained_lib.load_pretrained(export_testing.exported('flax'))
+  model_config = config.model_config(pretrained.config)
+  # The backbone keeps the exported model's dropout, whatever it is.
+  assert model_config.hidden_dropout_prob == pretrained.config.hidden_dropout_prob == 0
+  kept = config.model_config(dataclasses.replace(
+      pretrained.config, hidden_dropout_prob=0.1, attention_dropout_prob=0.1))
+  assert kept.hidden_dropout_prob == kept.attention_dropout_prob == 0.1
+  data = dataclasses.replace(
+      config.data, max_seq_length=16,
+      train=_write_classification(str(tmp_path / 'train.tsv'), 8, seed=0))
+  task = classification.make_task(data, tokenizer, model_config)
+  params = jax.jit(task.model.init)(
+      jax.random.key(0), *[jnp.asarray(task.train[k][:1]) for k in
+                           ('input_ids', 'input_mask', 'segment_ids')])['params']
+
+  runs = [_train_mode_intermediates(task.model, params, task.train, seed)[1]
+          for seed in (1, 2)]
+  (sequence_1, pooled_1), (sequence_2, pooled_2) = (
+      run['albert']['__call__'][0] for run in runs)
+  dropped_1, dropped_2 = (run['Dropout_0']['__call__'][0] for run in runs)
+  # Backbone: no dropout, so the same outputs whatever the dropout rng.
+  np.testing.assert_array_equal(sequence_1, sequence_2)
+  np.testing.assert_array_equal(pooled_1, pooled_2)
+  # Classifier input: inverted dropout at rate 0.1 on the pooled output.
+  assert not np.array_equal(dropped_1, dropped_2)
+  for pooled, dropped in ((pooled_1, dropped_1), (pooled_2, dropped_2)):
+    kept = dropped != 0
+    assert 0.75 < kept.mean() < 0.99
+    np.testing.assert_allclose(dropped[kept], pooled[kept] / 0.9, rtol=1e-6)
+
+
+def test_span_qa_adds_no_dropout(tokenizer, tmp_path):
+  config = FinetuneConfig.from_config(finetune_config.get_config('span_qa'))
+  pretrained = pretrained_lib.load_pretrained(export_testing.exported('flax'))
+  data = dataclasses.replace(
+      config.data, max_seq_length=32,
+      train=_write_squad(str(tmp_path / 'train.json'), 4, seed=0))
+  task = span_qa.make_task(data, tokenizer,
+                           config.model_config(pretrained.config))
+  params = jax.jit(task.model.init)(
+      jax.random.key(0), *[jnp.asarray(task.train[k][:1]) for k in
+                           ('input_ids', 'input_mask', 'segment_ids')])['params']
+  (logits_1, _), (logits_2, _) = (
+      _train_mode_intermediates(task.model, params, task.train, seed)
+      for seed in (1, 2))
+  jax.tree.map(np.testing.assert_array_equal, logits_1, logits_2)
+
+
 # ---------------------------------------------------------------- fine-tuning runs
 
 
@@ -215,7 +283,7 @@ def test_span_qa_reaches_90_percent_exact_match(tmp_path):
   config.data.max_seq_length = 32
   config.train.update(batch_size=32, num_steps=200, warmup_steps=10,
                       learning_rate=1e-3, log_every=50, eval_every=200)
-  result = trainer.finetune(config, export_testing.exported('flax'),
+  result = trainer.finetune(FinetuneConfig.from_config(config), export_testing.exported('flax'),
                             str(tmp_path / 'run'))
   assert result.step == 200
   assert result.eval_metrics['exact_match'] >= 0.9
@@ -236,7 +304,7 @@ def test_bad_input_is_one_line(tmp_path):
   config.data.train = 'x.tsv'
   with pytest.raises(UsageError, match="data.max_seq_length=128 exceeds the "
                      "model's max_position_embeddings=32"):
-    trainer.finetune(config, export_testing.exported('flax'), str(tmp_path))
-  with pytest.raises(UsageError, match='is not an exported model'):
-    trainer.finetune(config, str(tmp_path), str(tmp_path / 'run'),
+    trainer.finetune(FinetuneConfig.from_config(config), export_testing.exported('flax'), str(tmp_path))
+  with pytest.raises(ExportError, match='is not an exported model'):
+    trainer.finetune(FinetuneConfig.from_config(config), str(tmp_path), str(tmp_path / 'run'),
                      devices=jax.devices()[:1])

@@ -13,6 +13,7 @@ import pytest
 from albert_jax import model as albert
 from albert_jax.config import REMAT_POLICIES, ModelConfig
 from albert_jax.param_count import param_shapes
+from albert_jax.train.mesh import DEFAULT_RULES
 from experiments.configs import pretrain
 
 TINY = ModelConfig(vocab_size=99, embedding_size=16, hidden_size=32,
@@ -171,7 +172,7 @@ def test_param_layout_and_logical_axes(name):
   boxed = jax.tree_util.tree_flatten_with_path(
       variables['params'], is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
   encoder = {}
-  allowed = {name for name, _ in pretrain._SHARDING_RULES} | {None}
+  allowed = {name for name, _ in DEFAULT_RULES} | {None}
   for path, leaf in boxed:
     keys = [entry.key for entry in path]
     assert isinstance(leaf, nn.Partitioned), keys
@@ -198,7 +199,7 @@ def test_sharded_init_and_apply_with_the_config_rules():
                            ('data', 'fsdp', 'tensor'))
   abstract = jax.eval_shape(model.init, jax.random.key(0), *_inputs())
   shardings = nn.logical_to_mesh_sharding(
-      nn.get_partition_spec(abstract), mesh, pretrain._SHARDING_RULES)
+      nn.get_partition_spec(abstract), mesh, DEFAULT_RULES)
   kernel = shardings['params']['albert']['encoder']['layer']['ffn']['dense'][
       'kernel']
   assert kernel.spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
@@ -206,7 +207,7 @@ def test_sharded_init_and_apply_with_the_config_rules():
       mesh, jax.sharding.PartitionSpec(('data', 'fsdp')))
   inputs = [jax.device_put(np.repeat(x, 4, axis=0), batch_sharding)
             for x in _inputs()]
-  with jax.set_mesh(mesh), nn.logical_axis_rules(pretrain._SHARDING_RULES):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
     variables = jax.jit(model.init, out_shardings=shardings)(
         jax.random.key(0), *inputs)
     out = jax.jit(model.apply)(variables, *inputs)

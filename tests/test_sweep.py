@@ -3,6 +3,7 @@ killed sweep resumed, a failing run, --emit, --report, bad input."""
 
 import csv
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import pytest
 
 from albert_jax.config import ModelConfig
 from albert_jax.param_count import count_params
+from albert_jax.sweep import plan as plan_lib
 from albert_jax.sweep import variants
+
 import export_testing
 import train_testing
 
@@ -129,7 +132,24 @@ def test_emit_shell_writes_the_commands_the_sweep_ran(swept, vocab):
   assert result.returncode == 0, result.stderr
   commands = [line for line in result.stdout.splitlines()
               if not line.startswith('#')]
-  assert len(commands) == 3 and commands == ran
+  # The sweep ran launch.pretrain with its own interpreter.
+  assert len(commands) == 3 and [
+      shlex.join([sys.executable, *shlex.split(c)[1:]]) for c in commands] == ran
+
+
+def test_the_runner_runs_the_flags_of_the_emitted_command():
+  plan = plan_lib.make_plan(_sweep_of('sharing'), _spec('sharing'),
+                            ['--config.train.num_steps=2'], [0],
+                            config_file='configs/presets.py')
+  assert plan.config == 'configs/presets.py:tiny'
+  for run in plan.runs:
+    assert plan.command(run, '/sweep') == [
+        'python', '-m', 'launch.pretrain', *plan.arguments(run, '/sweep')]
+  assert plan.arguments(plan.runs[0], '/sweep') == [
+      '--config=configs/presets.py:tiny', '--workdir=/sweep/E64-all-seed0',
+      '--config.train.num_steps=2', '--config.model.embedding_size=64',
+      '--config.model.sharing=all', '--config.train.seed=0',
+      '--config.data.seed=0']
 
 
 def test_emit_cluster_scripts(tmp_path):

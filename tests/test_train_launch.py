@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax.train import distributed
-from albert_jax.train import trainer
+from albert_jax.train import distributed, trainer
+from albert_jax.train.config import PretrainConfig
 from launch import cluster
+
 import train_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,7 @@ def test_two_processes_train_like_one(vocab, tmp_path):
       os.listdir(os.path.join(workdir, 'checkpoints', '4', 'data')))
 
   one = os.path.join(tmp_path, 'one')
-  trainer.train(train_testing.tiny_config(vocab), one, devices=jax.devices()[:1])
+  trainer.train(PretrainConfig.from_config(train_testing.tiny_config(vocab)), one, devices=jax.devices()[:1])
   got, expected = (train_testing.train_losses(w) for w in (workdir, one))
   assert sorted(got) == [1, 2, 3, 4]
   np.testing.assert_allclose([got[s] for s in sorted(got)],
@@ -113,19 +114,45 @@ def test_slurm_recipe_runs_one_task_per_gpu_and_checkpoints_before_the_limit():
                        '--workdir=/shared/run --distributed')
 
 
+def _cluster(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, '-m', 'launch.cluster', *args], cwd=REPO,
+      capture_output=True, text=True, timeout=60,
+      env={**os.environ, 'PATH': ''})  # No gcloud / sbatch reachable.
+
+
 @pytest.mark.parametrize('target, expected', [
     (['--target=slurm', '--nodes=2'], 'srun python -m launch.pretrain'),
     (['--target=tpu', '--tpu=pod', '--zone=z'], 'gcloud compute tpus tpu-vm ssh pod'),
 ])
 def test_cluster_dry_run_prints_and_runs_nothing(target, expected):
-  process = subprocess.run(
-      [sys.executable, '-m', 'launch.cluster', *target, '--workdir=/shared/run',
-       '--dry_run', '--', '--config.train.batch_size=64'],
-      cwd=REPO, capture_output=True, text=True, timeout=60,
-      env={**os.environ, 'PATH': ''})  # No gcloud / sbatch reachable.
+  process = _cluster(*target, '--workdir=/shared/run', '--dry_run',
+                     '--config.train.batch_size=64', '--config.train.optimizer',
+                     'adamw')
   assert process.returncode == 0, process.stderr
   assert expected in process.stdout
-  assert '--distributed --config.train.batch_size=64' in process.stdout
+  assert ('--config=experiments/configs/pretrain.py:base --workdir=/shared/run '
+          '--distributed --config.train.batch_size=64 --config.train.optimizer '
+          'adamw') in process.stdout
+
+
+def test_cluster_checks_the_overrides_here():
+  process = _cluster('--target=slurm', '--workdir=/w', '--dry_run',
+                     '--config.train.batch_sise=64')
+  assert process.returncode == 1 and not process.stdout
+  assert process.stderr.startswith(
+      'error: unknown config key --config.train.batch_sise (Did you mean')
+
+
+def test_cluster_overrides_after_double_dash_still_work_with_a_warning():
+  process = _cluster('--target=slurm', '--workdir=/w', '--dry_run',
+                     '--config=experiments/configs/pretrain.py:tiny', '--',
+                     '--config.train.batch_size=64')
+  assert process.returncode == 0, process.stderr
+  assert process.stderr == ('warning: arguments after -- are deprecated; pass '
+                            '--config.KEY=VALUE\n')
+  assert ('--config=experiments/configs/pretrain.py:tiny --workdir=/w '
+          '--distributed --config.train.batch_size=64') in process.stdout
 
 
 def test_cluster_without_required_flags_is_one_line():

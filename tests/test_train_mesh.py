@@ -7,12 +7,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from albert_jax.config import ModelConfig
+from albert_jax.errors import UsageError
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.errors import UsageError
 from experiments.configs import pretrain
 
-RULES = pretrain.get_config('tiny').sharding_rules
+RULES = mesh_lib.DEFAULT_RULES
 
 
 @pytest.mark.parametrize('config, devices, shape', [
@@ -35,6 +35,11 @@ def test_mesh_shape_fills_the_minus_one_axis(config, devices, shape):
 def test_impossible_mesh_is_rejected(config, message):
   with pytest.raises(UsageError, match=message):
     mesh_lib.mesh_shape(config, 8)
+
+
+def test_presets_use_the_library_rules():
+  for preset in ('tiny', 'base', 'xxlarge'):
+    assert pretrain.get_config(preset).sharding_rules is RULES
 
 
 def test_batch_is_split_over_data_and_fsdp():

@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 
+from albert_jax import tree_paths
 from albert_jax.config import ModelConfig
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import optimizer as optimizer_lib
-from albert_jax import tree_paths
 from experiments.configs import pretrain
 
 
@@ -129,3 +129,143 @@ def test_unknown_optimizer_is_rejected():
   train = _train_config(optimizer='sgd')
   with pytest.raises(ValueError, match="set --config.train.optimizer to 'lamb' or 'adamw'"):
     optimizer_lib.make_optimizer(train, optax.constant_schedule(1.0))
+
+
+# -- LAMB on layers stacked by nn.scan: one trust ratio per layer ------------
+
+
+def _stacked(shape, seed=0):
+  """Kernel and bias stacked on the leading axes of `shape`, whose first
+  layer (index 0 of every leading axis) is 100x larger."""
+  rng = np.random.default_rng(seed)
+  kernel = rng.normal(size=shape + (8, 8)).astype(np.float32)
+  kernel[(0,) * len(shape)] *= 100
+  bias = rng.normal(size=shape + (8,)).astype(np.float32)
+  return {'encoder': {'layer': {'kernel': kernel, 'bias': bias}}}
+
+
+def _stacked_axes(stacked_names):
+  return {'encoder': {'layer': {'kernel': stacked_names + ('hidden', 'mlp'),
+                                'bias': stacked_names + ('mlp',)}}}
+
+
+def _unstacked(params, shape):
+  """The same params with every layer its own variable 'layer_i_j'."""
+  layer = params['encoder']['layer']
+  return {'encoder': {
+      'layer_' + '_'.join(map(str, index)): {k: v[index] for k, v in layer.items()}
+      for index in np.ndindex(*shape)}}
+
+
+def _lamb(**overrides):
+  train = _train_config(learning_rate=0.01, warmup_steps=0, **overrides)
+  return train, optimizer_lib.learning_rate_schedule(0.01, 0, train.num_steps)
+
+
+def _update_weight_ratios(tx, params, shape):
+  """|update| / |weight| of each layer's kernel after one step, in units of lr."""
+  grads = jax.tree.map(
+      lambda p: np.random.default_rng(1).normal(size=p.shape).astype(np.float32),
+      params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  kernel, update = params['encoder']['layer']['kernel'], updates['encoder']['layer']['kernel']
+  return np.asarray([np.linalg.norm(update[i]) / np.linalg.norm(kernel[i]) / 0.01
+                     for i in np.ndindex(*shape)])
+
+
+@pytest.mark.parametrize('shape, names', [((4,), ('layers',)),
+                                          ((2, 3), ('layers', None))])
+def test_lamb_trust_ratio_is_one_per_stacked_layer(shape, names):
+  train, schedule = _lamb()
+  params = _stacked(shape)
+  tx = optimizer_lib.make_optimizer(train, schedule,
+                                    param_axes=_stacked_axes(names))
+  # LAMB's step is lr x |weight| in every layer, the 100x one included.
+  np.testing.assert_allclose(_update_weight_ratios(tx, params, shape), 1.0,
+                             rtol=1e-5)
+  # One ratio over the whole stack (the bug): the large layer barely moves
+  # and the others move ~40x too far.
+  whole = _update_weight_ratios(optimizer_lib.make_optimizer(train, schedule),
+                                params, shape)
+  assert whole[0] < 0.7 and np.all(whole[1:] > 10)
+
+
+@pytest.mark.parametrize('shape, names', [((4,), ('layers',)),
+                                          ((2, 3), ('layers', None))])
+def test_lamb_on_stacked_layers_equals_lamb_on_each_layer(shape, names):
+  train, schedule = _lamb(clip_norm=1.0)
+  tx = optimizer_lib.make_optimizer(train, schedule,
+                                    param_axes=_stacked_axes(names))
+  params = _stacked(shape)
+  separate_tx = optimizer_lib.make_optimizer(train, schedule)
+  separate = _unstacked(params, shape)
+  state, separate_state = tx.init(params), separate_tx.init(separate)
+  for step in range(3):
+    grads = _stacked(shape, seed=10 + step)  # The same gradients for both.
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    updates, separate_state = separate_tx.update(
+        _unstacked(grads, shape), separate_state, separate)
+    separate = optax.apply_updates(separate, updates)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+      _unstacked(params, shape), separate)
+
+
+def _model_and_inputs(**model_overrides):
+  config = pretrain.get_config('tiny')
+  config.model.update(model_overrides)
+  model = AlbertForPreTraining(ModelConfig.from_config(config.model))
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return model, (ids, ids, ids, ids[:, :2])
+
+
+@pytest.mark.parametrize('overrides, stacked', [
+    (dict(sharing='none'), 'L'),
+    (dict(sharing='ffn'), 'L'),
+    (dict(num_layers=4, num_hidden_groups=2, inner_group_num=3), 'GI'),
+    (dict(inner_group_num=3), 'I'),
+    (dict(), ''),
+])
+def test_param_axes_of_the_model_find_its_stacked_layers(overrides, stacked):
+  model, inputs = _model_and_inputs(**overrides)
+  axes = optimizer_lib.model_param_axes(model, *inputs)
+  shapes = tree_paths.shapes(jax.eval_shape(
+      lambda: nn.unbox(model.init(jax.random.PRNGKey(0), *inputs)['params'])))
+  sizes = {'L': model.config.num_layers, 'G': model.config.num_groups,
+           'I': model.config.inner_group_num}
+  layer_axes = {
+      tree_paths.path_str(path): optimizer_lib.num_layer_axes(names)
+      for path, names in jax.tree_util.tree_flatten_with_path(
+          axes, is_leaf=lambda x: isinstance(x, tuple))[0]}
+  assert layer_axes.keys() == shapes.keys()
+  for name, shape in shapes.items():
+    # Only the scanned layer's own params are stacked (partial sharing keeps
+    # its shared half in encoder/shared_*), on one axis per stacked level.
+    in_layer = name.startswith('albert/encoder/layer/')
+    expected = tuple(sizes[level] for level in stacked) if in_layer else ()
+    assert shape[:layer_axes[name]] == expected, name
+  assert any(layer_axes.values()) == bool(stacked)
+
+
+def test_all_shared_model_updates_are_bitwise_those_without_param_axes():
+  model, inputs = _model_and_inputs()
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), *inputs)['params'])
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01) + 1e-3 * p, params)
+  train, schedule = _lamb()
+  results = []
+  for axes in (None, optimizer_lib.model_param_axes(model, *inputs)):
+    tx = optimizer_lib.make_optimizer(train, schedule, param_axes=axes)
+    results.append(jax.jit(tx.update)(grads, tx.init(params), params)[0])
+  jax.tree.map(np.testing.assert_array_equal, *results)
+
+
+def test_param_axes_must_cover_every_param():
+  train, schedule = _lamb()
+  params = _stacked((2,))
+  # The bias is excluded from the trust ratio: it needs no entry.
+  axes = {'encoder': {'layer': {'bias': ('layers', 'mlp')}}}
+  tx = optimizer_lib.make_optimizer(train, schedule, param_axes=axes)
+  with pytest.raises(ValueError, match='encoder/layer/kernel is missing from '
+                     'param_axes'):
+    tx.update(params, tx.init(params), params)

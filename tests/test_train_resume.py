@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from albert_jax.train import trainer
+from albert_jax.train.config import PretrainConfig
 import train_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ SETTINGS = {'checkpoint.every_steps': 2, 'checkpoint.keep': 10}
 def straight(vocab, tmp_path_factory):
   """NUM_STEPS uninterrupted steps on all 8 devices (data=8), checkpoints every 2."""
   workdir = str(tmp_path_factory.mktemp('straight'))
-  trainer.train(train_testing.tiny_config(vocab, **SETTINGS), workdir)
+  trainer.train(PretrainConfig.from_config(train_testing.tiny_config(vocab, **SETTINGS)), workdir)
   return workdir
 
 
@@ -51,7 +52,7 @@ def _copy_checkpoint(reference: str, step: int, workdir: str) -> None:
 
 def test_restart_from_a_periodic_checkpoint_is_exact(vocab, straight, tmp_path):
   _copy_checkpoint(straight, 2, tmp_path)  # As if the run died after step 2.
-  result = trainer.train(train_testing.tiny_config(vocab, **SETTINGS), str(tmp_path))
+  result = trainer.train(PretrainConfig.from_config(train_testing.tiny_config(vocab, **SETTINGS)), str(tmp_path))
   assert result.step == NUM_STEPS and not result.preempted
   _assert_same_run_after(2, str(tmp_path), straight)
 
@@ -76,8 +77,7 @@ def test_sigterm_saves_exits_0_and_resume_is_exact(vocab, straight, tmp_path):
   assert [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()] == ['1']
 
   # Resumed keeping the last 2 checkpoints: 1 (the preemption's) goes.
-  result = trainer.train(
-      train_testing.tiny_config(vocab, **{**SETTINGS, 'checkpoint.keep': 2}), workdir)
+  result = trainer.train(PretrainConfig.from_config(train_testing.tiny_config(vocab, **{**SETTINGS, 'checkpoint.keep': 2})), workdir)
   assert result.step == NUM_STEPS
   _assert_same_run_after(1, workdir, straight)
   assert sorted(d for d in os.listdir(os.path.join(workdir, 'checkpoints'))
@@ -88,7 +88,7 @@ def test_checkpoint_of_data_mesh_restores_under_fsdp(vocab, straight, tmp_path):
   _copy_checkpoint(straight, 2, tmp_path)
   config = train_testing.tiny_config(vocab, **SETTINGS)
   config.mesh.update(data=1, fsdp=8)
-  result = trainer.train(config, str(tmp_path))
+  result = trainer.train(PretrainConfig.from_config(config), str(tmp_path))
   assert result.step == NUM_STEPS
   got, expected = (train_testing.train_losses(w) for w in (str(tmp_path), straight))
   after = range(3, NUM_STEPS + 1)

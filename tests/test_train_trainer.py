@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from albert_jax.train import trainer
+from albert_jax.train.config import PretrainConfig
 from albert_jax.errors import UsageError
 import train_testing
 
@@ -18,7 +19,7 @@ def one_device_run(vocab, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('one_device'))
   config = train_testing.tiny_config(vocab, **{
       'train.eval_every': 4, 'train.peak_flops_per_device': 1e9})
-  result = trainer.train(config, workdir, devices=jax.devices()[:1])
+  result = trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
   return result, workdir
 
 
@@ -30,7 +31,7 @@ def one_device_run(vocab, tmp_path_factory):
 def test_sharded_losses_match_one_device(mesh, vocab, one_device_run, tmp_path):
   config = train_testing.tiny_config(vocab)
   config.mesh.update(mesh)
-  trainer.train(config, str(tmp_path))
+  trainer.train(PretrainConfig.from_config(config), str(tmp_path))
   expected = train_testing.train_losses(one_device_run[1])
   got = train_testing.train_losses(str(tmp_path))
   assert sorted(got) == [1, 2, 3, 4]
@@ -40,7 +41,7 @@ def test_sharded_losses_match_one_device(mesh, vocab, one_device_run, tmp_path):
 
 def test_gradient_accumulation_matches_the_full_batch(vocab, one_device_run, tmp_path):
   config = train_testing.tiny_config(vocab, **{'train.grad_accum_steps': 4})
-  trainer.train(config, str(tmp_path), devices=jax.devices()[:1])
+  trainer.train(PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1])
   expected = train_testing.train_losses(one_device_run[1])
   got = train_testing.train_losses(str(tmp_path))
   np.testing.assert_allclose([got[s] for s in (1, 2, 3, 4)],
@@ -64,7 +65,7 @@ def test_metrics_records(one_device_run):
   assert [r['step'] for r in eval_records] == [4]
   assert set(eval_records[0]) >= {'step', 'eval_mlm_loss', 'eval_mlm_accuracy',
                                   'eval_sop_accuracy'}
-  assert result.step == 4 and result.metrics['loss'] == last['loss']
+  assert result.step == 4 and result.train_metrics['loss'] == last['loss']
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model']['hidden_size'] == 32
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
@@ -83,7 +84,7 @@ def test_non_finite_loss_stops_naming_the_step(vocab, tmp_path):
   config = train_testing.tiny_config(vocab, **{'train.learning_rate': 1e30,
                                                'train.log_every': 2})
   with pytest.raises(UsageError, match=r'loss is (nan|inf|-inf) at step 3: training diverged'):
-    trainer.train(config, str(tmp_path), devices=jax.devices()[:1])
+    trainer.train(PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1])
   assert not os.listdir(os.path.join(tmp_path, 'checkpoints'))
 
 
@@ -103,5 +104,5 @@ def test_impossible_config_is_one_clear_error(overrides, message, vocab, tmp_pat
     section, name = key.split('.')
     config[section][name] = value
   with pytest.raises(UsageError, match=message) as error:
-    trainer.train(config, str(tmp_path))
+    trainer.train(PretrainConfig.from_config(config), str(tmp_path))
   assert '\n' not in str(error.value)

@@ -19,8 +19,8 @@ from typing import Protocol
 import numpy as np
 import tqdm
 
-from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import Tokenizer
+from albert_jax.errors import DataError
 
 
 class Documents(Protocol):

@@ -35,16 +35,6 @@ every epoch:
 Features, fixed shapes, int32 (S = max_seq_length, P = max_predictions_per_seq):
   input_ids [S], input_mask [S], segment_ids [S], masked_lm_positions [P],
   masked_lm_ids [P], masked_lm_weights [P], sentence_order_label [].
-
-API:
-  ExampleConfig.from_config(config.data) -> ExampleConfig
-  plan_instances(documents: Documents, config: ExampleConfig, seed: int)
-      -> np.ndarray int64 [num_instances, 4]
-         (document, first_segment, end_segment, target_length)
-  ExampleBuilder(documents, instances, config, *, vocab_size, is_word_start,
-                 seed)(epoch: int, index: int) -> dict[str, np.ndarray]
-  select_ngram_spans(rng, word_starts, word_ends, num_to_predict, max_ngram)
-      -> list[tuple[int, int]]  (first word, number of words)
 """
 
 from __future__ import annotations
@@ -95,7 +85,7 @@ class ExampleConfig:
   @classmethod
   def from_config(cls, data) -> ExampleConfig:
     """Reads the example fields of `config.data`."""
-    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+    return cls(**{f.name: getattr(data, f.name) for f in dataclasses.fields(cls)})
 
 
 def plan_instances(documents: Documents, config: ExampleConfig,

@@ -26,15 +26,6 @@ How the trainer uses it (`config` = experiments/configs/pretrain.py):
 
   # Evaluation: a fresh iter(eval_ds) each time sees the same batches.
 
-Signatures:
-  load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer
-  load_corpus(data, tokenizer, *, progress: bool = False) -> Corpus
-  make_pretraining_dataset(documents, data, tokenizer, *,
-      global_batch_size: int, shuffle: bool, process_index: int | None = None,
-      process_count: int | None = None) -> grain.IterDataset
-  make_global_batch(local_batch: dict[str, np.ndarray],
-      sharding: jax.sharding.Sharding) -> dict[str, jax.Array]
-
 Stream order: example k of the global stream is instance perm_e(k mod N) of
 epoch e = k // N (a fresh permutation per epoch; none for eval), its masks
 drawn from (data.seed, e, instance). Process p of P takes examples
@@ -42,7 +33,9 @@ k = p, p + P, p + 2P, ... and batches them by global_batch_size // P, so the
 processes read disjoint examples and global batch i holds examples
 [i * global_batch_size, (i + 1) * global_batch_size) whatever P is.
 Work runs in `data.num_workers` worker processes (0: in this process, on a
-prefetch thread), `data.prefetch_buffer_size` batches ahead.
+prefetch thread), `data.prefetch_buffer_size` batches ahead. Worker processes
+need absl flags parsed (see make_pretraining_dataset): the launchers' absl
+app parses them; other callers parse them or keep data.num_workers = 0.
 """
 
 from __future__ import annotations
@@ -50,16 +43,15 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import flags
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from albert_jax.data import examples, prepared, sources
 from albert_jax.data.corpus import Documents, tokenize
-from albert_jax.errors import DataError
-from albert_jax.data.tokenizer import (MODEL_FILE, Normalization, Tokenizer,
-                                       train_tokenizer)
+from albert_jax.data.tokenizer import MODEL_FILE, Normalization, Tokenizer, train_tokenizer
+from albert_jax.errors import DataError, UsageError
 
 # Where a tokenizer trained for a run lives, inside its workdir.
 WORKDIR_VOCAB = 'vocab'
@@ -101,17 +93,15 @@ def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str
   return tokenizer
 
 
-def load_corpus(data, tokenizer: Tokenizer, *, progress: bool = False
-                ) -> Corpus:
+def load_corpus(data, tokenizer: Tokenizer) -> Corpus:
   """Reads and tokenizes data.source (and data.eval_source) once.
 
   Without data.eval_source the last data.eval_documents documents of the
   source are held out for evaluation and never trained on.
   """
-  documents = _load_documents(data.source, data, tokenizer, progress)
+  documents = _load_documents(data.source, data, tokenizer)
   if data.eval_source:
-    return Corpus(documents,
-                  _load_documents(data.eval_source, data, tokenizer, progress))
+    return Corpus(documents, _load_documents(data.eval_source, data, tokenizer))
   split = _train_split(documents.num_documents, data)
   held_out = None
   if split < documents.num_documents:
@@ -146,9 +136,16 @@ def make_pretraining_dataset(documents: Documents, data, tokenizer: Tokenizer,
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
   if data.num_workers:
-    # grain's workers read absl flags; outside an absl app use their defaults.
+    # grain reads an absl flag of its own as it starts the workers
+    # (--grain_enable_multiprocess_worker_profiling) and fails obscurely, in
+    # a prefetch thread, if flags are unparsed. absl's flag state is the
+    # program's (global): say so here rather than mark it parsed.
     if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
+      raise UsageError(
+          f'data.num_workers={data.num_workers} needs absl flags parsed '
+          '(grain reads its own): run under absl.app, call '
+          'absl.flags.FLAGS.mark_as_parsed() first, or set '
+          'data.num_workers=0')
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data.num_workers, per_worker_buffer_size=max(prefetch, 1)))
   return ds
@@ -166,8 +163,8 @@ class _EpochExample:
   """grain map_with_index fn: stream index k -> example.
 
   Shuffles with a cached numpy permutation per epoch rather than
-  `MapDataset.shuffle`: grain's index_shuffle costs ~250 us per element on
-  small datasets (e.g. builtin), more than building the example.
+  `MapDataset.shuffle`: grain's index_shuffle costs more per element than
+  building the example on small datasets (e.g. builtin).
   """
 
   def __init__(self, builder: examples.ExampleBuilder, *, shuffle: bool):
@@ -198,9 +195,8 @@ def _train_split(num_documents: int, data) -> int:
   return split
 
 
-def _load_documents(source: str, data, tokenizer: Tokenizer,
-                    progress: bool) -> Documents:
+def _load_documents(source: str, data, tokenizer: Tokenizer) -> Documents:
   if source.startswith('prepared:'):
     return prepared.PreparedCorpus(source[len('prepared:'):], tokenizer)
   documents = sources.read_documents(source, text_feature=data.text_feature)
-  return tokenize(documents, tokenizer, progress=progress)
+  return tokenize(documents, tokenizer)

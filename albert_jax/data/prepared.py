@@ -12,13 +12,6 @@ in parallel worker processes and writes DIR/:
 Documents keep the source's order. Masks are not stored: they are drawn on
 the fly, fresh each epoch. `PreparedCorpus(DIR, tokenizer)` reads them back
 with random access (grain's ArrayRecordDataSource).
-
-API:
-  prepare(source: str, tokenizer_dir: str, output_dir: str, *,
-          text_feature: str = 'text', num_workers: int = os.cpu_count(),
-          documents_per_shard: int = 100_000, progress: bool = False) -> dict
-  PreparedCorpus(directory: str, tokenizer: Tokenizer)  (corpus.Documents)
-  load_tokenizer(directory: str) -> Tokenizer
 """
 
 from __future__ import annotations

@@ -12,11 +12,6 @@
                               `launch.prepare_data` (read by prepared.py, not
                               here).
 
-API:
-  read_documents(source: str, *, text_feature: str = 'text')
-      -> Iterator[list[str]]   documents as lists of sentences, in order
-  read_sentences(source: str, *, text_feature: str = 'text') -> Iterator[str]
-
 Undecodable lines of a mostly-good text file are skipped and counted (one
 warning per file); a binary file, a missing path or a corpus without text
 raises DataError.
@@ -31,10 +26,9 @@ import os
 from collections.abc import Iterator
 
 from albert_jax.data import builtin_corpus
-from albert_jax.errors import DataError
 from albert_jax.data.sentences import split_sentences
+from albert_jax.errors import DataError
 
-SCHEMES = ('builtin', 'text:', 'tfds:', 'prepared:')
 # A file where more than this share of lines is undecodable is binary.
 _MAX_BAD_LINE_SHARE = 0.1
 

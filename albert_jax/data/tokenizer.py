@@ -8,20 +8,6 @@ A vocabulary directory holds two files:
                       `Tokenizer.load` reapplies (absent: ALBERT's defaults,
                       so an original ALBERT spiece.model loads as is).
 
-API:
-  train_tokenizer(sentences: Iterable[str], output_dir: str, *, vocab_size: int,
-                  normalization: Normalization = Normalization(),
-                  character_coverage: float = 0.99995,
-                  max_sentences: int = 10_000_000, verbose: bool = False
-                  ) -> Tokenizer
-  Tokenizer.load(directory: str) -> Tokenizer
-  tokenizer.encode(text: str) -> list[int]
-  tokenizer.encode_batch(texts: Sequence[str]) -> list[list[int]]
-  tokenizer.decode(ids: Sequence[int]) -> str
-  tokenizer.vocab_size: int
-  tokenizer.is_word_start: np.ndarray  bool [vocab_size], whole-word masking
-  tokenizer.fingerprint: str           sha256 of spiece.model
-
 Normalisation (ALBERT's `preprocess_text`, each step switchable): collapse
 runs of whitespace and strip the ends, NFKD with combining accents removed,
 lowercase. SentencePiece's own NFKC rule runs after it, as in ALBERT.
@@ -79,7 +65,14 @@ def _is_word_start(piece: str) -> bool:
 
 
 class Tokenizer:
-  """A loaded ALBERT vocabulary: normalise, then SentencePiece."""
+  """A loaded ALBERT vocabulary: normalise, then SentencePiece.
+
+  Attributes:
+    vocab_size: number of pieces.
+    is_word_start: bool [vocab_size], pieces that begin a word (whole-word
+      masking).
+    fingerprint: sha256 of spiece.model, to recognise data made with it.
+  """
 
   def __init__(self, model_proto: bytes, normalization: Normalization,
                name: str = '<memory>'):

@@ -17,6 +17,10 @@ Features: [CLS] text [SEP] (text_b [SEP]), the longer text trimmed from its
 end until the pair fits data.max_seq_length (BERT's rule); segment ids 0 up to
 the first [SEP], 1 after. Metrics: accuracy and F1 (of class 1 with two
 classes, macro-averaged over classes otherwise).
+
+Model: AlbertForSequenceClassification, whose backbone keeps the pretrained
+model's dropout while the pooled output gets 0.1 dropout before the
+classifier, as in the original run_classifier.
 """
 
 from __future__ import annotations
@@ -229,9 +233,9 @@ class ClassificationObjective:
   def loss(self, sums: Metrics, normalizers: Metrics) -> jax.Array:
     return sums['loss'] / normalizers['examples']
 
-  def summarize(self, sums: Metrics, prefix: str = '') -> Metrics:
-    return {f'{prefix}loss': sums['loss'] / sums['examples'],
-            f'{prefix}accuracy': sums['correct'] / sums['examples']}
+  def summarize(self, sums: Metrics) -> Metrics:
+    return {'loss': sums['loss'] / sums['examples'],
+            'accuracy': sums['correct'] / sums['examples']}
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray,

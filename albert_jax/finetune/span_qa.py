@@ -220,9 +220,9 @@ class SpanObjective:
   def loss(self, sums: Metrics, normalizers: Metrics) -> jax.Array:
     return sums['loss'] / normalizers['examples']
 
-  def summarize(self, sums: Metrics, prefix: str = '') -> Metrics:
-    return {f'{prefix}loss': sums['loss'] / sums['examples'],
-            f'{prefix}span_accuracy': sums['span_correct'] / sums['examples']}
+  def summarize(self, sums: Metrics) -> Metrics:
+    return {'loss': sums['loss'] / sums['examples'],
+            'span_accuracy': sums['span_correct'] / sums['examples']}
 
 
 def decode(examples: Sequence[QAExample], mapping: WindowMap,

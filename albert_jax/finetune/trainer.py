@@ -1,180 +1,107 @@
 """Fine-tuning: `finetune(config, model_dir, workdir)`.
 
 Reads top to bottom, like pretraining (albert_jax/train/trainer.py), whose
-parts it runs: the sharded train step with the task's Objective, the
-optimizer, mesh and logical sharding rules, the initial state
-(train/state.py) and the loop (train/loop.py: orbax checkpoints of state +
-grain iterator, the metrics writer, preemption handling).
-  1. Config and mesh
-  2. Model and data      the exported model in `model_dir`, its tokenizer,
+parts it runs: the run assembly (train/run.py: mesh, optimizer, state, steps)
+and the loop (train/loop.py: checkpoints, metrics, preemption).
+  1. Model and data      the exported model in `model_dir`, its tokenizer,
                          the task's features (finetune/classification.py,
                          finetune/span_qa.py)
-  3. State               abstract state and its shardings
-  4. Start or resume     the exported backbone, a freshly initialised head
-  5. Compiled steps      train step (donated state), predict step
-  6. Loop                step, log, evaluate (the task's metrics), checkpoint
+  2. Run                 the task's model and objective on the mesh
+  3. Initial params      the exported backbone, a freshly initialised head
+  4. Loop                step, log, evaluate (the task's metrics), checkpoint
 A workdir ends up holding:
   config.json  checkpoints/  metrics.jsonl  tensorboard/
 """
 
-from __future__ import annotations
-
 import dataclasses
-import math
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from albert_jax import export
 from albert_jax import flops
+from albert_jax import pretrained as pretrained_lib
+from albert_jax.config import check_sequence_fits
 from albert_jax.data import pipeline
 from albert_jax.errors import DataError
 from albert_jax.finetune import classification, span_qa
+from albert_jax.finetune.config import FinetuneConfig
 from albert_jax.finetune.task import Features, Task, num_rows
 from albert_jax.train import distributed
 from albert_jax.train import loop
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train import optimizer as optimizer_lib
-from albert_jax.train import state as state_lib
+from albert_jax.train import run as run_lib
 from albert_jax.train import train_step as step_lib
-from albert_jax.errors import UsageError
 
 TASKS = {'classification': classification.make_task,
          'span_qa': span_qa.make_task}
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneResult:
-  """Where a run stopped, its last evaluation and where its outputs are."""
-  step: int
-  preempted: bool
-  eval_metrics: dict[str, float]  # The last evaluation, without 'eval_'.
-  workdir: str
-  checkpoint_dir: str
-  metrics_path: str
-
-
-def finetune(config: ml_collections.ConfigDict, model_dir: str, workdir: str,
-             *, devices: Sequence[jax.Device] | None = None) -> FinetuneResult:
+def finetune(config: FinetuneConfig, model_dir: str, workdir: str, *,
+             devices: Sequence[jax.Device] | None = None) -> loop.RunResult:
   """Fine-tunes the exported model in `model_dir` on `config.task` in
   `workdir`, resuming from its latest checkpoint; evaluates at the end.
 
   Args:
-    config: a config of experiments/configs/finetune.py.
+    config: e.g. `FinetuneConfig.from_config(finetune.get_config('sst2'))`.
     model_dir: a flax-format model written by `launch.export`.
     workdir: run directory, shared by all processes.
     devices: the mesh's devices (default: all devices of all processes).
   Raises:
-    UsageError: an impossible config or model, a workdir holding another
-      run's checkpoint, or a non-finite loss.
-    DataError: unusable task data.
+    AlbertError: an impossible config or model, unusable task data, a workdir
+      holding another run's checkpoint, or a non-finite loss.
   """
-  preemption = distributed.PreemptionWatcher()
-  try:
-    return _finetune(config, model_dir, workdir, devices, preemption)
-  finally:
-    preemption.close()
+  with distributed.PreemptionWatcher() as preemption:
+    # ---------------------------------------------------------------- 1. Model and data
+    mesh = mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices)
+    pretrained = pretrained_lib.load_pretrained(model_dir)
+    model_config = config.model_config(pretrained.config)
+    check_sequence_fits(config.data.max_seq_length, model_config)
+    task = TASKS[config.task](config.data, pretrained.tokenizer, model_config)
+    loop.log(f'{config.task}: {num_rows(task.train):,} training features, '
+             f'{num_rows(task.eval) if task.eval else 0:,} eval features')
+
+    # ---------------------------------------------------------------- 2. Run
+    run = run_lib.assemble(
+        task.model, [jnp.zeros((1,) + task.train[k].shape[1:], task.train[k].dtype)
+                     for k in task.model_inputs],
+        task.objective, mesh=mesh, rules=config.sharding_rules,
+        train=config.train, batch_factor=jax.process_count(),
+        flops_per_example=flops.train_flops_per_example(
+            model_config, config.data.max_seq_length, 0),
+        tokens_per_example=config.data.max_seq_length)
+    loop.log(f'mesh {mesh_lib.describe(mesh)}; workdir {workdir}')
+    loop.log(f'model from {model_dir}: {run.num_params:,} parameters')
+    train_iter = iter(_train_dataset(task.train, config.train.batch_size,
+                                     config.data.seed))
+
+    # ---------------------------------------------------------------- 3. Initial params
+    def fresh() -> step_lib.TrainState:
+      """The exported backbone, a freshly initialised head."""
+      return run.initial.materialize({'albert': pretrained_lib.matching_params(
+          pretrained.params['albert'], run.initial.abstract.params['albert'],
+          source=model_dir)})
+
+    predict = _predict_step(run, task)
+    evaluate = lambda params: task.score(_predict(
+        predict, params, task, config.train.batch_size, run.batch_sharding))
+
+    # ---------------------------------------------------------------- 4. Loop
+    return loop.train(run, config, workdir, train_iter=train_iter, fresh=fresh,
+                      evaluate=None if task.eval is None else evaluate,
+                      preemption=preemption)
 
 
-def _finetune(config: ml_collections.ConfigDict, model_dir: str,
-              workdir: str, devices: Sequence[jax.Device] | None,
-              preemption: distributed.PreemptionWatcher) -> FinetuneResult:
-  # ---------------------------------------------------------------- 1. Config and mesh
-  train_config, data_config = config.train, config.data
-  if config.task not in TASKS:
-    raise UsageError(f'unknown task {config.task!r}: choose one of '
-                     f'{", ".join(TASKS)}')
-  for key in ('batch_size', 'grad_accum_steps', 'num_steps', 'log_every',
-              'eval_every'):
-    if train_config[key] < 1:
-      raise UsageError(f'train.{key} must be >= 1, got {train_config[key]}')
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  rules = tuple(config.sharding_rules)
-  # Each process then takes its share of every batch (see _train_dataset).
-  mesh_lib.check_batch_split(train_config.batch_size,
-                             train_config.grad_accum_steps, mesh, rules,
-                             factor=jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
-  loop.log(f'mesh {mesh_lib.describe(mesh)}; workdir {workdir}')
-
-  # ---------------------------------------------------------------- 2. Model and data
-  try:
-    pretrained = export.load_pretrained(model_dir)
-    model_config = dataclasses.replace(pretrained.config, **config.model)
-  except (export.ExportError, ValueError) as e:
-    raise UsageError(str(e)) from None
-  if data_config.max_seq_length > model_config.max_position_embeddings:
-    raise UsageError(
-        f'data.max_seq_length={data_config.max_seq_length} exceeds the '
-        f'model\'s max_position_embeddings={model_config.max_position_embeddings}')
-  task = TASKS[config.task](data_config, pretrained.tokenizer, model_config)
-  loop.log(f'{config.task}: {num_rows(task.train):,} training features, '
-           f'{num_rows(task.eval) if task.eval else 0:,} eval features')
-  train_iter = iter(_train_dataset(task.train, train_config.batch_size,
-                                   data_config.seed))
-  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
-
-  # ---------------------------------------------------------------- 3. State
-  optimizer, schedule = optimizer_lib.optimizer_and_schedule(train_config)
-  initial = state_lib.initial_state(
-      task.model, [jnp.zeros((1,) + task.train[k].shape[1:], task.train[k].dtype)
-                   for k in task.model_inputs],
-      optimizer=optimizer, seed=train_config.seed, mesh=mesh, rules=rules)
-
-  # ---------------------------------------------------------------- 4. Start or resume
-  def fresh() -> step_lib.TrainState:
-    """The exported backbone, a freshly initialised head."""
-    try:
-      backbone = export.matching_params(
-          pretrained.params['albert'], initial.abstract.params['albert'],
-          source=model_dir)
-    except export.ExportError as e:
-      raise UsageError(str(e)) from None
-    return initial.materialize({'albert': backbone})
-
-  checkpointer, state = loop.start_or_resume(config, workdir, initial,
-                                             train_iter, fresh)
-  num_params = sum(math.prod(x.shape)
-                   for x in jax.tree.leaves(initial.abstract.params))
-  loop.log(f'model from {model_dir}: {num_params:,} parameters')
-
-  # ---------------------------------------------------------------- 5. Compiled steps
-  train_step = step_lib.jit_train_step(
-      mesh, rules, initial.shardings, objective=task.objective,
-      optimizer=optimizer, schedule=schedule,
-      grad_accum_steps=train_config.grad_accum_steps)
-  predict_step = jax.jit(
+def _predict_step(run: run_lib.Run, task: Task) -> Callable[..., Any]:
+  """(params, batch) -> (batch['row'], the model's outputs), on the mesh."""
+  return jax.jit(
       lambda params, batch: (batch['row'], task.model.apply(
           {'params': params}, *(batch[k] for k in task.model_inputs))),
-      in_shardings=(initial.shardings.params, batch_sharding),
-      out_shardings=mesh_lib.replicated(mesh))
-
-  def evaluate(params: Any) -> dict[str, float]:
-    """The task's metrics on the eval features."""
-    outputs = _predict(predict_step, params, task, train_config.batch_size,
-                       batch_sharding)
-    return task.score(outputs)
-
-  # ---------------------------------------------------------------- 6. Loop
-  result = loop.run(
-      state, train_step, train_config=train_config, workdir=workdir,
-      mesh=mesh, rules=rules, train_iter=train_iter, checkpointer=checkpointer,
-      preemption=preemption,
-      flops_per_example=flops.train_flops_per_example(
-          model_config, data_config.max_seq_length, 0),
-      tokens_per_example=data_config.max_seq_length,
-      evaluate=None if task.eval is None else evaluate, eval_at_end=True,
-      diverged='fine-tuning diverged; lower --config.train.learning_rate')
-  return FinetuneResult(
-      step=result.step, preempted=result.preempted,
-      eval_metrics=result.eval_metrics, workdir=workdir,
-      checkpoint_dir=checkpointer.directory, metrics_path=result.metrics_path)
+      in_shardings=(run.initial.shardings.params, run.batch_sharding),
+      out_shardings=mesh_lib.replicated(run.mesh))
 
 
 class _Rows:

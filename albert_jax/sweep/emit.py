@@ -50,7 +50,7 @@ def emit(plan: Plan, root: str, target: str, cluster: Cluster) -> str:
           job_name=f'albert-{plan.name}-{run.name}',
           repo_dir='"$SLURM_SUBMIT_DIR"',
           command=plan.command(run, root, distributed=True))
-      lines += [f"sbatch <<'EOF'", script.rstrip('\n'), 'EOF']
+      lines += ["sbatch <<'EOF'", script.rstrip('\n'), 'EOF']
   elif target == 'tpu':
     if not cluster.tpu or not cluster.zone:
       raise SweepError('--emit=tpu needs --tpu=NAME and --zone=ZONE')

@@ -1,9 +1,10 @@
 """The runs of a sweep and their commands, saved as DIR/sweep.json.
 
 A run is a variant at one seed. Its command is `launch.pretrain` on the
-sweep's preset with the base overrides of the command line and the run's own,
-working in DIR/RUN; the runner runs it, `--emit` writes it, and
-`--report=DIR` reads sweep.json to know the runs and their table rows.
+sweep's preset of the pretraining config file (the caller names it) with the
+base overrides of the command line and the run's own, working in DIR/RUN; the
+runner runs it, `--emit` writes it, and `--report=DIR` reads sweep.json to
+know the runs and their table rows.
 """
 
 import dataclasses
@@ -17,7 +18,6 @@ from albert_jax.errors import SweepError
 from albert_jax.sweep.variants import Sweep
 
 PLAN_FILE = 'sweep.json'
-CONFIG_FILE = 'experiments/configs/pretrain.py'  # Relative to the repository.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +41,20 @@ class Plan:
 
   def command(self, run: Run, root: str, *, distributed: bool = False
               ) -> list[str]:
-    """`python -m launch.pretrain ...` of `run`, working in `root`/RUN."""
-    own = [f'--config.{key}={value}' for key, value in run.overrides.items()]
+    """`python -m launch.pretrain ...` of `run`, working in `root`/RUN: what
+    `--emit` writes, to run from the repository root."""
     return pretrain_command(self.config, os.path.join(root, run.name),
-                            [*self.base_overrides, *own],
-                            distributed=distributed)
+                            self._overrides(run), distributed=distributed)
+
+  def arguments(self, run: Run, root: str) -> list[str]:
+    """The flags of `run`'s single-process `launch.pretrain`, as in
+    `command`."""
+    return [f'--config={self.config}',
+            f'--workdir={os.path.join(root, run.name)}', *self._overrides(run)]
+
+  def _overrides(self, run: Run) -> list[str]:
+    own = [f'--config.{key}={value}' for key, value in run.overrides.items()]
+    return [*self.base_overrides, *own]
 
   def save(self, root: str) -> None:
     """Writes `root`/sweep.json; refuses a directory of another sweep."""
@@ -60,9 +69,14 @@ class Plan:
 
 
 def make_plan(sweep: Sweep, spec: str, base_overrides: Sequence[str],
-              seeds: Sequence[int]) -> Plan:
+              seeds: Sequence[int], *, config_file: str) -> Plan:
   """The runs of `sweep`: each variant once, or once per seed (setting
-  train.seed and data.seed: init, data order and masks)."""
+  train.seed and data.seed: init, data order and masks).
+
+  `config_file` is the pretraining config file holding the sweep's preset,
+  as `launch.pretrain --config` takes it (e.g. relative to where the runs
+  start).
+  """
   runs = []
   # Seed-major: a sweep stopped early holds whole seeds.
   for seed in seeds or [None]:
@@ -84,7 +98,7 @@ def make_plan(sweep: Sweep, spec: str, base_overrides: Sequence[str],
       raise SweepError(f'--config.{clash[0]} is set per variant by the '
                        f'{sweep.name} sweep: drop it')
   return Plan(spec=spec, name=sweep.name, title=sweep.title,
-              config=f'{CONFIG_FILE}:{sweep.preset}',
+              config=f'{config_file}:{sweep.preset}',
               base_overrides=tuple(base_overrides), runs=tuple(runs))
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from albert_jax.sweep import results
 from albert_jax.errors import SweepError
+from albert_jax.sweep import results
 from albert_jax.sweep.plan import Plan
 
 COLUMNS = ('run', 'variant', 'group', 'label', 'seed', 'objective', 'steps',

@@ -12,16 +12,13 @@ import os
 import statistics
 from typing import Any
 
-import ml_collections
-import orbax.checkpoint as ocp
-
-from albert_jax import evaluate
-from albert_jax import export
+from albert_jax import evaluate, export
 from albert_jax.data import pipeline
-from albert_jax.param_count import count_params
 from albert_jax.errors import SweepError
+from albert_jax.param_count import count_params
+from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train import mesh as mesh_lib
-from experiments.configs import pretrain
+from albert_jax.train.config import PretrainConfig
 
 RESULT_FILE = 'sweep_result.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -29,19 +26,18 @@ METRICS_FILE = 'metrics.jsonl'
 
 def final_step(workdir: str) -> int | None:
   """The step of the run's latest complete checkpoint; None when none."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return None
-  return max(ocp.utils.checkpoint_steps(directory), default=None)
+  steps = checkpoint_lib.checkpoint_steps(
+      os.path.join(workdir, checkpoint_lib.WORKDIR_SUBDIR))
+  return steps[-1] if steps else None
 
 
-def run_config(workdir: str) -> ml_collections.ConfigDict | None:
+def run_config(workdir: str) -> PretrainConfig | None:
   """The config the trainer saved in the run's config.json; None when none."""
-  path = os.path.join(workdir, 'config.json')
+  path = os.path.join(workdir, export.RUN_CONFIG_FILE)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return PretrainConfig.from_config(json.load(f))
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -65,8 +61,8 @@ def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
   """Evaluates the latest checkpoint of the run in `workdir` on its held-out
   documents (`num_batches` per objective, 0: one pass) and writes
   sweep_result.json; returns the result."""
-  pretrained = export.restore_from_workdir(workdir)
-  config = run_config(workdir)
+  restored = export.restore_from_workdir(workdir)
+  pretrained, config = restored.pretrained, restored.run_config
   held_out = pipeline.load_corpus(config.data, pretrained.tokenizer).eval
   if held_out is None:
     raise SweepError(f'{workdir} holds no held-out documents to evaluate on: '
@@ -74,11 +70,10 @@ def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
   metrics = evaluate.evaluate(
       pretrained, held_out, config.data, batch_size=config.train.batch_size,
       num_batches=num_batches, mesh=mesh_lib.make_mesh({'data': -1}),
-      # Every preset has the same logical rules.
-      rules=tuple(pretrain.get_config('tiny').sharding_rules))
+      rules=config.sharding_rules)
   records = [r for r in read_metrics(workdir) if r.get('step_time')]
   result = {
-      'step': final_step(workdir),
+      'step': restored.step,
       'objective': config.data.sentence_objective,
       'params': count_params(pretrained.config)['backbone'],
       'eval': metrics,

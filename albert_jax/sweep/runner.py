@@ -1,7 +1,8 @@
 """Runs a plan on this machine, one run at a time.
 
-Each run is its `launch.pretrain` command in a subprocess (the same command
-`--emit=shell` writes), then evaluated in this process. A run whose
+Each run is a pretraining process (the caller says how to start one, e.g.
+`python -m launch.pretrain` from the repository root) with the flags that
+`--emit=shell` writes, then evaluated in this process. A run whose
 sweep_result.json is at the final step is skipped; one whose final checkpoint
 exists is only evaluated; any other is (re)started by its command, which
 resumes from the run's latest checkpoint. A run that fails is reported and
@@ -15,18 +16,13 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from albert_jax import export
-from albert_jax.errors import DataError
+from albert_jax.errors import DataError, ExportError, SweepError
 from albert_jax.sweep import results
-from albert_jax.errors import SweepError
 from albert_jax.sweep.plan import Plan, Run
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +34,8 @@ class Outcome:
 
 
 def run_plan(plan: Plan, root: str, base_config: ml_collections.ConfigDict, *,
-             eval_batches: int, echo: Callable[[str], None] = print
-             ) -> list[Outcome]:
+             pretrain: Sequence[str], cwd: str, eval_batches: int,
+             echo: Callable[[str], None] = print) -> list[Outcome]:
   """Runs every run of `plan` not finished yet in `root`/RUN.
 
   Args:
@@ -47,19 +43,23 @@ def run_plan(plan: Plan, root: str, base_config: ml_collections.ConfigDict, *,
     root: absolute sweep directory.
     base_config: the preset with the base overrides applied (each run's
       config is it with the run's overrides).
+    pretrain: the command starting a pretraining process, to which each
+      run's flags are added (e.g. [sys.executable, '-m', 'launch.pretrain']).
+    cwd: where it runs (the plan's config path is relative to it).
     eval_batches: batches per objective of the final evaluation, 0: one pass
       over the held-out examples.
     echo: where the runs' console lines go.
   Returns: one outcome per run, up to the first 'stopped' (after a SIGTERM).
   """
   plan.save(root)
-  stop = _StopOnSigterm()
+  stop = _StopOnSigterm(cwd)
   outcomes = []
   try:
     for run in plan.runs:
       if stop.requested:
         break
-      outcome = _run_one(plan, run, root, base_config, eval_batches, echo, stop)
+      outcome = _run_one(plan, run, root, base_config, list(pretrain),
+                         eval_batches, echo, stop)
       echo(f'[{run.name}] {outcome.status}'
            + (f': {outcome.message}' if outcome.message else ''))
       outcomes.append(outcome)
@@ -71,8 +71,9 @@ def run_plan(plan: Plan, root: str, base_config: ml_collections.ConfigDict, *,
 
 
 def _run_one(plan: Plan, run: Run, root: str,
-             base_config: ml_collections.ConfigDict, eval_batches: int,
-             echo: Callable[[str], None], stop: '_StopOnSigterm') -> Outcome:
+             base_config: ml_collections.ConfigDict, pretrain: list[str],
+             eval_batches: int, echo: Callable[[str], None],
+             stop: '_StopOnSigterm') -> Outcome:
   workdir = os.path.join(root, run.name)
   config = base_config.copy_and_resolve_references()
   config.update_from_flattened_dict(dict(run.overrides))
@@ -82,10 +83,10 @@ def _run_one(plan: Plan, run: Run, root: str,
     return Outcome(run.name, 'finished before')
   status = 'evaluated'
   if results.final_step(workdir) != num_steps:
-    command = plan.command(run, root)
-    echo(f"$ {shlex.join(command)}")
-    returncode, last_line = stop.run([sys.executable, *command[1:]],
-                                     prefix=f'[{run.name}] ', echo=echo)
+    command = [*pretrain, *plan.arguments(run, root)]
+    echo(f'$ {shlex.join(command)}')
+    returncode, last_line = stop.run(command, prefix=f'[{run.name}] ',
+                                     echo=echo)
     if stop.requested:
       return Outcome(run.name, 'stopped', 'rerun the sweep to resume')
     if returncode:
@@ -97,7 +98,7 @@ def _run_one(plan: Plan, run: Run, root: str,
     status = 'trained'
   try:
     results.evaluate_run(workdir, num_batches=eval_batches)
-  except (export.ExportError, DataError, SweepError) as e:
+  except (ExportError, DataError, SweepError) as e:
     return Outcome(run.name, 'failed', f'evaluation: {e}')
   return Outcome(run.name, status)
 
@@ -115,16 +116,17 @@ def evaluate_unevaluated(plan: Plan, root: str, *, eval_batches: int) -> None:
         and (result is None or result['step'] != step)):
       try:
         results.evaluate_run(workdir, num_batches=eval_batches)
-      except (export.ExportError, DataError) as e:
+      except (ExportError, DataError) as e:
         raise SweepError(f'{run.name}: {e}') from None
 
 
 class _StopOnSigterm:
-  """Runs subprocesses; on SIGTERM passes it to the running one and records
-  that the sweep must stop."""
+  """Runs subprocesses in `cwd`; on SIGTERM passes it to the running one and
+  records that the sweep must stop."""
 
-  def __init__(self):
+  def __init__(self, cwd: str):
     self.requested = False
+    self._cwd = cwd
     self._process: subprocess.Popen | None = None
     self._previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -136,11 +138,11 @@ class _StopOnSigterm:
 
   def run(self, command: list[str], *, prefix: str,
           echo: Callable[[str], None]) -> tuple[int, str]:
-    """Runs `command` in the repository, echoing its output; returns the exit
-    status and the last line of output."""
+    """Runs `command`, echoing its output; returns the exit status and the
+    last line of output."""
     tail = collections.deque(maxlen=1)
     self._process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        command, cwd=self._cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     try:
       for line in self._process.stdout:

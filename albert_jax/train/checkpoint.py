@@ -7,18 +7,60 @@ A checkpoint at step s (= s optimizer updates done) holds two items:
          resumed run reads exactly the batches an uninterrupted one would.
 Restoring takes the target shardings from an abstract state, so a checkpoint
 saved under one mesh loads under another.
+
+Orbax's on-disk layout (step directories, the 'state' item, its 'params'
+subtree) is known here only: `checkpoint_steps` and `restore_params` serve
+readers that want a run's params without a model or mesh (export, sweeps).
 """
 
 import os
 from typing import Any
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint.checkpoint_managers import preservation_policy
-from orbax.checkpoint.checkpoint_managers import save_decision_policy
+from etils import epath
+from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
 
 from albert_jax import tree_paths
 from albert_jax.errors import UsageError
+
+# A run's checkpoints live in WORKDIR/checkpoints.
+WORKDIR_SUBDIR = 'checkpoints'
+
+
+def _absolute(directory: str) -> str:
+  # Orbax needs absolute paths; remote ones (gs://...) already are.
+  return directory if '://' in directory else os.path.abspath(directory)
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+  """The steps of the complete checkpoints in `directory`, ascending; [] when
+  `directory` does not exist."""
+  directory = _absolute(directory)
+  if not epath.Path(directory).is_dir():
+    return []
+  return sorted(ocp.utils.checkpoint_steps(directory))
+
+
+def restore_params(directory: str, step: int) -> Any:
+  """The params of checkpoint `step` in `directory` as host numpy arrays, in
+  the tree and dtypes they were saved with.
+
+  Reads only the params of the TrainState, on one process, whatever mesh the
+  run had. Orbax's ValueError / KeyError / FileNotFoundError pass through
+  (an incomplete or foreign checkpoint).
+  """
+  path = epath.Path(_absolute(directory)) / str(step) / 'state'
+  # The saved tree itself is the restore target: no model is built here.
+  abstract = ocp.PyTreeCheckpointHandler().metadata(path).tree['params']
+  restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+      item={'params': abstract},
+      restore_args={'params': jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)},
+      partial_restore=True))
+  return restored['params']
 
 
 class Checkpointer:
@@ -28,8 +70,7 @@ class Checkpointer:
     if every_steps < 1 or keep < 1:
       raise UsageError('config.checkpoint.every_steps and .keep must be >= 1, '
                        f'got {every_steps} and {keep}')
-    # Orbax needs absolute paths; remote ones (gs://...) already are.
-    self.directory = directory if '://' in directory else os.path.abspath(directory)
+    self.directory = _absolute(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(

@@ -66,3 +66,9 @@ class PreemptionWatcher:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+
+  def __enter__(self) -> 'PreemptionWatcher':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

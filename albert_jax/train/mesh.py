@@ -3,25 +3,44 @@
 The mesh has three axes: 'data' (batch split, parameters replicated), 'fsdp'
 (batch split, parameters and optimizer state split too) and 'tensor'
 (weight matrices split along heads / MLP / vocab). Which array dimension goes
-to which mesh axis is not decided here but by `config.sharding_rules`, a table
-from the model's logical axis names ('embed', 'mlp', 'batch', ...) to mesh axes.
+to which mesh axis is decided by `config.sharding_rules`, a table from the
+model's logical axis names ('embed', 'mlp', 'batch', ...) to mesh axes;
+DEFAULT_RULES is the one the presets use.
 """
 
-from collections.abc import Iterator, Mapping, Sequence
 import contextlib
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from albert_jax import tree_paths
 from albert_jax.errors import UsageError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+# Logical axis name -> mesh axes (or None: replicated). Model code names logical
+# axes only; this table is the whole mapping from model to mesh.
+DEFAULT_RULES: LogicalRules = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('hidden', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('layers', None),
+    ('positions', None),
+    ('types', None),
+    ('classes', None),
+)
 
 
 def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, ...]:

@@ -8,8 +8,8 @@ computing only its own shards, optionally with given values for some params
 (an exported backbone, a model to start from).
 """
 
-from collections.abc import Callable, Sequence
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -24,17 +24,34 @@ from albert_jax.train.train_step import TrainState
 @dataclasses.dataclass(frozen=True)
 class InitialState:
   """A fresh TrainState of one model, optimizer and seed on one mesh."""
+  model: nn.Module
+  inputs: tuple[jax.Array, ...]  # What model.init takes (batch of 1).
+  optimizer: optax.GradientTransformation
+  rng: jax.Array
   abstract: TrainState  # Unboxed ShapeDtypeStructs carrying their shardings.
   shardings: TrainState  # NamedShardings of every leaf.
-  # (rng, initial_params) -> the state, params boxed with logical axes.
-  boxed: Callable[[jax.Array, Any], TrainState]
-  rng: jax.Array
+
+  def boxed(self, initial_params: Any = None) -> TrainState:
+    """The state with params boxed with their logical axes (traceable).
+
+    `initial_params` {top-level name: unboxed subtree}, when given, replace
+    the random values of those params.
+    """
+    params_rng, dropout_rng = jax.random.split(self.rng)
+    params = self.model.init(params_rng, *self.inputs)['params']
+    if initial_params is not None:
+      params = {**params, **{
+          name: jax.tree.map(lambda box, value: box.replace_boxed(value),
+                             params[name], values,
+                             is_leaf=lambda x: isinstance(x, nn.Partitioned))
+          for name, values in initial_params.items()}}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.optimizer.init(params), rng=dropout_rng)
 
   def materialize(self, initial_params: Any = None) -> TrainState:
-    """The state on the mesh; `initial_params` {top-level name: unboxed
-    subtree}, when given, replace the random values of those params."""
-    return jax.jit(lambda rng, params: nn.unbox(self.boxed(rng, params)),
-                   out_shardings=self.shardings)(self.rng, initial_params)
+    """The state on the mesh (see `boxed` for `initial_params`)."""
+    return jax.jit(lambda params: nn.unbox(self.boxed(params)),
+                   out_shardings=self.shardings)(initial_params)
 
 
 def initial_state(model: nn.Module, inputs: Sequence[jax.Array], *,
@@ -46,23 +63,12 @@ def initial_state(model: nn.Module, inputs: Sequence[jax.Array], *,
   Raises UsageError when a sharded dimension does not divide over its mesh
   axes.
   """
-  def boxed(rng: jax.Array, initial_params: Any = None) -> TrainState:
-    params_rng, dropout_rng = jax.random.split(rng)
-    params = model.init(params_rng, *inputs)['params']
-    if initial_params is not None:
-      params = {**params, **{
-          name: jax.tree.map(lambda box, value: box.replace_boxed(value),
-                             params[name], values,
-                             is_leaf=lambda x: isinstance(x, nn.Partitioned))
-          for name, values in initial_params.items()}}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), rng=dropout_rng)
-
-  rng = jax.random.PRNGKey(seed)
+  partial = InitialState(model=model, inputs=tuple(inputs), optimizer=optimizer,
+                         rng=jax.random.PRNGKey(seed), abstract=None,
+                         shardings=None)
   abstract, shardings = mesh_lib.sharded_abstract(
-      jax.eval_shape(boxed, rng), mesh, rules)
-  return InitialState(abstract=abstract, shardings=shardings, boxed=boxed,
-                      rng=rng)
+      jax.eval_shape(partial.boxed), mesh, rules)
+  return dataclasses.replace(partial, abstract=abstract, shardings=shardings)
 
 
 def pretraining_inputs(max_seq_length: int,

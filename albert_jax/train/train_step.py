@@ -21,7 +21,6 @@ gradients equal those of the full batch, not a mean of per-micro-batch means.
 
 from collections.abc import Callable, Mapping
 import dataclasses
-import functools
 from typing import Any, Protocol
 
 import flax
@@ -30,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from albert_jax.train import mesh as mesh_lib
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -45,12 +43,8 @@ class TrainState:
   rng: jax.Array  # [2] uint32 raw key; dropout key of step s: fold_in(rng, s).
 
 
-SUM_KEYS = ('mlm_loss', 'mlm_correct', 'mlm_weight', 'sentence_loss',
-            'sentence_correct', 'examples')
-
-
 def loss_sums(outputs: Mapping[str, jax.Array], batch: Batch) -> Metrics:
-  """Per-batch float32 sums (SUM_KEYS) from which losses and accuracies are ratios.
+  """Per-batch float32 sums from which losses and accuracies are ratios.
 
   Args:
     outputs: the model's 'mlm_logits' [B, P, V] and 'sentence_logits' [B, 2].
@@ -79,8 +73,7 @@ def loss_sums(outputs: Mapping[str, jax.Array], batch: Batch) -> Metrics:
   }
 
 
-def summarize(sums: Mapping[str, jax.Array], sentence_objective: str,
-              prefix: str = '') -> Metrics:
+def summarize(sums: Mapping[str, jax.Array], sentence_objective: str) -> Metrics:
   """Losses and accuracies from `loss_sums` (summed over any number of batches).
 
   The sentence metrics are named after the objective ('sop_accuracy',
@@ -98,7 +91,7 @@ def summarize(sums: Mapping[str, jax.Array], sentence_objective: str,
         sums['sentence_correct'] / sums['examples'])
     loss = loss + metrics[f'{sentence_objective}_loss']
   metrics['loss'] = loss
-  return {prefix + k: v for k, v in metrics.items()}
+  return metrics
 
 
 class Objective(Protocol):
@@ -114,7 +107,7 @@ class Objective(Protocol):
   def loss(self, sums: Metrics, normalizers: Metrics) -> jax.Array:
     """A (micro-)batch's share of the batch loss; linear in `sums`."""
 
-  def summarize(self, sums: Metrics, prefix: str = '') -> Metrics:
+  def summarize(self, sums: Metrics) -> Metrics:
     """Losses and accuracies from sums added over any number of batches."""
 
 
@@ -144,8 +137,8 @@ class PretrainingObjective:
       loss += sums['sentence_loss'] / normalizers['examples']
     return loss
 
-  def summarize(self, sums: Metrics, prefix: str = '') -> Metrics:
-    return summarize(sums, self.sentence_objective, prefix)
+  def summarize(self, sums: Metrics) -> Metrics:
+    return summarize(sums, self.sentence_objective)
 
 
 def _micro_batches(batch: Batch, num: int) -> Batch:
@@ -204,25 +197,3 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
 def eval_step(params: Any, batch: Batch, *, objective: Objective) -> Metrics:
   """`objective.sums` of one global eval batch (deterministic, no dropout)."""
   return objective.sums(params, batch, None)
-
-
-def jit_train_step(mesh: jax.sharding.Mesh, rules: mesh_lib.LogicalRules,
-                   state_shardings: Any, **kwargs) -> Callable[..., Any]:
-  """`train_step` compiled for `mesh`: state donated, batch split over batch axes.
-
-  Call it inside `mesh_lib.activate(mesh, rules)`.
-  """
-  return jax.jit(
-      functools.partial(train_step, **kwargs),
-      in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh, rules)),
-      out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
-      donate_argnums=0)
-
-
-def jit_eval_step(mesh: jax.sharding.Mesh, rules: mesh_lib.LogicalRules,
-                  params_shardings: Any, **kwargs) -> Callable[..., Metrics]:
-  """`eval_step` compiled for `mesh`; call it inside `mesh_lib.activate`."""
-  return jax.jit(
-      functools.partial(eval_step, **kwargs),
-      in_shardings=(params_shardings, mesh_lib.batch_sharding(mesh, rules)),
-      out_shardings=mesh_lib.replicated(mesh))

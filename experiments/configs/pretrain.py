@@ -9,6 +9,8 @@ Every key can be overridden on the command line, e.g.
 
 import ml_collections
 
+from albert_jax.train import mesh as mesh_lib
+
 # name: (hidden, layers, heads, intermediate, embedding, sharing)
 _SIZES = {
     'tiny': (64, 4, 4, 256, 32, 'all'),
@@ -19,23 +21,6 @@ _SIZES = {
     'bert_base': (768, 12, 12, 3072, 768, 'none'),
     'bert_large': (1024, 24, 16, 4096, 1024, 'none'),
 }
-
-# Logical axis name -> mesh axes (or None: replicated). Model code names logical
-# axes only; this table is the whole mapping from model to mesh.
-_SHARDING_RULES = (
-    ('batch', ('data', 'fsdp')),
-    ('length', None),
-    ('vocab', 'tensor'),
-    ('embed', 'fsdp'),
-    ('hidden', 'fsdp'),
-    ('mlp', 'tensor'),
-    ('heads', 'tensor'),
-    ('kv', None),
-    ('layers', None),
-    ('positions', None),
-    ('types', None),
-    ('classes', None),
-)
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -105,7 +90,7 @@ def add_run_blocks(config: ml_collections.ConfigDict, *, checkpoint_every: int,
   ))
   # -1 takes the devices left over by the other axes.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  config.sharding_rules = _SHARDING_RULES
+  config.sharding_rules = mesh_lib.DEFAULT_RULES
 
 
 def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:

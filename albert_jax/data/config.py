@@ -1,0 +1,43 @@
+"""The `data` block of a pretraining config as a typed, validated record."""
+
+import dataclasses
+from typing import ClassVar
+
+from albert_jax.config import Record, check_types
+from albert_jax.data import examples
+from albert_jax.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig(Record):
+  """Where pretraining text comes from and how examples are cut from it."""
+  block: ClassVar[str] = 'data'
+
+  # 'builtin' | 'text:GLOB' | 'tfds:NAME[/CONFIG][:SPLIT]' | 'prepared:DIR'.
+  source: str = 'builtin'
+  text_feature: str = 'text'  # The text feature of a tfds source.
+  # Held-out data for evaluation; empty: the last `eval_documents` documents of
+  # `source` are held out and never trained on (0: no evaluation).
+  eval_source: str = ''
+  eval_documents: int = 10000
+  # Tokenizer directory; empty: prepared data's own, else one trained on the
+  # training documents into WORKDIR/vocab.
+  vocab: str = ''
+  lowercase: bool = True  # Normalisation of a tokenizer trained here.
+  max_seq_length: int = 512
+  max_predictions_per_seq: int = 20
+  masked_lm_prob: float = 0.15
+  short_seq_prob: float = 0.1
+  max_ngram: int = 3
+  sentence_objective: str = 'sop'  # 'sop' | 'nsp' | 'none'
+  seed: int = 0
+  num_workers: int = 0  # Worker processes building batches; 0: in process.
+  prefetch_buffer_size: int = 2  # Batches prepared ahead.
+
+  def __post_init__(self):
+    check_types(self)
+    examples.ExampleConfig.from_config(self)  # Checks the example settings.
+    for name in ('eval_documents', 'num_workers', 'prefetch_buffer_size'):
+      if getattr(self, name) < 0:
+        raise DataError(f'data.{name} must be >= 0, got {getattr(self, name)}')
+

@@ -1,0 +1,115 @@
+"""One place that assembles a run: mesh, sharding rules, batch sharding,
+optimizer and schedule, initial state, and the jitted train and eval steps.
+
+Pretraining, fine-tuning, the benchmark and evaluation all start from
+`assemble`; each brings only its own model, objective and data. The loop
+(train/loop.py) takes the resulting `Run`.
+"""
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from albert_jax.data import pipeline
+from albert_jax.errors import UsageError
+from albert_jax.train import mesh as mesh_lib
+from albert_jax.train import optimizer as optimizer_lib
+from albert_jax.train import state as state_lib
+from albert_jax.train import train_step as step_lib
+from albert_jax.train.config import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A model and its objective, compiled for a mesh."""
+  mesh: jax.sharding.Mesh
+  rules: mesh_lib.LogicalRules
+  batch_sharding: jax.sharding.NamedSharding  # Of global batches [batch, ...].
+  objective: step_lib.Objective
+  initial: state_lib.InitialState
+  # (state, global batch) -> (state, scalar metrics); the state is donated.
+  # None for an evaluation-only run.
+  train_step: Callable[..., tuple[step_lib.TrainState, step_lib.Metrics]] | None
+  # (params, global batch) -> the objective's float32 sums.
+  eval_step: Callable[[Any, step_lib.Batch], step_lib.Metrics]
+  flops_per_example: float  # Model FLOPs of one example's train step.
+  tokens_per_example: int
+
+  @property
+  def num_params(self) -> int:
+    return sum(math.prod(x.shape)
+               for x in jax.tree.leaves(self.initial.abstract.params))
+
+  def place_params(self, params: Any) -> Any:
+    """`params` (host or device arrays) laid out on the mesh as the run's."""
+    return jax.device_put(params, self.initial.shardings.params)
+
+  def evaluate(self, params: Any, batches: Iterable[dict[str, Any]]
+               ) -> dict[str, float]:
+    """The objective's metrics summed over this process's `batches`."""
+    sums = None
+    with mesh_lib.activate(self.mesh, self.rules):
+      for local in batches:
+        batch_sums = self.eval_step(
+            params, pipeline.make_global_batch(local, self.batch_sharding))
+        sums = batch_sums if sums is None else jax.tree.map(
+            jnp.add, sums, batch_sums)
+    metrics = jax.device_get(self.objective.summarize(sums))
+    return {**{k: float(v) for k, v in metrics.items()},
+            'examples': float(sums['examples'])}
+
+
+def assemble(model: nn.Module, init_inputs: Sequence[jax.Array],
+             objective: step_lib.Objective, *, mesh: jax.sharding.Mesh,
+             rules: mesh_lib.LogicalRules, train: TrainConfig | None,
+             flops_per_example: float = 0.0, tokens_per_example: int = 0,
+             batch_factor: int = 1) -> Run:
+  """The run of `model` (whose init takes `init_inputs`, batch of 1).
+
+  Args:
+    objective: what the train and eval steps compute.
+    mesh, rules: where the state and batches live.
+    train: optimisation settings; None for evaluation only (no optimizer
+      state, no train step).
+    flops_per_example, tokens_per_example: for throughput and MFU.
+    batch_factor: the batch must also split this many ways (fine-tuning
+      feeds each process an equal share of every micro-batch).
+  Raises:
+    UsageError: a batch or a parameter that does not split over the mesh.
+  """
+  if train is None:
+    optimizer, schedule, seed = optax.identity(), None, 0
+  else:
+    mesh_lib.check_batch_split(train.batch_size, train.grad_accum_steps, mesh,
+                               rules, factor=batch_factor)
+    if train.batch_size % jax.process_count():
+      raise UsageError(f'train.batch_size={train.batch_size} does not split '
+                       f'over {jax.process_count()} processes')
+    optimizer, schedule = optimizer_lib.optimizer_and_schedule(
+        train, param_axes=optimizer_lib.model_param_axes(model, *init_inputs))
+    seed = train.seed
+  initial = state_lib.initial_state(model, init_inputs, optimizer=optimizer,
+                                    seed=seed, mesh=mesh, rules=rules)
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+  replicated = mesh_lib.replicated(mesh)
+  train_step = None if train is None else jax.jit(
+      functools.partial(step_lib.train_step, objective=objective,
+                        optimizer=optimizer, schedule=schedule,
+                        grad_accum_steps=train.grad_accum_steps),
+      in_shardings=(initial.shardings, batch_sharding),
+      out_shardings=(initial.shardings, replicated), donate_argnums=0)
+  eval_step = jax.jit(
+      functools.partial(step_lib.eval_step, objective=objective),
+      in_shardings=(initial.shardings.params, batch_sharding),
+      out_shardings=replicated)
+  return Run(mesh=mesh, rules=rules, batch_sharding=batch_sharding,
+             objective=objective, initial=initial, train_step=train_step,
+             eval_step=eval_step, flops_per_example=flops_per_example,
+             tokens_per_example=tokens_per_example)
