@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from albert_jax.config import REMAT_POLICIES, ModelConfig
+from albert_jax.config import REMAT_POLICIES, ModelConfig, check_sequence_fits
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -171,10 +171,7 @@ class Embeddings(nn.Module):
                deterministic: bool) -> Array:
     """[batch, seq] ids and segment ids -> [batch, seq, E]."""
     seq_len = input_ids.shape[1]
-    if seq_len > self.config.max_position_embeddings:
-      raise ValueError(
-          f'sequence length {seq_len} exceeds model.max_position_embeddings='
-          f'{self.config.max_position_embeddings}')
+    check_sequence_fits(seq_len, self.config)
     # The tables' width is gathered before the lookups: a row gather from a
     # width-sharded table cannot be resharded to batch-sharded efficiently,
     # while a vocab-sharded one is the usual vocab-parallel lookup.

@@ -78,7 +78,7 @@ def train(run: Run, config: RunConfig, workdir: str, *,
       after it is saved).
   """
   os.makedirs(workdir, exist_ok=True)
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  checkpoint_dir = os.path.join(workdir, checkpoint_lib.WORKDIR_SUBDIR)
   with contextlib.ExitStack() as cleanup:
     checkpointer = checkpoint_lib.Checkpointer(
         checkpoint_dir, every_steps=config.checkpoint.every_steps,
@@ -97,6 +97,9 @@ def train(run: Run, config: RunConfig, workdir: str, *,
       loop.scores = evaluate(state.params)  # Resumed at the end: report anyway.
   if loop.preempted:
     log(f'preempted: saved a checkpoint at step {loop.step}; rerun to resume')
+  elif loop.step == loop.first_step:
+    log(f'nothing to do: the checkpoint is at step {loop.step} of '
+        f'{config.train.num_steps}; raise --config.train.num_steps to train on')
   return RunResult(
       step=loop.step, first_step=loop.first_step, preempted=loop.preempted,
       train_metrics=loop.last, eval_metrics=loop.scores, workdir=workdir,

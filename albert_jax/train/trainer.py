@@ -40,8 +40,7 @@ def train(config: PretrainConfig, workdir: str, *,
           devices: Sequence[jax.Device] | None = None) -> loop.RunResult:
   """Pretrains `config` in `workdir`, resuming from its latest checkpoint.
 
-  A preemption notice (SIGTERM) from the start on stops the run after the next
-  step, with a checkpoint.
+  A preemption notice (SIGTERM) stops it after the next step, checkpointed.
 
   Args:
     config: the run, e.g. `PretrainConfig.from_config(pretrain.get_config('tiny'))`.
@@ -93,15 +92,10 @@ def train(config: PretrainConfig, workdir: str, *,
           params, (next(eval_iter) for _ in range(config.train.eval_steps)))
 
     # ---------------------------------------------------------------- 4. Loop
-    result = loop.train(
-        run, config, workdir, train_iter=train_iter, fresh=fresh,
-        evaluate=None if corpus.eval is None else evaluate,
-        preemption=preemption,
-        model_changes=lambda: _model_changes(workdir, config))
-  if not result.preempted and result.step == result.first_step:
-    loop.log(f'nothing to do: the checkpoint is at step {result.step} of '
-             f'{config.train.num_steps}; raise --config.train.num_steps to train on')
-  return result
+    return loop.train(run, config, workdir, train_iter=train_iter, fresh=fresh,
+                      evaluate=None if corpus.eval is None else evaluate,
+                      preemption=preemption,
+                      model_changes=lambda: _model_changes(workdir, config))
 
 
 def _tokenizer(data: Any, vocab_size: int, workdir: str) -> Tokenizer:
