@@ -39,12 +39,12 @@ _FIRST_NORMAL_ID = 5  # After <pad>, <unk>, [CLS], [SEP], [MASK].
 def num_masked_positions(data: DataConfig) -> int:
   """Masked positions per example: at least max_predictions_per_seq, and
   masked_lm_prob of the tokens at longer sequences (BERT's 20 at 128, 76 at 512)."""
-  return max(data.max_predictions_per_seq,
-             int(data.max_seq_length * data.masked_lm_prob))
+  return max(data.max_predictions_per_seq, int(data.max_seq_length * data.masked_lm_prob))
 
 
-def synthetic_batch(rng: np.random.Generator, batch_size: int, seq_len: int,
-                    num_masked: int, vocab_size: int) -> Batch:
+def synthetic_batch(
+  rng: np.random.Generator, batch_size: int, seq_len: int, num_masked: int, vocab_size: int
+) -> Batch:
   """A pretraining batch of the data contract, filled at random.
 
   input_ids / input_mask / segment_ids [batch, seq]; masked_lm_positions /
@@ -52,21 +52,20 @@ def synthetic_batch(rng: np.random.Generator, batch_size: int, seq_len: int,
   never [CLS]); sentence_order_label [batch].
   """
   if not 0 < num_masked < seq_len:
-    raise ValueError(f'{num_masked} masked positions do not fit in a sequence '
-                     f'of {seq_len} tokens')
+    raise ValueError(f'{num_masked} masked positions do not fit in a sequence of {seq_len} tokens')
   shape = (batch_size, seq_len)
   ids = rng.integers(_FIRST_NORMAL_ID, vocab_size, shape)
   positions = np.sort(
-      np.argsort(rng.random((batch_size, seq_len - 1)), axis=1)[:, :num_masked]
-      + 1, axis=1)
+    np.argsort(rng.random((batch_size, seq_len - 1)), axis=1)[:, :num_masked] + 1, axis=1
+  )
   batch = {
-      'input_ids': ids,
-      'input_mask': np.ones(shape),
-      'segment_ids': np.broadcast_to(np.arange(seq_len) >= seq_len // 2, shape),
-      'masked_lm_positions': positions,
-      'masked_lm_ids': np.take_along_axis(ids, positions, axis=1),
-      'masked_lm_weights': np.ones(positions.shape),
-      'sentence_order_label': rng.integers(0, 2, batch_size),
+    'input_ids': ids,
+    'input_mask': np.ones(shape),
+    'segment_ids': np.broadcast_to(np.arange(seq_len) >= seq_len // 2, shape),
+    'masked_lm_positions': positions,
+    'masked_lm_ids': np.take_along_axis(ids, positions, axis=1),
+    'masked_lm_weights': np.ones(positions.shape),
+    'sentence_order_label': rng.integers(0, 2, batch_size),
   }
   return {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in batch.items()}
 
@@ -74,6 +73,7 @@ def synthetic_batch(rng: np.random.Generator, batch_size: int, seq_len: int,
 @dataclasses.dataclass(frozen=True)
 class CompiledStep:
   """The train step of a config, compiled ahead of time for a mesh."""
+
   compiled: jax.stages.Compiled
   init_state: Callable[[], step_lib.TrainState]  # Materialises a fresh state.
   batch_sharding: jax.sharding.NamedSharding
@@ -84,9 +84,9 @@ class CompiledStep:
 
 
 def compile_train_step(
-    config: PretrainConfig,
-    devices: list[jax.Device] | None = None,
-    compiler_options: Mapping[str, str | bool | int] | None = None,
+  config: PretrainConfig,
+  devices: list[jax.Device] | None = None,
+  compiler_options: Mapping[str, str | bool | int] | None = None,
 ) -> CompiledStep:
   """Lowers and compiles the train step of `config` from abstract arguments.
 
@@ -99,15 +99,21 @@ def compile_train_step(
   data, num_masked = config.data, num_masked_positions(config.data)
   model = AlbertForPreTraining(config.model)
   run = run_lib.assemble(
-      model, state_lib.pretraining_inputs(data.max_seq_length, num_masked),
-      step_lib.PretrainingObjective(model, data.sentence_objective),
-      mesh=mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices),
-      rules=config.sharding_rules, train=config.train)
+    model,
+    state_lib.pretraining_inputs(data.max_seq_length, num_masked),
+    step_lib.PretrainingObjective(model, data.sentence_objective),
+    mesh=mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices),
+    rules=config.sharding_rules,
+    train=config.train,
+  )
   abstract_batch = {
-      k: jax.ShapeDtypeStruct((config.train.batch_size,) + v.shape[1:], v.dtype,
-                              sharding=run.batch_sharding)
-      for k, v in synthetic_batch(np.random.default_rng(0), 1,
-                                  data.max_seq_length, num_masked, 8).items()}
+    k: jax.ShapeDtypeStruct(
+      (config.train.batch_size,) + v.shape[1:], v.dtype, sharding=run.batch_sharding
+    )
+    for k, v in synthetic_batch(
+      np.random.default_rng(0), 1, data.max_seq_length, num_masked, 8
+    ).items()
+  }
   with mesh_lib.activate(run.mesh, run.rules):
     start = time.perf_counter()
     lowered = run.train_step.lower(run.initial.abstract, abstract_batch)
@@ -119,15 +125,21 @@ def compile_train_step(
     with mesh_lib.activate(run.mesh, run.rules):
       return run.initial.materialize()
 
-  return CompiledStep(compiled=compiled, init_state=init_state,
-                      batch_sharding=run.batch_sharding, mesh=run.mesh,
-                      rules=run.rules, lower_s=lowered_at - start,
-                      compile_s=compiled_at - lowered_at)
+  return CompiledStep(
+    compiled=compiled,
+    init_state=init_state,
+    batch_sharding=run.batch_sharding,
+    mesh=run.mesh,
+    rules=run.rules,
+    lower_s=lowered_at - start,
+    compile_s=compiled_at - lowered_at,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Memory:
   """Per-device bytes of one compiled program (XLA's buffer assignment)."""
+
   arguments: int  # State + batch shard.
   outputs: int
   aliased: int  # Outputs written into donated arguments.
@@ -143,18 +155,21 @@ class Memory:
 def memory(compiled: jax.stages.Compiled) -> Memory:
   """XLA's memory analysis of `compiled` (per device for an SPMD program)."""
   analysis = compiled.memory_analysis()
-  return Memory(arguments=analysis.argument_size_in_bytes,
-                outputs=analysis.output_size_in_bytes,
-                aliased=analysis.alias_size_in_bytes,
-                temporaries=analysis.temp_size_in_bytes,
-                code=analysis.generated_code_size_in_bytes)
+  return Memory(
+    arguments=analysis.argument_size_in_bytes,
+    outputs=analysis.output_size_in_bytes,
+    aliased=analysis.alias_size_in_bytes,
+    temporaries=analysis.temp_size_in_bytes,
+    code=analysis.generated_code_size_in_bytes,
+  )
 
 
 def fused_attention_calls(compiled: jax.stages.Compiled) -> int:
   """cuDNN fused-attention kernels in the compiled program (0 off GPU, or
   where JAX fell back to XLA's spelled-out attention)."""
-  return sum('custom-call(' in line and '__cudnn$fmha' in line
-             for line in compiled.as_text().splitlines())
+  return sum(
+    'custom-call(' in line and '__cudnn$fmha' in line for line in compiled.as_text().splitlines()
+  )
 
 
 def max_rss_bytes() -> int:
@@ -193,13 +208,14 @@ class JaxTrainer:
 @dataclasses.dataclass(frozen=True)
 class Rounds:
   """Per-round seconds per step of one runner."""
+
   wall: list[float]
   cpu: list[float]  # CPU time of the runner's process (all its threads).
 
 
 def interleaved_rounds(
-    runners: Mapping[str, Callable[[int], tuple[float, float]]], *,
-    rounds: int, steps: int) -> dict[str, Rounds]:
+  runners: Mapping[str, Callable[[int], tuple[float, float]]], *, rounds: int, steps: int
+) -> dict[str, Rounds]:
   """Seconds per step of each runner (`run(steps) -> (wall, cpu)`), per round;
   within a round the runners take turns, so load from other processes hits
   all of them alike."""
@@ -215,11 +231,12 @@ def interleaved_rounds(
 def train_flops_per_step(config: PretrainConfig) -> float:
   """Model FLOPs (forward + backward) of one step of the global batch."""
   return config.train.batch_size * flops.train_flops_per_example(
-      config.model, config.data.max_seq_length,
-      num_masked_positions(config.data))
+    config.model, config.data.max_seq_length, num_masked_positions(config.data)
+  )
 
 
 # ---------------------------------------------------------------- Peak FLOP/s
+
 
 @dataclasses.dataclass(frozen=True)
 class Peak:
@@ -255,9 +272,12 @@ def cpu_peak_fp32(cpuinfo: str, num_cores: int) -> Peak:
     return Peak(None, 'no "cpu MHz" in /proc/cpuinfo')
   hz = float(fields['cpu MHz']) * 1e6
   peak = num_cores * hz * 2 * lanes * 2
-  return Peak(peak, f'{num_cores} cores x {hz / 1e9:.3f} GHz x 2 FMA pipes x '
-                    f'{lanes} fp32 lanes ({why}) x 2 FLOPs = '
-                    f'{peak / 1e9:.1f} GFLOP/s')
+  return Peak(
+    peak,
+    f'{num_cores} cores x {hz / 1e9:.3f} GHz x 2 FMA pipes x '
+    f'{lanes} fp32 lanes ({why}) x 2 FLOPs = '
+    f'{peak / 1e9:.1f} GFLOP/s',
+  )
 
 
 def peak_flops(devices: list[jax.Device], override: float = 0.0) -> Peak:
@@ -267,10 +287,10 @@ def peak_flops(devices: list[jax.Device], override: float = 0.0) -> Peak:
   per_device = metrics_lib.peak_flops_per_device(kind, override)
   if per_device:
     source = 'override' if override > 0 else f'{kind}, dense bf16'
-    return Peak(per_device * len(devices),
-                f'{len(devices)} x {per_device / 1e12:g} TFLOP/s ({source})')
+    return Peak(
+      per_device * len(devices), f'{len(devices)} x {per_device / 1e12:g} TFLOP/s ({source})'
+    )
   if devices[0].platform == 'cpu':
     with open('/proc/cpuinfo') as f:
       return cpu_peak_fp32(f.read(), len(os.sched_getaffinity(0)))
-  return Peak(None, f'unknown device kind {kind!r}: set '
-                    '--config.train.peak_flops_per_device')
+  return Peak(None, f'unknown device kind {kind!r}: set --config.train.peak_flops_per_device')

@@ -32,20 +32,19 @@ SHARING_MODES = ('all', 'attention', 'ffn', 'none')
 # Hugging Face `hidden_act` names. ALBERT's `gelu` is the tanh approximation,
 # called 'gelu_new' by Hugging Face; 'gelu' is the exact (erf) form.
 ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = {
-    'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
-    'gelu': functools.partial(jax.nn.gelu, approximate=False),
-    'relu': jax.nn.relu,
-    'silu': jax.nn.silu,
+  'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
+  'gelu': functools.partial(jax.nn.gelu, approximate=False),
+  'relu': jax.nn.relu,
+  'silu': jax.nn.silu,
 }
 
 # What the backward pass may keep from the forward pass of one encoder layer.
 # 'none': no rematerialisation; 'full': keep only the layer inputs.
 REMAT_POLICIES: Mapping[str, Callable[..., Any] | None] = {
-    'none': None,
-    'full': jax.checkpoint_policies.nothing_saveable,
-    'dots_saveable': jax.checkpoint_policies.dots_saveable,
-    'dots_with_no_batch_dims_saveable':
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'none': None,
+  'full': jax.checkpoint_policies.nothing_saveable,
+  'dots_saveable': jax.checkpoint_policies.dots_saveable,
+  'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 DTYPES = ('float32', 'bfloat16')
@@ -58,6 +57,7 @@ class Record:
   default) and turns lists back into tuples (JSON has no tuples); each
   subclass checks its values in __post_init__ with `check_types` first.
   """
+
   block: ClassVar[str]  # Its name in the config: 'model', 'train', ...
 
   @classmethod
@@ -68,8 +68,8 @@ class Record:
     unknown = sorted(set(values) - known)
     if unknown:
       raise UsageError(
-          f'unknown {cls.block} config key {unknown[0]!r}; known keys: '
-          f'{", ".join(sorted(known))}')
+        f'unknown {cls.block} config key {unknown[0]!r}; known keys: {", ".join(sorted(known))}'
+      )
     types = {field.name: field.type for field in dataclasses.fields(cls)}
     return cls(**{k: _value(types[k], v) for k, v in values.items()})
 
@@ -88,8 +88,9 @@ def check_types(record: Record) -> None:
       ok = isinstance(value, kind)
     else:  # A nested record or mapping: checked by its own type.
       ok = True
-    _check(ok, f'{record.block}.{field.name} must be {getattr(kind, "__name__", kind)}, '
-               f'got {value!r}')
+    _check(
+      ok, f'{record.block}.{field.name} must be {getattr(kind, "__name__", kind)}, got {value!r}'
+    )
 
 
 def _value(field_type: Any, value: Any) -> Any:
@@ -107,6 +108,7 @@ def _value(field_type: Any, value: Any) -> Any:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig(Record):
   """ALBERT hyperparameters. Defaults: ALBERT-base v2."""
+
   block: ClassVar[str] = 'model'
 
   vocab_size: int = 30000
@@ -138,38 +140,53 @@ class ModelConfig(Record):
     check_types(self)
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      _check(field.type is not int or value >= 1,
-             f'model.{field.name} must be >= 1, got {value}')
-    _check(self.sharing in SHARING_MODES,
-           f'unknown model.sharing {self.sharing!r}: choose one of '
-           f'{", ".join(SHARING_MODES)}')
-    _check(self.hidden_act in ACTIVATIONS,
-           f'unknown model.hidden_act {self.hidden_act!r}: choose one of '
-           f'{", ".join(ACTIVATIONS)}')
-    _check(self.remat_policy in REMAT_POLICIES,
-           f'unknown model.remat_policy {self.remat_policy!r}: choose one of '
-           f'{", ".join(REMAT_POLICIES)}')
+      _check(field.type is not int or value >= 1, f'model.{field.name} must be >= 1, got {value}')
+    _check(
+      self.sharing in SHARING_MODES,
+      f'unknown model.sharing {self.sharing!r}: choose one of {", ".join(SHARING_MODES)}',
+    )
+    _check(
+      self.hidden_act in ACTIVATIONS,
+      f'unknown model.hidden_act {self.hidden_act!r}: choose one of {", ".join(ACTIVATIONS)}',
+    )
+    _check(
+      self.remat_policy in REMAT_POLICIES,
+      f'unknown model.remat_policy {self.remat_policy!r}: choose one of '
+      f'{", ".join(REMAT_POLICIES)}',
+    )
     for name in ('dtype', 'param_dtype'):
-      _check(getattr(self, name) in DTYPES,
-             f'unknown model.{name} {getattr(self, name)!r}: choose one of '
-             f'{", ".join(DTYPES)}')
+      _check(
+        getattr(self, name) in DTYPES,
+        f'unknown model.{name} {getattr(self, name)!r}: choose one of {", ".join(DTYPES)}',
+      )
     for name in ('hidden_dropout_prob', 'attention_dropout_prob'):
-      _check(0.0 <= getattr(self, name) < 1.0,
-             f'model.{name} must be in [0, 1), got {getattr(self, name)}')
-    _check(self.layer_norm_eps > 0 and self.initializer_range > 0,
-           'model.layer_norm_eps and model.initializer_range must be > 0')
-    _check(self.hidden_size % self.num_heads == 0,
-           f'model.num_heads={self.num_heads} must divide '
-           f'model.hidden_size={self.hidden_size}')
-    _check(self.num_layers % self.num_hidden_groups == 0,
-           f'model.num_hidden_groups={self.num_hidden_groups} must divide '
-           f'model.num_layers={self.num_layers}')
-    _check(self.sharing == 'all' or self.num_hidden_groups == 1,
-           f'model.num_hidden_groups={self.num_hidden_groups} needs '
-           f"sharing='all' (got sharing={self.sharing!r}); set it to 1")
-    _check(self.sharing in ('all', 'none') or self.inner_group_num == 1,
-           f'model.inner_group_num={self.inner_group_num} needs sharing='
-           f"'all' or 'none' (got sharing={self.sharing!r}); set it to 1")
+      _check(
+        0.0 <= getattr(self, name) < 1.0,
+        f'model.{name} must be in [0, 1), got {getattr(self, name)}',
+      )
+    _check(
+      self.layer_norm_eps > 0 and self.initializer_range > 0,
+      'model.layer_norm_eps and model.initializer_range must be > 0',
+    )
+    _check(
+      self.hidden_size % self.num_heads == 0,
+      f'model.num_heads={self.num_heads} must divide model.hidden_size={self.hidden_size}',
+    )
+    _check(
+      self.num_layers % self.num_hidden_groups == 0,
+      f'model.num_hidden_groups={self.num_hidden_groups} must divide '
+      f'model.num_layers={self.num_layers}',
+    )
+    _check(
+      self.sharing == 'all' or self.num_hidden_groups == 1,
+      f'model.num_hidden_groups={self.num_hidden_groups} needs '
+      f"sharing='all' (got sharing={self.sharing!r}); set it to 1",
+    )
+    _check(
+      self.sharing in ('all', 'none') or self.inner_group_num == 1,
+      f'model.inner_group_num={self.inner_group_num} needs sharing='
+      f"'all' or 'none' (got sharing={self.sharing!r}); set it to 1",
+    )
 
   @property
   def head_dim(self) -> int:
@@ -216,9 +233,11 @@ class ModelConfig(Record):
 def check_sequence_fits(max_seq_length: int, model: ModelConfig) -> None:
   """UsageError unless sequences of `max_seq_length` fit the model's
   position embeddings."""
-  _check(max_seq_length <= model.max_position_embeddings,
-         f'data.max_seq_length={max_seq_length} exceeds the model\'s '
-         f'max_position_embeddings={model.max_position_embeddings}')
+  _check(
+    max_seq_length <= model.max_position_embeddings,
+    f"data.max_seq_length={max_seq_length} exceeds the model's "
+    f'max_position_embeddings={model.max_position_embeddings}',
+  )
 
 
 def _check(condition: bool, message: str) -> None:

@@ -30,11 +30,17 @@ from albert_jax.train import train_step as step_lib
 OBJECTIVES = ('sop', 'nsp')
 
 
-def evaluate(pretrained: Pretrained, documents: Documents, data: DataConfig, *,
-             batch_size: int, num_batches: int, mesh: jax.sharding.Mesh,
-             rules: mesh_lib.LogicalRules,
-             objectives: Sequence[str] = OBJECTIVES
-             ) -> dict[str, dict[str, float]]:
+def evaluate(
+  pretrained: Pretrained,
+  documents: Documents,
+  data: DataConfig,
+  *,
+  batch_size: int,
+  num_batches: int,
+  mesh: jax.sharding.Mesh,
+  rules: mesh_lib.LogicalRules,
+  objectives: Sequence[str] = OBJECTIVES,
+) -> dict[str, dict[str, float]]:
   """Metrics per sentence objective over `num_batches` batches.
 
   Args:
@@ -50,24 +56,35 @@ def evaluate(pretrained: Pretrained, documents: Documents, data: DataConfig, *,
   check_sequence_fits(data.max_seq_length, pretrained.config)
   shards = mesh_lib.batch_shards(mesh, rules)
   if batch_size % shards:
-    raise DataError(f'batch size {batch_size} does not split over the '
-                    f'{shards} devices: use a multiple of {shards}')
+    raise DataError(
+      f'batch size {batch_size} does not split over the '
+      f'{shards} devices: use a multiple of {shards}'
+    )
   if not num_batches:
     instances = examples.plan_instances(
-        documents, examples.ExampleConfig.from_config(data), data.seed)
+      documents, examples.ExampleConfig.from_config(data), data.seed
+    )
     num_batches = max(1, len(instances) // batch_size)
   model = AlbertForPreTraining(pretrained.config)
-  inputs = state_lib.pretraining_inputs(data.max_seq_length,
-                                        data.max_predictions_per_seq)
+  inputs = state_lib.pretraining_inputs(data.max_seq_length, data.max_predictions_per_seq)
   results, params = {}, None
   for objective in objectives:
     run = run_lib.assemble(
-        model, inputs, step_lib.PretrainingObjective(model, objective),
-        mesh=mesh, rules=rules, train=None)
+      model,
+      inputs,
+      step_lib.PretrainingObjective(model, objective),
+      mesh=mesh,
+      rules=rules,
+      train=None,
+    )
     params = run.place_params(pretrained.params) if params is None else params
     dataset = pipeline.make_pretraining_dataset(
-        documents, dataclasses.replace(data, sentence_objective=objective),
-        pretrained.tokenizer, global_batch_size=batch_size, shuffle=False)
+      documents,
+      dataclasses.replace(data, sentence_objective=objective),
+      pretrained.tokenizer,
+      global_batch_size=batch_size,
+      shuffle=False,
+    )
     batches = iter(dataset)
     metrics = run.evaluate(params, (next(batches) for _ in range(num_batches)))
     metrics['mlm_perplexity'] = math.exp(min(metrics['mlm_loss'], 700.0))

@@ -29,6 +29,7 @@ RUN_CONFIG_FILE = 'config.json'
 @dataclasses.dataclass(frozen=True)
 class RestoredRun:
   """A checkpoint of a pretraining run, as a model, with the run's config."""
+
   pretrained: Pretrained
   run_config: PretrainConfig  # What the trainer saved in config.json.
   step: int  # The checkpoint's step.
@@ -44,13 +45,16 @@ def restore_from_workdir(workdir: str, step: int | None = None) -> RestoredRun:
   config_path = os.path.join(workdir, RUN_CONFIG_FILE)
   checkpoints = os.path.join(workdir, checkpoint_lib.WORKDIR_SUBDIR)
   if not os.path.isfile(config_path) or not os.path.isdir(checkpoints):
-    raise ExportError(f'{workdir} is not a training run (no config.json and '
-                      'checkpoints/): pass the --workdir of launch.pretrain')
+    raise ExportError(
+      f'{workdir} is not a training run (no config.json and '
+      'checkpoints/): pass the --workdir of launch.pretrain'
+    )
   with open(config_path) as f:
     saved = json.load(f)
   if 'task' in saved:
-    raise ExportError(f'{workdir} is a fine-tuning run: export pretraining '
-                      'runs (launch.pretrain --workdir)')
+    raise ExportError(
+      f'{workdir} is a fine-tuning run: export pretraining runs (launch.pretrain --workdir)'
+    )
   try:
     run_config = PretrainConfig.from_config(saved)
   except ValueError as e:
@@ -58,36 +62,33 @@ def restore_from_workdir(workdir: str, step: int | None = None) -> RestoredRun:
   config = run_config.model
   steps = checkpoint_lib.checkpoint_steps(checkpoints)
   if not steps:
-    raise ExportError(f'{checkpoints} holds no checkpoint yet: train longer '
-                      '(see config.checkpoint.every_steps)')
+    raise ExportError(
+      f'{checkpoints} holds no checkpoint yet: train longer (see config.checkpoint.every_steps)'
+    )
   if step is None:
     step = steps[-1]
   elif step not in steps:
-    raise ExportError(f'{checkpoints} has no checkpoint at step {step}: '
-                      f'choose one of {", ".join(map(str, steps))}')
+    raise ExportError(
+      f'{checkpoints} has no checkpoint at step {step}: choose one of {", ".join(map(str, steps))}'
+    )
   source = f'checkpoint {step} of {workdir}'
   try:
     params = checkpoint_lib.restore_params(checkpoints, step)
   except (ValueError, KeyError, FileNotFoundError) as e:
     message = (str(e).strip() or type(e).__name__).splitlines()[0]
-    raise ExportError(f'cannot read the params of {source}: {message}'
-                      ) from None
+    raise ExportError(f'cannot read the params of {source}: {message}') from None
   # The checkpoint's own tree is restored: check it is the model of
   # config.json before anyone builds that model around it.
-  params = matching_params(params, param_shapes(config), source=source,
-                           cast=False)
-  pretrained = Pretrained(config, params,
-                          _run_tokenizer(run_config.data, config, workdir))
+  params = matching_params(params, param_shapes(config), source=source, cast=False)
+  pretrained = Pretrained(config, params, _run_tokenizer(run_config.data, config, workdir))
   return RestoredRun(pretrained, run_config, step)
 
 
-def _run_tokenizer(data: DataConfig, config: ModelConfig, workdir: str
-                   ) -> Tokenizer:
+def _run_tokenizer(data: DataConfig, config: ModelConfig, workdir: str) -> Tokenizer:
   """The tokenizer a run used; never trains one."""
   own_vocab = os.path.join(workdir, pipeline.WORKDIR_VOCAB, MODEL_FILE)
-  if not (data.vocab or data.source.startswith('prepared:')
-          or os.path.isfile(own_vocab)):
-    raise ExportError(f'the tokenizer of {workdir} is gone ({own_vocab} not '
-                      'found): restore it to export this run')
-  return pipeline.load_or_train_tokenizer(
-      data, vocab_size=config.vocab_size, workdir=workdir)
+  if not (data.vocab or data.source.startswith('prepared:') or os.path.isfile(own_vocab)):
+    raise ExportError(
+      f'the tokenizer of {workdir} is gone ({own_vocab} not found): restore it to export this run'
+    )
+  return pipeline.load_or_train_tokenizer(data, vocab_size=config.vocab_size, workdir=workdir)

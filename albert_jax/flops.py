@@ -17,8 +17,7 @@ def layer_matmul_params(config: ModelConfig) -> int:
   return 4 * h * h + 2 * h * f
 
 
-def train_flops_per_example(config: ModelConfig, seq_len: int,
-                            num_masked: int) -> float:
+def train_flops_per_example(config: ModelConfig, seq_len: int, num_masked: int) -> float:
   """Forward + backward FLOPs of one example of `seq_len` tokens with
   `num_masked` MLM predictions."""
   h, e = config.hidden_size, config.embedding_size

@@ -32,53 +32,70 @@ _IGNORE = -100  # Hugging Face's label for positions without a loss.
 # path such as the working directory of `python -m`), whatever its own working
 # directory: this process's import path, made absolute while '' still means
 # the directory albert_jax was imported from.
-_IMPORT_PATH = [os.path.abspath(p or os.curdir) for p in sys.path
-                if os.path.exists(p or os.curdir)]
+_IMPORT_PATH = [os.path.abspath(p or os.curdir) for p in sys.path if os.path.exists(p or os.curdir)]
 
 
 class TorchTrainer:
   """Runs training steps of AlbertForPreTraining on one fixed batch."""
 
-  def __init__(self, config: ModelConfig, batch: Mapping[str, np.ndarray], *,
-               learning_rate: float, weight_decay: float, b1: float, b2: float,
-               eps: float, clip_norm: float, num_threads: int, seed: int = 0):
+  def __init__(
+    self,
+    config: ModelConfig,
+    batch: Mapping[str, np.ndarray],
+    *,
+    learning_rate: float,
+    weight_decay: float,
+    b1: float,
+    b2: float,
+    eps: float,
+    clip_norm: float,
+    num_threads: int,
+    seed: int = 0,
+  ):
     """`batch` follows the data contract (albert_jax.benchmark.synthetic_batch);
     `num_threads` intra-op threads, as many as XLA uses."""
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
+
     self._torch = torch
     torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
     self.model = transformers.AlbertForPreTraining(
-        transformers.AlbertConfig(**hf.to_hf_config(config)))
+      transformers.AlbertConfig(**hf.to_hf_config(config))
+    )
     self.model.train()
     self.optimizer = torch.optim.AdamW(
-        self.model.parameters(), lr=learning_rate, betas=(b1, b2), eps=eps,
-        weight_decay=weight_decay)
+      self.model.parameters(), lr=learning_rate, betas=(b1, b2), eps=eps, weight_decay=weight_decay
+    )
     self._clip_norm = clip_norm
     labels = np.full(batch['input_ids'].shape, _IGNORE, np.int64)
-    np.put_along_axis(labels, batch['masked_lm_positions'],
-                      np.where(batch['masked_lm_weights'] > 0,
-                               batch['masked_lm_ids'], _IGNORE), axis=1)
+    np.put_along_axis(
+      labels,
+      batch['masked_lm_positions'],
+      np.where(batch['masked_lm_weights'] > 0, batch['masked_lm_ids'], _IGNORE),
+      axis=1,
+    )
     tensor = lambda x: torch.from_numpy(np.asarray(x, np.int64))
     self._inputs = dict(
-        input_ids=tensor(batch['input_ids']),
-        attention_mask=tensor(batch['input_mask']),
-        token_type_ids=tensor(batch['segment_ids']),
-        labels=tensor(labels),
-        sentence_order_label=tensor(batch['sentence_order_label']))
+      input_ids=tensor(batch['input_ids']),
+      attention_mask=tensor(batch['input_mask']),
+      token_type_ids=tensor(batch['segment_ids']),
+      labels=tensor(labels),
+      sentence_order_label=tensor(batch['sentence_order_label']),
+    )
 
   def describe(self) -> dict[str, Any]:
-    return {'peer_attention': self.model.config._attn_implementation,  # pylint: disable=protected-access
-            'peer_threads': self._torch.get_num_threads(),
-            'torch_version': self._torch.__version__}
+    return {
+      'peer_attention': self.model.config._attn_implementation,  # pylint: disable=protected-access
+      'peer_threads': self._torch.get_num_threads(),
+      'torch_version': self._torch.__version__,
+    }
 
   def step(self) -> float:
     """One optimizer update; returns the loss."""
     loss = self.model(**self._inputs).loss
     loss.backward()
-    self._torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                         self._clip_norm)
+    self._torch.nn.utils.clip_grad_norm_(self.model.parameters(), self._clip_norm)
     self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
     return loss.item()
@@ -97,17 +114,19 @@ class TorchTrainer:
 class PeerProcess:
   """A TorchTrainer in a child process; `run(n)` there returns (wall, CPU)."""
 
-  def __init__(self, config: ModelConfig, batch: Mapping[str, np.ndarray],
-               **trainer_kwargs):
+  def __init__(self, config: ModelConfig, batch: Mapping[str, np.ndarray], **trainer_kwargs):
     with tempfile.NamedTemporaryFile(suffix='.npz', delete=False) as f:
       np.savez(f, **batch)
     self._batch_path = f.name
-    spec = {'config': dataclasses.asdict(config), 'batch': f.name,
-            'kwargs': trainer_kwargs}
+    spec = {'config': dataclasses.asdict(config), 'batch': f.name, 'kwargs': trainer_kwargs}
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(_IMPORT_PATH)}
     self._child = subprocess.Popen(
-        [sys.executable, '-m', 'albert_jax.hf_peer'], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True, env=env)
+      [sys.executable, '-m', 'albert_jax.hf_peer'],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
     self.info = self._call(spec)
 
   def _call(self, message: Any) -> Any:

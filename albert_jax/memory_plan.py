@@ -5,8 +5,8 @@ each (device count, mesh layout, remat policy) and reports XLA's per-device
 buffer assignment.
 """
 
-from albert_jax.train import mesh as mesh_lib
 from albert_jax.errors import UsageError
+from albert_jax.train import mesh as mesh_lib
 
 GIB = 2**30
 DEVICE_SIZES_GIB = (16, 80)
@@ -19,8 +19,10 @@ def mesh_config(layout: str, num_devices: int) -> dict[str, int]:
   for part in parts:
     axis, _, size = part.partition('=')
     if axis not in sizes or (size and not size.lstrip('-').isdigit()):
-      raise UsageError(f'bad mesh layout {layout!r}: use AXIS or AXIS=N joined '
-                       f'by +, axes {", ".join(mesh_lib.MESH_AXES)}')
+      raise UsageError(
+        f'bad mesh layout {layout!r}: use AXIS or AXIS=N joined '
+        f'by +, axes {", ".join(mesh_lib.MESH_AXES)}'
+      )
     sizes[axis] = int(size) if size else -1
   mesh_lib.mesh_shape(sizes, num_devices)  # Raises if it does not fit.
   return sizes
@@ -31,24 +33,26 @@ def markdown_table(records: list[dict]) -> str:
   fits = lambda r, gib: r['memory_per_device_bytes'] <= gib * GIB
   r0 = records[0]
   lines = [
-      f'{r0["preset"]}, {r0["dtype"]}, global batch {r0["batch_size"]} x seq '
-      f'{r0["seq_len"]}, {r0["micro_batch_per_device"]} examples per device per '
-      'micro-batch (XLA CPU buffer assignment, per device)',
-      '',
-      '| devices | mesh | remat | accum steps | state + batch GiB | temporaries GiB '
-      '| peak GiB | ' + ' | '.join(f'fits {g} GiB' for g in DEVICE_SIZES_GIB) + ' |',
-      '|---:|---|---|---:|---:|---:|---:|' + '---|' * len(DEVICE_SIZES_GIB),
+    f'{r0["preset"]}, {r0["dtype"]}, global batch {r0["batch_size"]} x seq '
+    f'{r0["seq_len"]}, {r0["micro_batch_per_device"]} examples per device per '
+    'micro-batch (XLA CPU buffer assignment, per device)',
+    '',
+    '| devices | mesh | remat | accum steps | state + batch GiB | temporaries GiB '
+    '| peak GiB | ' + ' | '.join(f'fits {g} GiB' for g in DEVICE_SIZES_GIB) + ' |',
+    '|---:|---|---|---:|---:|---:|---:|' + '---|' * len(DEVICE_SIZES_GIB),
   ]
   for r in records:
     m = r['memory_analysis']
     lines.append(
-        f'| {r["num_devices"]} | {r["mesh"]} | {r["remat_policy"]} | '
-        f'{r["grad_accum_steps"]} | {m["arguments"] / GIB:.2f} | '
-        f'{m["temporaries"] / GIB:.2f} | {r["memory_per_device_bytes"] / GIB:.2f} | '
-        + ' | '.join('yes' if fits(r, g) else 'no' for g in DEVICE_SIZES_GIB)
-        + ' |')
+      f'| {r["num_devices"]} | {r["mesh"]} | {r["remat_policy"]} | '
+      f'{r["grad_accum_steps"]} | {m["arguments"] / GIB:.2f} | '
+      f'{m["temporaries"] / GIB:.2f} | {r["memory_per_device_bytes"] / GIB:.2f} | '
+      + ' | '.join('yes' if fits(r, g) else 'no' for g in DEVICE_SIZES_GIB)
+      + ' |'
+    )
   for gib in DEVICE_SIZES_GIB:
-    ok = [f'{r["num_devices"]} x {r["mesh"]} / {r["remat_policy"]}'
-          for r in records if fits(r, gib)]
+    ok = [
+      f'{r["num_devices"]} x {r["mesh"]} / {r["remat_policy"]}' for r in records if fits(r, gib)
+    ]
     lines.append(f'\nFits {gib} GiB: {", ".join(ok) if ok else "none"}.')
   return '\n'.join(lines)

@@ -46,52 +46,59 @@ Params = Mapping[str, Any]
 
 def _truncated_normal(config: ModelConfig, axes: tuple[str, ...]):
   return nn.with_logical_partitioning(
-      nn.initializers.truncated_normal(config.initializer_range), axes)
+    nn.initializers.truncated_normal(config.initializer_range), axes
+  )
 
 
 def _bias_init(axes: tuple[str, ...]):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
-def _dense(config: ModelConfig, features: int, axes: tuple[str, str],
-           name: str | None) -> nn.Dense:
+def _dense(config: ModelConfig, features: int, axes: tuple[str, str], name: str | None) -> nn.Dense:
   """A dense layer with ALBERT's init; `axes` names the kernel's (in, out)."""
   return nn.Dense(
-      features,
-      dtype=config.compute_dtype,
-      param_dtype=config.params_dtype,
-      kernel_init=_truncated_normal(config, axes),
-      bias_init=_bias_init(axes[-1:]),
-      name=name)
+    features,
+    dtype=config.compute_dtype,
+    param_dtype=config.params_dtype,
+    kernel_init=_truncated_normal(config, axes),
+    bias_init=_bias_init(axes[-1:]),
+    name=name,
+  )
 
 
-def _einsum(config: ModelConfig, equation: str, shape: tuple[int, ...],
-            axes: tuple[str, ...], bias_axes: tuple[str, ...],
-            name: str) -> nn.Einsum:
+def _einsum(
+  config: ModelConfig,
+  equation: str,
+  shape: tuple[int, ...],
+  axes: tuple[str, ...],
+  bias_axes: tuple[str, ...],
+  name: str,
+) -> nn.Einsum:
   """A dense layer over several dims (kernel `shape`, e.g. [H, heads, d])."""
   # nn.Einsum, not nn.DenseGeneral: the latter initialises a flattened 2-D
   # kernel, which clashes with 3 logical axis names when a mesh is active.
   return nn.Einsum(
-      shape, equation,
-      dtype=config.compute_dtype,
-      param_dtype=config.params_dtype,
-      kernel_init=_truncated_normal(config, axes),
-      bias_init=_bias_init(bias_axes),
-      name=name)
+    shape,
+    equation,
+    dtype=config.compute_dtype,
+    param_dtype=config.params_dtype,
+    kernel_init=_truncated_normal(config, axes),
+    bias_init=_bias_init(bias_axes),
+    name=name,
+  )
 
 
-def _layer_norm(config: ModelConfig, axis_name: str,
-                name: str | None) -> nn.LayerNorm:
+def _layer_norm(config: ModelConfig, axis_name: str, name: str | None) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=config.layer_norm_eps,
-      dtype=config.compute_dtype,
-      param_dtype=config.params_dtype,
-      # Exact variance, as in the original code and Hugging Face.
-      use_fast_variance=False,
-      scale_init=nn.with_logical_partitioning(
-          nn.initializers.ones_init(), (axis_name,)),
-      bias_init=_bias_init((axis_name,)),
-      name=name)
+    epsilon=config.layer_norm_eps,
+    dtype=config.compute_dtype,
+    param_dtype=config.params_dtype,
+    # Exact variance, as in the original code and Hugging Face.
+    use_fast_variance=False,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,)),
+    bias_init=_bias_init((axis_name,)),
+    name=name,
+  )
 
 
 def _constrain(x: Array) -> Array:
@@ -99,9 +106,15 @@ def _constrain(x: Array) -> Array:
   return nn.with_logical_constraint(x, ('batch', 'length', None))
 
 
-def attention(query: Array, key: Array, value: Array, lengths: Array, *,
-              dropout_rate: float = 0.0,
-              dropout_rng: Array | None = None) -> Array:
+def attention(
+  query: Array,
+  key: Array,
+  value: Array,
+  lengths: Array,
+  *,
+  dropout_rate: float = 0.0,
+  dropout_rng: Array | None = None,
+) -> Array:
   """Scaled dot-product attention over the first `lengths` keys, softmax in float32.
 
   On GPUs, 16-bit inputs without dropout go to cuDNN's fused kernel, which
@@ -119,8 +132,11 @@ def attention(query: Array, key: Array, value: Array, lengths: Array, *,
   """
   # A row of padding alone still attends to one key, so it stays finite.
   lengths = jnp.maximum(lengths, 1)
-  if (dropout_rng is None and jax.default_backend() == 'gpu'
-      and query.dtype in (jnp.bfloat16, jnp.float16)):
+  if (
+    dropout_rng is None
+    and jax.default_backend() == 'gpu'
+    and query.dtype in (jnp.bfloat16, jnp.float16)
+  ):
     try:
       # Padding as key lengths, not as a mask: cuDNN takes lengths natively,
       # while a [batch, 1, 1, seq] mask silently makes JAX fall back to XLA's
@@ -128,16 +144,17 @@ def attention(query: Array, key: Array, value: Array, lengths: Array, *,
       # `launch.benchmark` counts the fused kernels in the compiled step, so
       # a fallback shows.
       return jax.nn.dot_product_attention(
-          query, key, value, key_value_seq_lengths=lengths,
-          implementation='cudnn')
+        query, key, value, key_value_seq_lengths=lengths, implementation='cudnn'
+      )
     except (ValueError, NotImplementedError, RuntimeError):
       pass  # Shapes cuDNN rejects at trace time.
   # Spelled out rather than jax.nn.dot_product_attention's XLA
   # implementation, which is slower on CPUs (benchmarks/results/README.md).
   # Scaling the query is cheaper than scaling the [seq, seq] logits.
   mask = jnp.arange(key.shape[1]) < lengths[:, None, None, None]
-  logits = jnp.einsum('btnd,bsnd->bnts', query * query.shape[-1] ** -0.5, key,
-                      preferred_element_type=jnp.float32)
+  logits = jnp.einsum(
+    'btnd,bsnd->bnts', query * query.shape[-1] ** -0.5, key, preferred_element_type=jnp.float32
+  )
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1)
   if dropout_rng is not None:
@@ -153,35 +170,34 @@ class Embeddings(nn.Module):
 
   def setup(self):
     cfg = self.config
-    embed = functools.partial(nn.Embed, dtype=cfg.compute_dtype,
-                              param_dtype=cfg.params_dtype)
+    embed = functools.partial(nn.Embed, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
     self.word_embeddings = embed(
-        cfg.vocab_size, cfg.embedding_size,
-        embedding_init=_truncated_normal(cfg, ('vocab', 'embed')))
+      cfg.vocab_size, cfg.embedding_size, embedding_init=_truncated_normal(cfg, ('vocab', 'embed'))
+    )
     self.position_embeddings = embed(
-        cfg.max_position_embeddings, cfg.embedding_size,
-        embedding_init=_truncated_normal(cfg, ('positions', 'embed')))
+      cfg.max_position_embeddings,
+      cfg.embedding_size,
+      embedding_init=_truncated_normal(cfg, ('positions', 'embed')),
+    )
     self.token_type_embeddings = embed(
-        cfg.type_vocab_size, cfg.embedding_size,
-        embedding_init=_truncated_normal(cfg, ('types', 'embed')))
+      cfg.type_vocab_size,
+      cfg.embedding_size,
+      embedding_init=_truncated_normal(cfg, ('types', 'embed')),
+    )
     self.LayerNorm = _layer_norm(cfg, 'embed', name=None)
     self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-  def __call__(self, input_ids: Array, segment_ids: Array, *,
-               deterministic: bool) -> Array:
+  def __call__(self, input_ids: Array, segment_ids: Array, *, deterministic: bool) -> Array:
     """[batch, seq] ids and segment ids -> [batch, seq, E]."""
     seq_len = input_ids.shape[1]
     check_sequence_fits(seq_len, self.config)
     # The tables' width is gathered before the lookups: a row gather from a
     # width-sharded table cannot be resharded to batch-sharded efficiently,
     # while a vocab-sharded one is the usual vocab-parallel lookup.
-    words = nn.with_logical_constraint(self.word_embeddings.embedding,
-                                       ('vocab', None))
-    types = nn.with_logical_constraint(self.token_type_embeddings.embedding,
-                                       (None, None))
+    words = nn.with_logical_constraint(self.word_embeddings.embedding, ('vocab', None))
+    types = nn.with_logical_constraint(self.token_type_embeddings.embedding, (None, None))
     positions = self.position_embeddings.embedding[:seq_len]
-    x = (jnp.take(words, input_ids, axis=0)
-         + jnp.take(types, segment_ids, axis=0) + positions)
+    x = jnp.take(words, input_ids, axis=0) + jnp.take(types, segment_ids, axis=0) + positions
     x = _constrain(self.LayerNorm(x.astype(self.config.compute_dtype)))
     return self.dropout(x, deterministic=deterministic)
 
@@ -197,17 +213,27 @@ class SelfAttention(nn.Module):
     """x [batch, seq, H], lengths [batch] (real tokens) -> [batch, seq, H]."""
     cfg = self.config
     shape = (cfg.hidden_size, cfg.num_heads, cfg.head_dim)
-    project = functools.partial(_einsum, cfg, 'bsh,hnd->bsnd', shape,
-                                ('hidden', 'heads', 'kv'), ('heads', 'kv'))
+    project = functools.partial(
+      _einsum, cfg, 'bsh,hnd->bsnd', shape, ('hidden', 'heads', 'kv'), ('heads', 'kv')
+    )
     query, key, value = (project(name)(x) for name in ('query', 'key', 'value'))
     use_dropout = not self.deterministic and cfg.attention_dropout_prob > 0
     context = attention(
-        query, key, value, lengths,
-        dropout_rate=cfg.attention_dropout_prob,
-        dropout_rng=self.make_rng('dropout') if use_dropout else None)
-    out = _einsum(cfg, 'bsnd,ndh->bsh',
-                  (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
-                  ('heads', 'kv', 'hidden'), ('hidden',), 'dense')(context)
+      query,
+      key,
+      value,
+      lengths,
+      dropout_rate=cfg.attention_dropout_prob,
+      dropout_rng=self.make_rng('dropout') if use_dropout else None,
+    )
+    out = _einsum(
+      cfg,
+      'bsnd,ndh->bsh',
+      (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+      ('heads', 'kv', 'hidden'),
+      ('hidden',),
+      'dense',
+    )(context)
     out = nn.Dropout(cfg.hidden_dropout_prob)(out, self.deterministic)
     return _layer_norm(cfg, 'hidden', 'LayerNorm')(x + out)
 
@@ -271,30 +297,32 @@ def _layer_loop(config: ModelConfig) -> Callable[..., tuple[Array, None]]:
   Nested nn.scan over the levels (groups: stacked, repeats: broadcast,
   inner: stacked), outermost last; levels of length 1 are skipped.
   """
+
   def body(layer, x, lengths, shared):
     return layer(x, lengths, shared), None
 
   groups = config.num_groups
   levels = (
-      # (length, stacked, logical name of the stacked axis). Names must be
-      # unique within an array, so only one stacked axis is 'layers'.
-      (config.inner_group_num, True, 'layers' if groups == 1 else None),
-      (config.layers_per_group, False, None),
-      (groups, True, 'layers'),
+    # (length, stacked, logical name of the stacked axis). Names must be
+    # unique within an array, so only one stacked axis is 'layers'.
+    (config.inner_group_num, True, 'layers' if groups == 1 else None),
+    (config.layers_per_group, False, None),
+    (groups, True, 'layers'),
   )
   loop = body
   for length, stacked, axis_name in levels:
     if length == 1:
       continue
     loop = nn.scan(
-        loop,
-        length=length,
-        variable_axes={'params': 0} if stacked else {},
-        variable_broadcast=False if stacked else 'params',
-        split_rngs={'params': stacked, 'dropout': True},
-        in_axes=nn.broadcast,
-        metadata_params={nn.PARTITION_NAME: axis_name},
-        unroll=1 if config.scan else length)
+      loop,
+      length=length,
+      variable_axes={'params': 0} if stacked else {},
+      variable_broadcast=False if stacked else 'params',
+      split_rngs={'params': stacked, 'dropout': True},
+      in_axes=nn.broadcast,
+      metadata_params={nn.PARTITION_NAME: axis_name},
+      unroll=1 if config.scan else length,
+    )
   return loop
 
 
@@ -304,30 +332,27 @@ class Encoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: Array, input_mask: Array, *,
-               deterministic: bool) -> Array:
+  def __call__(self, x: Array, input_mask: Array, *, deterministic: bool) -> Array:
     """x [batch, seq, E], input_mask [batch, seq] -> [batch, seq, H].
 
     input_mask is 1 on real tokens, which come first, then 0 on padding.
     """
     cfg = self.config
     if cfg.has_projection:
-      x = _dense(cfg, cfg.hidden_size, ('embed', 'hidden'),
-                 'embedding_hidden_mapping_in')(x)
+      x = _dense(cfg, cfg.hidden_size, ('embed', 'hidden'), 'embedding_hidden_mapping_in')(x)
     x = _constrain(x)
     lengths = jnp.sum(input_mask, axis=-1, dtype=jnp.int32)
     shared = {}
     if cfg.shared_sublayer:
       name = cfg.shared_sublayer
-      shared[name] = self.param(
-          f'shared_{name}', functools.partial(_sublayer_params, cfg, name))
+      shared[name] = self.param(f'shared_{name}', functools.partial(_sublayer_params, cfg, name))
 
     layer_type = EncoderLayer
     if cfg.remat_policy != 'none':
       # Inside a scan, common-subexpression elimination cannot undo remat.
-      layer_type = nn.remat(layer_type,
-                            policy=REMAT_POLICIES[cfg.remat_policy],
-                            prevent_cse=not cfg.scan)
+      layer_type = nn.remat(
+        layer_type, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan
+      )
     layer = layer_type(cfg, deterministic, name='layer')
     x, _ = _layer_loop(cfg)(layer, x, lengths, shared)
     return x
@@ -346,8 +371,9 @@ class AlbertModel(nn.Module):
     # differ within an array, so the pooler's output width is its 'mlp'.
     self.pooler = _dense(cfg, cfg.hidden_size, ('hidden', 'mlp'), None)
 
-  def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
-               *, deterministic: bool = True) -> tuple[Array, Array]:
+  def __call__(
+    self, input_ids: Array, input_mask: Array, segment_ids: Array, *, deterministic: bool = True
+  ) -> tuple[Array, Array]:
     """[batch, seq] int32 inputs -> ([batch, seq, H] sequence, [batch, H] pooled)."""
     x = self.embeddings(input_ids, segment_ids, deterministic=deterministic)
     sequence = self.encoder(x, input_mask, deterministic=deterministic)
@@ -370,11 +396,13 @@ class MaskedLMHead(nn.Module):
     cfg = self.config
     x = _dense(cfg, cfg.embedding_size, ('hidden', 'embed'), 'dense')(x)
     x = _layer_norm(cfg, 'embed', 'LayerNorm')(cfg.activation(x))
-    bias = self.param('bias', _bias_init(('vocab',)), (cfg.vocab_size,),
-                      cfg.params_dtype)
-    logits = jnp.einsum('bpe,ve->bpv', x,
-                        word_embeddings.astype(cfg.compute_dtype),
-                        preferred_element_type=jnp.float32)
+    bias = self.param('bias', _bias_init(('vocab',)), (cfg.vocab_size,), cfg.params_dtype)
+    logits = jnp.einsum(
+      'bpe,ve->bpv',
+      x,
+      word_embeddings.astype(cfg.compute_dtype),
+      preferred_element_type=jnp.float32,
+    )
     return logits + bias.astype(jnp.float32)
 
 
@@ -396,9 +424,15 @@ class AlbertForPreTraining(nn.Module):
     self.predictions = MaskedLMHead(cfg)
     self.sop_classifier = _dense(cfg, 2, ('hidden', 'classes'), None)
 
-  def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
-               masked_lm_positions: Array | None = None, *,
-               deterministic: bool = True) -> dict[str, Array]:
+  def __call__(
+    self,
+    input_ids: Array,
+    input_mask: Array,
+    segment_ids: Array,
+    masked_lm_positions: Array | None = None,
+    *,
+    deterministic: bool = True,
+  ) -> dict[str, Array]:
     """Runs the model.
 
     Args:
@@ -413,15 +447,15 @@ class AlbertForPreTraining(nn.Module):
       'sentence_logits' [batch, 2] float32, 'sequence_output' [batch, seq, H],
       'pooled_output' [batch, H].
     """
-    sequence, pooled = self.albert(input_ids, input_mask, segment_ids,
-                                   deterministic=deterministic)
-    mlm_logits = self.predictions(_gather(sequence, masked_lm_positions),
-                                  self.albert.word_embeddings())
+    sequence, pooled = self.albert(input_ids, input_mask, segment_ids, deterministic=deterministic)
+    mlm_logits = self.predictions(
+      _gather(sequence, masked_lm_positions), self.albert.word_embeddings()
+    )
     return {
-        'mlm_logits': mlm_logits,
-        'sentence_logits': self.sop_classifier(pooled).astype(jnp.float32),
-        'sequence_output': sequence,
-        'pooled_output': pooled,
+      'mlm_logits': mlm_logits,
+      'sentence_logits': self.sop_classifier(pooled).astype(jnp.float32),
+      'sequence_output': sequence,
+      'pooled_output': pooled,
     }
 
 
@@ -439,15 +473,16 @@ class AlbertForSequenceClassification(nn.Module):
   classifier_dropout_prob: float = 0.1
 
   @nn.compact
-  def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
-               *, deterministic: bool = True) -> dict[str, Array]:
+  def __call__(
+    self, input_ids: Array, input_mask: Array, segment_ids: Array, *, deterministic: bool = True
+  ) -> dict[str, Array]:
     """[batch, seq] int32 inputs -> {'logits': [batch, num_labels] float32}."""
     cfg = self.config
     _, pooled = AlbertModel(cfg, name='albert')(
-        input_ids, input_mask, segment_ids, deterministic=deterministic)
+      input_ids, input_mask, segment_ids, deterministic=deterministic
+    )
     pooled = nn.Dropout(self.classifier_dropout_prob)(pooled, deterministic)
-    logits = _dense(cfg, self.num_labels, ('hidden', 'classes'),
-                    'classifier')(pooled)
+    logits = _dense(cfg, self.num_labels, ('hidden', 'classes'), 'classifier')(pooled)
     return {'logits': logits.astype(jnp.float32)}
 
 
@@ -461,12 +496,14 @@ class AlbertForQuestionAnswering(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, input_ids: Array, input_mask: Array, segment_ids: Array,
-               *, deterministic: bool = True) -> dict[str, Array]:
+  def __call__(
+    self, input_ids: Array, input_mask: Array, segment_ids: Array, *, deterministic: bool = True
+  ) -> dict[str, Array]:
     """[batch, seq] int32 inputs -> 'start_logits', 'end_logits' [batch, seq]."""
     cfg = self.config
     sequence, _ = AlbertModel(cfg, name='albert')(
-        input_ids, input_mask, segment_ids, deterministic=deterministic)
+      input_ids, input_mask, segment_ids, deterministic=deterministic
+    )
     logits = _dense(cfg, 2, ('hidden', 'classes'), 'qa_outputs')(sequence)
     logits = logits.astype(jnp.float32)
     return {'start_logits': logits[..., 0], 'end_logits': logits[..., 1]}

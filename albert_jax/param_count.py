@@ -23,8 +23,8 @@ def param_shapes(config: ModelConfig) -> Mapping[str, object]:
   """The unboxed params tree of AlbertForPreTraining as ShapeDtypeStructs."""
   ids = jnp.zeros((1, 1), jnp.int32)
   variables = jax.eval_shape(
-      lambda: AlbertForPreTraining(config).init(
-          jax.random.key(0), ids, ids, ids, ids))
+    lambda: AlbertForPreTraining(config).init(jax.random.key(0), ids, ids, ids, ids)
+  )
   return nn.unbox(variables['params'])
 
 

@@ -11,6 +11,7 @@ import jax
 
 def path_str(path: Sequence[Any]) -> str:
   """'albert/pooler/kernel' for a key path from jax.tree_util.*_with_path."""
+
   def name(key):
     if isinstance(key, jax.tree_util.DictKey):
       return str(key.key)
@@ -19,10 +20,13 @@ def path_str(path: Sequence[Any]) -> str:
     if isinstance(key, jax.tree_util.SequenceKey):
       return str(key.idx)
     return str(key)
+
   return '/'.join(name(k) for k in path)
 
 
 def shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """{path: shape} of the leaves of a tree of arrays (or of array metadata)."""
-  return {path_str(path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    path_str(path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }

@@ -39,18 +39,19 @@ from albert_jax.errors import UsageError
 from albert_jax.train.config import PretrainConfig
 from launch import command_line
 
-_BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', None, 'Global batch (sets train.batch_size).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global batch (sets train.batch_size).')
 _MAX_SEQ_LENGTH = flags.DEFINE_integer(
-    'max_seq_length', None, 'Sequence length (sets data.max_seq_length).')
+  'max_seq_length', None, 'Sequence length (sets data.max_seq_length).'
+)
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timing rounds (alternating with the peer).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
-_PEER = flags.DEFINE_enum('peer', 'none', ['none', 'hf'],
-                          'Also time this peer on the same batch.')
+_PEER = flags.DEFINE_enum('peer', 'none', ['none', 'hf'], 'Also time this peer on the same batch.')
 _COMPILE_DEPTHS = flags.DEFINE_list(
-    'compile_depths', [], 'Only compile, at each of these num_layers, scanned '
-    'and unrolled, and print compile times.')
+  'compile_depths',
+  [],
+  'Only compile, at each of these num_layers, scanned and unrolled, and print compile times.',
+)
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per result.')
 
 
@@ -74,14 +75,17 @@ def _apply_flags(config) -> None:
 
 def _check(config) -> None:
   PretrainConfig.from_config(config)  # Refuses an impossible config.
-  for name, value in (('--steps', _STEPS.value), ('--rounds', _ROUNDS.value),
-                      ('--batch_size', config.train.batch_size)):
+  for name, value in (
+    ('--steps', _STEPS.value),
+    ('--rounds', _ROUNDS.value),
+    ('--batch_size', config.train.batch_size),
+  ):
     if value < 1:
       raise UsageError(f'{name} must be >= 1, got {value}')
-  if _COMPILE_DEPTHS.value and not all(d.isdigit() and int(d) > 0
-                                       for d in _COMPILE_DEPTHS.value):
-    raise UsageError(f'--compile_depths takes positive integers, got '
-                     f'{",".join(_COMPILE_DEPTHS.value)}')
+  if _COMPILE_DEPTHS.value and not all(d.isdigit() and int(d) > 0 for d in _COMPILE_DEPTHS.value):
+    raise UsageError(
+      f'--compile_depths takes positive integers, got {",".join(_COMPILE_DEPTHS.value)}'
+    )
 
 
 def _time_step(config: PretrainConfig) -> dict:
@@ -90,25 +94,35 @@ def _time_step(config: PretrainConfig) -> dict:
   step = benchmark.compile_train_step(config)
   num_masked = benchmark.num_masked_positions(data)
   batch = benchmark.synthetic_batch(
-      np.random.default_rng(0), train.batch_size, data.max_seq_length,
-      num_masked, config.model.vocab_size)
+    np.random.default_rng(0),
+    train.batch_size,
+    data.max_seq_length,
+    num_masked,
+    config.model.vocab_size,
+  )
   runners = {'jax': benchmark.JaxTrainer(step, batch).run}
   threads = len(os.sched_getaffinity(0))
   peer = None
   if _PEER.value == 'hf':
     from albert_jax import hf_peer  # pylint: disable=g-import-not-at-top
+
     peer = hf_peer.PeerProcess(
-        config.model, batch,
-        learning_rate=train.learning_rate, weight_decay=train.weight_decay,
-        b1=train.b1, b2=train.b2, eps=train.eps, clip_norm=train.clip_norm,
-        num_threads=threads)
+      config.model,
+      batch,
+      learning_rate=train.learning_rate,
+      weight_decay=train.weight_decay,
+      b1=train.b1,
+      b2=train.b2,
+      eps=train.eps,
+      clip_norm=train.clip_norm,
+      num_threads=threads,
+    )
     runners['peer'] = peer.run
   try:
     for run in runners.values():
       if _WARMUP.value:
         run(_WARMUP.value)
-    times = benchmark.interleaved_rounds(runners, rounds=_ROUNDS.value,
-                                         steps=_STEPS.value)
+    times = benchmark.interleaved_rounds(runners, rounds=_ROUNDS.value, steps=_STEPS.value)
   finally:
     if peer is not None:
       peer.close()
@@ -120,44 +134,44 @@ def _time_step(config: PretrainConfig) -> dict:
   peak = benchmark.peak_flops(devices, train.peak_flops_per_device)
   memory = benchmark.memory(step.compiled)
   result = {
-      'preset': config.preset,
-      'backend': jax.default_backend(),
-      'device_kind': devices[0].device_kind,
-      'num_devices': len(devices),
-      'batch_size': train.batch_size,
-      'seq_len': data.max_seq_length,
-      'num_masked': num_masked,
-      'grad_accum_steps': train.grad_accum_steps,
-      'dtype': config.model.dtype,
-      'remat_policy': config.model.remat_policy,
-      'scan': config.model.scan,
-      'optimizer': train.optimizer,
-      'steps': _STEPS.value,
-      'rounds': _ROUNDS.value,
-      'step_time_s': step_time,
-      'step_times_s': times['jax'].wall,
-      'cpu_s_per_step': statistics.median(times['jax'].cpu),
-      'tokens_per_sec': tokens / step_time,
-      'flops_per_step': flops_per_step,
-      'flops_per_sec': flops_per_step / step_time,
-      'peak_flops_per_sec': peak.flops_per_sec,
-      'peak_derivation': peak.derivation,
-      'mfu': (flops_per_step / step_time / peak.flops_per_sec
-              if peak.flops_per_sec else None),
-      'lower_s': step.lower_s,
-      'compile_s': step.compile_s,
-      'fused_attention_calls': benchmark.fused_attention_calls(step.compiled),
-      'memory_per_device_bytes': memory.peak,
-      'memory_analysis': dataclasses.asdict(memory),
-      'device_peak_bytes': benchmark.device_peak_bytes(devices[0]),
-      'max_rss_bytes': benchmark.max_rss_bytes(),
-      'threads': threads,
-      'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+    'preset': config.preset,
+    'backend': jax.default_backend(),
+    'device_kind': devices[0].device_kind,
+    'num_devices': len(devices),
+    'batch_size': train.batch_size,
+    'seq_len': data.max_seq_length,
+    'num_masked': num_masked,
+    'grad_accum_steps': train.grad_accum_steps,
+    'dtype': config.model.dtype,
+    'remat_policy': config.model.remat_policy,
+    'scan': config.model.scan,
+    'optimizer': train.optimizer,
+    'steps': _STEPS.value,
+    'rounds': _ROUNDS.value,
+    'step_time_s': step_time,
+    'step_times_s': times['jax'].wall,
+    'cpu_s_per_step': statistics.median(times['jax'].cpu),
+    'tokens_per_sec': tokens / step_time,
+    'flops_per_step': flops_per_step,
+    'flops_per_sec': flops_per_step / step_time,
+    'peak_flops_per_sec': peak.flops_per_sec,
+    'peak_derivation': peak.derivation,
+    'mfu': (flops_per_step / step_time / peak.flops_per_sec if peak.flops_per_sec else None),
+    'lower_s': step.lower_s,
+    'compile_s': step.compile_s,
+    'fused_attention_calls': benchmark.fused_attention_calls(step.compiled),
+    'memory_per_device_bytes': memory.peak,
+    'memory_analysis': dataclasses.asdict(memory),
+    'device_peak_bytes': benchmark.device_peak_bytes(devices[0]),
+    'max_rss_bytes': benchmark.max_rss_bytes(),
+    'threads': threads,
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
   }
   if 'peer' in runners:
     peer_time = statistics.median(times['peer'].wall)
-    result.update({
+    result.update(
+      {
         'peer': 'hf',
         **peer.info,
         'peer_step_time_s': peer_time,
@@ -165,9 +179,9 @@ def _time_step(config: PretrainConfig) -> dict:
         'peer_cpu_s_per_step': statistics.median(times['peer'].cpu),
         'peer_tokens_per_sec': tokens / peer_time,
         'ratio': peer_time / step_time,
-        'cpu_ratio': (statistics.median(times['peer'].cpu)
-                      / statistics.median(times['jax'].cpu)),
-    })
+        'cpu_ratio': (statistics.median(times['peer'].cpu) / statistics.median(times['jax'].cpu)),
+      }
+    )
   return result
 
 
@@ -179,20 +193,27 @@ def _compile_depths(config, depths: list[int]) -> None:
       config.model.num_layers = depth
       config.model.scan = scan
       step = benchmark.compile_train_step(PretrainConfig.from_config(config))
-      records.append({'preset': config.get('preset', ''), 'num_layers': depth,
-                      'scan': scan, 'lower_s': step.lower_s,
-                      'compile_s': step.compile_s})
+      records.append(
+        {
+          'preset': config.get('preset', ''),
+          'num_layers': depth,
+          'scan': scan,
+          'lower_s': step.lower_s,
+          'compile_s': step.compile_s,
+        }
+      )
       if _JSON.value:
         print(json.dumps(records[-1]), flush=True)
   if not _JSON.value:
     print('| layers | scan | lower (s) | compile (s) |\n|---|---|---|---|')
     for r in records:
-      print(f'| {r["num_layers"]} | {r["scan"]} | {r["lower_s"]:.2f} | '
-            f'{r["compile_s"]:.2f} |')
+      print(f'| {r["num_layers"]} | {r["scan"]} | {r["lower_s"]:.2f} | {r["compile_s"]:.2f} |')
     for scan in (True, False):
       times = {r['num_layers']: r['compile_s'] for r in records if r['scan'] == scan}
-      print(f'{"scan" if scan else "unrolled"}: compile at {max(depths)} layers '
-            f'/ at {min(depths)} = {times[max(depths)] / times[min(depths)]:.2f}x')
+      print(
+        f'{"scan" if scan else "unrolled"}: compile at {max(depths)} layers '
+        f'/ at {min(depths)} = {times[max(depths)] / times[min(depths)]:.2f}x'
+      )
 
 
 def _print(result: dict) -> None:
@@ -200,25 +221,38 @@ def _print(result: dict) -> None:
     print(json.dumps(result))
     return
   mfu = f'{result["mfu"]:.1%}' if result['mfu'] is not None else 'n/a'
-  print(f'{result["preset"]} on {result["num_devices"]} x {result["device_kind"]}: '
-        f'batch {result["batch_size"]} x seq {result["seq_len"]}, '
-        f'{result["dtype"]}, remat {result["remat_policy"]}')
-  print(f'  step {result["step_time_s"] * 1e3:.1f} ms | '
-        f'{result["tokens_per_sec"]:,.0f} tokens/s | '
-        f'{result["flops_per_sec"] / 1e9:,.1f} GFLOP/s | MFU {mfu}')
+  print(
+    f'{result["preset"]} on {result["num_devices"]} x {result["device_kind"]}: '
+    f'batch {result["batch_size"]} x seq {result["seq_len"]}, '
+    f'{result["dtype"]}, remat {result["remat_policy"]}'
+  )
+  print(
+    f'  step {result["step_time_s"] * 1e3:.1f} ms | '
+    f'{result["tokens_per_sec"]:,.0f} tokens/s | '
+    f'{result["flops_per_sec"] / 1e9:,.1f} GFLOP/s | MFU {mfu}'
+  )
   print(f'  peak: {result["peak_derivation"]}')
-  print(f'  compile {result["compile_s"]:.1f} s (lowering {result["lower_s"]:.1f} s) | '
-        f'memory/device {result["memory_per_device_bytes"] / 2**30:.2f} GiB '
-        f'(XLA buffer assignment) | max RSS {result["max_rss_bytes"] / 2**30:.2f} GiB')
+  print(
+    f'  compile {result["compile_s"]:.1f} s (lowering {result["lower_s"]:.1f} s) | '
+    f'memory/device {result["memory_per_device_bytes"] / 2**30:.2f} GiB '
+    f'(XLA buffer assignment) | max RSS {result["max_rss_bytes"] / 2**30:.2f} GiB'
+  )
   if 'peer' in result:
-    print(f'  peer hf (torch, {result["peer_attention"]} attention): '
-          f'{result["peer_tokens_per_sec"]:,.0f} tokens/s | '
-          f'JAX / peer = {result["ratio"]:.2f}x '
-          f'(CPU seconds per step: {result["cpu_ratio"]:.2f}x)')
+    print(
+      f'  peer hf (torch, {result["peer_attention"]} attention): '
+      f'{result["peer_tokens_per_sec"]:,.0f} tokens/s | '
+      f'JAX / peer = {result["ratio"]:.2f}x '
+      f'(CPU seconds per step: {result["cpu_ratio"]:.2f}x)'
+    )
 
 
 if __name__ == '__main__':
-  command_line.run(main, config=command_line.Config(
+  command_line.run(
+    main,
+    config=command_line.Config(
       'experiments/configs/pretrain.py:base',
-      keys_file='experiments/configs/pretrain.py', lock_config=False,
-      resolve=_apply_flags))
+      keys_file='experiments/configs/pretrain.py',
+      lock_config=False,
+      resolve=_apply_flags,
+    ),
+  )

@@ -37,18 +37,21 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_CONFIG = 'experiments/configs/pretrain.py:base'
 
 _TARGET = flags.DEFINE_enum('target', None, ['tpu', 'slurm'], 'Where to run.')
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run directory, shared by all hosts.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory, shared by all hosts.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
 _REPO_DIR = flags.DEFINE_string(
-    'repo_dir', None, 'Where the code is on the hosts. Default: ~/albert-jax on '
-    'TPU workers (copied there), the submission directory under SLURM.')
+  'repo_dir',
+  None,
+  'Where the code is on the hosts. Default: ~/albert-jax on '
+  'TPU workers (copied there), the submission directory under SLURM.',
+)
 # Cloud TPU.
 _TPU = flags.DEFINE_string('tpu', None, 'tpu: TPU VM name.')
 _ZONE = flags.DEFINE_string('zone', None, 'tpu: zone of the TPU VM.')
 _PROJECT = flags.DEFINE_string('project', None, 'tpu: GCP project (default: gcloud config).')
 _INSTALL = flags.DEFINE_bool(
-    'install', True, 'tpu: copy the code and pip install it on every worker first.')
+  'install', True, 'tpu: copy the code and pip install it on every worker first.'
+)
 # SLURM.
 _NODES = flags.DEFINE_integer('nodes', 1, 'slurm: number of nodes.')
 _GPUS_PER_NODE = flags.DEFINE_integer('gpus_per_node', 8, 'slurm: GPUs per node.')
@@ -60,23 +63,26 @@ _JOB_NAME = flags.DEFINE_string('job_name', 'albert-pretrain', 'slurm: job name.
 
 def main(argv: Sequence[str]) -> None:
   if argv[1:] and '--' not in sys.argv:
-    raise UsageError(f'unexpected argument {argv[1]!r}; flags look like '
-                     '--name=value')
+    raise UsageError(f'unexpected argument {argv[1]!r}; flags look like --name=value')
   if argv[1:]:
-    print('warning: arguments after -- are deprecated; pass --config.KEY=VALUE',
-          file=sys.stderr)
+    print('warning: arguments after -- are deprecated; pass --config.KEY=VALUE', file=sys.stderr)
   if _TARGET.value is None or _WORKDIR.value is None:
     raise UsageError('--target (tpu|slurm) and --workdir are required')
   config = command_line.flag_value(sys.argv, 'config', _DEFAULT_CONFIG)
   command = pretrain_command(
-      config, _WORKDIR.value, command_line.config_overrides(sys.argv) + argv[1:])
+    config, _WORKDIR.value, command_line.config_overrides(sys.argv) + argv[1:]
+  )
   if _TARGET.value == 'tpu':
     if not _TPU.value or not _ZONE.value:
       raise UsageError('--target=tpu needs --tpu=NAME and --zone=ZONE')
-    commands = tpu_commands(tpu=_TPU.value, zone=_ZONE.value,
-                            project=_PROJECT.value,
-                            repo_dir=_REPO_DIR.value or '~/albert-jax',
-                            install=_INSTALL.value, command=command)
+    commands = tpu_commands(
+      tpu=_TPU.value,
+      zone=_ZONE.value,
+      project=_PROJECT.value,
+      repo_dir=_REPO_DIR.value or '~/albert-jax',
+      install=_INSTALL.value,
+      command=command,
+    )
     for cmd in commands:
       print(shlex.join(cmd), flush=True)
       if not _DRY_RUN.value:
@@ -85,10 +91,15 @@ def main(argv: Sequence[str]) -> None:
     if _NODES.value < 1 or _GPUS_PER_NODE.value < 1:
       raise UsageError('--nodes and --gpus_per_node must be >= 1')
     script = sbatch_script(
-        nodes=_NODES.value, gpus_per_node=_GPUS_PER_NODE.value,
-        time=_TIME.value, partition=_PARTITION.value, account=_ACCOUNT.value,
-        job_name=_JOB_NAME.value,
-        repo_dir=_REPO_DIR.value or '"$SLURM_SUBMIT_DIR"', command=command)
+      nodes=_NODES.value,
+      gpus_per_node=_GPUS_PER_NODE.value,
+      time=_TIME.value,
+      partition=_PARTITION.value,
+      account=_ACCOUNT.value,
+      job_name=_JOB_NAME.value,
+      repo_dir=_REPO_DIR.value or '"$SLURM_SUBMIT_DIR"',
+      command=command,
+    )
     print(script, end='', flush=True)
     print('# sbatch < (the script above)', flush=True)
     if not _DRY_RUN.value:
@@ -99,16 +110,23 @@ def _run(cmd: Sequence[str], stdin: str | None = None) -> None:
   try:
     subprocess.run(cmd, input=stdin, text=True, check=True)
   except FileNotFoundError:
-    raise UsageError(f'{cmd[0]} not found: run this where it is installed, '
-                     'or use --dry_run and run the printed commands '
-                     'yourself') from None
+    raise UsageError(
+      f'{cmd[0]} not found: run this where it is installed, '
+      'or use --dry_run and run the printed commands '
+      'yourself'
+    ) from None
   except subprocess.CalledProcessError as e:
-    raise UsageError(f'{shlex.join(cmd)} exited with status '
-                     f'{e.returncode}') from None
+    raise UsageError(f'{shlex.join(cmd)} exited with status {e.returncode}') from None
 
 
 if __name__ == '__main__':
-  command_line.run(main, takes_arguments=True, config=command_line.Config(
-      os.path.join(_REPO, _DEFAULT_CONFIG), keys_file='experiments/configs/pretrain.py',
+  command_line.run(
+    main,
+    takes_arguments=True,
+    config=command_line.Config(
+      os.path.join(_REPO, _DEFAULT_CONFIG),
+      keys_file='experiments/configs/pretrain.py',
       help_text='Config file and preset, FILE:PRESET, passed to launch.pretrain '
-      '(relative to the repository on the hosts).'))
+      '(relative to the repository on the hosts).',
+    ),
+  )

@@ -32,11 +32,11 @@ from albert_jax.errors import AlbertError, UsageError
 # Old flag name -> (its name now, a prefix its value gains). One name per idea
 # across the launchers; the old names go after one release.
 DEPRECATED_FLAGS: dict[str, tuple[str, str]] = {
-    'input': ('source', ''),  # launch.train_tokenizer
-    'data': ('source', ''),  # launch.evaluate
-    'prepared': ('source', 'prepared:'),  # launch.benchmark_data
-    'seq_len': ('max_seq_length', ''),  # launch.benchmark, launch.benchmark_data
-    'max_predictions': ('max_predictions_per_seq', ''),  # launch.benchmark_data
+  'input': ('source', ''),  # launch.train_tokenizer
+  'data': ('source', ''),  # launch.evaluate
+  'prepared': ('source', 'prepared:'),  # launch.benchmark_data
+  'seq_len': ('max_seq_length', ''),  # launch.benchmark, launch.benchmark_data
+  'max_predictions': ('max_predictions_per_seq', ''),  # launch.benchmark_data
 }
 
 
@@ -53,6 +53,7 @@ class Config:
     resolve: applies the launcher's own flags that set config keys (e.g.
       --batch_size), in place, before --print_config and main see the config.
   """
+
   default: str | None | Callable[[Sequence[str]], str | None]
   keys_file: str
   help_text: str = 'Config file and preset, FILE:PRESET.'
@@ -60,8 +61,12 @@ class Config:
   resolve: Callable[[config_dict.ConfigDict], None] | None = None
 
 
-def run(main: Callable[[list[str]], int | None], *, config: Config | None = None,
-        takes_arguments: bool = False) -> NoReturn:
+def run(
+  main: Callable[[list[str]], int | None],
+  *,
+  config: Config | None = None,
+  takes_arguments: bool = False,
+) -> NoReturn:
   """Parses the command line and runs `main(argv)`, as absl's app.run.
 
   Args:
@@ -70,12 +75,13 @@ def run(main: Callable[[list[str]], int | None], *, config: Config | None = None
       --print_config).
     takes_arguments: allow arguments besides flags (otherwise one is an error).
   """
-  app.run(lambda argv: _main(main, argv, config, takes_arguments),
-          flags_parser=lambda argv: _parse(argv, config))
+  app.run(
+    lambda argv: _main(main, argv, config, takes_arguments),
+    flags_parser=lambda argv: _parse(argv, config),
+  )
 
 
-def flag_value(argv: Sequence[str], name: str, default: str | None = None
-               ) -> str | None:
+def flag_value(argv: Sequence[str], name: str, default: str | None = None) -> str | None:
   """The value of --name on the command line, read before the flags are
   parsed (the last one wins, as in absl)."""
   value = default
@@ -104,31 +110,46 @@ def config_overrides(argv: Sequence[str]) -> list[str]:
     overrides.append(arg)
     # `--config.KEY VALUE`: the value is the next argument, unless KEY is a bool.
     name = match.group(2)
-    if (not match.group(1) and not match.group(3) and i + 1 < len(args)
-        and name in flags.FLAGS and not flags.FLAGS[name].boolean):
+    if (
+      not match.group(1)
+      and not match.group(3)
+      and i + 1 < len(args)
+      and name in flags.FLAGS
+      and not flags.FLAGS[name].boolean
+    ):
       overrides.append(args[i + 1])
   return overrides
 
 
 def format_config(config: config_dict.ConfigDict) -> str:
   """The config as YAML: one key a line, lists on one line."""
+
   class Dumper(yaml.SafeDumper):
     pass
+
   for kind in (list, tuple):
-    Dumper.add_representer(kind, lambda dumper, value: dumper.represent_sequence(
-        'tag:yaml.org,2002:seq', value, flow_style=True))
-  return yaml.dump(config.copy_and_resolve_references().to_dict(), Dumper=Dumper,
-                   sort_keys=True, width=100)
+    Dumper.add_representer(
+      kind,
+      lambda dumper, value: dumper.represent_sequence(
+        'tag:yaml.org,2002:seq', value, flow_style=True
+      ),
+    )
+  return yaml.dump(
+    config.copy_and_resolve_references().to_dict(), Dumper=Dumper, sort_keys=True, width=100
+  )
 
 
-def _main(main: Callable[[list[str]], int | None], argv: list[str],
-          config: Config | None, takes_arguments: bool) -> int | None:
+def _main(
+  main: Callable[[list[str]], int | None],
+  argv: list[str],
+  config: Config | None,
+  takes_arguments: bool,
+) -> int | None:
   """Refuses stray arguments, quietens logging, applies --print_config, and
   runs main, with an AlbertError as one line."""
   try:
     if not takes_arguments and len(argv) > 1:
-      raise UsageError(f'unexpected argument {argv[1]!r}; flags look like '
-                        '--name=value')
+      raise UsageError(f'unexpected argument {argv[1]!r}; flags look like --name=value')
     if not flags.FLAGS['verbosity'].present:
       # Warnings and errors only (orbax logs every save at INFO).
       logging.set_verbosity(logging.WARNING)
@@ -154,11 +175,19 @@ def _parse(argv: list[str], config: Config | None) -> list[str]:
       # Defined here, not at import: with no --config on the command line the
       # default is parsed (overrides included) as soon as it is defined, and
       # finetune's default depends on --task.
-      _define_for_main_module(config_flags.DEFINE_config_file(
-          'config', default, config.help_text, lock_config=config.lock_config))
-      _define_for_main_module(flags.DEFINE_bool(
-          'print_config', False, 'Print the config (after the --config.KEY=VALUE '
-          'overrides and the flags that set keys) and exit.'))
+      _define_for_main_module(
+        config_flags.DEFINE_config_file(
+          'config', default, config.help_text, lock_config=config.lock_config
+        )
+      )
+      _define_for_main_module(
+        flags.DEFINE_bool(
+          'print_config',
+          False,
+          'Print the config (after the --config.KEY=VALUE '
+          'overrides and the flags that set keys) and exit.',
+        )
+      )
     return flags.FLAGS(_rewrite_deprecated(argv))
   except AlbertError as e:
     _exit(str(e))
@@ -171,11 +200,13 @@ def _parse(argv: list[str], config: Config | None) -> list[str]:
     lines = str(e.args[0] if e.args else e).splitlines()
     key = lines[0].strip('"\'')
     hint = f' ({lines[1]})' if len(lines) > 1 else ''
-    bad = [a.split('=')[0] for a in argv[1:]
-           if a.startswith('--config.') and key in a.split('=')[0].split('.')]
+    bad = [
+      a.split('=')[0]
+      for a in argv[1:]
+      if a.startswith('--config.') and key in a.split('=')[0].split('.')
+    ]
     keys_file = config.keys_file if config is not None else 'the config file'
-    _exit(f'unknown config key {bad[0] if bad else key}{hint}: see {keys_file} '
-          'for the keys')
+    _exit(f'unknown config key {bad[0] if bad else key}{hint}: see {keys_file} for the keys')
 
 
 def _define_for_main_module(holder: flags.FlagHolder) -> None:
@@ -195,8 +226,11 @@ def _rewrite_deprecated(argv: list[str]) -> list[str]:
     if arg == '--':
       rewritten += [arg, *args]
       break
-    if (old not in DEPRECATED_FLAGS or old in flags.FLAGS
-        or DEPRECATED_FLAGS[old][0] not in flags.FLAGS):
+    if (
+      old not in DEPRECATED_FLAGS
+      or old in flags.FLAGS
+      or DEPRECATED_FLAGS[old][0] not in flags.FLAGS
+    ):
       rewritten.append(arg)
       continue
     new, prefix = DEPRECATED_FLAGS[old]
@@ -211,5 +245,4 @@ def _rewrite_deprecated(argv: list[str]) -> list[str]:
 
 def _exit(message: str) -> NoReturn:
   """Exits with status 1 and `message` as one line on stderr."""
-  sys.exit('error: ' + ' '.join(line.strip() for line in message.splitlines()
-                                if line.strip()))
+  sys.exit('error: ' + ' '.join(line.strip() for line in message.splitlines() if line.strip()))

@@ -27,37 +27,39 @@ from albert_jax.errors import UsageError
 from albert_jax.train import mesh as mesh_lib
 from launch import command_line
 
-_MODEL = flags.DEFINE_string(
-    'model', None, 'Model directory in the flax format (launch.export).')
+_MODEL = flags.DEFINE_string('model', None, 'Model directory in the flax format (launch.export).')
 _SOURCE = flags.DEFINE_string(
-    'source', None, 'Held-out text: builtin, text:GLOB, tfds:NAME[/CONFIG][:SPLIT] '
-    'or prepared:DIR.')
-_TEXT_FEATURE = flags.DEFINE_string(
-    'text_feature', 'text', 'Text feature of a tfds: source.')
+  'source', None, 'Held-out text: builtin, text:GLOB, tfds:NAME[/CONFIG][:SPLIT] or prepared:DIR.'
+)
+_TEXT_FEATURE = flags.DEFINE_string('text_feature', 'text', 'Text feature of a tfds: source.')
 _MAX_SEQ_LENGTH = flags.DEFINE_integer(
-    'max_seq_length', None,
-    "Tokens per example; default: the model's max_position_embeddings, at "
-    'most 512.')
+  'max_seq_length',
+  None,
+  "Tokens per example; default: the model's max_position_embeddings, at most 512.",
+)
 _MAX_PREDICTIONS = flags.DEFINE_integer(
-    'max_predictions_per_seq', 20, 'Masked positions per example, at most.')
+  'max_predictions_per_seq', 20, 'Masked positions per example, at most.'
+)
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Examples per batch.')
 _NUM_BATCHES = flags.DEFINE_integer(
-    'num_batches', 0, 'Batches per objective; 0: one pass over the examples.')
+  'num_batches', 0, 'Batches per objective; 0: one pass over the examples.'
+)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the masks and pairs.')
 _OBJECTIVES = flags.DEFINE_multi_enum(
-    'objective', list(evaluate.OBJECTIVES), evaluate.OBJECTIVES,
-    'Sentence objectives to build examples for (repeat the flag).')
+  'objective',
+  list(evaluate.OBJECTIVES),
+  evaluate.OBJECTIVES,
+  'Sentence objectives to build examples for (repeat the flag).',
+)
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
-_COLUMNS = ('mlm_loss', 'mlm_accuracy', 'mlm_perplexity', 'sentence_accuracy',
-            'examples')
+_COLUMNS = ('mlm_loss', 'mlm_accuracy', 'mlm_perplexity', 'sentence_accuracy', 'examples')
 
 
 def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
   if not _MODEL.value or not _SOURCE.value:
-    raise UsageError('pass --model=DIR (from launch.export) and --source=SOURCE '
-                     '(held-out text)')
+    raise UsageError('pass --model=DIR (from launch.export) and --source=SOURCE (held-out text)')
   results = _evaluate()
   if _JSON.value:
     print(json.dumps(results, indent=2))
@@ -65,24 +67,33 @@ def main(argv: Sequence[str]) -> None:
   print(f'{"objective":<10}' + ''.join(f'{c:>19}' for c in _COLUMNS))
   for objective, metrics in results.items():
     row = dict(metrics, sentence_accuracy=metrics[f'{objective}_accuracy'])
-    print(f'{objective:<10}' + ''.join(
-        f'{row[c]:>19,.0f}' if c == 'examples' else f'{row[c]:>19.4f}'
-        for c in _COLUMNS))
+    print(
+      f'{objective:<10}'
+      + ''.join(f'{row[c]:>19,.0f}' if c == 'examples' else f'{row[c]:>19.4f}' for c in _COLUMNS)
+    )
 
 
 def _evaluate() -> dict[str, dict[str, float]]:
   pretrained = pretrained_lib.load_pretrained(_MODEL.value)
   data = DataConfig(
-      source=_SOURCE.value, text_feature=_TEXT_FEATURE.value,
-      eval_documents=0,  # All of --source is held out.
-      max_seq_length=_MAX_SEQ_LENGTH.value or min(
-          512, pretrained.config.max_position_embeddings),
-      max_predictions_per_seq=_MAX_PREDICTIONS.value, seed=_SEED.value)
+    source=_SOURCE.value,
+    text_feature=_TEXT_FEATURE.value,
+    eval_documents=0,  # All of --source is held out.
+    max_seq_length=_MAX_SEQ_LENGTH.value or min(512, pretrained.config.max_position_embeddings),
+    max_predictions_per_seq=_MAX_PREDICTIONS.value,
+    seed=_SEED.value,
+  )
   documents = pipeline.load_corpus(data, pretrained.tokenizer).train
   return evaluate.evaluate(
-      pretrained, documents, data, batch_size=_BATCH_SIZE.value,
-      num_batches=_NUM_BATCHES.value, mesh=mesh_lib.make_mesh({'data': -1}),
-      rules=mesh_lib.DEFAULT_RULES, objectives=_OBJECTIVES.value)
+    pretrained,
+    documents,
+    data,
+    batch_size=_BATCH_SIZE.value,
+    num_batches=_NUM_BATCHES.value,
+    mesh=mesh_lib.make_mesh({'data': -1}),
+    rules=mesh_lib.DEFAULT_RULES,
+    objectives=_OBJECTIVES.value,
+  )
 
 
 if __name__ == '__main__':

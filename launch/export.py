@@ -23,17 +23,21 @@ from albert_jax.errors import UsageError
 from launch import command_line
 
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Training run (launch.pretrain --workdir) to export.')
-_STEP = flags.DEFINE_integer(
-    'step', None, 'Checkpoint step to export; default: the latest.')
+  'workdir', None, 'Training run (launch.pretrain --workdir) to export.'
+)
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to export; default: the latest.')
 _FROM_HF = flags.DEFINE_string(
-    'from_hf', None, 'Local Hugging Face ALBERT directory to import instead.')
+  'from_hf', None, 'Local Hugging Face ALBERT directory to import instead.'
+)
 _FORMAT = flags.DEFINE_enum(
-    'format', 'flax', pretrained_lib.FORMATS,
-    'flax: this codebase (params only); hf: Hugging Face transformers.')
+  'format',
+  'flax',
+  pretrained_lib.FORMATS,
+  'flax: this codebase (params only); hf: Hugging Face transformers.',
+)
 _DTYPE = flags.DEFINE_enum(
-    'dtype', None, ['float32', 'bfloat16'],
-    'Cast the params of a flax export (default: as trained).')
+  'dtype', None, ['float32', 'bfloat16'], 'Cast the params of a flax export (default: as trained).'
+)
 _OUTPUT = flags.DEFINE_string('output', None, 'New directory to write.')
 
 
@@ -42,18 +46,18 @@ def main(argv: Sequence[str]) -> None:
   if not _OUTPUT.value:
     raise UsageError('pass --output=DIR, a new directory to write')
   if bool(_WORKDIR.value) == bool(_FROM_HF.value):
-    raise UsageError('pass either --workdir=RUN (export a training run) or '
-                     '--from_hf=DIR (import a Hugging Face model)')
+    raise UsageError(
+      'pass either --workdir=RUN (export a training run) or '
+      '--from_hf=DIR (import a Hugging Face model)'
+    )
   if _FROM_HF.value and _FORMAT.value != 'flax':
     raise UsageError('--from_hf writes the flax format; drop --format=hf')
   if _DTYPE.value and _FORMAT.value != 'flax':
-    raise UsageError('--dtype applies to --format=flax only (the Hugging Face '
-                     'export is float32)')
+    raise UsageError('--dtype applies to --format=flax only (the Hugging Face export is float32)')
   if _FROM_HF.value:
     pretrained = pretrained_lib.load_hf(_FROM_HF.value)
   else:
-    pretrained = export.restore_from_workdir(_WORKDIR.value,
-                                             _STEP.value).pretrained
+    pretrained = export.restore_from_workdir(_WORKDIR.value, _STEP.value).pretrained
   if _FORMAT.value == 'hf':
     pretrained_lib.save_hf(pretrained, _OUTPUT.value)
   else:

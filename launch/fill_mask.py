@@ -18,8 +18,7 @@ from albert_jax.errors import UsageError
 from albert_jax.fill_mask import FillMask
 from launch import command_line
 
-_MODEL = flags.DEFINE_string(
-    'model', None, 'Model directory in the flax format (launch.export).')
+_MODEL = flags.DEFINE_string('model', None, 'Model directory in the flax format (launch.export).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'Fills shown per [MASK].', lower_bound=1)
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
@@ -34,14 +33,16 @@ def main(argv: Sequence[str]) -> None:
   results = [fill(text, top_k=_TOP_K.value) for text in texts]
   for text, masks in zip(texts, results):
     if _JSON.value:
-      print(json.dumps([[{'token': token, 'score': score}
-                         for token, score in fills] for fills in masks],
-                       ensure_ascii=False))
+      print(
+        json.dumps(
+          [[{'token': token, 'score': score} for token, score in fills] for fills in masks],
+          ensure_ascii=False,
+        )
+      )
       continue
     print(text)
     for i, fills in enumerate(masks, start=1):
-      print(f'  [MASK] {i}: ' + '  '.join(f'{token!r} {score:.4f}'
-                                          for token, score in fills))
+      print(f'  [MASK] {i}: ' + '  '.join(f'{token!r} {score:.4f}' for token, score in fills))
 
 
 if __name__ == '__main__':

@@ -27,45 +27,49 @@ from albert_jax.train import distributed
 from launch import command_line
 
 _CONFIG_FILE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    'experiments', 'configs', 'finetune.py')
-_MODEL = flags.DEFINE_string(
-    'model', None, 'Pretrained model in the flax format (launch.export).')
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  'experiments',
+  'configs',
+  'finetune.py',
+)
+_MODEL = flags.DEFINE_string('model', None, 'Pretrained model in the flax format (launch.export).')
 _TASK = flags.DEFINE_string(
-    'task', 'classification',
-    'Preset of experiments/configs/finetune.py: classification, sst2, imdb, '
-    'span_qa.')
+  'task',
+  'classification',
+  'Preset of experiments/configs/finetune.py: classification, sst2, imdb, span_qa.',
+)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run directory (checkpoints, metrics); default '
-    'runs/finetune_TASK.')
+  'workdir', None, 'Run directory (checkpoints, metrics); default runs/finetune_TASK.'
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Join the other processes of a Cloud TPU pod / SLURM '
-    'job (found from the environment).')
+  'distributed',
+  False,
+  'Join the other processes of a Cloud TPU pod / SLURM job (found from the environment).',
+)
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
-    'coordinator_address', None, 'HOST:PORT of process 0, for a multi-process '
-    'run.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
-                                      'Processes in the run.')
+  'coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run.'
+)
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 
 
 def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
   if not _MODEL.value:
-    raise UsageError('pass --model=DIR, a pretrained model written by '
-                     'launch.export')
+    raise UsageError('pass --model=DIR, a pretrained model written by launch.export')
   config = FinetuneConfig.from_config(flags.FLAGS.config)
   workdir = _WORKDIR.value or os.path.join('runs', f'finetune_{_TASK.value}')
-  distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value, cluster=_DISTRIBUTED.value)
+  distributed.initialize(
+    _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value, cluster=_DISTRIBUTED.value
+  )
   result = trainer.finetune(config, _MODEL.value, workdir)
   if jax.process_index() != 0:
     return
   if result.eval_metrics:
-    print(f'step {result.step}: ' + ', '.join(
-        f'{k} {v:.4f}' for k, v in result.eval_metrics.items()))
-  print(f'checkpoints: {result.checkpoint_dir}\n'
-        f'metrics:     {result.metrics_path}')
+    print(
+      f'step {result.step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in result.eval_metrics.items())
+    )
+  print(f'checkpoints: {result.checkpoint_dir}\nmetrics:     {result.metrics_path}')
 
 
 def _default_config(argv: Sequence[str]) -> str:
@@ -74,7 +78,11 @@ def _default_config(argv: Sequence[str]) -> str:
 
 
 if __name__ == '__main__':
-  command_line.run(main, config=command_line.Config(
-      _default_config, keys_file='experiments/configs/finetune.py',
-      help_text='Config file and preset, FILE:PRESET (default: the --task '
-      'preset).'))
+  command_line.run(
+    main,
+    config=command_line.Config(
+      _default_config,
+      keys_file='experiments/configs/finetune.py',
+      help_text='Config file and preset, FILE:PRESET (default: the --task preset).',
+    ),
+  )

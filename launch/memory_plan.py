@@ -31,19 +31,21 @@ from albert_jax.train import mesh as mesh_lib
 from albert_jax.train.config import PretrainConfig
 from launch import command_line
 
-_NUM_DEVICES = flags.DEFINE_list('num_devices', ['8', '64'],
-                                 'Simulated device counts.')
+_NUM_DEVICES = flags.DEFINE_list('num_devices', ['8', '64'], 'Simulated device counts.')
 _MESHES = flags.DEFINE_list(
-    'meshes', ['data', 'fsdp'],
-    'Mesh layouts, each AXIS (all devices on it) or AXIS=N+AXIS=-1 '
-    '(e.g. fsdp=-1+tensor=4).')
-_REMAT = flags.DEFINE_list('remat_policies', list(REMAT_POLICIES),
-                           'model.remat_policy values to compare.')
+  'meshes',
+  ['data', 'fsdp'],
+  'Mesh layouts, each AXIS (all devices on it) or AXIS=N+AXIS=-1 (e.g. fsdp=-1+tensor=4).',
+)
+_REMAT = flags.DEFINE_list(
+  'remat_policies', list(REMAT_POLICIES), 'model.remat_policy values to compare.'
+)
 _MICRO_BATCH = flags.DEFINE_integer(
-    'micro_batch_per_device', 8,
-    'Examples per device in each accumulation step; sets train.grad_accum_steps.')
+  'micro_batch_per_device',
+  8,
+  'Examples per device in each accumulation step; sets train.grad_accum_steps.',
+)
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per compilation.')
-
 
 
 def main(argv: list[str]) -> None:
@@ -54,8 +56,7 @@ def main(argv: list[str]) -> None:
   for count in counts:
     for mesh in _MESHES.value:
       for policy in _REMAT.value:
-        records.append(_plan(flags.FLAGS.config.copy_and_resolve_references(),
-                             count, mesh, policy))
+        records.append(_plan(flags.FLAGS.config.copy_and_resolve_references(), count, mesh, policy))
         if _JSON.value:
           print(json.dumps(records[-1]), flush=True)
   if not _JSON.value:
@@ -74,45 +75,53 @@ def _simulate_devices(count: int) -> None:
   os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {flag}'.strip()
   jax.config.update('jax_platforms', 'cpu')
   if len(jax.devices()) < count:
-    raise UsageError(f'{count} devices asked for, but the backend has '
-                     f'{len(jax.devices())}; run without XLA_FLAGS setting '
-                     'the device count')
+    raise UsageError(
+      f'{count} devices asked for, but the backend has '
+      f'{len(jax.devices())}; run without XLA_FLAGS setting '
+      'the device count'
+    )
 
 
 def _plan(config, num_devices: int, layout: str, policy: str) -> dict:
   """Compiles `config` for one (devices, mesh, policy); its memory record."""
   config.mesh = mesh_config(layout, num_devices)
   config.model.remat_policy = policy
-  shape = dict(zip(mesh_lib.MESH_AXES,
-                   mesh_lib.mesh_shape(config.mesh, num_devices)))
+  shape = dict(zip(mesh_lib.MESH_AXES, mesh_lib.mesh_shape(config.mesh, num_devices)))
   batch_shards = shape['data'] * shape['fsdp']
   micro = _MICRO_BATCH.value * batch_shards
   if config.train.batch_size % micro:
     raise UsageError(
-        f'train.batch_size={config.train.batch_size} is not a multiple of '
-        f'{micro} (--micro_batch_per_device={_MICRO_BATCH.value} x '
-        f'{batch_shards} batch shards)')
+      f'train.batch_size={config.train.batch_size} is not a multiple of '
+      f'{micro} (--micro_batch_per_device={_MICRO_BATCH.value} x '
+      f'{batch_shards} batch shards)'
+    )
   config.train.grad_accum_steps = config.train.batch_size // micro
-  step = benchmark.compile_train_step(PretrainConfig.from_config(config),
-                                      jax.devices()[:num_devices])
+  step = benchmark.compile_train_step(
+    PretrainConfig.from_config(config), jax.devices()[:num_devices]
+  )
   memory = benchmark.memory(step.compiled)
   return {
-      'preset': config.get('preset', ''),
-      'num_devices': num_devices,
-      'mesh': ' '.join(f'{a}={n}' for a, n in shape.items() if n > 1) or 'single',
-      'remat_policy': policy,
-      'dtype': config.model.dtype,
-      'batch_size': config.train.batch_size,
-      'seq_len': config.data.max_seq_length,
-      'micro_batch_per_device': _MICRO_BATCH.value,
-      'grad_accum_steps': config.train.grad_accum_steps,
-      'memory_per_device_bytes': memory.peak,
-      'memory_analysis': dataclasses.asdict(memory),
-      'compile_s': step.compile_s,
+    'preset': config.get('preset', ''),
+    'num_devices': num_devices,
+    'mesh': ' '.join(f'{a}={n}' for a, n in shape.items() if n > 1) or 'single',
+    'remat_policy': policy,
+    'dtype': config.model.dtype,
+    'batch_size': config.train.batch_size,
+    'seq_len': config.data.max_seq_length,
+    'micro_batch_per_device': _MICRO_BATCH.value,
+    'grad_accum_steps': config.train.grad_accum_steps,
+    'memory_per_device_bytes': memory.peak,
+    'memory_analysis': dataclasses.asdict(memory),
+    'compile_s': step.compile_s,
   }
 
 
 if __name__ == '__main__':
-  command_line.run(main, config=command_line.Config(
+  command_line.run(
+    main,
+    config=command_line.Config(
       'experiments/configs/pretrain.py:xxlarge',
-      keys_file='experiments/configs/pretrain.py', lock_config=False))
+      keys_file='experiments/configs/pretrain.py',
+      lock_config=False,
+    ),
+  )

@@ -32,6 +32,11 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  command_line.run(main, config=command_line.Config(
-      None, keys_file='experiments/configs/pretrain.py',
-      help_text='Config file, e.g. experiments/configs/pretrain.py:base.'))
+  command_line.run(
+    main,
+    config=command_line.Config(
+      None,
+      keys_file='experiments/configs/pretrain.py',
+      help_text='Config file, e.g. experiments/configs/pretrain.py:base.',
+    ),
+  )

@@ -17,26 +17,30 @@ from albert_jax.data import prepared
 from launch import command_line
 
 _SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to tokenize.')
-_VOCAB = flags.DEFINE_string('vocab', None, 'Tokenizer directory.',
-                             required=True)
-_OUTPUT = flags.DEFINE_string('output', None, 'New directory to write.',
-                              required=True)
-_TEXT_FEATURE = flags.DEFINE_string('text_feature', 'text',
-                                    'Text feature of a tfds: source.')
-_NUM_WORKERS = flags.DEFINE_integer('num_workers', os.cpu_count() or 1,
-                                    'Tokenizing processes.')
-_DOCUMENTS_PER_SHARD = flags.DEFINE_integer('documents_per_shard', 100_000,
-                                            'Documents per ArrayRecord file.')
+_VOCAB = flags.DEFINE_string('vocab', None, 'Tokenizer directory.', required=True)
+_OUTPUT = flags.DEFINE_string('output', None, 'New directory to write.', required=True)
+_TEXT_FEATURE = flags.DEFINE_string('text_feature', 'text', 'Text feature of a tfds: source.')
+_NUM_WORKERS = flags.DEFINE_integer('num_workers', os.cpu_count() or 1, 'Tokenizing processes.')
+_DOCUMENTS_PER_SHARD = flags.DEFINE_integer(
+  'documents_per_shard', 100_000, 'Documents per ArrayRecord file.'
+)
 
 
 def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
   metadata = prepared.prepare(
-      _SOURCE.value, _VOCAB.value, _OUTPUT.value,
-      text_feature=_TEXT_FEATURE.value, num_workers=_NUM_WORKERS.value,
-      documents_per_shard=_DOCUMENTS_PER_SHARD.value, progress=True)
-  print(f'wrote {_OUTPUT.value}: {metadata["num_documents"]} documents, '
-        f'{metadata["num_tokens"]} tokens in {len(metadata["shards"])} shards')
+    _SOURCE.value,
+    _VOCAB.value,
+    _OUTPUT.value,
+    text_feature=_TEXT_FEATURE.value,
+    num_workers=_NUM_WORKERS.value,
+    documents_per_shard=_DOCUMENTS_PER_SHARD.value,
+    progress=True,
+  )
+  print(
+    f'wrote {_OUTPUT.value}: {metadata["num_documents"]} documents, '
+    f'{metadata["num_tokens"]} tokens in {len(metadata["shards"])} shards'
+  )
 
 
 if __name__ == '__main__':

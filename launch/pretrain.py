@@ -22,17 +22,26 @@ from albert_jax.train import distributed, trainer
 from albert_jax.train.config import PretrainConfig
 from launch import command_line
 
-_DEFAULT_CONFIG = os.path.join(
+_DEFAULT_CONFIG = (
+  os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    'experiments', 'configs', 'pretrain.py') + ':tiny'
+    'experiments',
+    'configs',
+    'pretrain.py',
+  )
+  + ':tiny'
+)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run directory (checkpoints, metrics, config); default runs/PRESET.')
+  'workdir', None, 'Run directory (checkpoints, metrics, config); default runs/PRESET.'
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False,
-    'Join the other processes of a Cloud TPU pod / SLURM job (found from the '
-    'environment).')
+  'distributed',
+  False,
+  'Join the other processes of a Cloud TPU pod / SLURM job (found from the environment).',
+)
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
-    'coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run.')
+  'coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run.'
+)
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 
@@ -41,19 +50,22 @@ def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
   config = PretrainConfig.from_config(flags.FLAGS.config)
   workdir = _WORKDIR.value or os.path.join('runs', config.preset or 'run')
-  distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value, cluster=_DISTRIBUTED.value)
+  distributed.initialize(
+    _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value, cluster=_DISTRIBUTED.value
+  )
   result = trainer.train(config, workdir)
   if jax.process_index() != 0:
     return
   if result.train_metrics:
-    print(f'finished at step {result.step}: '
-          f'loss {result.train_metrics["loss"]:.4f}')
-  print(f'checkpoints: {result.checkpoint_dir}\n'
-        f'metrics:     {result.metrics_path}\n'
-        f'tensorboard: tensorboard --logdir {result.tensorboard_dir}')
+    print(f'finished at step {result.step}: loss {result.train_metrics["loss"]:.4f}')
+  print(
+    f'checkpoints: {result.checkpoint_dir}\n'
+    f'metrics:     {result.metrics_path}\n'
+    f'tensorboard: tensorboard --logdir {result.tensorboard_dir}'
+  )
 
 
 if __name__ == '__main__':
-  command_line.run(main, config=command_line.Config(
-      _DEFAULT_CONFIG, keys_file='experiments/configs/pretrain.py'))
+  command_line.run(
+    main, config=command_line.Config(_DEFAULT_CONFIG, keys_file='experiments/configs/pretrain.py')
+  )

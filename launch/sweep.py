@@ -27,18 +27,24 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG_FILE = 'experiments/configs/pretrain.py'
 _PRETRAIN = [sys.executable, '-m', 'launch.pretrain']
 
-_SWEEP = flags.DEFINE_string('sweep', None, 'FILE:SCALE, e.g. '
-                             'experiments/ablations/sharing.py:tiny.')
+_SWEEP = flags.DEFINE_string(
+  'sweep', None, 'FILE:SCALE, e.g. experiments/ablations/sharing.py:tiny.'
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory: DIR/RUN per run.')
-_SEEDS = flags.DEFINE_list('seeds', [], 'Each variant once per seed (sets '
-                           'train.seed and data.seed); default: the config\'s.')
+_SEEDS = flags.DEFINE_list(
+  'seeds', [], "Each variant once per seed (sets train.seed and data.seed); default: the config's."
+)
 _EVAL_BATCHES = flags.DEFINE_integer(
-    'eval_batches', 0, 'Batches per objective of the final evaluation; 0: one '
-    'pass over the held-out examples.')
-_EMIT = flags.DEFINE_enum('emit', None, emit.TARGETS, 'Print a bash script of '
-                          'launch commands instead of running.')
-_REPORT = flags.DEFINE_string('report', None, 'Rebuild the report of DIR '
-                              '(evaluating finished runs without a result).')
+  'eval_batches',
+  0,
+  'Batches per objective of the final evaluation; 0: one pass over the held-out examples.',
+)
+_EMIT = flags.DEFINE_enum(
+  'emit', None, emit.TARGETS, 'Print a bash script of launch commands instead of running.'
+)
+_REPORT = flags.DEFINE_string(
+  'report', None, 'Rebuild the report of DIR (evaluating finished runs without a result).'
+)
 _NODES = flags.DEFINE_integer('nodes', 1, 'slurm: nodes per run.')
 _GPUS = flags.DEFINE_integer('gpus_per_node', 8, 'slurm: GPUs per node.')
 _TIME = flags.DEFINE_string('time', '24:00:00', 'slurm: time limit per run.')
@@ -64,25 +70,36 @@ def _main() -> int:
   if not all(seed.isdigit() for seed in _SEEDS.value):
     raise SweepError(f'--seeds={",".join(_SEEDS.value)}: give integers, e.g. 0,1,2')
   overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
-  plan = plan_lib.make_plan(variants.load_sweep(_SWEEP.value), _SWEEP.value,
-                            overrides, [int(s) for s in _SEEDS.value],
-                            config_file=_CONFIG_FILE)
+  plan = plan_lib.make_plan(
+    variants.load_sweep(_SWEEP.value),
+    _SWEEP.value,
+    overrides,
+    [int(s) for s in _SEEDS.value],
+    config_file=_CONFIG_FILE,
+  )
   if _EMIT.value:
-    script = emit.emit(plan, _WORKDIR.value, _EMIT.value, emit.Cluster(
-        _NODES.value, _GPUS.value, _TIME.value, _PARTITION.value, _TPU.value,
-        _ZONE.value))
+    script = emit.emit(
+      plan,
+      _WORKDIR.value,
+      _EMIT.value,
+      emit.Cluster(
+        _NODES.value, _GPUS.value, _TIME.value, _PARTITION.value, _TPU.value, _ZONE.value
+      ),
+    )
     plan.save(_WORKDIR.value)  # For --report.
     print(script, end='')
     return 0
   root = os.path.abspath(_WORKDIR.value)
-  outcomes = runner.run_plan(plan, root, flags.FLAGS.config,
-                             pretrain=_PRETRAIN, cwd=_REPO,
-                             eval_batches=_EVAL_BATCHES.value)
+  outcomes = runner.run_plan(
+    plan, root, flags.FLAGS.config, pretrain=_PRETRAIN, cwd=_REPO, eval_batches=_EVAL_BATCHES.value
+  )
   if report.collect(plan, root):
     print('\n'.join(report.write_report(plan, root)))
   bad = [o for o in outcomes if o.status in ('failed', 'stopped')]
-  print(f'{len(outcomes) - len(bad)} of {len(plan.runs)} runs finished'
-        + ''.join(f'\n  {o.run} {o.status}: {o.message}' for o in bad))
+  print(
+    f'{len(outcomes) - len(bad)} of {len(plan.runs)} runs finished'
+    + ''.join(f'\n  {o.run} {o.status}: {o.message}' for o in bad)
+  )
   return 1 if bad or len(outcomes) < len(plan.runs) else 0
 
 
@@ -90,16 +107,21 @@ def _default_config(argv: list[str]) -> str | None:
   """The preset of --sweep, read before the flags are parsed: the overrides
   --config.KEY=VALUE are checked against it."""
   if command_line.flag_value(argv, 'config') is not None:
-    raise SweepError('the sweep file picks the preset: drop --config= and '
-                     'pass overrides as --config.KEY=VALUE')
+    raise SweepError(
+      'the sweep file picks the preset: drop --config= and pass overrides as --config.KEY=VALUE'
+    )
   spec = command_line.flag_value(argv, 'sweep')
   if spec is None:
     return None
-  return (os.path.join(_REPO, _CONFIG_FILE) + ':'
-          + variants.load_sweep(spec).preset)
+  return os.path.join(_REPO, _CONFIG_FILE) + ':' + variants.load_sweep(spec).preset
 
 
 if __name__ == '__main__':
-  command_line.run(main, config=command_line.Config(
-      _default_config, keys_file=_CONFIG_FILE,
-      help_text='Set by --sweep (its preset); pass overrides only.'))
+  command_line.run(
+    main,
+    config=command_line.Config(
+      _default_config,
+      keys_file=_CONFIG_FILE,
+      help_text='Set by --sweep (its preset); pass overrides only.',
+    ),
+  )

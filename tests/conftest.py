@@ -24,4 +24,5 @@ os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 def vocab(tmp_path_factory) -> str:
   """The directory of the tiny training runs' SentencePiece vocabulary."""
   import train_testing  # pylint: disable=g-import-not-at-top  (imports jax)
+
   return train_testing.train_vocab(str(tmp_path_factory.mktemp('vocab')))

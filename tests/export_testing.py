@@ -30,29 +30,28 @@ from experiments.configs import pretrain
 import train_testing  # Compilation cache shared with the trainer tests.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGLISH = ('cats', 'mice', 'dogs', 'bones', 'birds', 'nests', 'fish', 'rivers',
-           'bees', 'honey')
+ENGLISH = ('cats', 'mice', 'dogs', 'bones', 'birds', 'nests', 'fish', 'rivers', 'bees', 'honey')
 CHINESE = ('猫', '鱼', '老师', '汉字')
 WORDS = ENGLISH + CHINESE
 NUM_STEPS = 400
 SETTINGS = {
-    'model.vocab_size': 128,
-    'model.embedding_size': 32,
-    'model.hidden_size': 48,
-    'model.num_layers': 2,
-    'model.num_heads': 4,
-    'model.intermediate_size': 96,
-    'model.max_position_embeddings': 32,
-    'data.max_seq_length': 32,
-    'data.max_predictions_per_seq': 5,
-    'train.batch_size': 32,
-    'train.num_steps': NUM_STEPS,
-    'train.learning_rate': 3e-2,
-    'train.warmup_steps': 10,
-    'train.log_every': 100,
-    'train.eval_every': NUM_STEPS,
-    'train.eval_steps': 2,
-    'checkpoint.every_steps': 200,
+  'model.vocab_size': 128,
+  'model.embedding_size': 32,
+  'model.hidden_size': 48,
+  'model.num_layers': 2,
+  'model.num_heads': 4,
+  'model.intermediate_size': 96,
+  'model.max_position_embeddings': 32,
+  'data.max_seq_length': 32,
+  'data.max_predictions_per_seq': 5,
+  'train.batch_size': 32,
+  'train.num_steps': NUM_STEPS,
+  'train.learning_rate': 3e-2,
+  'train.warmup_steps': 10,
+  'train.log_every': 100,
+  'train.eval_every': NUM_STEPS,
+  'train.eval_steps': 2,
+  'checkpoint.every_steps': 200,
 }
 
 
@@ -66,8 +65,9 @@ def write_corpus(path: str, num_documents: int, seed: int) -> str:
   with open(path, 'w', encoding='utf-8') as f:
     for _ in range(num_documents):
       word = rng.choice(WORDS)
-      sentences = [' '.join([word] * rng.randint(3, 6)) + sentence_end(word)
-                   for _ in range(rng.randint(2, 4))]
+      sentences = [
+        ' '.join([word] * rng.randint(3, 6)) + sentence_end(word) for _ in range(rng.randint(2, 4))
+      ]
       f.write('\n'.join(sentences) + '\n\n')
   return path
 
@@ -82,8 +82,11 @@ def pretrained_run() -> tuple[str, Any]:
   train = write_corpus(os.path.join(root, 'train.txt'), 300, seed=0)
   heldout = write_corpus(os.path.join(root, 'heldout.txt'), 64, seed=1)
   config = pretrain.get_config('tiny')
-  for key, value in {**SETTINGS, 'data.source': f'text:{train}',
-                     'data.eval_source': f'text:{heldout}'}.items():
+  for key, value in {
+    **SETTINGS,
+    'data.source': f'text:{train}',
+    'data.eval_source': f'text:{heldout}',
+  }.items():
     section, name = key.split('.')
     config[section][name] = value
   workdir = os.path.join(root, 'run')
@@ -107,17 +110,19 @@ def heldout_source() -> str:
   return config.data.eval_source
 
 
-def launch(name: str, *args: str, timeout: float = 300
-           ) -> subprocess.CompletedProcess:
+def launch(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
   """Runs `python -m launch.NAME ARGS` from the repository root."""
   return subprocess.run(
-      [sys.executable, '-m', f'launch.{name}', *args], cwd=REPO,
-      env=train_testing.subprocess_env(), text=True, capture_output=True,
-      timeout=timeout)
+    [sys.executable, '-m', f'launch.{name}', *args],
+    cwd=REPO,
+    env=train_testing.subprocess_env(),
+    text=True,
+    capture_output=True,
+    timeout=timeout,
+  )
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess,
-                          pattern: str) -> None:
+def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
   """A launcher failed with one `error: ...` line matching `pattern`."""
   lines = result.stderr.strip().splitlines()
   assert result.returncode != 0, result.stdout

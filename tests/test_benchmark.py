@@ -12,25 +12,32 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax import benchmark
-from albert_jax.train.config import PretrainConfig
+from albert_jax import benchmark, memory_plan
 from albert_jax.errors import UsageError
+from albert_jax.train.config import PretrainConfig
 from experiments.configs import pretrain
-from albert_jax import memory_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
-    'model.vocab_size': 64, 'model.embedding_size': 8, 'model.hidden_size': 16,
-    'model.num_layers': 2, 'model.num_heads': 2, 'model.intermediate_size': 32,
-    'model.max_position_embeddings': 32,
+  'model.vocab_size': 64,
+  'model.embedding_size': 8,
+  'model.hidden_size': 16,
+  'model.num_layers': 2,
+  'model.num_heads': 2,
+  'model.intermediate_size': 32,
+  'model.max_position_embeddings': 32,
 }
 
 
 def tiny_config(**overrides):
   config = pretrain.get_config('tiny')
-  for key, value in {**TINY, 'data.max_seq_length': 16,
-                     'data.max_predictions_per_seq': 3, 'train.batch_size': 8,
-                     **overrides}.items():
+  for key, value in {
+    **TINY,
+    'data.max_seq_length': 16,
+    'data.max_predictions_per_seq': 3,
+    'train.batch_size': 8,
+    **overrides,
+  }.items():
     section, name = key.split('.')
     config[section][name] = value
   return config
@@ -47,16 +54,21 @@ def test_num_masked_positions_scales_with_sequence_length():
 def test_synthetic_batch_follows_the_data_contract():
   batch = benchmark.synthetic_batch(np.random.default_rng(0), 4, 16, 5, 64)
   assert {k: v.shape for k, v in batch.items()} == {
-      'input_ids': (4, 16), 'input_mask': (4, 16), 'segment_ids': (4, 16),
-      'masked_lm_positions': (4, 5), 'masked_lm_ids': (4, 5),
-      'masked_lm_weights': (4, 5), 'sentence_order_label': (4,)}
+    'input_ids': (4, 16),
+    'input_mask': (4, 16),
+    'segment_ids': (4, 16),
+    'masked_lm_positions': (4, 5),
+    'masked_lm_ids': (4, 5),
+    'masked_lm_weights': (4, 5),
+    'sentence_order_label': (4,),
+  }
   assert all(v.dtype == np.int32 for v in batch.values())
   positions = batch['masked_lm_positions']
   assert positions.min() >= 1 and positions.max() < 16  # Never [CLS].
   assert all(len(set(row)) == 5 for row in positions)  # Distinct.
   np.testing.assert_array_equal(
-      batch['masked_lm_ids'],
-      np.take_along_axis(batch['input_ids'], positions, axis=1))
+    batch['masked_lm_ids'], np.take_along_axis(batch['input_ids'], positions, axis=1)
+  )
   assert batch['input_ids'].min() >= 5 and batch['input_ids'].max() < 64
   with pytest.raises(ValueError, match='do not fit'):
     benchmark.synthetic_batch(np.random.default_rng(0), 1, 4, 4, 64)
@@ -76,11 +88,14 @@ def test_compiled_step_runs_and_reports_memory():
 def test_aot_memory_shrinks_with_fsdp_and_remat():
   """Simulated devices: sharding the state over 4 devices and remat cut the
   per-device figures that the memory plan reports."""
+
   def peak(mesh, policy):
     config = tiny_config(**{'train.batch_size': 16, 'data.max_seq_length': 32})
     config.mesh = memory_plan.mesh_config(mesh, 4)
     config.model.remat_policy = policy
-    compiled = benchmark.compile_train_step(PretrainConfig.from_config(config), jax.devices()[:4]).compiled
+    compiled = benchmark.compile_train_step(
+      PretrainConfig.from_config(config), jax.devices()[:4]
+    ).compiled
     return benchmark.memory(compiled)
 
   data, fsdp = peak('data', 'none'), peak('fsdp', 'none')
@@ -90,16 +105,21 @@ def test_aot_memory_shrinks_with_fsdp_and_remat():
 
 def test_memory_plan_table_and_mesh_layouts():
   assert memory_plan.mesh_config('fsdp', 8) == {'data': 1, 'fsdp': -1, 'tensor': 1}
-  assert memory_plan.mesh_config('fsdp=-1+tensor=2', 8) == {
-      'data': 1, 'fsdp': -1, 'tensor': 2}
+  assert memory_plan.mesh_config('fsdp=-1+tensor=2', 8) == {'data': 1, 'fsdp': -1, 'tensor': 2}
   with pytest.raises(UsageError, match='bad mesh layout'):
     memory_plan.mesh_config('model=2', 8)
   record = {
-      'preset': 'x', 'dtype': 'float32', 'batch_size': 64, 'seq_len': 16,
-      'micro_batch_per_device': 2, 'num_devices': 8, 'mesh': 'fsdp=8',
-      'remat_policy': 'full', 'grad_accum_steps': 4,
-      'memory_per_device_bytes': 20 * 2**30,
-      'memory_analysis': {'arguments': 2**30, 'temporaries': 19 * 2**30},
+    'preset': 'x',
+    'dtype': 'float32',
+    'batch_size': 64,
+    'seq_len': 16,
+    'micro_batch_per_device': 2,
+    'num_devices': 8,
+    'mesh': 'fsdp=8',
+    'remat_policy': 'full',
+    'grad_accum_steps': 4,
+    'memory_per_device_bytes': 20 * 2**30,
+    'memory_analysis': {'arguments': 2**30, 'temporaries': 19 * 2**30},
   }
   table = memory_plan.markdown_table([record])
   assert '| 8 | fsdp=8 | full | 4 | 1.00 | 19.00 | 20.00 | no | yes |' in table
@@ -108,8 +128,10 @@ def test_memory_plan_table_and_mesh_layouts():
 
 
 def test_cpu_peak_from_cpuinfo():
-  cpuinfo = ('vendor_id\t: GenuineIntel\ncpu family\t: 6\ncpu MHz\t\t: 2000.000\n'
-             'flags\t\t: fpu avx avx2 fma avx512f\n')
+  cpuinfo = (
+    'vendor_id\t: GenuineIntel\ncpu family\t: 6\ncpu MHz\t\t: 2000.000\n'
+    'flags\t\t: fpu avx avx2 fma avx512f\n'
+  )
   peak = benchmark.cpu_peak_fp32(cpuinfo, num_cores=4)
   assert peak.flops_per_sec == 4 * 2e9 * 2 * 16 * 2
   zen4 = cpuinfo.replace('GenuineIntel', 'AuthenticAMD').replace(': 6', ': 25')
@@ -119,9 +141,13 @@ def test_cpu_peak_from_cpuinfo():
 
 def _launch(module, *args):
   return subprocess.run(
-      [sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True,
-      text=True, timeout=300,
-      env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
+    [sys.executable, '-m', module, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
+  )
 
 
 def _flags(config=TINY):
@@ -129,10 +155,18 @@ def _flags(config=TINY):
 
 
 def test_launch_benchmark_prints_one_json_line_with_sane_values():
-  result = _launch('launch.benchmark', '--config=experiments/configs/pretrain.py:tiny',
-                   '--batch_size=4', '--max_seq_length=16', '--steps=1', '--rounds=2',
-                   '--warmup=1', '--json', '--config.data.max_predictions_per_seq=3',
-                   *_flags())
+  result = _launch(
+    'launch.benchmark',
+    '--config=experiments/configs/pretrain.py:tiny',
+    '--batch_size=4',
+    '--max_seq_length=16',
+    '--steps=1',
+    '--rounds=2',
+    '--warmup=1',
+    '--json',
+    '--config.data.max_predictions_per_seq=3',
+    *_flags(),
+  )
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   assert len(lines) == 1
@@ -140,19 +174,23 @@ def test_launch_benchmark_prints_one_json_line_with_sane_values():
   assert record['batch_size'] == 4 and record['seq_len'] == 16
   assert record['num_masked'] == 3
   assert record['tokens_per_sec'] == pytest.approx(64 / record['step_time_s'])
-  assert record['flops_per_sec'] == pytest.approx(
-      record['flops_per_step'] / record['step_time_s'])
+  assert record['flops_per_sec'] == pytest.approx(record['flops_per_step'] / record['step_time_s'])
   assert record['compile_s'] > 0 and record['memory_per_device_bytes'] > 0
   assert record['max_rss_bytes'] > 0
   if record['peak_flops_per_sec']:
-    assert 0 < record['mfu'] == pytest.approx(
-        record['flops_per_sec'] / record['peak_flops_per_sec'])
+    assert (
+      0 < record['mfu'] == pytest.approx(record['flops_per_sec'] / record['peak_flops_per_sec'])
+    )
   assert 'peer_tokens_per_sec' not in record
 
 
 def test_launch_benchmark_rejects_bad_input_in_one_line():
-  result = _launch('launch.benchmark', '--config=experiments/configs/pretrain.py:tiny',
-                   '--max_seq_length=4096', *_flags())
+  result = _launch(
+    'launch.benchmark',
+    '--config=experiments/configs/pretrain.py:tiny',
+    '--max_seq_length=4096',
+    *_flags(),
+  )
   assert result.returncode != 0
   line = result.stderr.strip().splitlines()[-1]
   assert line.startswith('error: ') and 'max_seq_length=4096' in line, line

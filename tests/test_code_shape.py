@@ -15,16 +15,14 @@ def test_no_long_functions_in_the_trainers():
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
           lines = node.end_lineno - node.lineno + 1
           if lines > MAX_LINES:
-            long.append(f'{path.relative_to(ROOT)}:{node.lineno} {node.name} '
-                        f'({lines} lines)')
+            long.append(f'{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)')
   assert not long, long
 
 
 def test_trainers_assemble_their_run_in_one_place():
   """Pretraining, fine-tuning, benchmark and evaluation call run.assemble;
   none builds its own optimizer, initial state or jitted step."""
-  for name in ('train/trainer.py', 'finetune/trainer.py', 'benchmark.py',
-               'evaluate.py'):
+  for name in ('train/trainer.py', 'finetune/trainer.py', 'benchmark.py', 'evaluate.py'):
     source = (ROOT / 'albert_jax' / name).read_text()
     assert 'run_lib.assemble(' in source, name
     for private in ('optimizer_and_schedule', 'initial_state(', 'jax.jit(functools'):

@@ -13,24 +13,31 @@ import train_testing
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The launchers that take --config, and a command line each needs to have one.
 CONFIG_LAUNCHERS = {
-    'pretrain': [], 'finetune': [], 'benchmark': [], 'memory_plan': [],
-    'params': ['--config=experiments/configs/pretrain.py:base'], 'cluster': [],
-    'sweep': ['--sweep=experiments/ablations/sharing.py:tiny'],
+  'pretrain': [],
+  'finetune': [],
+  'benchmark': [],
+  'memory_plan': [],
+  'params': ['--config=experiments/configs/pretrain.py:base'],
+  'cluster': [],
+  'sweep': ['--sweep=experiments/ablations/sharing.py:tiny'],
 }
 
 
 def _popen(launcher: str, *args: str) -> subprocess.Popen:
   return subprocess.Popen(
-      [sys.executable, '-m', f'launch.{launcher}', *args], cwd=REPO,
-      env=train_testing.subprocess_env(), text=True, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE)
+    [sys.executable, '-m', f'launch.{launcher}', *args],
+    cwd=REPO,
+    env=train_testing.subprocess_env(),
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
 
 
 def _run(launcher: str, *args: str) -> subprocess.CompletedProcess:
   process = _popen(launcher, *args)
   stdout, stderr = process.communicate(timeout=300)
-  return subprocess.CompletedProcess(process.args, process.returncode, stdout,
-                                     stderr)
+  return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -43,8 +50,7 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
 
 def test_help_lists_config_and_print_config():
   # All at once: each is mostly the interpreter importing jax.
-  processes = {name: _popen(name, *args, '--help')
-               for name, args in CONFIG_LAUNCHERS.items()}
+  processes = {name: _popen(name, *args, '--help') for name, args in CONFIG_LAUNCHERS.items()}
   for name, process in processes.items():
     stdout, stderr = process.communicate(timeout=300)  # absl's --help exits 1.
     assert '  --config: ' in stdout and '  --[no]print_config: ' in stdout, name
@@ -55,43 +61,75 @@ def test_help_lists_config_and_print_config():
 
 def test_print_config_applies_overrides_and_runs_nothing(tmp_path):
   workdir = tmp_path / 'run'
-  result = _run('pretrain', f'--workdir={workdir}', '--print_config',
-                '--config.train.num_steps=7', '--config.model.hidden_size=96')
+  result = _run(
+    'pretrain',
+    f'--workdir={workdir}',
+    '--print_config',
+    '--config.train.num_steps=7',
+    '--config.model.hidden_size=96',
+  )
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert 'preset: tiny' in lines and '  num_steps: 7' in lines
   assert '  hidden_size: 96' in lines
-  assert any(line.startswith('sharding_rules: [[batch, [data, fsdp]]')
-             for line in lines), result.stdout
+  assert any(line.startswith('sharding_rules: [[batch, [data, fsdp]]') for line in lines), (
+    result.stdout
+  )
   assert not workdir.exists()
 
 
 def test_print_config_applies_the_flags_that_set_keys():
   # launch.benchmark's --batch_size and --max_seq_length, the latter by the
   # deprecated name --seq_len.
-  result = _run('benchmark', '--config=experiments/configs/pretrain.py:tiny',
-                '--batch_size=4', '--seq_len=16', '--print_config')
+  result = _run(
+    'benchmark',
+    '--config=experiments/configs/pretrain.py:tiny',
+    '--batch_size=4',
+    '--seq_len=16',
+    '--print_config',
+  )
   assert result.returncode == 0, result.stderr
-  assert result.stderr == ('warning: --seq_len is deprecated; use '
-                           '--max_seq_length\n')
+  assert result.stderr == ('warning: --seq_len is deprecated; use --max_seq_length\n')
   lines = result.stdout.splitlines()
   assert '  batch_size: 4' in lines and '  max_seq_length: 16' in lines
 
 
-@pytest.mark.parametrize('launcher, args, old, new, error', [
+@pytest.mark.parametrize(
+  'launcher, args, old, new, error',
+  [
     # The value reaches --source: the error is about the model, not a missing
     # --source.
-    ('evaluate', ['--model=/nonexistent', '--data=builtin'], 'data', 'source',
-     'error: .*/nonexistent'),
-    ('train_tokenizer', ['--input=text:/nonexistent/*.txt', '--output=/nonexistent'],
-     'input', 'source', 'error: text:/nonexistent/[*].txt matches no files'),
+    (
+      'evaluate',
+      ['--model=/nonexistent', '--data=builtin'],
+      'data',
+      'source',
+      'error: .*/nonexistent',
+    ),
+    (
+      'train_tokenizer',
+      ['--input=text:/nonexistent/*.txt', '--output=/nonexistent'],
+      'input',
+      'source',
+      'error: text:/nonexistent/[*].txt matches no files',
+    ),
     # --prepared=DIR is --source=prepared:DIR.
-    ('benchmark_data', ['--prepared=/nonexistent'], 'prepared', 'source',
-     'error: prepared:/nonexistent is not prepared data'),
-    ('evaluate', ['--max_predictions=many'], 'max_predictions',
-     'max_predictions_per_seq',
-     'error: flag --max_predictions_per_seq=many: invalid literal'),
-])
+    (
+      'benchmark_data',
+      ['--prepared=/nonexistent'],
+      'prepared',
+      'source',
+      'error: prepared:/nonexistent is not prepared data',
+    ),
+    (
+      'evaluate',
+      ['--max_predictions=many'],
+      'max_predictions',
+      'max_predictions_per_seq',
+      'error: flag --max_predictions_per_seq=many: invalid literal',
+    ),
+  ],
+)
 def test_deprecated_flag_names_work_and_warn(launcher, args, old, new, error):
   result = _run(launcher, *args)
   lines = result.stderr.strip().splitlines()
@@ -105,18 +143,27 @@ def test_deprecated_flag_names_work_and_warn(launcher, args, old, new, error):
 
 def test_a_library_error_is_one_line_without_traceback(tmp_path):
   # An AlbertError raised by the trainer, not by the command line.
-  message = _one_error_line(_run('pretrain', f'--workdir={tmp_path}/run',
-                                 '--config.train.optimizer=sgd'))
+  message = _one_error_line(
+    _run('pretrain', f'--workdir={tmp_path}/run', '--config.train.optimizer=sgd')
+  )
   assert 'sgd' in message
 
 
-@pytest.mark.parametrize('launcher, args, message', [
-    ('prepare_data', ['--vocab=v', '--output=o', '--bogus=1'],
-     "error: Unknown command line flag 'bogus'"),
-    ('prepare_data', ['--vocab=v', '--output=o', 'stray'],
-     "error: unexpected argument 'stray'; flags look like --name=value"),
-    ('params', ['--print_config'],
-     'error: --print_config: no config on this command line'),
-])
+@pytest.mark.parametrize(
+  'launcher, args, message',
+  [
+    (
+      'prepare_data',
+      ['--vocab=v', '--output=o', '--bogus=1'],
+      "error: Unknown command line flag 'bogus'",
+    ),
+    (
+      'prepare_data',
+      ['--vocab=v', '--output=o', 'stray'],
+      "error: unexpected argument 'stray'; flags look like --name=value",
+    ),
+    ('params', ['--print_config'], 'error: --print_config: no config on this command line'),
+  ],
+)
 def test_command_line_mistakes_are_one_line(launcher, args, message):
   assert _one_error_line(_run(launcher, *args)) == message

@@ -7,17 +7,17 @@ import pytest
 
 from albert_jax.data import examples, sources
 from albert_jax.data.corpus import TokenizedCorpus, tokenize
+from albert_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, train_tokenizer
 from albert_jax.errors import DataError
-from albert_jax.data.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID,
-                                       train_tokenizer)
 
 SEQ, PRED = 128, 20
 
 
 @pytest.fixture(scope='module')
 def tokenizer(tmp_path_factory):
-  return train_tokenizer(sources.read_sentences('builtin'),
-                         str(tmp_path_factory.mktemp('vocab')), vocab_size=2000)
+  return train_tokenizer(
+    sources.read_sentences('builtin'), str(tmp_path_factory.mktemp('vocab')), vocab_size=2000
+  )
 
 
 @pytest.fixture(scope='module')
@@ -26,12 +26,18 @@ def corpus(tokenizer):
 
 
 def make_builder(corpus, tokenizer, seed=0, **kwargs):
-  config = examples.ExampleConfig(**{
-      'max_seq_length': SEQ, 'max_predictions_per_seq': PRED, **kwargs})
+  config = examples.ExampleConfig(
+    **{'max_seq_length': SEQ, 'max_predictions_per_seq': PRED, **kwargs}
+  )
   instances = examples.plan_instances(corpus, config, seed)
   return examples.ExampleBuilder(
-      corpus, instances, config, vocab_size=tokenizer.vocab_size,
-      is_word_start=tokenizer.is_word_start, seed=seed)
+    corpus,
+    instances,
+    config,
+    vocab_size=tokenizer.vocab_size,
+    is_word_start=tokenizer.is_word_start,
+    seed=seed,
+  )
 
 
 @pytest.fixture(scope='module')
@@ -107,8 +113,7 @@ def test_ngram_span_lengths_follow_one_over_n(corpus, tokenizer):
   the budget, barely shows; with 20 predictions it tilts the shares towards
   n = 1 by a few points (see select_ngram_spans).
   """
-  builder = make_builder(corpus, tokenizer, max_seq_length=512,
-                         max_predictions_per_seq=77)
+  builder = make_builder(corpus, tokenizer, max_seq_length=512, max_predictions_per_seq=77)
   rng = np.random.default_rng(0)
   sizes = collections.Counter()
   for epoch in range(6):
@@ -116,19 +121,18 @@ def test_ngram_span_lengths_follow_one_over_n(corpus, tokenizer):
       example = builder(epoch, index)
       length = example['input_mask'].sum()
       ids = unmasked(example)
-      tokens = ids[1:length - 1]
+      tokens = ids[1 : length - 1]
       tokens = tokens[tokens != SEP_ID]
       starts = tokenizer.is_word_start[tokens].copy()
       starts[0] = True
       word_starts = np.flatnonzero(starts)
       word_ends = np.append(word_starts[1:], len(tokens))
       budget = min(77, round(len(tokens) * 0.15))
-      spans = examples.select_ngram_spans(rng, word_starts.tolist(),
-                                          word_ends.tolist(), budget, 3)
+      spans = examples.select_ngram_spans(rng, word_starts.tolist(), word_ends.tolist(), budget, 3)
       covered = np.zeros(len(tokens), int)
       for w, n in spans:
         sizes[n] += 1
-        covered[word_starts[w]:word_ends[w + n - 1]] += 1
+        covered[word_starts[w] : word_ends[w + n - 1]] += 1
       assert covered.max() <= 1 and covered.sum() <= budget
   total = sum(sizes.values())
   assert total > 10_000
@@ -144,8 +148,7 @@ def test_masks_whole_words(corpus, tokenizer):
     original = unmasked(example)
     masked = set(positions.tolist())
     for p in masked:  # A masked continuation piece's word start is masked too.
-      if not tokenizer.is_word_start[original[p]] and original[p - 1] not in (
-          CLS_ID, SEP_ID):
+      if not tokenizer.is_word_start[original[p]] and original[p - 1] not in (CLS_ID, SEP_ID):
         assert p - 1 in masked
 
 
@@ -154,8 +157,7 @@ def test_deterministic_and_fresh_each_epoch(corpus, tokenizer):
   for index in (0, 7, 42):
     for key, value in a(3, index).items():
       assert value.tobytes() == b(3, index)[key].tobytes()
-  assert not np.array_equal(a(0, 5)['masked_lm_positions'],
-                            a(1, 5)['masked_lm_positions'])
+  assert not np.array_equal(a(0, 5)['masked_lm_positions'], a(1, 5)['masked_lm_positions'])
   other = make_builder(corpus, tokenizer, seed=1)
   assert not np.array_equal(a(0, 5)['input_ids'], other(0, 5)['input_ids'])
 
@@ -164,14 +166,15 @@ def test_sop_swaps_consecutive_segments(tokenizer):
   # Every document: 3 sentences of distinct, increasing ids -> order visible.
   doc = [[10, 11, 12], [20, 21], [30, 31, 32, 33]]
   corpus = _corpus([doc] * 50)
-  builder = make_builder(corpus, tokenizer, masked_lm_prob=0.01,
-                         max_predictions_per_seq=1, short_seq_prob=0.0)
+  builder = make_builder(
+    corpus, tokenizer, masked_lm_prob=0.01, max_predictions_per_seq=1, short_seq_prob=0.0
+  )
   seen = collections.Counter()
   for index in range(len(builder)):
     ex = builder(0, index)
     ids = unmasked(ex)
     sep = list(ids).index(SEP_ID)
-    a, b = ids[1:sep], ids[sep + 1:ex['input_mask'].sum() - 1]
+    a, b = ids[1:sep], ids[sep + 1 : ex['input_mask'].sum() - 1]
     label = int(ex['sentence_order_label'])
     assert (a[0] > b[-1]) == bool(label)
     assert sorted([*a, *b]) == [10, 11, 12, 20, 21, 30, 31, 32, 33]
@@ -182,23 +185,26 @@ def test_sop_swaps_consecutive_segments(tokenizer):
 def test_single_segment_documents_get_true_labels(tokenizer):
   """lm1b-like corpora: one sentence per document; cut within it, no fakes."""
   corpus = _corpus([[[100 + i, 200 + i, 300 + i, 400 + i]] for i in range(40)])
-  builder = make_builder(corpus, tokenizer, masked_lm_prob=0.01,
-                         max_predictions_per_seq=1)
+  builder = make_builder(corpus, tokenizer, masked_lm_prob=0.01, max_predictions_per_seq=1)
   for index in range(len(builder)):
     ex = builder(0, index)
     ids = unmasked(ex)
-    tokens = [t for t in ids[:ex['input_mask'].sum()] if t not in (CLS_ID, SEP_ID)]
+    tokens = [t for t in ids[: ex['input_mask'].sum()] if t not in (CLS_ID, SEP_ID)]
     assert len(tokens) == 4
     assert len({t % 100 for t in tokens}) == 1  # One document only.
     assert (tokens != sorted(tokens)) == bool(ex['sentence_order_label'])
 
 
 def test_nsp_takes_random_documents(tokenizer):
-  corpus = _corpus([[[1000 + 10 * d + s for s in range(3)], [1005 + 10 * d]]
-                    for d in range(60)])
-  builder = make_builder(corpus, tokenizer, sentence_objective='nsp',
-                         masked_lm_prob=0.01, max_predictions_per_seq=1,
-                         short_seq_prob=0.0)
+  corpus = _corpus([[[1000 + 10 * d + s for s in range(3)], [1005 + 10 * d]] for d in range(60)])
+  builder = make_builder(
+    corpus,
+    tokenizer,
+    sentence_objective='nsp',
+    masked_lm_prob=0.01,
+    max_predictions_per_seq=1,
+    short_seq_prob=0.0,
+  )
   labels = []
   for epoch in range(20):
     for index in range(len(builder)):
@@ -206,7 +212,7 @@ def test_nsp_takes_random_documents(tokenizer):
       ids = unmasked(ex)
       sep = list(ids).index(SEP_ID)
       docs_a = {(t - 1000) // 10 for t in ids[1:sep]}
-      docs_b = {(t - 1000) // 10 for t in ids[sep + 1:ex['input_mask'].sum() - 1]}
+      docs_b = {(t - 1000) // 10 for t in ids[sep + 1 : ex['input_mask'].sum() - 1]}
       label = int(ex['sentence_order_label'])
       assert (docs_a != docs_b) == bool(label)
       labels.append(label)
@@ -215,10 +221,10 @@ def test_nsp_takes_random_documents(tokenizer):
 
 def test_objective_none_keeps_order(tokenizer):
   corpus = _corpus([[[10, 11], [20, 21]]] * 30)
-  builder = make_builder(corpus, tokenizer, sentence_objective='none',
-                         masked_lm_prob=0.01, max_predictions_per_seq=1)
-  assert all(builder(0, i)['sentence_order_label'] == 0
-             for i in range(len(builder)))
+  builder = make_builder(
+    corpus, tokenizer, sentence_objective='none', masked_lm_prob=0.01, max_predictions_per_seq=1
+  )
+  assert all(builder(0, i)['sentence_order_label'] == 0 for i in range(len(builder)))
 
 
 def test_long_sentences_are_truncated(tokenizer):
@@ -259,6 +265,7 @@ def unmasked(example: dict[str, np.ndarray]) -> np.ndarray:
 def _corpus(documents: list[list[list[int]]]) -> TokenizedCorpus:
   lengths = [len(s) for d in documents for s in d]
   return TokenizedCorpus(
-      token_ids=np.array([t for d in documents for s in d for t in s], np.int32),
-      segment_lengths=np.array(lengths, np.int32),
-      document_offsets=np.cumsum([0] + [len(d) for d in documents]))
+    token_ids=np.array([t for d in documents for s in d for t in s], np.int32),
+    segment_lengths=np.array(lengths, np.int32),
+    document_offsets=np.cumsum([0] + [len(d) for d in documents]),
+  )

@@ -7,14 +7,26 @@ import sys
 import pytest
 
 from albert_jax.data import sources
+from albert_jax.data.tokenizer import (
+  CLS_ID,
+  MASK_ID,
+  PAD_ID,
+  SEP_ID,
+  UNK_ID,
+  Normalization,
+  Tokenizer,
+  train_tokenizer,
+)
 from albert_jax.errors import DataError
-from albert_jax.data.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID,
-                                       Normalization, Tokenizer,
-                                       train_tokenizer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHINESE = ['我很高兴认识你。', '今天天气很好，我们去公园散步吧。',
-           '他很高兴地笑了。', '我们都很高兴。', '你今天高兴吗？']
+CHINESE = [
+  '我很高兴认识你。',
+  '今天天气很好，我们去公园散步吧。',
+  '他很高兴地笑了。',
+  '我们都很高兴。',
+  '你今天高兴吗？',
+]
 
 
 @pytest.fixture(scope='module')
@@ -39,29 +51,28 @@ def test_normalization_steps():
   assert Normalization()(text) == 'creme brulee naive'
   assert Normalization(lowercase=False)(text) == 'Creme BRULEE naive'
   assert Normalization(strip_accents=False)(text) == 'crème brûlée naïve'
-  assert Normalization(collapse_whitespace=False)(text) == (
-      '  creme   brulee\tnaive ')
+  assert Normalization(collapse_whitespace=False)(text) == ('  creme   brulee\tnaive ')
 
 
 def test_encode_decode_round_trip(vocab_dir):
   tokenizer = Tokenizer.load(vocab_dir)
   ids = tokenizer.encode('The  "if" statement is used for CONDITIONAL execution.')
   assert all(5 <= i < tokenizer.vocab_size for i in ids)
-  assert tokenizer.decode(ids) == (
-      'the "if" statement is used for conditional execution.')
-  assert tokenizer.encode_batch(['a b', 'c']) == [tokenizer.encode('a b'),
-                                                  tokenizer.encode('c')]
+  assert tokenizer.decode(ids) == ('the "if" statement is used for conditional execution.')
+  assert tokenizer.encode_batch(['a b', 'c']) == [tokenizer.encode('a b'), tokenizer.encode('c')]
 
 
 def test_saved_normalization_is_reapplied(tmp_path):
   sentences = ['Hello World.', 'Python Is Fun.', 'Crème Brûlée.'] * 50
   directory = str(tmp_path / 'cased')
-  train_tokenizer(sentences, directory, vocab_size=60,
-                  normalization=Normalization(lowercase=False,
-                                              strip_accents=False))
+  train_tokenizer(
+    sentences,
+    directory,
+    vocab_size=60,
+    normalization=Normalization(lowercase=False, strip_accents=False),
+  )
   tokenizer = Tokenizer.load(directory)
-  assert tokenizer.normalization == Normalization(lowercase=False,
-                                                  strip_accents=False)
+  assert tokenizer.normalization == Normalization(lowercase=False, strip_accents=False)
   assert tokenizer.decode(tokenizer.encode('Hello   World.')) == 'Hello World.'
   assert 'û' in tokenizer.decode(tokenizer.encode('Brûlée'))
 
@@ -76,8 +87,9 @@ def test_chinese_round_trip(tmp_path):
 
 
 def test_vocab_size_too_large_gives_smaller_vocab(tmp_path, caplog):
-  tokenizer = train_tokenizer(['a tiny corpus.', 'it has few words.'] * 10,
-                              str(tmp_path / 'v'), vocab_size=5000)
+  tokenizer = train_tokenizer(
+    ['a tiny corpus.', 'it has few words.'] * 10, str(tmp_path / 'v'), vocab_size=5000
+  )
   assert 5 < tokenizer.vocab_size < 5000
   assert 'corpus too small for vocab_size=5000' in caplog.text
 
@@ -86,10 +98,12 @@ def test_matches_hugging_face_albert_tokenizer(vocab_dir):
   transformers = pytest.importorskip('transformers')
   ours = Tokenizer.load(vocab_dir)
   theirs = transformers.AlbertTokenizer.from_pretrained(vocab_dir)
-  for text in ['The "if" statement is used for conditional execution.',
-               '  Héllo   WORLD, naïve café: 1,000 items!', 'x = 3.14']:
-    assert ours.encode(text) == theirs(text, add_special_tokens=False)[
-        'input_ids']
+  for text in [
+    'The "if" statement is used for conditional execution.',
+    '  Héllo   WORLD, naïve café: 1,000 items!',
+    'x = 3.14',
+  ]:
+    assert ours.encode(text) == theirs(text, add_special_tokens=False)['input_ids']
   assert theirs('a b')['input_ids'] == [CLS_ID, *ours.encode('a b'), SEP_ID]
 
 
@@ -98,11 +112,15 @@ def test_bad_vocabularies(tmp_path, vocab_dir):
     Tokenizer.load(str(tmp_path / 'missing'))
   # A SentencePiece model with SentencePiece's default ids, not ALBERT's.
   import sentencepiece as spm
+
   plain = tmp_path / 'plain'
   plain.mkdir()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(['some text here.'] * 20),
-      model_prefix=str(plain / 'spiece'), vocab_size=13, minloglevel=2)
+    sentence_iterator=iter(['some text here.'] * 20),
+    model_prefix=str(plain / 'spiece'),
+    vocab_size=13,
+    minloglevel=2,
+  )
   with pytest.raises(DataError) as error:
     Tokenizer.load(str(plain))
   assert 'not an ALBERT vocabulary: id 0' in str(error.value)
@@ -119,13 +137,16 @@ def test_bad_vocabularies(tmp_path, vocab_dir):
 
 def test_train_tokenizer_launcher(tmp_path):
   corpus = tmp_path / 'corpus.txt'
-  corpus.write_text('\n'.join(['First sentence here.', 'Second one.', '',
-                               'Another document.'] * 30))
+  corpus.write_text(
+    '\n'.join(['First sentence here.', 'Second one.', '', 'Another document.'] * 30)
+  )
   run = lambda *flags: subprocess.run(
-      [sys.executable, '-m', 'launch.train_tokenizer', *flags], cwd=REPO,
-      capture_output=True, text=True)
-  done = run(f'--source=text:{corpus}', '--vocab_size=40',
-             f'--output={tmp_path}/v')
+    [sys.executable, '-m', 'launch.train_tokenizer', *flags],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  done = run(f'--source=text:{corpus}', '--vocab_size=40', f'--output={tmp_path}/v')
   assert done.returncode == 0, done.stderr
   assert Tokenizer.load(f'{tmp_path}/v').vocab_size <= 40
   failed = run(f'--source=text:{tmp_path}/nothing*.txt', f'--output={tmp_path}/w')

@@ -17,23 +17,24 @@ def run():
 
 def _run_settings(config) -> list[str]:
   """The flags that build the examples the trainer evaluated on."""
-  return [f'--source={config.data.eval_source}',
-          f'--max_seq_length={config.data.max_seq_length}',
-          f'--max_predictions_per_seq={config.data.max_predictions_per_seq}',
-          f'--batch_size={config.train.batch_size}',
-          f'--num_batches={config.train.eval_steps}',
-          f'--seed={config.data.seed}']
+  return [
+    f'--source={config.data.eval_source}',
+    f'--max_seq_length={config.data.max_seq_length}',
+    f'--max_predictions_per_seq={config.data.max_predictions_per_seq}',
+    f'--batch_size={config.train.batch_size}',
+    f'--num_batches={config.train.eval_steps}',
+    f'--seed={config.data.seed}',
+  ]
 
 
 def test_matches_the_training_time_evaluation_of_the_same_step(run):
   workdir, config = run
   result = export_testing.launch(
-      'evaluate', f'--model={export_testing.exported("flax")}', '--json',
-      *_run_settings(config))
+    'evaluate', f'--model={export_testing.exported("flax")}', '--json', *_run_settings(config)
+  )
   assert result.returncode == 0, result.stderr
   results = json.loads(result.stdout)
-  trained = [r for r in train_testing.read_metrics(workdir)
-             if 'eval_mlm_loss' in r]
+  trained = [r for r in train_testing.read_metrics(workdir) if 'eval_mlm_loss' in r]
   assert trained[-1]['step'] == export_testing.NUM_STEPS
   expected = trained[-1]
   sop = results['sop']
@@ -44,8 +45,7 @@ def test_matches_the_training_time_evaluation_of_the_same_step(run):
     assert sop[key] == pytest.approx(expected[f'eval_{key}'], rel=1e-5), key
   assert sop['mlm_perplexity'] == pytest.approx(math.exp(sop['mlm_loss']))
   nsp = results['nsp']
-  assert set(nsp) >= {'mlm_loss', 'mlm_accuracy', 'mlm_perplexity',
-                      'nsp_accuracy', 'nsp_loss'}
+  assert set(nsp) >= {'mlm_loss', 'mlm_accuracy', 'mlm_perplexity', 'nsp_accuracy', 'nsp_loss'}
   assert 0 <= nsp['nsp_accuracy'] <= 1
   # A random second document hides the repeated word: NSP examples are harder.
   assert nsp['mlm_accuracy'] < sop['mlm_accuracy']
@@ -54,20 +54,28 @@ def test_matches_the_training_time_evaluation_of_the_same_step(run):
 def test_table_and_errors(run):
   _, config = run
   model = f'--model={export_testing.exported("flax")}'
-  result = export_testing.launch('evaluate', model, *_run_settings(config),
-                                 '--objective=sop', '--num_batches=1')
+  result = export_testing.launch(
+    'evaluate', model, *_run_settings(config), '--objective=sop', '--num_batches=1'
+  )
   assert result.returncode == 0, result.stderr
   header, row = result.stdout.splitlines()
-  assert header.split() == ['objective', 'mlm_loss', 'mlm_accuracy',
-                            'mlm_perplexity', 'sentence_accuracy', 'examples']
+  assert header.split() == [
+    'objective',
+    'mlm_loss',
+    'mlm_accuracy',
+    'mlm_perplexity',
+    'sentence_accuracy',
+    'examples',
+  ]
   assert row.split()[0] == 'sop' and row.split()[-1] == '32'
 
   export_testing.assert_one_line_error(
-      export_testing.launch('evaluate', model, *_run_settings(config),
-                            '--batch_size=12'),
-      'batch size 12 does not split over the 8 devices')
+    export_testing.launch('evaluate', model, *_run_settings(config), '--batch_size=12'),
+    'batch size 12 does not split over the 8 devices',
+  )
   export_testing.assert_one_line_error(
-      export_testing.launch('evaluate', model,
-                            f'--source={config.data.eval_source}',
-                            '--max_seq_length=64'),
-      "max_seq_length=64 exceeds the model's max_position_embeddings=32")
+    export_testing.launch(
+      'evaluate', model, f'--source={config.data.eval_source}', '--max_seq_length=64'
+    ),
+    "max_seq_length=64 exceeds the model's max_position_embeddings=32",
+  )

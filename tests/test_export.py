@@ -50,8 +50,7 @@ def _assert_same_params(got, expected):
 
 def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path):
   hf_dir, flax_dir = str(tmp_path / 'hf'), str(tmp_path / 'flax')
-  result = export_testing.launch('export', f'--workdir={run}', '--format=hf',
-                                 f'--output={hf_dir}')
+  result = export_testing.launch('export', f'--workdir={run}', '--format=hf', f'--output={hf_dir}')
   assert result.returncode == 0, result.stderr
   model = transformers.AlbertForPreTraining.from_pretrained(hf_dir).eval()
   tokenizer = transformers.AlbertTokenizer.from_pretrained(hf_dir)
@@ -59,25 +58,25 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
 
   # The same ids from both tokenizers, [MASK] included.
   for text in ('Dogs  DOGS [MASK] dogs.', '猫 猫 [MASK]。', 'honey bees.'):
-    assert tokenizer(text)['input_ids'] == [2, *encode_with_masks(
-        ours.tokenizer, text), 3]
+    assert tokenizer(text)['input_ids'] == [2, *encode_with_masks(ours.tokenizer, text), 3]
   # A padded batch of pairs: the same logits at every position.
-  batch = tokenizer(['cats cats cats.', 'honey 鱼 [MASK] birds'],
-                    ['mice mice.', '老师 汉字'], padding=True,
-                    return_token_type_ids=True, return_tensors='np')
+  batch = tokenizer(
+    ['cats cats cats.', 'honey 鱼 [MASK] birds'],
+    ['mice mice.', '老师 汉字'],
+    padding=True,
+    return_token_type_ids=True,
+    return_tensors='np',
+  )
   assert batch['attention_mask'].min() == 0  # Padding is exercised.
   with torch.no_grad():
     theirs = model(**{k: torch.from_numpy(v) for k, v in batch.items()})
   jax_out = AlbertForPreTraining(ours.config).apply(
-      {'params': ours.params}, batch['input_ids'], batch['attention_mask'],
-      batch['token_type_ids'])
-  np.testing.assert_allclose(jax_out['mlm_logits'],
-                             theirs.prediction_logits.numpy(), **TOL)
-  np.testing.assert_allclose(jax_out['sentence_logits'],
-                             theirs.sop_logits.numpy(), **TOL)
+    {'params': ours.params}, batch['input_ids'], batch['attention_mask'], batch['token_type_ids']
+  )
+  np.testing.assert_allclose(jax_out['mlm_logits'], theirs.prediction_logits.numpy(), **TOL)
+  np.testing.assert_allclose(jax_out['sentence_logits'], theirs.sop_logits.numpy(), **TOL)
 
-  result = export_testing.launch('export', f'--from_hf={hf_dir}',
-                                 f'--output={flax_dir}')
+  result = export_testing.launch('export', f'--from_hf={hf_dir}', f'--output={flax_dir}')
   assert result.returncode == 0, result.stderr
   imported = pretrained_lib.load_pretrained(flax_dir)
   assert imported.config == ours.config
@@ -87,20 +86,28 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
 
 def test_flax_export_holds_params_only_in_the_chosen_dtype(run, tmp_path):
   out = str(tmp_path / 'flax')
-  result = export_testing.launch('export', f'--workdir={run}', '--step=200',
-                                 '--dtype=bfloat16', f'--output={out}')
+  result = export_testing.launch(
+    'export', f'--workdir={run}', '--step=200', '--dtype=bfloat16', f'--output={out}'
+  )
   assert result.returncode == 0, result.stderr
-  assert sorted(os.listdir(out)) == ['model_config.json', 'normalization.json',
-                                     'params.safetensors', 'spiece.model']
+  assert sorted(os.listdir(out)) == [
+    'model_config.json',
+    'normalization.json',
+    'params.safetensors',
+    'spiece.model',
+  ]
   names = set(safetensors.numpy.load_file(os.path.join(out, 'params.safetensors')))
   assert 'albert/encoder/layer/ffn/dense/kernel' in names
   assert not any('opt_state' in n or n.startswith('params/') for n in names)
   loaded = pretrained_lib.load_pretrained(out)
   assert loaded.config.param_dtype == 'bfloat16'
-  step_200 = ocp.StandardCheckpointer().restore(
-      os.path.join(run, 'checkpoints', '200', 'state'))['params']
-  _assert_same_params(loaded.params, jax.tree.map(
-      lambda x: np.asarray(x).astype(loaded.config.params_dtype), step_200))
+  step_200 = ocp.StandardCheckpointer().restore(os.path.join(run, 'checkpoints', '200', 'state'))[
+    'params'
+  ]
+  _assert_same_params(
+    loaded.params,
+    jax.tree.map(lambda x: np.asarray(x).astype(loaded.config.params_dtype), step_200),
+  )
 
 
 def test_a_run_restores_its_checkpoint_params_step_and_config(run):
@@ -112,10 +119,8 @@ def test_a_run_restores_its_checkpoint_params_step_and_config(run):
   checkpoints = os.path.join(run, checkpoint_lib.WORKDIR_SUBDIR)
   assert checkpoint_lib.checkpoint_steps(checkpoints) == [200, 400]
   assert checkpoint_lib.checkpoint_steps(os.path.join(run, 'nothing')) == []
-  step_200 = ocp.StandardCheckpointer().restore(
-      os.path.join(checkpoints, '200', 'state'))['params']
-  _assert_same_params(restored.pretrained.params,
-                      jax.tree.map(np.asarray, step_200))
+  step_200 = ocp.StandardCheckpointer().restore(os.path.join(checkpoints, '200', 'state'))['params']
+  _assert_same_params(restored.pretrained.params, jax.tree.map(np.asarray, step_200))
   assert export.restore_from_workdir(run).step == 400
 
 
@@ -128,8 +133,11 @@ def test_a_checkpoint_of_another_model_is_one_error(run, tmp_path):
   run_config['model']['hidden_size'] = 64
   with open(path, 'w') as f:
     json.dump(run_config, f)
-  with pytest.raises(ExportError, match=r'checkpoint 400 of .*: parameter '
-                     r'\S+ has shape \([\d, ]+\), expected'):
+  with pytest.raises(
+    ExportError,
+    match=r'checkpoint 400 of .*: parameter '
+    r'\S+ has shape \([\d, ]+\), expected',
+  ):
     export.restore_from_workdir(other)
 
 
@@ -138,17 +146,18 @@ def test_existing_output_and_bad_runs_are_one_line_errors(run, tmp_path):
   out.mkdir()
   (out / 'keep.txt').write_text('mine')
   export_testing.assert_one_line_error(
-      export_testing.launch('export', f'--workdir={run}', f'--output={out}'),
-      'already exists and is not empty')
+    export_testing.launch('export', f'--workdir={run}', f'--output={out}'),
+    'already exists and is not empty',
+  )
   assert os.listdir(out) == ['keep.txt'] and (out / 'keep.txt').read_text() == 'mine'
   export_testing.assert_one_line_error(
-      export_testing.launch('export', f'--workdir={run}', '--step=7',
-                            f'--output={tmp_path / "new"}'),
-      'no checkpoint at step 7: choose one of 200, 400')
+    export_testing.launch('export', f'--workdir={run}', '--step=7', f'--output={tmp_path / "new"}'),
+    'no checkpoint at step 7: choose one of 200, 400',
+  )
   export_testing.assert_one_line_error(
-      export_testing.launch('export', f'--workdir={tmp_path}',
-                            f'--output={tmp_path / "new"}'),
-      'is not a training run')
+    export_testing.launch('export', f'--workdir={tmp_path}', f'--output={tmp_path / "new"}'),
+    'is not a training run',
+  )
   assert not os.path.exists(tmp_path / 'new')
 
 
@@ -158,12 +167,12 @@ def test_partial_sharing_has_no_hf_form_but_exports_to_flax(run, sharing, tmp_pa
   config = dataclasses.replace(ours.config, sharing=sharing)
   rng = np.random.default_rng(0)
   params = jax.tree.map(
-      lambda x: rng.standard_normal(x.shape).astype(np.float32),
-      param_shapes(config))
+    lambda x: rng.standard_normal(x.shape).astype(np.float32), param_shapes(config)
+  )
   pretrained = pretrained_lib.Pretrained(config, params, ours.tokenizer)
-  with pytest.raises(ExportError,
-                     match=f"sharing='{sharing}' has no Hugging Face ALBERT form.*"
-                           'the flax format') as error:
+  with pytest.raises(
+    ExportError, match=f"sharing='{sharing}' has no Hugging Face ALBERT form.*the flax format"
+  ) as error:
     pretrained_lib.save_hf(pretrained, str(tmp_path / 'hf'))
   assert '\n' not in str(error.value) and not os.path.exists(tmp_path / 'hf')
   pretrained_lib.save_flax(pretrained, str(tmp_path / 'flax'))
@@ -181,9 +190,9 @@ def test_import_names_the_first_offending_parameter(tmp_path):
   state_dict[name] = state_dict[name][:, :-1].copy()
   safetensors.numpy.save_file(state_dict, weights)
   export_testing.assert_one_line_error(
-      export_testing.launch('export', f'--from_hf={hf_dir}',
-                            f'--output={tmp_path / "out"}'),
-      f'{name} has shape \\(96, 47\\), expected \\(96, 48\\)')
+    export_testing.launch('export', f'--from_hf={hf_dir}', f'--output={tmp_path / "out"}'),
+    f'{name} has shape \\(96, 47\\), expected \\(96, 48\\)',
+  )
 
   with open(os.path.join(hf_dir, 'config.json')) as f:
     hf_config = json.load(f)
@@ -201,17 +210,23 @@ def test_init_from_starts_pretraining_from_the_exported_params(tmp_path):
   config.init_from = flax_dir
   config.train.num_steps = 1  # Its update has learning rate 0 (warmup).
   config.checkpoint.every_steps = 1
-  trainer.train(PretrainConfig.from_config(config), str(tmp_path / 'run'),
-                devices=jax.devices()[:1])
+  trainer.train(
+    PretrainConfig.from_config(config), str(tmp_path / 'run'), devices=jax.devices()[:1]
+  )
   started = ocp.StandardCheckpointer().restore(
-      str(tmp_path / 'run' / 'checkpoints' / '1' / 'state'))['params']
-  _assert_same_params(jax.tree.map(np.asarray, started),
-                      pretrained_lib.load_pretrained(flax_dir).params)
+    str(tmp_path / 'run' / 'checkpoints' / '1' / 'state')
+  )['params']
+  _assert_same_params(
+    jax.tree.map(np.asarray, started), pretrained_lib.load_pretrained(flax_dir).params
+  )
   # The vocabulary came with the model: none was trained.
   assert not os.path.exists(tmp_path / 'run' / 'vocab')
 
   config.model.hidden_size = 64
-  with pytest.raises(ExportError, match='has model.hidden_size=48 but the '
-                     'config says 64: set --config.model.hidden_size=48'):
-    trainer.train(PretrainConfig.from_config(config), str(tmp_path / 'other'),
-                  devices=jax.devices()[:1])
+  with pytest.raises(
+    ExportError,
+    match='has model.hidden_size=48 but the config says 64: set --config.model.hidden_size=48',
+  ):
+    trainer.train(
+      PretrainConfig.from_config(config), str(tmp_path / 'other'), devices=jax.devices()[:1]
+    )

@@ -18,12 +18,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from albert_jax import pretrained as pretrained_lib
-from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, SEP_ID
+from albert_jax.errors import DataError, ExportError, UsageError
 from albert_jax.finetune import classification, span_qa, trainer
 from albert_jax.finetune.config import FinetuneConfig
-from albert_jax.errors import ExportError, UsageError
 from experiments.configs import finetune as finetune_config
+
 import export_testing
 import train_testing
 
@@ -56,12 +56,16 @@ def _write_squad(path: str, count: int, seed: int) -> str:
     for kind, group in (('animal', ANIMALS), ('thing', THINGS)):
       position = next(i for i, w in enumerate(words) if w in group)
       start = len(' '.join(words[:position])) + (position > 0)
-      qas.append({'id': f'{i}-{kind}', 'question': f'which {kind}?',
-                  'answers': [{'text': words[position], 'answer_start': start}]})
+      qas.append(
+        {
+          'id': f'{i}-{kind}',
+          'question': f'which {kind}?',
+          'answers': [{'text': words[position], 'answer_start': start}],
+        }
+      )
     paragraphs.append({'context': context, 'qas': qas})
   with open(path, 'w', encoding='utf-8') as f:
-    json.dump({'version': '1.1', 'data': [{'title': 'synthetic',
-                                           'paragraphs': paragraphs}]}, f)
+    json.dump({'version': '1.1', 'data': [{'title': 'synthetic', 'paragraphs': paragraphs}]}, f)
   return path
 
 
@@ -75,25 +79,31 @@ def tokenizer():
 
 def test_reads_tsv_and_csv_with_or_without_a_header(tmp_path):
   tsv = tmp_path / 'glue.tsv'
-  tsv.write_text('id\tsentence1\tsentence2\tlabel\n'
-                 '0\tA "quoted" one\tB\tentailment\n'
-                 '1\tC\tD\tneutral\n')
+  tsv.write_text(
+    'id\tsentence1\tsentence2\tlabel\n0\tA "quoted" one\tB\tentailment\n1\tC\tD\tneutral\n'
+  )
   examples = classification.read_examples(
-      str(tsv), text_feature='sentence1', text_b_feature='sentence2')
-  assert examples == [classification.Example('A "quoted" one', 'B', 'entailment'),
-                      classification.Example('C', 'D', 'neutral')]
+    str(tsv), text_feature='sentence1', text_b_feature='sentence2'
+  )
+  assert examples == [
+    classification.Example('A "quoted" one', 'B', 'entailment'),
+    classification.Example('C', 'D', 'neutral'),
+  ]
   pairs = tmp_path / 'pairs.csv'
   pairs.write_text('"one, two",three,1\nfour,five,0\n\n')
   assert classification.read_examples(str(pairs)) == [
-      classification.Example('one, two', 'three', '1'),
-      classification.Example('four', 'five', '0')]
+    classification.Example('one, two', 'three', '1'),
+    classification.Example('four', 'five', '0'),
+  ]
   single = tmp_path / 'single.csv'
   single.write_text('just text,positive\n')
   assert classification.read_examples(str(single)) == [
-      classification.Example('just text', None, 'positive')]
+    classification.Example('just text', None, 'positive')
+  ]
 
-  with pytest.raises(DataError, match="has no column 'sentence'.*its header is "
-                     'id, sentence1, sentence2, label'):
+  with pytest.raises(
+    DataError, match="has no column 'sentence'.*its header is id, sentence1, sentence2, label"
+  ):
     classification.read_examples(str(tsv), text_feature='sentence')
   binary = tmp_path / 'binary.tsv'
   binary.write_bytes(b'\0\1\2text\tlabel\n')
@@ -109,8 +119,7 @@ def test_reads_tfds_without_tensorflow():
   with tfds.testing.mock_data(num_examples=6):
     examples = classification.read_examples('tfds:imdb_reviews:train')
     with pytest.raises(DataError, match="no feature 'sentence'.*label, text"):
-      classification.read_examples('tfds:imdb_reviews:train',
-                                   text_feature='sentence')
+      classification.read_examples('tfds:imdb_reviews:train', text_feature='sentence')
   assert len(examples) == 6 and all(e.text for e in examples)
   assert {e.label for e in examples} <= {'0', '1'}
   assert classification.label_classes(examples, []) == ['0', '1']
@@ -119,8 +128,7 @@ def test_reads_tfds_without_tensorflow():
 def test_labels_and_features(tokenizer):
   ex = classification.Example
   train = [ex('a', None, 'pos'), ex('b', None, 'neg')]
-  assert classification.label_classes(train, [ex('c', None, 'pos')]) == [
-      'neg', 'pos']
+  assert classification.label_classes(train, [ex('c', None, 'pos')]) == ['neg', 'pos']
   with pytest.raises(DataError, match="eval label 'other' never occurs"):
     classification.label_classes(train, [ex('c', None, 'other')])
   assert classification.label_classes([ex('a', None, '2')], []) == ['0', '1', '2']
@@ -129,19 +137,16 @@ def test_labels_and_features(tokenizer):
   features = classification.encode([pair], tokenizer, ['neg', 'pos'], 7)
   dogs, cats = tokenizer.encode('dogs'), tokenizer.encode('cats')
   # 4 tokens left for the pair: the longer text is trimmed from its end.
-  assert features['input_ids'][0].tolist() == [
-      CLS_ID, *dogs * 3, SEP_ID, *cats, SEP_ID]
+  assert features['input_ids'][0].tolist() == [CLS_ID, *dogs * 3, SEP_ID, *cats, SEP_ID]
   assert features['segment_ids'][0].tolist() == [0, 0, 0, 0, 0, 1, 1]
   assert features['input_mask'][0].tolist() == [1] * 7
   assert features['label'].tolist() == [1]
 
 
 def test_classification_metrics():
-  metrics = classification.classification_metrics(
-      np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]), 2)
+  metrics = classification.classification_metrics(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]), 2)
   assert metrics == {'accuracy': 0.75, 'f1': pytest.approx(2 / 3)}
-  macro = classification.classification_metrics(
-      np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3)
+  macro = classification.classification_metrics(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3)
   assert macro['f1'] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
@@ -150,11 +155,10 @@ def test_classification_metrics():
 
 def test_squad_normalisation_and_metrics():
   assert span_qa.normalize_answer('The  Cat, sat!') == 'cat sat'
-  example = span_qa.QAExample(id='q', question='?', words=('x',),
-                              answers=('the old dogs', 'dogs'),
-                              answer_words=(0, 0))
-  assert span_qa.squad_metrics([example], {'q': 'Dogs.'}) == {
-      'exact_match': 1.0, 'f1': 1.0}
+  example = span_qa.QAExample(
+    id='q', question='?', words=('x',), answers=('the old dogs', 'dogs'), answer_words=(0, 0)
+  )
+  assert span_qa.squad_metrics([example], {'q': 'Dogs.'}) == {'exact_match': 1.0, 'f1': 1.0}
   metrics = span_qa.squad_metrics([example], {'q': 'old dogs bark'})
   assert metrics['exact_match'] == 0.0
   assert metrics['f1'] == pytest.approx(0.8)  # P 2/3, R 1 against 'old dogs'.
@@ -164,26 +168,37 @@ def test_windows_over_a_long_context_decode_back_to_the_answers(tokenizer, tmp_p
   examples = span_qa.read_squad(_write_squad(str(tmp_path / 'q.json'), 6, seed=3))
   # Contexts of 7 to 11 tokens in windows of 24 - 7 (question) - 3 = 14:
   # lengthen them so that every example needs several windows.
-  examples = [e.__class__(id=e.id, question=e.question,
-                          words=e.words * 3, answers=e.answers,
-                          answer_words=e.answer_words) for e in examples]
-  features, mapping = span_qa.encode(examples, tokenizer, max_seq_length=24,
-                                     doc_stride=5, max_query_length=16)
+  examples = [
+    e.__class__(
+      id=e.id,
+      question=e.question,
+      words=e.words * 3,
+      answers=e.answers,
+      answer_words=e.answer_words,
+    )
+    for e in examples
+  ]
+  features, mapping = span_qa.encode(
+    examples, tokenizer, max_seq_length=24, doc_stride=5, max_query_length=16
+  )
   assert len(features['input_ids']) > 2 * len(examples)
-  assert set(features) == {'input_ids', 'input_mask', 'segment_ids',
-                           'start_positions', 'end_positions'}
+  assert set(features) == {
+    'input_ids',
+    'input_mask',
+    'segment_ids',
+    'start_positions',
+    'end_positions',
+  }
   inside = features['start_positions'] > 0
   assert inside.any() and not inside.all()  # Some windows miss the answer.
   rows = np.arange(len(inside))
-  assert (features['input_ids'][rows, features['start_positions']][inside]
-          != SEP_ID).all()
+  assert (features['input_ids'][rows, features['start_positions']][inside] != SEP_ID).all()
   # Logits that point at the gold span where a window holds it.
   start = np.full(features['input_ids'].shape, -10.0)
   end = np.full(features['input_ids'].shape, -10.0)
   start[rows[inside], features['start_positions'][inside]] = 10.0
   end[rows[inside], features['end_positions'][inside]] = 10.0
-  predictions = span_qa.decode(examples, mapping, start, end,
-                               max_answer_length=5)
+  predictions = span_qa.decode(examples, mapping, start, end, max_answer_length=5)
   assert span_qa.squad_metrics(examples, predictions)['exact_match'] == 1.0
 
 
@@ -192,37 +207,41 @@ def test_windows_over_a_long_context_decode_back_to_the_answers(tokenizer, tmp_p
 
 def _train_mode_intermediates(model, params, features, seed):
   """Module outputs of a train-mode forward pass of 4 features."""
-  inputs = [jnp.asarray(features[k][:4]) for k in
-            ('input_ids', 'input_mask', 'segment_ids')]
+  inputs = [jnp.asarray(features[k][:4]) for k in ('input_ids', 'input_mask', 'segment_ids')]
   outputs, state = model.apply(
-      {'params': params}, *inputs, deterministic=False,
-      rngs={'dropout': jax.random.key(seed)}, capture_intermediates=True,
-      mutable=['intermediates'])
+    {'params': params},
+    *inputs,
+    deterministic=False,
+    rngs={'dropout': jax.random.key(seed)},
+    capture_intermediates=True,
+    mutable=['intermediates'],
+  )
   return outputs, state['intermediates']
 
 
 def test_default_config_drops_out_the_classifier_input_only(tokenizer, tmp_path):
-  config = FinetuneConfig.from_config(
-      finetune_config.get_config('classification'))
+  config = FinetuneConfig.from_config(finetune_config.get_config('classification'))
   pretrained = pretrained_lib.load_pretrained(export_testing.exported('flax'))
   model_config = config.model_config(pretrained.config)
   # The backbone keeps the exported model's dropout, whatever it is.
   assert model_config.hidden_dropout_prob == pretrained.config.hidden_dropout_prob == 0
-  kept = config.model_config(dataclasses.replace(
-      pretrained.config, hidden_dropout_prob=0.1, attention_dropout_prob=0.1))
+  kept = config.model_config(
+    dataclasses.replace(pretrained.config, hidden_dropout_prob=0.1, attention_dropout_prob=0.1)
+  )
   assert kept.hidden_dropout_prob == kept.attention_dropout_prob == 0.1
   data = dataclasses.replace(
-      config.data, max_seq_length=16,
-      train=_write_classification(str(tmp_path / 'train.tsv'), 8, seed=0))
+    config.data,
+    max_seq_length=16,
+    train=_write_classification(str(tmp_path / 'train.tsv'), 8, seed=0),
+  )
   task = classification.make_task(data, tokenizer, model_config)
   params = jax.jit(task.model.init)(
-      jax.random.key(0), *[jnp.asarray(task.train[k][:1]) for k in
-                           ('input_ids', 'input_mask', 'segment_ids')])['params']
+    jax.random.key(0),
+    *[jnp.asarray(task.train[k][:1]) for k in ('input_ids', 'input_mask', 'segment_ids')],
+  )['params']
 
-  runs = [_train_mode_intermediates(task.model, params, task.train, seed)[1]
-          for seed in (1, 2)]
-  (sequence_1, pooled_1), (sequence_2, pooled_2) = (
-      run['albert']['__call__'][0] for run in runs)
+  runs = [_train_mode_intermediates(task.model, params, task.train, seed)[1] for seed in (1, 2)]
+  (sequence_1, pooled_1), (sequence_2, pooled_2) = (run['albert']['__call__'][0] for run in runs)
   dropped_1, dropped_2 = (run['Dropout_0']['__call__'][0] for run in runs)
   # Backbone: no dropout, so the same outputs whatever the dropout rng.
   np.testing.assert_array_equal(sequence_1, sequence_2)
@@ -239,16 +258,16 @@ def test_span_qa_adds_no_dropout(tokenizer, tmp_path):
   config = FinetuneConfig.from_config(finetune_config.get_config('span_qa'))
   pretrained = pretrained_lib.load_pretrained(export_testing.exported('flax'))
   data = dataclasses.replace(
-      config.data, max_seq_length=32,
-      train=_write_squad(str(tmp_path / 'train.json'), 4, seed=0))
-  task = span_qa.make_task(data, tokenizer,
-                           config.model_config(pretrained.config))
+    config.data, max_seq_length=32, train=_write_squad(str(tmp_path / 'train.json'), 4, seed=0)
+  )
+  task = span_qa.make_task(data, tokenizer, config.model_config(pretrained.config))
   params = jax.jit(task.model.init)(
-      jax.random.key(0), *[jnp.asarray(task.train[k][:1]) for k in
-                           ('input_ids', 'input_mask', 'segment_ids')])['params']
+    jax.random.key(0),
+    *[jnp.asarray(task.train[k][:1]) for k in ('input_ids', 'input_mask', 'segment_ids')],
+  )['params']
   (logits_1, _), (logits_2, _) = (
-      _train_mode_intermediates(task.model, params, task.train, seed)
-      for seed in (1, 2))
+    _train_mode_intermediates(task.model, params, task.train, seed) for seed in (1, 2)
+  )
   jax.tree.map(np.testing.assert_array_equal, logits_1, logits_2)
 
 
@@ -260,13 +279,20 @@ def test_classification_reaches_95_percent_from_the_command_line(tmp_path):
   dev = _write_classification(str(tmp_path / 'dev.tsv'), 64, seed=1)
   workdir = str(tmp_path / 'run')
   result = export_testing.launch(
-      'finetune', f'--model={export_testing.exported("flax")}',
-      '--task=classification', f'--workdir={workdir}',
-      f'--config.data.train={train}', f'--config.data.eval={dev}',
-      '--config.data.max_seq_length=32', '--config.train.batch_size=32',
-      '--config.train.num_steps=60', '--config.train.warmup_steps=6',
-      '--config.train.learning_rate=1e-3', '--config.train.log_every=20',
-      '--config.train.eval_every=60')
+    'finetune',
+    f'--model={export_testing.exported("flax")}',
+    '--task=classification',
+    f'--workdir={workdir}',
+    f'--config.data.train={train}',
+    f'--config.data.eval={dev}',
+    '--config.data.max_seq_length=32',
+    '--config.train.batch_size=32',
+    '--config.train.num_steps=60',
+    '--config.train.warmup_steps=6',
+    '--config.train.learning_rate=1e-3',
+    '--config.train.log_every=20',
+    '--config.train.eval_every=60',
+  )
   assert result.returncode == 0, result.stderr
   records = train_testing.read_metrics(workdir)
   final = [r for r in records if 'eval_accuracy' in r][-1]
@@ -281,10 +307,12 @@ def test_span_qa_reaches_90_percent_exact_match(tmp_path):
   config.data.train = _write_squad(str(tmp_path / 'train.json'), 256, seed=0)
   config.data.eval = _write_squad(str(tmp_path / 'dev.json'), 64, seed=1)
   config.data.max_seq_length = 32
-  config.train.update(batch_size=32, num_steps=200, warmup_steps=10,
-                      learning_rate=1e-3, log_every=50, eval_every=200)
-  result = trainer.finetune(FinetuneConfig.from_config(config), export_testing.exported('flax'),
-                            str(tmp_path / 'run'))
+  config.train.update(
+    batch_size=32, num_steps=200, warmup_steps=10, learning_rate=1e-3, log_every=50, eval_every=200
+  )
+  result = trainer.finetune(
+    FinetuneConfig.from_config(config), export_testing.exported('flax'), str(tmp_path / 'run')
+  )
   assert result.step == 200
   assert result.eval_metrics['exact_match'] >= 0.9
   assert result.eval_metrics['f1'] >= result.eval_metrics['exact_match']
@@ -293,18 +321,31 @@ def test_span_qa_reaches_90_percent_exact_match(tmp_path):
 def test_bad_input_is_one_line(tmp_path):
   model = f'--model={export_testing.exported("flax")}'
   export_testing.assert_one_line_error(
-      export_testing.launch('finetune', model, '--task=nope'),
-      "unknown fine-tuning task 'nope': choose one of classification, sst2")
+    export_testing.launch('finetune', model, '--task=nope'),
+    "unknown fine-tuning task 'nope': choose one of classification, sst2",
+  )
   export_testing.assert_one_line_error(
-      export_testing.launch('finetune', model, f'--workdir={tmp_path}',
-                            '--config.data.train=missing.tsv',
-                            '--config.data.max_seq_length=32'),
-      'missing.tsv not found')
+    export_testing.launch(
+      'finetune',
+      model,
+      f'--workdir={tmp_path}',
+      '--config.data.train=missing.tsv',
+      '--config.data.max_seq_length=32',
+    ),
+    'missing.tsv not found',
+  )
   config = finetune_config.get_config('classification')
   config.data.train = 'x.tsv'
-  with pytest.raises(UsageError, match="data.max_seq_length=128 exceeds the "
-                     "model's max_position_embeddings=32"):
-    trainer.finetune(FinetuneConfig.from_config(config), export_testing.exported('flax'), str(tmp_path))
+  with pytest.raises(
+    UsageError, match="data.max_seq_length=128 exceeds the model's max_position_embeddings=32"
+  ):
+    trainer.finetune(
+      FinetuneConfig.from_config(config), export_testing.exported('flax'), str(tmp_path)
+    )
   with pytest.raises(ExportError, match='is not an exported model'):
-    trainer.finetune(FinetuneConfig.from_config(config), str(tmp_path), str(tmp_path / 'run'),
-                     devices=jax.devices()[:1])
+    trainer.finetune(
+      FinetuneConfig.from_config(config),
+      str(tmp_path),
+      str(tmp_path / 'run'),
+      devices=jax.devices()[:1],
+    )

@@ -20,17 +20,22 @@ from albert_jax.model import AlbertForPreTraining
 from albert_jax.param_count import param_shapes
 
 TOL = 1e-5
-TINY = ModelConfig(vocab_size=99, embedding_size=16, hidden_size=32,
-                   num_layers=4, num_heads=4, intermediate_size=64,
-                   max_position_embeddings=16)
+TINY = ModelConfig(
+  vocab_size=99,
+  embedding_size=16,
+  hidden_size=32,
+  num_layers=4,
+  num_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=16,
+)
 CASES = {
-    'all': TINY,
-    'none': dataclasses.replace(TINY, sharing='none'),
-    'groups2': dataclasses.replace(TINY, num_hidden_groups=2),
-    'inner2': dataclasses.replace(TINY, inner_group_num=2, num_layers=2),
-    'groups2_inner2': dataclasses.replace(TINY, num_hidden_groups=2,
-                                          inner_group_num=2),
-    'e_equals_h': dataclasses.replace(TINY, embedding_size=32),
+  'all': TINY,
+  'none': dataclasses.replace(TINY, sharing='none'),
+  'groups2': dataclasses.replace(TINY, num_hidden_groups=2),
+  'inner2': dataclasses.replace(TINY, inner_group_num=2, num_layers=2),
+  'groups2_inner2': dataclasses.replace(TINY, num_hidden_groups=2, inner_group_num=2),
+  'e_equals_h': dataclasses.replace(TINY, embedding_size=32),
 }
 
 
@@ -43,46 +48,46 @@ def _batch(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
   segment_ids = np.zeros((batch, seq), np.int32)
   segment_ids[:, 5:] = 1
   input_ids = rng.integers(5, config.vocab_size, (batch, seq)).astype(np.int32)
-  return dict(input_ids=input_ids * input_mask, input_mask=input_mask,
-              segment_ids=segment_ids * input_mask)
+  return dict(
+    input_ids=input_ids * input_mask, input_mask=input_mask, segment_ids=segment_ids * input_mask
+  )
 
 
 def _jax_outputs(config, params, batch):
   out = AlbertForPreTraining(config).apply(
-      {'params': params}, batch['input_ids'], batch['input_mask'],
-      batch['segment_ids'])
+    {'params': params}, batch['input_ids'], batch['input_mask'], batch['segment_ids']
+  )
   return {name: np.asarray(value) for name, value in out.items()}
 
 
 def _torch_model(config: ModelConfig, state_dict=None):
-  hf_config = transformers.AlbertConfig(**hf.to_hf_config(config),
-                                        attn_implementation='eager')
+  hf_config = transformers.AlbertConfig(**hf.to_hf_config(config), attn_implementation='eager')
   torch.manual_seed(0)
   model = transformers.AlbertForPreTraining(hf_config).eval()
   if state_dict is not None:
-    model.load_state_dict({k: torch.tensor(v) for k, v in state_dict.items()},
-                          strict=True)
+    model.load_state_dict({k: torch.tensor(v) for k, v in state_dict.items()}, strict=True)
   return model
 
 
 def _torch_outputs(model, batch):
   with torch.no_grad():
     out = model.albert(
-        input_ids=torch.from_numpy(batch['input_ids']).long(),
-        attention_mask=torch.from_numpy(batch['input_mask']).long(),
-        token_type_ids=torch.from_numpy(batch['segment_ids']).long())
+      input_ids=torch.from_numpy(batch['input_ids']).long(),
+      attention_mask=torch.from_numpy(batch['input_mask']).long(),
+      token_type_ids=torch.from_numpy(batch['segment_ids']).long(),
+    )
     sequence, pooled = out.last_hidden_state, out.pooler_output
-    return {'sequence_output': sequence.numpy(),
-            'pooled_output': pooled.numpy(),
-            'mlm_logits': model.predictions(sequence).numpy(),
-            'sentence_logits': model.sop_classifier(pooled).numpy()}
+    return {
+      'sequence_output': sequence.numpy(),
+      'pooled_output': pooled.numpy(),
+      'mlm_logits': model.predictions(sequence).numpy(),
+      'sentence_logits': model.sop_classifier(pooled).numpy(),
+    }
 
 
 def _assert_close(ours, theirs):
-  for name in ('sequence_output', 'pooled_output', 'mlm_logits',
-               'sentence_logits'):
-    np.testing.assert_allclose(ours[name], theirs[name], atol=TOL, rtol=0,
-                               err_msg=name)
+  for name in ('sequence_output', 'pooled_output', 'mlm_logits', 'sentence_logits'):
+    np.testing.assert_allclose(ours[name], theirs[name], atol=TOL, rtol=0, err_msg=name)
 
 
 def _random_params(config: ModelConfig, seed: int):
@@ -90,8 +95,8 @@ def _random_params(config: ModelConfig, seed: int):
   hide a mix-up), shaped like the model's own param tree."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(
-      lambda leaf: (0.05 * rng.standard_normal(leaf.shape)).astype(np.float32),
-      param_shapes(config))
+    lambda leaf: (0.05 * rng.standard_normal(leaf.shape)).astype(np.float32), param_shapes(config)
+  )
 
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -100,11 +105,11 @@ def test_jax_to_hf(case):
   batch = _batch(config)
   params = _random_params(config, seed=2)
   state_dict = hf.to_hf_state_dict(params, config)
-  _assert_close(_jax_outputs(config, params, batch),
-                _torch_outputs(_torch_model(config, state_dict), batch))
+  _assert_close(
+    _jax_outputs(config, params, batch), _torch_outputs(_torch_model(config, state_dict), batch)
+  )
   # And back: the round trip is exact.
-  jax.tree.map(np.testing.assert_array_equal,
-               hf.from_hf_state_dict(state_dict, config), params)
+  jax.tree.map(np.testing.assert_array_equal, hf.from_hf_state_dict(state_dict, config), params)
 
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -114,18 +119,15 @@ def test_hf_to_jax(case):
   model = _torch_model(config)
   with torch.no_grad():
     for name, tensor in model.named_parameters():
-      if config.embedding_size == config.hidden_size and (
-          'embedding_hidden_mapping_in' in name):
+      if config.embedding_size == config.hidden_size and ('embedding_hidden_mapping_in' in name):
         continue  # Must stay the identity to have our E == H form.
       tensor.add_(0.05 * torch.randn_like(tensor))
     if config.embedding_size == config.hidden_size:
-      model.albert.encoder.embedding_hidden_mapping_in.weight.copy_(
-          torch.eye(config.hidden_size))
+      model.albert.encoder.embedding_hidden_mapping_in.weight.copy_(torch.eye(config.hidden_size))
       model.albert.encoder.embedding_hidden_mapping_in.bias.zero_()
   state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
   params = hf.from_hf_state_dict(state_dict, config)
-  _assert_close(_jax_outputs(config, params, batch),
-                _torch_outputs(model, batch))
+  _assert_close(_jax_outputs(config, params, batch), _torch_outputs(model, batch))
 
 
 def test_config_round_trip():
@@ -160,15 +162,12 @@ def test_import_errors_name_the_parameter():
 
   # A two-group checkpoint does not load into a one-group config.
   grouped = _torch_model(dataclasses.replace(config, num_hidden_groups=2))
-  with pytest.raises(ValueError, match='unexpected parameter albert.encoder.'
-                     'albert_layer_groups.1'):
-    hf.from_hf_state_dict({k: v.numpy() for k, v in
-                           grouped.state_dict().items()}, config)
+  with pytest.raises(ValueError, match='unexpected parameter albert.encoder.albert_layer_groups.1'):
+    hf.from_hf_state_dict({k: v.numpy() for k, v in grouped.state_dict().items()}, config)
 
   # E == H: the HF projection must be the identity.
   square = CASES['e_equals_h']
-  random_projection = {k: v.numpy() for k, v in
-                       _torch_model(square).state_dict().items()}
+  random_projection = {k: v.numpy() for k, v in _torch_model(square).state_dict().items()}
   with pytest.raises(ValueError, match='not the identity'):
     hf.from_hf_state_dict(random_projection, square)
 

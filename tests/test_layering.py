@@ -10,21 +10,34 @@ import os
 
 import pytest
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       'albert_jax')
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'albert_jax')
 
 # Bottom to top. An entry names a module, or a package and all under it.
 LAYERS = (
-    ('albert_jax', 'albert_jax.errors', 'albert_jax.config', 'albert_jax.model',
-     'albert_jax.flops', 'albert_jax.param_count', 'albert_jax.tree_paths',
-     'albert_jax.hf'),
-    ('albert_jax.data',),
-    ('albert_jax.pretrained',),  # Exported models: read and written.
-    ('albert_jax.train',),
-    ('albert_jax.finetune',),
-    ('albert_jax.export', 'albert_jax.evaluate', 'albert_jax.fill_mask',
-     'albert_jax.benchmark', 'albert_jax.hf_peer', 'albert_jax.memory_plan',
-     'albert_jax.sweep', 'albert_jax.cluster'),
+  (
+    'albert_jax',
+    'albert_jax.errors',
+    'albert_jax.config',
+    'albert_jax.model',
+    'albert_jax.flops',
+    'albert_jax.param_count',
+    'albert_jax.tree_paths',
+    'albert_jax.hf',
+  ),
+  ('albert_jax.data',),
+  ('albert_jax.pretrained',),  # Exported models: read and written.
+  ('albert_jax.train',),
+  ('albert_jax.finetune',),
+  (
+    'albert_jax.export',
+    'albert_jax.evaluate',
+    'albert_jax.fill_mask',
+    'albert_jax.benchmark',
+    'albert_jax.hf_peer',
+    'albert_jax.memory_plan',
+    'albert_jax.sweep',
+    'albert_jax.cluster',
+  ),
 )
 OUTSIDE = ('experiments', 'launch')
 
@@ -34,8 +47,7 @@ def _layer(module: str) -> int | None:
   best, best_length = None, -1
   for index, entries in enumerate(LAYERS):
     for entry in entries:
-      matches = module == entry or (entry != 'albert_jax'
-                                    and module.startswith(entry + '.'))
+      matches = module == entry or (entry != 'albert_jax' and module.startswith(entry + '.'))
       if matches and len(entry) > best_length:
         best, best_length = index, len(entry)
   return best
@@ -49,7 +61,7 @@ def _modules() -> dict[str, str]:
     for name in files:
       if name.endswith('.py'):
         path = os.path.join(directory, name)
-        parts = os.path.relpath(path, root)[:-len('.py')].split(os.sep)
+        parts = os.path.relpath(path, root)[: -len('.py')].split(os.sep)
         if parts[-1] == '__init__':
           parts = parts[:-1]
         found['.'.join(parts)] = path
@@ -73,7 +85,7 @@ def _imports(module: str, path: str) -> list[tuple[int, str]]:
       base = node.module or ''
       if node.level:  # Relative: from the module's package.
         package = module.split('.')
-        package = package[:len(package) - node.level + is_package]
+        package = package[: len(package) - node.level + is_package]
         base = '.'.join(package + ([base] if base else []))
       for alias in node.names:
         name = f'{base}.{alias.name}'
@@ -104,9 +116,11 @@ def test_no_import_points_up_or_out_of_the_package(module):
 
 def test_the_checker_sees_upward_and_outside_imports(tmp_path):
   path = tmp_path / 'module.py'
-  path.write_text('from albert_jax.train import mesh\n'
-                  'def f():\n'
-                  '  from experiments.configs import pretrain\n')
+  path.write_text(
+    'from albert_jax.train import mesh\ndef f():\n  from experiments.configs import pretrain\n'
+  )
   assert _imports('albert_jax.data.module', str(path)) == [
-      (1, 'albert_jax.train.mesh'), (3, 'experiments.configs')]
+    (1, 'albert_jax.train.mesh'),
+    (3, 'experiments.configs'),
+  ]
   assert _layer('albert_jax.train.mesh') > _layer('albert_jax.data.module')

@@ -15,9 +15,15 @@ from albert_jax.config import ModelConfig
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.param_count import param_shapes
 
-TINY = ModelConfig(vocab_size=99, embedding_size=16, hidden_size=32,
-                   num_layers=2, num_heads=4, intermediate_size=64,
-                   max_position_embeddings=16)
+TINY = ModelConfig(
+  vocab_size=99,
+  embedding_size=16,
+  hidden_size=32,
+  num_layers=2,
+  num_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=16,
+)
 
 
 def _num_instructions(config: ModelConfig) -> int:
@@ -26,22 +32,20 @@ def _num_instructions(config: ModelConfig) -> int:
   positions = jnp.zeros((2, 3), jnp.int32)
 
   def loss(params):
-    out = AlbertForPreTraining(config).apply(
-        {'params': params}, ids, ids, ids, positions)
+    out = AlbertForPreTraining(config).apply({'params': params}, ids, ids, ids, positions)
     return out['mlm_logits'].sum() + out['sentence_logits'].sum()
 
-  text = jax.jit(jax.grad(loss)).lower(param_shapes(config)).as_text(
-      dialect='hlo')
+  text = jax.jit(jax.grad(loss)).lower(param_shapes(config)).as_text(dialect='hlo')
   return sum(' = ' in line for line in text.splitlines())
 
 
 MODES = {
-    'all': dict(),
-    'none': dict(sharing='none'),
-    'attention': dict(sharing='attention'),
-    'ffn': dict(sharing='ffn'),
-    # Both shallow and deep have groups, repeats and inner layers to scan.
-    'groups': dict(num_hidden_groups=2, inner_group_num=2),
+  'all': dict(),
+  'none': dict(sharing='none'),
+  'attention': dict(sharing='attention'),
+  'ffn': dict(sharing='ffn'),
+  # Both shallow and deep have groups, repeats and inner layers to scan.
+  'groups': dict(num_hidden_groups=2, inner_group_num=2),
 }
 
 

@@ -30,17 +30,25 @@ def _spec(name: str) -> str:
 
 def _sweep(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run(
-      [sys.executable, '-m', 'launch.sweep', *args], cwd=REPO,
-      capture_output=True, text=True, timeout=900, env=_env())
+    [sys.executable, '-m', 'launch.sweep', *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env=_env(),
+  )
 
 
 def _env() -> dict[str, str]:
   # Compiling dominates a run of a few steps: one device rather than
   # conftest's eight, and XLA's cheap CPU code generation.
-  return train_testing.subprocess_env(XLA_FLAGS=(
+  return train_testing.subprocess_env(
+    XLA_FLAGS=(
       '--xla_force_host_platform_device_count=1 '
       '--xla_backend_optimization_level=0 '
-      '--xla_llvm_disable_expensive_passes=true'))
+      '--xla_llvm_disable_expensive_passes=true'
+    )
+  )
 
 
 @pytest.fixture(scope='module')
@@ -51,10 +59,12 @@ def vocab(tmp_path_factory):
 def _flags(vocab: str, name: str, **overrides) -> list[str]:
   """The tests' tiny model as base overrides of sweep `name`, less the keys
   the sweep sets."""
-  swept = {key for variant in _sweep_of(name).variants
-           for key in variant.overrides}
-  return [f for f in train_testing.tiny_flags(vocab, **overrides)
-          if f.split('=')[0].removeprefix('--config.') not in swept]
+  swept = {key for variant in _sweep_of(name).variants for key in variant.overrides}
+  return [
+    f
+    for f in train_testing.tiny_flags(vocab, **overrides)
+    if f.split('=')[0].removeprefix('--config.') not in swept
+  ]
 
 
 def _sweep_of(name: str) -> variants.Sweep:
@@ -70,12 +80,21 @@ def swept(tmp_path_factory, vocab):
   for name in SWEEPS:  # At once: compiling is single-threaded.
     eval_every = 1 if name == 'sentence_objective' else 1000
     processes[name] = subprocess.Popen(
-        [sys.executable, '-m', 'launch.sweep', f'--sweep={_spec(name)}',
-         f'--workdir={root / name}', '--eval_batches=1',
-         *_flags(vocab, name, **{'train.num_steps': 2,
-                                 'train.eval_every': eval_every})],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+      [
+        sys.executable,
+        '-m',
+        'launch.sweep',
+        f'--sweep={_spec(name)}',
+        f'--workdir={root / name}',
+        '--eval_batches=1',
+        *_flags(vocab, name, **{'train.num_steps': 2, 'train.eval_every': eval_every}),
+      ],
+      cwd=REPO,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
   out = {}
   for name, process in processes.items():
     stdout, stderr = process.communicate(timeout=900)
@@ -107,16 +126,13 @@ def test_every_variant_is_trained_evaluated_and_reported(swept, vocab, name):
     assert float(row['mlm_loss']) > 0 and float(row['step_time']) > 0
     assert float(row['tokens_per_sec']) > 0
     assert f'[{variant.name}] trained' in stdout
-  assert len({row['params'] for row in rows}) == (
-      1 if name == 'sentence_objective' else len(rows))
+  assert len({row['params'] for row in rows}) == (1 if name == 'sentence_objective' else len(rows))
   with open(os.path.join(workdir, 'results.md')) as f:
     table = f.read().splitlines()
   body = [line for line in table if line.startswith('| ')][1:]
-  assert [line.split(' | ')[1] for line in body] == [
-      v.label for v in sweep.variants]
+  assert [line.split(' | ')[1] for line in body] == [v.label for v in sweep.variants]
   groups = [line.split(' | ')[0].removeprefix('| ') for line in body]
-  assert [g for g in groups if g] == list(dict.fromkeys(
-      v.group for v in sweep.variants))
+  assert [g for g in groups if g] == list(dict.fromkeys(v.group for v in sweep.variants))
   for png in REPORT_FILES[2:]:
     with open(os.path.join(workdir, png), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -125,61 +141,87 @@ def test_every_variant_is_trained_evaluated_and_reported(swept, vocab, name):
 def test_emit_shell_writes_the_commands_the_sweep_ran(swept, vocab):
   workdir, stdout = swept['sentence_objective']
   ran = [line[2:] for line in stdout.splitlines() if line.startswith('$ ')]
-  result = _sweep(f'--sweep={_spec("sentence_objective")}',
-                  f'--workdir={workdir}', '--emit=shell', '--eval_batches=1',
-                  *_flags(vocab, 'sentence_objective',
-                          **{'train.num_steps': 2, 'train.eval_every': 1}))
+  result = _sweep(
+    f'--sweep={_spec("sentence_objective")}',
+    f'--workdir={workdir}',
+    '--emit=shell',
+    '--eval_batches=1',
+    *_flags(vocab, 'sentence_objective', **{'train.num_steps': 2, 'train.eval_every': 1}),
+  )
   assert result.returncode == 0, result.stderr
-  commands = [line for line in result.stdout.splitlines()
-              if not line.startswith('#')]
+  commands = [line for line in result.stdout.splitlines() if not line.startswith('#')]
   # The sweep ran launch.pretrain with its own interpreter.
-  assert len(commands) == 3 and [
-      shlex.join([sys.executable, *shlex.split(c)[1:]]) for c in commands] == ran
+  assert (
+    len(commands) == 3
+    and [shlex.join([sys.executable, *shlex.split(c)[1:]]) for c in commands] == ran
+  )
 
 
 def test_the_runner_runs_the_flags_of_the_emitted_command():
-  plan = plan_lib.make_plan(_sweep_of('sharing'), _spec('sharing'),
-                            ['--config.train.num_steps=2'], [0],
-                            config_file='configs/presets.py')
+  plan = plan_lib.make_plan(
+    _sweep_of('sharing'),
+    _spec('sharing'),
+    ['--config.train.num_steps=2'],
+    [0],
+    config_file='configs/presets.py',
+  )
   assert plan.config == 'configs/presets.py:tiny'
   for run in plan.runs:
     assert plan.command(run, '/sweep') == [
-        'python', '-m', 'launch.pretrain', *plan.arguments(run, '/sweep')]
+      'python',
+      '-m',
+      'launch.pretrain',
+      *plan.arguments(run, '/sweep'),
+    ]
   assert plan.arguments(plan.runs[0], '/sweep') == [
-      '--config=configs/presets.py:tiny', '--workdir=/sweep/E64-all-seed0',
-      '--config.train.num_steps=2', '--config.model.embedding_size=64',
-      '--config.model.sharing=all', '--config.train.seed=0',
-      '--config.data.seed=0']
+    '--config=configs/presets.py:tiny',
+    '--workdir=/sweep/E64-all-seed0',
+    '--config.train.num_steps=2',
+    '--config.model.embedding_size=64',
+    '--config.model.sharing=all',
+    '--config.train.seed=0',
+    '--config.data.seed=0',
+  ]
 
 
 def test_emit_cluster_scripts(tmp_path):
   root = str(tmp_path / 'sharing')
-  slurm = _sweep(f'--sweep={_spec("sharing")}', f'--workdir={root}',
-                 '--emit=slurm', '--nodes=2', '--partition=gpu', '--seeds=0,1')
+  slurm = _sweep(
+    f'--sweep={_spec("sharing")}',
+    f'--workdir={root}',
+    '--emit=slurm',
+    '--nodes=2',
+    '--partition=gpu',
+    '--seeds=0,1',
+  )
   assert slurm.returncode == 0, slurm.stderr
   lines = slurm.stdout.splitlines()
   runs = [line for line in lines if line.startswith('srun ')]
   assert lines.count("sbatch <<'EOF'") == lines.count('EOF') == len(runs) == 16
   assert runs[0] == (
-      'srun python -m launch.pretrain --config=experiments/configs/pretrain.py:'
-      f'tiny --workdir={root}/E64-all-seed0 --distributed '
-      '--config.model.embedding_size=64 --config.model.sharing=all '
-      '--config.train.seed=0 --config.data.seed=0')
+    'srun python -m launch.pretrain --config=experiments/configs/pretrain.py:'
+    f'tiny --workdir={root}/E64-all-seed0 --distributed '
+    '--config.model.embedding_size=64 --config.model.sharing=all '
+    '--config.train.seed=0 --config.data.seed=0'
+  )
   assert '#SBATCH --nodes=2' in lines and '#SBATCH --partition=gpu' in lines
 
-  tpu = _sweep(f'--sweep={_spec("sentence_objective")}',
-               f'--workdir={tmp_path}/so', '--emit=tpu', '--tpu=pod',
-               '--zone=us-central2-b')
+  tpu = _sweep(
+    f'--sweep={_spec("sentence_objective")}',
+    f'--workdir={tmp_path}/so',
+    '--emit=tpu',
+    '--tpu=pod',
+    '--zone=us-central2-b',
+  )
   assert tpu.returncode == 0, tpu.stderr
   commands = [line for line in tpu.stdout.splitlines() if line.startswith('gcloud')]
   assert [c.split()[4] for c in commands] == ['scp', 'ssh'] + ['ssh'] * 3
   assert all('--zone=us-central2-b' in c for c in commands)
   assert commands[-1].endswith(
-      f'--workdir={tmp_path}/so/sop --distributed '
-      "--config.data.sentence_objective=sop'")
+    f"--workdir={tmp_path}/so/sop --distributed --config.data.sentence_objective=sop'"
+  )
   # The plan is saved for --report, which has nothing to report yet.
-  export_testing.assert_one_line_error(
-      _sweep(f'--report={tmp_path}/so'), 'has no finished runs')
+  export_testing.assert_one_line_error(_sweep(f'--report={tmp_path}/so'), 'has no finished runs')
 
 
 def test_report_rebuilds_from_the_sub_workdirs(swept):
@@ -190,8 +232,7 @@ def test_report_rebuilds_from_the_sub_workdirs(swept):
     os.remove(os.path.join(workdir, name))
   # A run without its result (e.g. launched by --emit) is evaluated.
   os.remove(os.path.join(workdir, 'E32-ffn', 'sweep_result.json'))
-  result = _sweep(f'--report={os.path.relpath(workdir, REPO)}',
-                  '--eval_batches=1')
+  result = _sweep(f'--report={os.path.relpath(workdir, REPO)}', '--eval_batches=1')
   assert result.returncode == 0, result.stderr
   with open(os.path.join(workdir, 'results.csv')) as f:
     assert f.read() == before
@@ -212,18 +253,25 @@ def _wait_for_step(path: str, step: int, process: subprocess.Popen) -> None:
   raise AssertionError(f'{path} never reached step {step}')
 
 
-def test_stopped_and_killed_sweeps_resume_without_redoing_finished_runs(
-    tmp_path, vocab):
+def test_stopped_and_killed_sweeps_resume_without_redoing_finished_runs(tmp_path, vocab):
   root = str(tmp_path / 'sweep')
-  args = [f'--sweep={_spec("sentence_objective")}', f'--workdir={root}',
-          '--eval_batches=1', *_flags(vocab, 'sentence_objective', **{
-              'train.num_steps': 300, 'checkpoint.every_steps': 20})]
+  args = [
+    f'--sweep={_spec("sentence_objective")}',
+    f'--workdir={root}',
+    '--eval_batches=1',
+    *_flags(vocab, 'sentence_objective', **{'train.num_steps': 300, 'checkpoint.every_steps': 20}),
+  ]
 
   def start() -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, '-m', 'launch.sweep', *args], cwd=REPO, env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+      [sys.executable, '-m', 'launch.sweep', *args],
+      cwd=REPO,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      start_new_session=True,
+    )
 
   # SIGTERM while the second run trains: passed on, it checkpoints and exits.
   sweep = start()
@@ -233,8 +281,10 @@ def test_stopped_and_killed_sweeps_resume_without_redoing_finished_runs(
   assert sweep.returncode == 1, stdout
   assert '[nsp] stopped: rerun the sweep to resume' in stdout
   assert not os.path.exists(os.path.join(root, 'sop'))
-  finished = [os.path.join(root, 'none', name)
-              for name in ('sweep_result.json', 'metrics.jsonl', 'config.json')]
+  finished = [
+    os.path.join(root, 'none', name)
+    for name in ('sweep_result.json', 'metrics.jsonl', 'config.json')
+  ]
   mtimes = [os.stat(path).st_mtime_ns for path in finished]
   stopped_at = max(train_testing.train_losses(os.path.join(root, 'nsp')))
 
@@ -259,8 +309,12 @@ def test_a_failing_run_is_reported_and_the_others_run(tmp_path, vocab):
   root = tmp_path / 'sweep'
   root.mkdir()
   (root / 'nsp').write_text('a file where the run directory should be')
-  result = _sweep(f'--sweep={_spec("sentence_objective")}', f'--workdir={root}',
-                  '--eval_batches=1', *_flags(vocab, 'sentence_objective'))
+  result = _sweep(
+    f'--sweep={_spec("sentence_objective")}',
+    f'--workdir={root}',
+    '--eval_batches=1',
+    *_flags(vocab, 'sentence_objective'),
+  )
   assert result.returncode == 1
   assert '[nsp] failed: exit status 1' in result.stdout
   summary = result.stdout.splitlines()[-2:]
@@ -270,35 +324,63 @@ def test_a_failing_run_is_reported_and_the_others_run(tmp_path, vocab):
   assert 'Not finished: nsp.' in (root / 'results.md').read_text()
 
 
-@pytest.mark.parametrize('args, error', [
+@pytest.mark.parametrize(
+  'args, error',
+  [
     ([], 'pass --sweep=FILE:SCALE and --workdir=DIR'),
-    (['--sweep=experiments/ablations/nope.py:tiny', '--workdir=W'],
-     'no sweep file'),
-    (['--sweep=experiments/ablations/sharing.py:huge', '--workdir=W'],
-     "unknown scale 'huge': choose one of tiny, base"),
-    (['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W',
-      '--config.train.nope=1'], 'unknown config key'),
-    (['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W',
-      '--config.model.sharing=none'],
-     '--config.model.sharing is set per variant by the sharing sweep'),
-    (['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W',
-      '--seeds=0,1', '--config.train.seed=3'], '--seeds sets train.seed'),
-    (['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W',
-      '--seeds=a'], 'give integers'),
-    (['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W',
-      '--config=experiments/configs/pretrain.py:base'], 'drop --config='),
-    (['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W',
-      '--emit=tpu'], '--emit=tpu needs --tpu=NAME and --zone=ZONE'),
+    (['--sweep=experiments/ablations/nope.py:tiny', '--workdir=W'], 'no sweep file'),
+    (
+      ['--sweep=experiments/ablations/sharing.py:huge', '--workdir=W'],
+      "unknown scale 'huge': choose one of tiny, base",
+    ),
+    (
+      ['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W', '--config.train.nope=1'],
+      'unknown config key',
+    ),
+    (
+      [
+        '--sweep=experiments/ablations/sharing.py:tiny',
+        '--workdir=W',
+        '--config.model.sharing=none',
+      ],
+      '--config.model.sharing is set per variant by the sharing sweep',
+    ),
+    (
+      [
+        '--sweep=experiments/ablations/sharing.py:tiny',
+        '--workdir=W',
+        '--seeds=0,1',
+        '--config.train.seed=3',
+      ],
+      '--seeds sets train.seed',
+    ),
+    (
+      ['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W', '--seeds=a'],
+      'give integers',
+    ),
+    (
+      [
+        '--sweep=experiments/ablations/sharing.py:tiny',
+        '--workdir=W',
+        '--config=experiments/configs/pretrain.py:base',
+      ],
+      'drop --config=',
+    ),
+    (
+      ['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W', '--emit=tpu'],
+      '--emit=tpu needs --tpu=NAME and --zone=ZONE',
+    ),
     (['--report=.'], 'holds no sweep'),
-])
+  ],
+)
 def test_bad_input_is_one_line(args, error):
   export_testing.assert_one_line_error(_sweep(*args), error)
 
 
 def test_a_directory_of_another_sweep_is_refused(tmp_path):
-  emitted = _sweep(f'--sweep={_spec("sharing")}', f'--workdir={tmp_path}',
-                   '--emit=shell')
+  emitted = _sweep(f'--sweep={_spec("sharing")}', f'--workdir={tmp_path}', '--emit=shell')
   assert emitted.returncode == 0, emitted.stderr
   export_testing.assert_one_line_error(
-      _sweep(f'--sweep={_spec("sentence_objective")}', f'--workdir={tmp_path}',
-             '--emit=shell'), "holds the 'sharing' sweep")
+    _sweep(f'--sweep={_spec("sentence_objective")}', f'--workdir={tmp_path}', '--emit=shell'),
+    "holds the 'sharing' sweep",
+  )

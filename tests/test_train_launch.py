@@ -22,18 +22,31 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _launch(*args: str, env: dict[str, str] | None = None, **kwargs):
   return subprocess.Popen(
-      [sys.executable, '-m', 'launch.pretrain', *args], cwd=REPO,
-      env=env or train_testing.subprocess_env(), text=True,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    [sys.executable, '-m', 'launch.pretrain', *args],
+    cwd=REPO,
+    env=env or train_testing.subprocess_env(),
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    **kwargs,
+  )
 
 
-@pytest.mark.parametrize('flag, message', [
-    ('--config.train.num_step=3',
-     r'error: unknown config key --config.train.num_step \(Did you mean "num_steps"'),
+@pytest.mark.parametrize(
+  'flag, message',
+  [
+    (
+      '--config.train.num_step=3',
+      r'error: unknown config key --config.train.num_step \(Did you mean "num_steps"',
+    ),
     ('--config.mesh.data=3', r'error: mesh data=3 x fsdp=1 x tensor=1 needs 3 devices'),
-    ('--config.train.batch_size=many', r"error: flag --config.train.batch_size=many: "
-                                       r"invalid literal for int\(\)"),
-])
+    (
+      '--config.train.batch_size=many',
+      r'error: flag --config.train.batch_size=many: '
+      r'invalid literal for int\(\)',
+    ),
+  ],
+)
 def test_bad_command_line_is_one_line_and_nonzero(flag, message, vocab, tmp_path):
   process = _launch(f'--workdir={tmp_path}', *train_testing.tiny_flags(vocab), flag)
   _, stderr = process.communicate(timeout=120)
@@ -55,24 +68,34 @@ def test_two_processes_train_like_one(vocab, tmp_path):
   env = train_testing.subprocess_env(XLA_FLAGS='--xla_force_host_platform_device_count=2')
   workdir = os.path.join(tmp_path, 'two')
   processes = [
-      _launch(f'--workdir={workdir}', *train_testing.tiny_flags(vocab),
-              f'--coordinator_address={address}', '--num_processes=2',
-              f'--process_id={i}', env=env)
-      for i in range(2)]
+    _launch(
+      f'--workdir={workdir}',
+      *train_testing.tiny_flags(vocab),
+      f'--coordinator_address={address}',
+      '--num_processes=2',
+      f'--process_id={i}',
+      env=env,
+    )
+    for i in range(2)
+  ]
   outputs = [p.communicate(timeout=300) for p in processes]
   for process, (stdout, stderr) in zip(processes, outputs):
     assert process.returncode == 0, stdout + stderr
   assert 'mesh data=4 fsdp=1 tensor=1 (4 devices, 2 processes)' in outputs[0][0]
   # Each process saved its own data position.
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(
-      os.listdir(os.path.join(workdir, 'checkpoints', '4', 'data')))
+    os.listdir(os.path.join(workdir, 'checkpoints', '4', 'data'))
+  )
 
   one = os.path.join(tmp_path, 'one')
-  trainer.train(PretrainConfig.from_config(train_testing.tiny_config(vocab)), one, devices=jax.devices()[:1])
+  trainer.train(
+    PretrainConfig.from_config(train_testing.tiny_config(vocab)), one, devices=jax.devices()[:1]
+  )
   got, expected = (train_testing.train_losses(w) for w in (workdir, one))
   assert sorted(got) == [1, 2, 3, 4]
-  np.testing.assert_allclose([got[s] for s in sorted(got)],
-                             [expected[s] for s in sorted(got)], rtol=1e-5)
+  np.testing.assert_allclose(
+    [got[s] for s in sorted(got)], [expected[s] for s in sorted(got)], rtol=1e-5
+  )
 
 
 def test_sigterm_sets_the_stop_flag_and_close_restores_the_handler():
@@ -89,76 +112,120 @@ def test_sigterm_sets_the_stop_flag_and_close_restores_the_handler():
 
 def test_tpu_recipe_runs_one_process_per_worker():
   commands = cluster.tpu_commands(
-      tpu='pod', zone='us-central2-b', project='proj', repo_dir='~/albert-jax',
-      install=True, command=cluster.pretrain_command('CFG:base', '/mnt/run', ['--x=1']))
+    tpu='pod',
+    zone='us-central2-b',
+    project='proj',
+    repo_dir='~/albert-jax',
+    install=True,
+    command=cluster.pretrain_command('CFG:base', '/mnt/run', ['--x=1']),
+  )
   assert [c[:5] for c in commands] == [['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp']] + [
-      ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']] * 2
+    ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']
+  ] * 2
   run = commands[-1]
   assert {'pod', '--zone=us-central2-b', '--project=proj', '--worker=all'} <= set(run)
-  assert run[-1] == ('--command=cd ~/albert-jax && python -m launch.pretrain '
-                     '--config=CFG:base --workdir=/mnt/run --distributed --x=1')
+  assert run[-1] == (
+    '--command=cd ~/albert-jax && python -m launch.pretrain '
+    '--config=CFG:base --workdir=/mnt/run --distributed --x=1'
+  )
 
 
 def test_slurm_recipe_runs_one_task_per_gpu_and_checkpoints_before_the_limit():
   script = cluster.sbatch_script(
-      nodes=2, gpus_per_node=4, time='1:00:00', partition='gpu', account=None,
-      job_name='albert', repo_dir='"$SLURM_SUBMIT_DIR"',
-      command=cluster.pretrain_command('CFG:large', '/shared/run', []))
+    nodes=2,
+    gpus_per_node=4,
+    time='1:00:00',
+    partition='gpu',
+    account=None,
+    job_name='albert',
+    repo_dir='"$SLURM_SUBMIT_DIR"',
+    command=cluster.pretrain_command('CFG:large', '/shared/run', []),
+  )
   lines = script.splitlines()
   assert lines[0] == '#!/bin/bash'
-  for option in ('--nodes=2', '--ntasks-per-node=4', '--gpus-per-node=4',
-                 '--signal=TERM@120', '--requeue', '--partition=gpu'):
+  for option in (
+    '--nodes=2',
+    '--ntasks-per-node=4',
+    '--gpus-per-node=4',
+    '--signal=TERM@120',
+    '--requeue',
+    '--partition=gpu',
+  ):
     assert f'#SBATCH {option}' in lines
   assert not any('--account' in line for line in lines)
-  assert lines[-1] == ('srun python -m launch.pretrain --config=CFG:large '
-                       '--workdir=/shared/run --distributed')
+  assert lines[-1] == (
+    'srun python -m launch.pretrain --config=CFG:large --workdir=/shared/run --distributed'
+  )
 
 
 def _cluster(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run(
-      [sys.executable, '-m', 'launch.cluster', *args], cwd=REPO,
-      capture_output=True, text=True, timeout=60,
-      env={**os.environ, 'PATH': ''})  # No gcloud / sbatch reachable.
+    [sys.executable, '-m', 'launch.cluster', *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env={**os.environ, 'PATH': ''},
+  )  # No gcloud / sbatch reachable.
 
 
-@pytest.mark.parametrize('target, expected', [
+@pytest.mark.parametrize(
+  'target, expected',
+  [
     (['--target=slurm', '--nodes=2'], 'srun python -m launch.pretrain'),
     (['--target=tpu', '--tpu=pod', '--zone=z'], 'gcloud compute tpus tpu-vm ssh pod'),
-])
+  ],
+)
 def test_cluster_dry_run_prints_and_runs_nothing(target, expected):
-  process = _cluster(*target, '--workdir=/shared/run', '--dry_run',
-                     '--config.train.batch_size=64', '--config.train.optimizer',
-                     'adamw')
+  process = _cluster(
+    *target,
+    '--workdir=/shared/run',
+    '--dry_run',
+    '--config.train.batch_size=64',
+    '--config.train.optimizer',
+    'adamw',
+  )
   assert process.returncode == 0, process.stderr
   assert expected in process.stdout
-  assert ('--config=experiments/configs/pretrain.py:base --workdir=/shared/run '
-          '--distributed --config.train.batch_size=64 --config.train.optimizer '
-          'adamw') in process.stdout
+  assert (
+    '--config=experiments/configs/pretrain.py:base --workdir=/shared/run '
+    '--distributed --config.train.batch_size=64 --config.train.optimizer '
+    'adamw'
+  ) in process.stdout
 
 
 def test_cluster_checks_the_overrides_here():
-  process = _cluster('--target=slurm', '--workdir=/w', '--dry_run',
-                     '--config.train.batch_sise=64')
+  process = _cluster('--target=slurm', '--workdir=/w', '--dry_run', '--config.train.batch_sise=64')
   assert process.returncode == 1 and not process.stdout
   assert process.stderr.startswith(
-      'error: unknown config key --config.train.batch_sise (Did you mean')
+    'error: unknown config key --config.train.batch_sise (Did you mean'
+  )
 
 
 def test_cluster_overrides_after_double_dash_still_work_with_a_warning():
-  process = _cluster('--target=slurm', '--workdir=/w', '--dry_run',
-                     '--config=experiments/configs/pretrain.py:tiny', '--',
-                     '--config.train.batch_size=64')
+  process = _cluster(
+    '--target=slurm',
+    '--workdir=/w',
+    '--dry_run',
+    '--config=experiments/configs/pretrain.py:tiny',
+    '--',
+    '--config.train.batch_size=64',
+  )
   assert process.returncode == 0, process.stderr
-  assert process.stderr == ('warning: arguments after -- are deprecated; pass '
-                            '--config.KEY=VALUE\n')
-  assert ('--config=experiments/configs/pretrain.py:tiny --workdir=/w '
-          '--distributed --config.train.batch_size=64') in process.stdout
+  assert process.stderr == ('warning: arguments after -- are deprecated; pass --config.KEY=VALUE\n')
+  assert (
+    '--config=experiments/configs/pretrain.py:tiny --workdir=/w '
+    '--distributed --config.train.batch_size=64'
+  ) in process.stdout
 
 
 def test_cluster_without_required_flags_is_one_line():
   process = subprocess.run(
-      [sys.executable, '-m', 'launch.cluster', '--target=tpu', '--workdir=/w', '--dry_run'],
-      cwd=REPO, capture_output=True, text=True, timeout=60)
+    [sys.executable, '-m', 'launch.cluster', '--target=tpu', '--workdir=/w', '--dry_run'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert process.returncode == 1
   assert process.stderr.strip() == 'error: --target=tpu needs --tpu=NAME and --zone=ZONE'
-

@@ -15,23 +15,29 @@ from experiments.configs import pretrain
 RULES = mesh_lib.DEFAULT_RULES
 
 
-@pytest.mark.parametrize('config, devices, shape', [
+@pytest.mark.parametrize(
+  'config, devices, shape',
+  [
     ({'data': -1, 'fsdp': 1, 'tensor': 1}, 8, (8, 1, 1)),
     ({'data': 2, 'fsdp': -1, 'tensor': 2}, 8, (2, 2, 2)),
     ({'data': 1, 'fsdp': 8, 'tensor': 1}, 8, (1, 8, 1)),
     ({'data': -1}, 1, (1, 1, 1)),
-])
+  ],
+)
 def test_mesh_shape_fills_the_minus_one_axis(config, devices, shape):
   assert mesh_lib.mesh_shape(config, devices) == shape
 
 
-@pytest.mark.parametrize('config, message', [
+@pytest.mark.parametrize(
+  'config, message',
+  [
     ({'data': 3, 'fsdp': 1, 'tensor': 1}, 'needs 3 devices but there are 8'),
     ({'data': -1, 'fsdp': 3, 'tensor': 1}, 'does not fit 8 devices: 3 must divide 8'),
     ({'data': -1, 'fsdp': -1, 'tensor': 1}, 'at most one may be -1'),
     ({'data': 0, 'fsdp': 8, 'tensor': 1}, 'each axis must be >= 1'),
     ({'data': 8, 'pipeline': 1}, "unknown mesh axis 'pipeline'"),
-])
+  ],
+)
 def test_impossible_mesh_is_rejected(config, message):
   with pytest.raises(UsageError, match=message):
     mesh_lib.mesh_shape(config, 8)
@@ -55,7 +61,8 @@ def _abstract_params(**model_overrides):
   model = AlbertForPreTraining(ModelConfig.from_config(config.model))
   ids = jnp.zeros((1, 8), jnp.int32)
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids, ids[:, :2]))[
-      'params']
+    'params'
+  ]
 
 
 def test_params_are_placed_by_the_logical_rules():
@@ -70,7 +77,8 @@ def test_params_are_placed_by_the_logical_rules():
   assert ffn['output']['kernel'].spec == P('tensor', 'fsdp')
   # The shared layer is stored once: no 'layers' axis in its params.
   assert albert['encoder']['layer']['attention']['query']['kernel'].spec == P(
-      'fsdp', 'tensor', None)
+    'fsdp', 'tensor', None
+  )
   assert all(s.mesh is mesh for s in jax.tree.leaves(shardings))
 
 
@@ -86,6 +94,9 @@ def test_unshared_layers_keep_their_stacking_axis_replicated():
 def test_dimension_that_does_not_divide_is_one_clear_error():
   mesh = mesh_lib.make_mesh({'data': 1, 'fsdp': 8, 'tensor': 1})
   # embedding_size 36 over fsdp=8.
-  with pytest.raises(UsageError, match=r"albert/embeddings/LayerNorm/bias of shape \(36,\) "
-                                       r"cannot be split 8 ways over mesh axes \('fsdp',\)"):
+  with pytest.raises(
+    UsageError,
+    match=r'albert/embeddings/LayerNorm/bias of shape \(36,\) '
+    r"cannot be split 8 ways over mesh axes \('fsdp',\)",
+  ):
     mesh_lib.tree_shardings(_abstract_params(embedding_size=36), mesh, RULES)

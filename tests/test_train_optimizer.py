@@ -23,29 +23,37 @@ def _train_config(**overrides) -> ml_collections.ConfigDict:
 
 def _params():
   rng = np.random.default_rng(0)
-  return jax.tree.map(lambda x: np.asarray(x, np.float32), {
-      'embeddings': {'word_embeddings': {'embedding': rng.normal(size=(6, 4))},
-                     'LayerNorm': {'scale': np.ones(4), 'bias': np.zeros(4)}},
-      'encoder': {'layer': {'query': {'kernel': rng.normal(size=(4, 4)),
-                                      'bias': rng.normal(size=4)}}},
+  return jax.tree.map(
+    lambda x: np.asarray(x, np.float32),
+    {
+      'embeddings': {
+        'word_embeddings': {'embedding': rng.normal(size=(6, 4))},
+        'LayerNorm': {'scale': np.ones(4), 'bias': np.zeros(4)},
+      },
+      'encoder': {
+        'layer': {'query': {'kernel': rng.normal(size=(4, 4)), 'bias': rng.normal(size=4)}}
+      },
       'predictions': {'bias': rng.normal(size=6)},
-  })
+    },
+  )
 
 
 def test_schedule_warms_up_then_decays_linearly_to_zero():
   schedule = optimizer_lib.learning_rate_schedule(1.0, warmup_steps=10, total_steps=110)
   np.testing.assert_allclose(
-      [schedule(s) for s in (0, 5, 10, 60, 110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+    [schedule(s) for s in (0, 5, 10, 60, 110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6
+  )
 
 
 def test_decay_mask_excludes_layer_norm_and_biases():
-  mask = optimizer_lib.weight_decay_mask(
-      _params(), _train_config().weight_decay_exclude)
+  mask = optimizer_lib.weight_decay_mask(_params(), _train_config().weight_decay_exclude)
   assert mask == {
-      'embeddings': {'word_embeddings': {'embedding': True},
-                     'LayerNorm': {'scale': False, 'bias': False}},
-      'encoder': {'layer': {'query': {'kernel': True, 'bias': False}}},
-      'predictions': {'bias': False},
+    'embeddings': {
+      'word_embeddings': {'embedding': True},
+      'LayerNorm': {'scale': False, 'bias': False},
+    },
+    'encoder': {'layer': {'query': {'kernel': True, 'bias': False}}},
+    'predictions': {'bias': False},
   }
 
 
@@ -55,10 +63,10 @@ def test_decay_mask_on_the_model_spares_exactly_layer_norms_and_biases(sharing):
   config.model.sharing = sharing
   model = AlbertForPreTraining(ModelConfig.from_config(config.model))
   ids = jnp.zeros((1, 8), jnp.int32)
-  params = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids, ids[:, :2]))['params']
-  mask = optimizer_lib.weight_decay_mask(nn.unbox(params),
-                                         config.train.weight_decay_exclude)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids, ids[:, :2]))[
+    'params'
+  ]
+  mask = optimizer_lib.weight_decay_mask(nn.unbox(params), config.train.weight_decay_exclude)
   for path, decayed in jax.tree_util.tree_flatten_with_path(mask)[0]:
     name = tree_paths.path_str(path)
     leaf = name.rsplit('/', 1)[-1]
@@ -68,8 +76,10 @@ def test_decay_mask_on_the_model_spares_exactly_layer_norms_and_biases(sharing):
 
 
 def test_decay_mask_sees_through_logical_boxes():
-  boxed = {'LayerNorm': {'scale': nn.Partitioned(jnp.ones(4), ('embed',))},
-           'dense': {'kernel': nn.Partitioned(jnp.ones((4, 4)), ('embed', 'mlp'))}}
+  boxed = {
+    'LayerNorm': {'scale': nn.Partitioned(jnp.ones(4), ('embed',))},
+    'dense': {'kernel': nn.Partitioned(jnp.ones((4, 4)), ('embed', 'mlp'))},
+  }
   mask = optimizer_lib.weight_decay_mask(boxed, ('LayerNorm', 'bias'))
   assert jax.tree.leaves(mask) == [False, True]
 
@@ -88,9 +98,13 @@ def test_lamb_without_exclusions_is_optax_lamb():
   train = _train_config(weight_decay_exclude=(), learning_rate=0.1, warmup_steps=0)
   schedule = optimizer_lib.learning_rate_schedule(0.1, 0, train.num_steps)
   ours = _run(optimizer_lib.make_optimizer(train, schedule), _params())
-  reference = _run(optax.chain(
+  reference = _run(
+    optax.chain(
       optax.clip_by_global_norm(1.0),
-      optax.lamb(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01)), _params())
+      optax.lamb(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01),
+    ),
+    _params(),
+  )
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, reference)
 
 
@@ -101,28 +115,35 @@ def test_lamb_skips_trust_ratio_and_decay_on_excluded_params():
   adam = _run(optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-6), _params())
   lamb = _run(optax.lamb(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01), _params())
   # Excluded: plain Adam. Decayed: LAMB.
-  np.testing.assert_allclose(ours['encoder']['layer']['query']['bias'],
-                             adam['encoder']['layer']['query']['bias'], rtol=1e-6)
-  np.testing.assert_allclose(ours['embeddings']['LayerNorm']['scale'],
-                             adam['embeddings']['LayerNorm']['scale'], rtol=1e-6)
-  np.testing.assert_allclose(ours['encoder']['layer']['query']['kernel'],
-                             lamb['encoder']['layer']['query']['kernel'], rtol=1e-6)
-  assert not np.allclose(ours['encoder']['layer']['query']['bias'],
-                         lamb['encoder']['layer']['query']['bias'])
+  np.testing.assert_allclose(
+    ours['encoder']['layer']['query']['bias'], adam['encoder']['layer']['query']['bias'], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    ours['embeddings']['LayerNorm']['scale'], adam['embeddings']['LayerNorm']['scale'], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    ours['encoder']['layer']['query']['kernel'],
+    lamb['encoder']['layer']['query']['kernel'],
+    rtol=1e-6,
+  )
+  assert not np.allclose(
+    ours['encoder']['layer']['query']['bias'], lamb['encoder']['layer']['query']['bias']
+  )
 
 
 def test_adamw_decays_only_masked_params():
-  train = _train_config(optimizer='adamw', learning_rate=0.1, warmup_steps=0,
-                        weight_decay=0.5)
+  train = _train_config(optimizer='adamw', learning_rate=0.1, warmup_steps=0, weight_decay=0.5)
   schedule = optimizer_lib.learning_rate_schedule(0.1, 0, train.num_steps)
   tx = optimizer_lib.make_optimizer(train, schedule)
   params = _params()
   zero = jax.tree.map(np.zeros_like, params)
   updates, _ = tx.update(zero, tx.init(params), params)
   assert np.all(updates['embeddings']['LayerNorm']['scale'] == 0)
-  np.testing.assert_allclose(updates['encoder']['layer']['query']['kernel'],
-                             -0.1 * 0.5 * params['encoder']['layer']['query']['kernel'],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    updates['encoder']['layer']['query']['kernel'],
+    -0.1 * 0.5 * params['encoder']['layer']['query']['kernel'],
+    rtol=1e-6,
+  )
 
 
 def test_unknown_optimizer_is_rejected():
@@ -145,16 +166,22 @@ def _stacked(shape, seed=0):
 
 
 def _stacked_axes(stacked_names):
-  return {'encoder': {'layer': {'kernel': stacked_names + ('hidden', 'mlp'),
-                                'bias': stacked_names + ('mlp',)}}}
+  return {
+    'encoder': {
+      'layer': {'kernel': stacked_names + ('hidden', 'mlp'), 'bias': stacked_names + ('mlp',)}
+    }
+  }
 
 
 def _unstacked(params, shape):
   """The same params with every layer its own variable 'layer_i_j'."""
   layer = params['encoder']['layer']
-  return {'encoder': {
+  return {
+    'encoder': {
       'layer_' + '_'.join(map(str, index)): {k: v[index] for k, v in layer.items()}
-      for index in np.ndindex(*shape)}}
+      for index in np.ndindex(*shape)
+    }
+  }
 
 
 def _lamb(**overrides):
@@ -165,37 +192,32 @@ def _lamb(**overrides):
 def _update_weight_ratios(tx, params, shape):
   """|update| / |weight| of each layer's kernel after one step, in units of lr."""
   grads = jax.tree.map(
-      lambda p: np.random.default_rng(1).normal(size=p.shape).astype(np.float32),
-      params)
+    lambda p: np.random.default_rng(1).normal(size=p.shape).astype(np.float32), params
+  )
   updates, _ = tx.update(grads, tx.init(params), params)
   kernel, update = params['encoder']['layer']['kernel'], updates['encoder']['layer']['kernel']
-  return np.asarray([np.linalg.norm(update[i]) / np.linalg.norm(kernel[i]) / 0.01
-                     for i in np.ndindex(*shape)])
+  return np.asarray(
+    [np.linalg.norm(update[i]) / np.linalg.norm(kernel[i]) / 0.01 for i in np.ndindex(*shape)]
+  )
 
 
-@pytest.mark.parametrize('shape, names', [((4,), ('layers',)),
-                                          ((2, 3), ('layers', None))])
+@pytest.mark.parametrize('shape, names', [((4,), ('layers',)), ((2, 3), ('layers', None))])
 def test_lamb_trust_ratio_is_one_per_stacked_layer(shape, names):
   train, schedule = _lamb()
   params = _stacked(shape)
-  tx = optimizer_lib.make_optimizer(train, schedule,
-                                    param_axes=_stacked_axes(names))
+  tx = optimizer_lib.make_optimizer(train, schedule, param_axes=_stacked_axes(names))
   # LAMB's step is lr x |weight| in every layer, the 100x one included.
-  np.testing.assert_allclose(_update_weight_ratios(tx, params, shape), 1.0,
-                             rtol=1e-5)
+  np.testing.assert_allclose(_update_weight_ratios(tx, params, shape), 1.0, rtol=1e-5)
   # One ratio over the whole stack (the bug): the large layer barely moves
   # and the others move ~40x too far.
-  whole = _update_weight_ratios(optimizer_lib.make_optimizer(train, schedule),
-                                params, shape)
+  whole = _update_weight_ratios(optimizer_lib.make_optimizer(train, schedule), params, shape)
   assert whole[0] < 0.7 and np.all(whole[1:] > 10)
 
 
-@pytest.mark.parametrize('shape, names', [((4,), ('layers',)),
-                                          ((2, 3), ('layers', None))])
+@pytest.mark.parametrize('shape, names', [((4,), ('layers',)), ((2, 3), ('layers', None))])
 def test_lamb_on_stacked_layers_equals_lamb_on_each_layer(shape, names):
   train, schedule = _lamb(clip_norm=1.0)
-  tx = optimizer_lib.make_optimizer(train, schedule,
-                                    param_axes=_stacked_axes(names))
+  tx = optimizer_lib.make_optimizer(train, schedule, param_axes=_stacked_axes(names))
   params = _stacked(shape)
   separate_tx = optimizer_lib.make_optimizer(train, schedule)
   separate = _unstacked(params, shape)
@@ -204,12 +226,13 @@ def test_lamb_on_stacked_layers_equals_lamb_on_each_layer(shape, names):
     grads = _stacked(shape, seed=10 + step)  # The same gradients for both.
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
-    updates, separate_state = separate_tx.update(
-        _unstacked(grads, shape), separate_state, separate)
+    updates, separate_state = separate_tx.update(_unstacked(grads, shape), separate_state, separate)
     separate = optax.apply_updates(separate, updates)
   jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-      _unstacked(params, shape), separate)
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+    _unstacked(params, shape),
+    separate,
+  )
 
 
 def _model_and_inputs(**model_overrides):
@@ -220,31 +243,40 @@ def _model_and_inputs(**model_overrides):
   return model, (ids, ids, ids, ids[:, :2])
 
 
-@pytest.mark.parametrize('overrides, stacked', [
+@pytest.mark.parametrize(
+  'overrides, stacked',
+  [
     (dict(sharing='none'), 'L'),
     (dict(sharing='ffn'), 'L'),
     (dict(num_layers=4, num_hidden_groups=2, inner_group_num=3), 'GI'),
     (dict(inner_group_num=3), 'I'),
     (dict(), ''),
-])
+  ],
+)
 def test_param_axes_of_the_model_find_its_stacked_layers(overrides, stacked):
   model, inputs = _model_and_inputs(**overrides)
   axes = optimizer_lib.model_param_axes(model, *inputs)
-  shapes = tree_paths.shapes(jax.eval_shape(
-      lambda: nn.unbox(model.init(jax.random.PRNGKey(0), *inputs)['params'])))
-  sizes = {'L': model.config.num_layers, 'G': model.config.num_groups,
-           'I': model.config.inner_group_num}
+  shapes = tree_paths.shapes(
+    jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), *inputs)['params']))
+  )
+  sizes = {
+    'L': model.config.num_layers,
+    'G': model.config.num_groups,
+    'I': model.config.inner_group_num,
+  }
   layer_axes = {
-      tree_paths.path_str(path): optimizer_lib.num_layer_axes(names)
-      for path, names in jax.tree_util.tree_flatten_with_path(
-          axes, is_leaf=lambda x: isinstance(x, tuple))[0]}
+    tree_paths.path_str(path): optimizer_lib.num_layer_axes(names)
+    for path, names in jax.tree_util.tree_flatten_with_path(
+      axes, is_leaf=lambda x: isinstance(x, tuple)
+    )[0]
+  }
   assert layer_axes.keys() == shapes.keys()
   for name, shape in shapes.items():
     # Only the scanned layer's own params are stacked (partial sharing keeps
     # its shared half in encoder/shared_*), on one axis per stacked level.
     in_layer = name.startswith('albert/encoder/layer/')
     expected = tuple(sizes[level] for level in stacked) if in_layer else ()
-    assert shape[:layer_axes[name]] == expected, name
+    assert shape[: layer_axes[name]] == expected, name
   assert any(layer_axes.values()) == bool(stacked)
 
 
@@ -266,6 +298,5 @@ def test_param_axes_must_cover_every_param():
   # The bias is excluded from the trust ratio: it needs no entry.
   axes = {'encoder': {'layer': {'bias': ('layers', 'mlp')}}}
   tx = optimizer_lib.make_optimizer(train, schedule, param_axes=axes)
-  with pytest.raises(ValueError, match='encoder/layer/kernel is missing from '
-                     'param_axes'):
+  with pytest.raises(ValueError, match='encoder/layer/kernel is missing from param_axes'):
     tx.update(params, tx.init(params), params)

@@ -14,6 +14,7 @@ import pytest
 
 from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
+
 import train_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,8 @@ def straight(vocab, tmp_path_factory):
 
 def _params(workdir: str, step: int):
   return ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, 'checkpoints', str(step), 'state'))['params']
+    os.path.join(workdir, 'checkpoints', str(step), 'state')
+  )['params']
 
 
 def _assert_same_run_after(step: int, workdir: str, reference: str) -> None:
@@ -41,18 +43,24 @@ def _assert_same_run_after(step: int, workdir: str, reference: str) -> None:
   assert [got[s] for s in after] == [expected[s] for s in after]
   got_params, expected_params = (_params(w, NUM_STEPS) for w in (workdir, reference))
   assert jax.tree.structure(got_params) == jax.tree.structure(expected_params)
-  assert all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(got_params), jax.tree.leaves(expected_params)))
+  assert all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(expected_params))
+  )
 
 
 def _copy_checkpoint(reference: str, step: int, workdir: str) -> None:
-  shutil.copytree(os.path.join(reference, 'checkpoints', str(step)),
-                  os.path.join(workdir, 'checkpoints', str(step)))
+  shutil.copytree(
+    os.path.join(reference, 'checkpoints', str(step)),
+    os.path.join(workdir, 'checkpoints', str(step)),
+  )
 
 
 def test_restart_from_a_periodic_checkpoint_is_exact(vocab, straight, tmp_path):
   _copy_checkpoint(straight, 2, tmp_path)  # As if the run died after step 2.
-  result = trainer.train(PretrainConfig.from_config(train_testing.tiny_config(vocab, **SETTINGS)), str(tmp_path))
+  result = trainer.train(
+    PretrainConfig.from_config(train_testing.tiny_config(vocab, **SETTINGS)), str(tmp_path)
+  )
   assert result.step == NUM_STEPS and not result.preempted
   _assert_same_run_after(2, str(tmp_path), straight)
 
@@ -60,10 +68,19 @@ def test_restart_from_a_periodic_checkpoint_is_exact(vocab, straight, tmp_path):
 def test_sigterm_saves_exits_0_and_resume_is_exact(vocab, straight, tmp_path):
   # Run from elsewhere with a relative workdir, as users do.
   process = subprocess.Popen(
-      [sys.executable, '-m', 'launch.pretrain', '--workdir=run',
-       *train_testing.tiny_flags(vocab, **SETTINGS)],
-      cwd=tmp_path, env=train_testing.subprocess_env(PYTHONPATH=REPO), text=True,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    [
+      sys.executable,
+      '-m',
+      'launch.pretrain',
+      '--workdir=run',
+      *train_testing.tiny_flags(vocab, **SETTINGS),
+    ],
+    cwd=tmp_path,
+    env=train_testing.subprocess_env(PYTHONPATH=REPO),
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+  )
   workdir = str(tmp_path / 'run')
   output = []
   for line in process.stdout:
@@ -77,11 +94,18 @@ def test_sigterm_saves_exits_0_and_resume_is_exact(vocab, straight, tmp_path):
   assert [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()] == ['1']
 
   # Resumed keeping the last 2 checkpoints: 1 (the preemption's) goes.
-  result = trainer.train(PretrainConfig.from_config(train_testing.tiny_config(vocab, **{**SETTINGS, 'checkpoint.keep': 2})), workdir)
+  result = trainer.train(
+    PretrainConfig.from_config(
+      train_testing.tiny_config(vocab, **{**SETTINGS, 'checkpoint.keep': 2})
+    ),
+    workdir,
+  )
   assert result.step == NUM_STEPS
   _assert_same_run_after(1, workdir, straight)
-  assert sorted(d for d in os.listdir(os.path.join(workdir, 'checkpoints'))
-                if d.isdigit()) == ['2', '4']
+  assert sorted(d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()) == [
+    '2',
+    '4',
+  ]
 
 
 def test_checkpoint_of_data_mesh_restores_under_fsdp(vocab, straight, tmp_path):
@@ -93,8 +117,7 @@ def test_checkpoint_of_data_mesh_restores_under_fsdp(vocab, straight, tmp_path):
   got, expected = (train_testing.train_losses(w) for w in (str(tmp_path), straight))
   after = range(3, NUM_STEPS + 1)
   # Same params and data; only the order of floating-point sums differs.
-  np.testing.assert_allclose([got[s] for s in after], [expected[s] for s in after],
-                             rtol=1e-5)
+  np.testing.assert_allclose([got[s] for s in after], [expected[s] for s in after], rtol=1e-5)
 
 
 def test_workdir_of_another_model_is_refused_untouched(vocab, straight, tmp_path):
@@ -102,15 +125,28 @@ def test_workdir_of_another_model_is_refused_untouched(vocab, straight, tmp_path
   shutil.copytree(straight, workdir)
   before = _snapshot(workdir)
   process = subprocess.run(
-      [sys.executable, '-m', 'launch.pretrain', f'--workdir={workdir}',
-       *train_testing.tiny_flags(vocab, **SETTINGS), '--config.model.hidden_size=64'],
-      cwd=REPO, env=train_testing.subprocess_env(), text=True, capture_output=True,
-      timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'launch.pretrain',
+      f'--workdir={workdir}',
+      *train_testing.tiny_flags(vocab, **SETTINGS),
+      '--config.model.hidden_size=64',
+    ],
+    cwd=REPO,
+    env=train_testing.subprocess_env(),
+    text=True,
+    capture_output=True,
+    timeout=300,
+  )
   assert process.returncode == 1
   stderr = process.stderr.strip().splitlines()
   assert len(stderr) == 1, process.stderr
-  assert re.match(rf'error: .*checkpoints holds a checkpoint \(step {NUM_STEPS}\) of another '
-                  r'model or optimizer \(model.hidden_size 32 -> 64\)', stderr[0])
+  assert re.match(
+    rf'error: .*checkpoints holds a checkpoint \(step {NUM_STEPS}\) of another '
+    r'model or optimizer \(model.hidden_size 32 -> 64\)',
+    stderr[0],
+  )
   assert _snapshot(workdir) == before
 
 
@@ -122,4 +158,3 @@ def _snapshot(directory: str) -> dict[str, bytes]:
       with open(path, 'rb') as f:
         files[os.path.relpath(path, directory)] = f.read()
   return files
-

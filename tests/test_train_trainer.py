@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+from albert_jax.errors import UsageError
 from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
-from albert_jax.errors import UsageError
+
 import train_testing
 
 
@@ -17,17 +18,22 @@ import train_testing
 def one_device_run(vocab, tmp_path_factory):
   """The reference: 4 steps on one device, with an evaluation at the end."""
   workdir = str(tmp_path_factory.mktemp('one_device'))
-  config = train_testing.tiny_config(vocab, **{
-      'train.eval_every': 4, 'train.peak_flops_per_device': 1e9})
+  config = train_testing.tiny_config(
+    vocab, **{'train.eval_every': 4, 'train.peak_flops_per_device': 1e9}
+  )
   result = trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
   return result, workdir
 
 
-@pytest.mark.parametrize('mesh', [
+@pytest.mark.parametrize(
+  'mesh',
+  [
     {'data': 8},
     {'data': 2, 'fsdp': 4},
     {'data': 2, 'tensor': 4},
-], ids=['data8', 'data2_fsdp4', 'data2_tensor4'])
+  ],
+  ids=['data8', 'data2_fsdp4', 'data2_tensor4'],
+)
 def test_sharded_losses_match_one_device(mesh, vocab, one_device_run, tmp_path):
   config = train_testing.tiny_config(vocab)
   config.mesh.update(mesh)
@@ -35,8 +41,9 @@ def test_sharded_losses_match_one_device(mesh, vocab, one_device_run, tmp_path):
   expected = train_testing.train_losses(one_device_run[1])
   got = train_testing.train_losses(str(tmp_path))
   assert sorted(got) == [1, 2, 3, 4]
-  np.testing.assert_allclose([got[s] for s in sorted(got)],
-                             [expected[s] for s in sorted(got)], rtol=1e-5)
+  np.testing.assert_allclose(
+    [got[s] for s in sorted(got)], [expected[s] for s in sorted(got)], rtol=1e-5
+  )
 
 
 def test_gradient_accumulation_matches_the_full_batch(vocab, one_device_run, tmp_path):
@@ -44,8 +51,9 @@ def test_gradient_accumulation_matches_the_full_batch(vocab, one_device_run, tmp
   trainer.train(PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1])
   expected = train_testing.train_losses(one_device_run[1])
   got = train_testing.train_losses(str(tmp_path))
-  np.testing.assert_allclose([got[s] for s in (1, 2, 3, 4)],
-                             [expected[s] for s in (1, 2, 3, 4)], rtol=1e-5)
+  np.testing.assert_allclose(
+    [got[s] for s in (1, 2, 3, 4)], [expected[s] for s in (1, 2, 3, 4)], rtol=1e-5
+  )
 
 
 def test_metrics_records(one_device_run):
@@ -54,17 +62,26 @@ def test_metrics_records(one_device_run):
   train_records = [r for r in records if 'loss' in r]
   eval_records = [r for r in records if 'eval_mlm_loss' in r]
   assert [r['step'] for r in train_records] == [1, 2, 3, 4]
-  for key in ('loss', 'mlm_accuracy', 'sop_accuracy', 'learning_rate', 'grad_norm',
-              'tokens_per_sec', 'mfu', 'step_time', 'eta_seconds'):
+  for key in (
+    'loss',
+    'mlm_accuracy',
+    'sop_accuracy',
+    'learning_rate',
+    'grad_norm',
+    'tokens_per_sec',
+    'mfu',
+    'step_time',
+    'eta_seconds',
+  ):
     assert key in train_records[-1], key
   last = train_records[-1]
   # MFU = model FLOP/s over the configured peak (1e9 FLOP/s, one device).
   assert last['mfu'] == pytest.approx(
-      last['tokens_per_sec'] / (16 * 32) * 16 * _flops_per_example() / 1e9, rel=1e-6)
+    last['tokens_per_sec'] / (16 * 32) * 16 * _flops_per_example() / 1e9, rel=1e-6
+  )
   assert 0 <= last['mlm_accuracy'] <= 1 and 0 <= last['sop_accuracy'] <= 1
   assert [r['step'] for r in eval_records] == [4]
-  assert set(eval_records[0]) >= {'step', 'eval_mlm_loss', 'eval_mlm_accuracy',
-                                  'eval_sop_accuracy'}
+  assert set(eval_records[0]) >= {'step', 'eval_mlm_loss', 'eval_mlm_accuracy', 'eval_sop_accuracy'}
   assert result.step == 4 and result.train_metrics['loss'] == last['loss']
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model']['hidden_size'] == 32
@@ -75,29 +92,30 @@ def test_metrics_records(one_device_run):
 def _flops_per_example() -> float:
   from albert_jax import flops
   from albert_jax.config import ModelConfig
+
   config = train_testing.tiny_config('')
-  return flops.train_flops_per_example(
-      ModelConfig.from_config(config.model), 32, 5)
+  return flops.train_flops_per_example(ModelConfig.from_config(config.model), 32, 5)
 
 
 def test_non_finite_loss_stops_naming_the_step(vocab, tmp_path):
-  config = train_testing.tiny_config(vocab, **{'train.learning_rate': 1e30,
-                                               'train.log_every': 2})
+  config = train_testing.tiny_config(vocab, **{'train.learning_rate': 1e30, 'train.log_every': 2})
   with pytest.raises(UsageError, match=r'loss is (nan|inf|-inf) at step 3: training diverged'):
     trainer.train(PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1])
   assert not os.listdir(os.path.join(tmp_path, 'checkpoints'))
 
 
-@pytest.mark.parametrize('overrides, message', [
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
     ({'mesh.data': 3}, r'mesh data=3 x fsdp=1 x tensor=1 needs 3 devices but there are 8'),
-    ({'mesh.data': 2, 'mesh.fsdp': 3, 'mesh.tensor': 1},
-     r'needs 6 devices but there are 8'),
+    ({'mesh.data': 2, 'mesh.fsdp': 3, 'mesh.tensor': 1}, r'needs 6 devices but there are 8'),
     ({'mesh.fsdp': 3, 'mesh.data': -1}, r'does not fit 8 devices: 3 must divide 8'),
     ({'train.batch_size': 12}, r'train.batch_size=12 does not split .* use a multiple of 8'),
     ({'train.grad_accum_steps': 3}, r'use a multiple of 24'),
     ({'model.num_heads': 5}, r'model.num_heads=5 must divide model.hidden_size=32'),
     ({'mesh.data': 1, 'mesh.tensor': 8}, r'cannot be split 8 ways'),
-])
+  ],
+)
 def test_impossible_config_is_one_clear_error(overrides, message, vocab, tmp_path):
   config = train_testing.tiny_config(vocab)
   for key, value in overrides.items():

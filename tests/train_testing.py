@@ -15,31 +15,30 @@ VOCAB_SIZE = 256
 # Sized so every mesh axis of 8 devices (data, fsdp, tensor up to 4) divides
 # every sharded dimension, and a step takes milliseconds.
 TINY = {
-    'model.vocab_size': VOCAB_SIZE,
-    'model.hidden_size': 32,
-    'model.embedding_size': 16,
-    'model.num_layers': 2,
-    'model.num_heads': 4,
-    'model.intermediate_size': 64,
-    'model.max_position_embeddings': 32,
-    'data.max_seq_length': 32,
-    'data.max_predictions_per_seq': 5,
-    'data.eval_documents': 16,
-    'train.batch_size': 16,
-    'train.num_steps': 4,
-    'train.warmup_steps': 1,
-    'train.learning_rate': 1e-2,
-    'train.log_every': 1,
-    'train.eval_every': 1000,
-    'train.eval_steps': 1,
-    'checkpoint.every_steps': 1000,
+  'model.vocab_size': VOCAB_SIZE,
+  'model.hidden_size': 32,
+  'model.embedding_size': 16,
+  'model.num_layers': 2,
+  'model.num_heads': 4,
+  'model.intermediate_size': 64,
+  'model.max_position_embeddings': 32,
+  'data.max_seq_length': 32,
+  'data.max_predictions_per_seq': 5,
+  'data.eval_documents': 16,
+  'train.batch_size': 16,
+  'train.num_steps': 4,
+  'train.warmup_steps': 1,
+  'train.learning_rate': 1e-2,
+  'train.log_every': 1,
+  'train.eval_every': 1000,
+  'train.eval_steps': 1,
+  'checkpoint.every_steps': 1000,
 }
 
 
 def train_vocab(directory: str) -> str:
   """Trains the tests' SentencePiece vocabulary into `directory`."""
-  train_tokenizer(sources.read_sentences('builtin'), directory,
-                  vocab_size=VOCAB_SIZE)
+  train_tokenizer(sources.read_sentences('builtin'), directory, vocab_size=VOCAB_SIZE)
   return directory
 
 

@@ -1,15 +1,15 @@
 """Pretraining data: tokenizer, sources, SOP/NSP examples, input pipeline.
 
-  errors.py          DataError, the one exception type (one-line messages).
-  tokenizer.py       SentencePiece with ALBERT's ids and normalisation:
-                     train_tokenizer(...), Tokenizer.load(dir).
-  sources.py         'builtin' | 'text:GLOB' | 'tfds:NAME[/CONFIG][:SPLIT]'
-                     -> documents (lists of sentences).
-  builtin_corpus.py  the default corpus: Python's documentation prose.
-  sentences.py       the sentence splitting rule for raw text.
-  corpus.py          tokenized documents in memory (the Documents layout).
-  prepared.py        tokenized documents in ArrayRecord shards ('prepared:DIR').
-  examples.py        segment pairs, SOP/NSP labels, n-gram masking.
-  pipeline.py        grain datasets per process, checkpointable; global
-                     jax.Arrays. Start here: its docstring shows the API.
+errors.py          DataError, the one exception type (one-line messages).
+tokenizer.py       SentencePiece with ALBERT's ids and normalisation:
+                   train_tokenizer(...), Tokenizer.load(dir).
+sources.py         'builtin' | 'text:GLOB' | 'tfds:NAME[/CONFIG][:SPLIT]'
+                   -> documents (lists of sentences).
+builtin_corpus.py  the default corpus: Python's documentation prose.
+sentences.py       the sentence splitting rule for raw text.
+corpus.py          tokenized documents in memory (the Documents layout).
+prepared.py        tokenized documents in ArrayRecord shards ('prepared:DIR').
+examples.py        segment pairs, SOP/NSP labels, n-gram masking.
+pipeline.py        grain datasets per process, checkpointable; global
+                   jax.Arrays. Start here: its docstring shows the API.
 """

@@ -8,7 +8,6 @@ several topics are kept once.
 """
 
 import re
-
 from pydoc_data import topics
 
 from albert_jax.data.sentences import split_sentences

@@ -11,6 +11,7 @@ from albert_jax.errors import DataError
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig(Record):
   """Where pretraining text comes from and how examples are cut from it."""
+
   block: ClassVar[str] = 'data'
 
   # 'builtin' | 'text:GLOB' | 'tfds:NAME[/CONFIG][:SPLIT]' | 'prepared:DIR'.
@@ -40,4 +41,3 @@ class DataConfig(Record):
     for name in ('eval_documents', 'num_workers', 'prefetch_buffer_size'):
       if getattr(self, name) < 0:
         raise DataError(f'data.{name} must be >= 0, got {getattr(self, name)}')
-

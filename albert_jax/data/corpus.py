@@ -38,13 +38,13 @@ class Documents(Protocol):
 class TokenizedCorpus:
   """Documents held in memory as flat arrays (see module docstring)."""
 
-  def __init__(self, token_ids: np.ndarray, segment_lengths: np.ndarray,
-               document_offsets: np.ndarray):
-    self.token_ids = token_ids                # int32 [num_tokens]
-    self.segment_lengths = segment_lengths    # int32 [num_segments]
+  def __init__(
+    self, token_ids: np.ndarray, segment_lengths: np.ndarray, document_offsets: np.ndarray
+  ):
+    self.token_ids = token_ids  # int32 [num_tokens]
+    self.segment_lengths = segment_lengths  # int32 [num_segments]
     self.document_offsets = document_offsets  # int64 [num_documents + 1]
-    self._token_offsets = np.concatenate(
-        [[0], np.cumsum(segment_lengths, dtype=np.int64)])
+    self._token_offsets = np.concatenate([[0], np.cumsum(segment_lengths, dtype=np.int64)])
 
   @property
   def num_documents(self) -> int:
@@ -52,35 +52,35 @@ class TokenizedCorpus:
 
   def tokens(self, document: int) -> np.ndarray:
     offsets = self._token_offsets
-    first, end = self.document_offsets[document:document + 2]
-    return self.token_ids[offsets[first]:offsets[end]]
+    first, end = self.document_offsets[document : document + 2]
+    return self.token_ids[offsets[first] : offsets[end]]
 
   def select(self, start: int, stop: int) -> TokenizedCorpus:
     """Documents [start, stop) as a corpus of their own."""
     first, end = self.document_offsets[start], self.document_offsets[stop]
     offsets = self._token_offsets
     return TokenizedCorpus(
-        token_ids=self.token_ids[offsets[first]:offsets[end]],
-        segment_lengths=self.segment_lengths[first:end],
-        document_offsets=self.document_offsets[start:stop + 1] - first)
+      token_ids=self.token_ids[offsets[first] : offsets[end]],
+      segment_lengths=self.segment_lengths[first:end],
+      document_offsets=self.document_offsets[start : stop + 1] - first,
+    )
 
 
-def tokenize_document(tokenizer: Tokenizer, sentences: list[str]
-                      ) -> list[list[int]]:
+def tokenize_document(tokenizer: Tokenizer, sentences: list[str]) -> list[list[int]]:
   """The non-empty segments of one document."""
   return [ids for ids in tokenizer.encode_batch(sentences) if ids]
 
 
-def tokenize(documents: Iterable[list[str]], tokenizer: Tokenizer, *,
-             progress: bool = False) -> TokenizedCorpus:
+def tokenize(
+  documents: Iterable[list[str]], tokenizer: Tokenizer, *, progress: bool = False
+) -> TokenizedCorpus:
   """Tokenizes documents (lists of sentences) into memory.
 
   Empty sentences and documents are dropped. Raises DataError when nothing
   is left.
   """
   token_chunks, lengths, doc_sizes = [], [], []
-  for sentences in tqdm.tqdm(documents, desc='tokenizing', unit=' documents',
-                             disable=not progress):
+  for sentences in tqdm.tqdm(documents, desc='tokenizing', unit=' documents', disable=not progress):
     segments = tokenize_document(tokenizer, sentences)
     if segments:
       token_chunks.extend(segments)
@@ -89,8 +89,7 @@ def tokenize(documents: Iterable[list[str]], tokenizer: Tokenizer, *,
   if not doc_sizes:
     raise DataError('the corpus has no text left after tokenization')
   return TokenizedCorpus(
-      token_ids=np.fromiter((t for s in token_chunks for t in s), np.int32,
-                            count=sum(lengths)),
-      segment_lengths=np.asarray(lengths, np.int32),
-      document_offsets=np.concatenate([[0], np.cumsum(doc_sizes)]).astype(
-          np.int64))
+    token_ids=np.fromiter((t for s in token_chunks for t in s), np.int32, count=sum(lengths)),
+    segment_lengths=np.asarray(lengths, np.int32),
+    document_offsets=np.concatenate([[0], np.cumsum(doc_sizes)]).astype(np.int64),
+  )

@@ -44,12 +44,19 @@ import dataclasses
 import numpy as np
 
 from albert_jax.data.corpus import Documents
-from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, MASK_ID, SEP_ID, SPECIAL_PIECES
+from albert_jax.errors import DataError
 
 OBJECTIVES = ('sop', 'nsp', 'none')
-FEATURES = ('input_ids', 'input_mask', 'segment_ids', 'masked_lm_positions',
-            'masked_lm_ids', 'masked_lm_weights', 'sentence_order_label')
+FEATURES = (
+  'input_ids',
+  'input_mask',
+  'segment_ids',
+  'masked_lm_positions',
+  'masked_lm_ids',
+  'masked_lm_weights',
+  'sentence_order_label',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,23 +71,23 @@ class ExampleConfig:
   def __post_init__(self):
     if self.max_seq_length < 5:
       raise DataError(
-          f'data.max_seq_length={self.max_seq_length} is too short: an '
-          'example needs [CLS] A [SEP] B [SEP], use at least 5')
+        f'data.max_seq_length={self.max_seq_length} is too short: an '
+        'example needs [CLS] A [SEP] B [SEP], use at least 5'
+      )
     if self.max_predictions_per_seq < 1:
-      raise DataError('data.max_predictions_per_seq must be at least 1, got '
-                      f'{self.max_predictions_per_seq}')
-    if not 0.0 < self.masked_lm_prob < 1.0:
-      raise DataError('data.masked_lm_prob must be in (0, 1), got '
-                      f'{self.masked_lm_prob}')
-    if not 0.0 <= self.short_seq_prob <= 1.0:
-      raise DataError('data.short_seq_prob must be in [0, 1], got '
-                      f'{self.short_seq_prob}')
-    if self.max_ngram < 1:
       raise DataError(
-          f'data.max_ngram must be at least 1, got {self.max_ngram}')
+        f'data.max_predictions_per_seq must be at least 1, got {self.max_predictions_per_seq}'
+      )
+    if not 0.0 < self.masked_lm_prob < 1.0:
+      raise DataError(f'data.masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}')
+    if not 0.0 <= self.short_seq_prob <= 1.0:
+      raise DataError(f'data.short_seq_prob must be in [0, 1], got {self.short_seq_prob}')
+    if self.max_ngram < 1:
+      raise DataError(f'data.max_ngram must be at least 1, got {self.max_ngram}')
     if self.sentence_objective not in OBJECTIVES:
-      raise DataError(f'data.sentence_objective={self.sentence_objective!r}: '
-                      f'use one of {", ".join(OBJECTIVES)}')
+      raise DataError(
+        f'data.sentence_objective={self.sentence_objective!r}: use one of {", ".join(OBJECTIVES)}'
+      )
 
   @classmethod
   def from_config(cls, data) -> ExampleConfig:
@@ -88,13 +95,11 @@ class ExampleConfig:
     return cls(**{f.name: getattr(data, f.name) for f in dataclasses.fields(cls)})
 
 
-def plan_instances(documents: Documents, config: ExampleConfig,
-                   seed: int) -> np.ndarray:
+def plan_instances(documents: Documents, config: ExampleConfig, seed: int) -> np.ndarray:
   """Cuts documents into chunks; int64 [N, 4] (doc, first, end, target)."""
-  rng = np.random.default_rng((seed, 0x5e9))
+  rng = np.random.default_rng((seed, 0x5E9))
   max_tokens = config.max_seq_length - 3
-  token_ends = np.concatenate(
-      [[0], np.cumsum(documents.segment_lengths, dtype=np.int64)])
+  token_ends = np.concatenate([[0], np.cumsum(documents.segment_lengths, dtype=np.int64)])
   offsets = documents.document_offsets.tolist()
   instances = []
   for doc in range(len(offsets) - 1):
@@ -110,15 +115,20 @@ def plan_instances(documents: Documents, config: ExampleConfig,
         instances.append((doc, first, end, target))
       first = end
   if not instances:
-    raise DataError('no document is long enough for an example (2 tokens '
-                    'needed): the corpus is too small')
+    raise DataError(
+      'no document is long enough for an example (2 tokens needed): the corpus is too small'
+    )
   return np.asarray(instances, np.int64).reshape(-1, 4)
 
 
-def select_ngram_spans(rng: np.random.Generator, word_starts: list[int],
-                       word_ends: list[int], num_to_predict: int,
-                       max_ngram: int, max_tries: int = 10
-                       ) -> list[tuple[int, int]]:
+def select_ngram_spans(
+  rng: np.random.Generator,
+  word_starts: list[int],
+  word_ends: list[int],
+  num_to_predict: int,
+  max_ngram: int,
+  max_tries: int = 10,
+) -> list[tuple[int, int]]:
   """Chooses non-overlapping n-grams of whole words to mask.
 
   Each n-gram's size n is drawn first, p(n) ∝ 1/n, then placed at a uniformly
@@ -142,8 +152,7 @@ def select_ngram_spans(rng: np.random.Generator, word_starts: list[int],
   num_words = len(word_starts)
   p = 1.0 / np.arange(1, max_ngram + 1)
   cdf = np.cumsum(p / p.sum())
-  sizes = (np.searchsorted(cdf, rng.random(num_to_predict), side='right')
-           + 1).tolist()
+  sizes = (np.searchsorted(cdf, rng.random(num_to_predict), side='right') + 1).tolist()
   uniforms = rng.random(num_to_predict * max_tries).tolist()
   covered = bytearray(num_words)
   spans, count, draw = [], 0, 0
@@ -158,14 +167,14 @@ def select_ngram_spans(rng: np.random.Generator, word_starts: list[int],
         w = int(uniforms[draw] * (num_words - n + 1))
         draw += 1
         length = word_ends[w + n - 1] - word_starts[w]
-        if count + length <= num_to_predict and not any(covered[w:w + n]):
+        if count + length <= num_to_predict and not any(covered[w : w + n]):
           placed = True
           break
       else:
         n -= 1
     if not placed:
       break
-    covered[w:w + n] = b'\1' * n
+    covered[w : w + n] = b'\1' * n
     count += length
     spans.append((w, n))
     if count == num_to_predict:
@@ -176,12 +185,21 @@ def select_ngram_spans(rng: np.random.Generator, word_starts: list[int],
 class ExampleBuilder:
   """Builds example `index` of epoch `epoch` (see module docstring)."""
 
-  def __init__(self, documents: Documents, instances: np.ndarray,
-               config: ExampleConfig, *, vocab_size: int,
-               is_word_start: np.ndarray, seed: int):
+  def __init__(
+    self,
+    documents: Documents,
+    instances: np.ndarray,
+    config: ExampleConfig,
+    *,
+    vocab_size: int,
+    is_word_start: np.ndarray,
+    seed: int,
+  ):
     if config.sentence_objective == 'nsp' and documents.num_documents < 2:
-      raise DataError('sentence_objective=nsp needs at least 2 documents, '
-                      f'the corpus has {documents.num_documents}')
+      raise DataError(
+        'sentence_objective=nsp needs at least 2 documents, '
+        f'the corpus has {documents.num_documents}'
+      )
     self.documents = documents
     self.instances = instances
     self.config = config
@@ -193,8 +211,7 @@ class ExampleBuilder:
     segments_per_doc = np.diff(documents.document_offsets)
     doc_starts = token_starts[documents.document_offsets[:-1]]
     # Token range of each segment within its document.
-    self._segment_starts = token_starts - np.repeat(doc_starts,
-                                                    segments_per_doc)
+    self._segment_starts = token_starts - np.repeat(doc_starts, segments_per_doc)
     self._segment_ends = self._segment_starts + lengths
 
   def __len__(self) -> int:
@@ -210,7 +227,7 @@ class ExampleBuilder:
     """(A tokens, B tokens, label) of one instance."""
     starts = self._segment_starts
     tokens = self.documents.tokens(doc)
-    chunk = tokens[starts[first]:self._segment_ends[end - 1]]
+    chunk = tokens[starts[first] : self._segment_ends[end - 1]]
     if end - first >= 2:
       cut = starts[first + rng.integers(1, end - first)] - starts[first]
     else:
@@ -228,7 +245,7 @@ class ExampleBuilder:
     """At least `length` tokens of whole segments of another document."""
     other = int(rng.integers(self.documents.num_documents - 1))
     other += other >= doc
-    first, end = self.documents.document_offsets[other:other + 2]
+    first, end = self.documents.document_offsets[other : other + 2]
     start_segment = first + rng.integers(end - first)
     start = self._segment_starts[start_segment]
     ends = self._segment_ends[start_segment:end]
@@ -247,8 +264,7 @@ class ExampleBuilder:
     cut_a = rest // 2 + (longer if len(a) > len(b) else 0)
     cut_b = rest - rest // 2 + (0 if len(a) > len(b) else longer)
     front_a, front_b = rng.binomial([cut_a, cut_b], 0.5).tolist()
-    return (a[front_a:len(a) - cut_a + front_a],
-            b[front_b:len(b) - cut_b + front_b])
+    return (a[front_a : len(a) - cut_a + front_a], b[front_b : len(b) - cut_b + front_b])
 
   def _features(self, rng, a, b, label):
     cfg = self.config
@@ -256,14 +272,14 @@ class ExampleBuilder:
     la, lb = len(a), len(b)
     input_ids = np.zeros(seq_len, np.int32)
     input_ids[0] = CLS_ID
-    input_ids[1:1 + la] = a
+    input_ids[1 : 1 + la] = a
     input_ids[1 + la] = SEP_ID
-    input_ids[2 + la:2 + la + lb] = b
+    input_ids[2 + la : 2 + la + lb] = b
     input_ids[2 + la + lb] = SEP_ID
     input_mask = np.zeros(seq_len, np.int32)
-    input_mask[:3 + la + lb] = 1
+    input_mask[: 3 + la + lb] = 1
     segment_ids = np.zeros(seq_len, np.int32)
-    segment_ids[2 + la:3 + la + lb] = 1
+    segment_ids[2 + la : 3 + la + lb] = 1
 
     # Maskable tokens: A then B, without [CLS]/[SEP].
     n = la + lb
@@ -274,11 +290,12 @@ class ExampleBuilder:
     word_starts = np.flatnonzero(starts)
     word_ends = np.append(word_starts[1:], n)
     num_to_predict = min(max_pred, max(1, round(n * cfg.masked_lm_prob)))
-    spans = select_ngram_spans(rng, word_starts.tolist(), word_ends.tolist(),
-                               num_to_predict, cfg.max_ngram)
+    spans = select_ngram_spans(
+      rng, word_starts.tolist(), word_ends.tolist(), num_to_predict, cfg.max_ngram
+    )
     chosen = np.zeros(n, bool)
     for w, length in spans:
-      chosen[word_starts[w]:word_ends[w + length - 1]] = True
+      chosen[word_starts[w] : word_ends[w + length - 1]] = True
     masked = positions[chosen]
     count = len(masked)
 
@@ -290,10 +307,13 @@ class ExampleBuilder:
     masked_lm_weights[:count] = 1
     u = rng.random(count)
     random_ids = rng.integers(len(SPECIAL_PIECES), self.vocab_size, count)
-    input_ids[masked] = np.where(
-        u < 0.8, MASK_ID, np.where(u < 0.9, input_ids[masked], random_ids))
+    input_ids[masked] = np.where(u < 0.8, MASK_ID, np.where(u < 0.9, input_ids[masked], random_ids))
     return dict(
-        input_ids=input_ids, input_mask=input_mask, segment_ids=segment_ids,
-        masked_lm_positions=masked_lm_positions, masked_lm_ids=masked_lm_ids,
-        masked_lm_weights=masked_lm_weights,
-        sentence_order_label=np.int32(label))
+      input_ids=input_ids,
+      input_mask=input_mask,
+      segment_ids=segment_ids,
+      masked_lm_positions=masked_lm_positions,
+      masked_lm_ids=masked_lm_ids,
+      masked_lm_weights=masked_lm_weights,
+      sentence_order_label=np.int32(label),
+    )

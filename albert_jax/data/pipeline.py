@@ -64,8 +64,7 @@ class Corpus:
   eval: Documents | None
 
 
-def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str
-                            ) -> Tokenizer:
+def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer:
   """The run's tokenizer: data.vocab, the one prepared data was made with,
   the one already in `workdir`/vocab (a resumed run), or a new one trained
   there on the training documents of data.source (deterministic, so every
@@ -73,23 +72,25 @@ def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str
   if data.vocab:
     tokenizer = Tokenizer.load(data.vocab)
   elif data.source.startswith('prepared:'):
-    tokenizer = prepared.load_tokenizer(data.source[len('prepared:'):])
+    tokenizer = prepared.load_tokenizer(data.source[len('prepared:') :])
   elif os.path.isfile(os.path.join(workdir, WORKDIR_VOCAB, MODEL_FILE)):
     tokenizer = Tokenizer.load(os.path.join(workdir, WORKDIR_VOCAB))
   else:
-    documents = list(sources.read_documents(
-        data.source, text_feature=data.text_feature))
+    documents = list(sources.read_documents(data.source, text_feature=data.text_feature))
     if not data.eval_source:
-      documents = documents[:_train_split(len(documents), data)]
+      documents = documents[: _train_split(len(documents), data)]
     tokenizer = train_tokenizer(
-        (s for d in documents for s in d),
-        os.path.join(workdir, WORKDIR_VOCAB), vocab_size=vocab_size,
-        normalization=Normalization(lowercase=data.lowercase))
+      (s for d in documents for s in d),
+      os.path.join(workdir, WORKDIR_VOCAB),
+      vocab_size=vocab_size,
+      normalization=Normalization(lowercase=data.lowercase),
+    )
   if tokenizer.vocab_size > vocab_size:
     raise DataError(
-        f'the vocabulary has {tokenizer.vocab_size} pieces but '
-        f'model.vocab_size={vocab_size}: set '
-        f'--config.model.vocab_size={tokenizer.vocab_size}')
+      f'the vocabulary has {tokenizer.vocab_size} pieces but '
+      f'model.vocab_size={vocab_size}: set '
+      f'--config.model.vocab_size={tokenizer.vocab_size}'
+    )
   return tokenizer
 
 
@@ -109,32 +110,45 @@ def load_corpus(data, tokenizer: Tokenizer) -> Corpus:
   return Corpus(documents.select(0, split), held_out)
 
 
-def make_pretraining_dataset(documents: Documents, data, tokenizer: Tokenizer,
-                             *, global_batch_size: int, shuffle: bool,
-                             process_index: int | None = None,
-                             process_count: int | None = None
-                             ) -> grain.IterDataset:
+def make_pretraining_dataset(
+  documents: Documents,
+  data,
+  tokenizer: Tokenizer,
+  *,
+  global_batch_size: int,
+  shuffle: bool,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> grain.IterDataset:
   """An endless dataset of this process's batches (see module docstring)."""
   if process_index is None:
     process_index = jax.process_index()
   if process_count is None:
     process_count = jax.process_count()
   if global_batch_size % process_count:
-    raise DataError(f'batch size {global_batch_size} does not split over '
-                    f'{process_count} processes: use a multiple of '
-                    f'{process_count}')
+    raise DataError(
+      f'batch size {global_batch_size} does not split over '
+      f'{process_count} processes: use a multiple of '
+      f'{process_count}'
+    )
   config = examples.ExampleConfig.from_config(data)
   instances = examples.plan_instances(documents, config, data.seed)
   builder = examples.ExampleBuilder(
-      documents, instances, config, vocab_size=tokenizer.vocab_size,
-      is_word_start=tokenizer.is_word_start, seed=data.seed)
+    documents,
+    instances,
+    config,
+    vocab_size=tokenizer.vocab_size,
+    is_word_start=tokenizer.is_word_start,
+    seed=data.seed,
+  )
   ds = grain.MapDataset.range(len(instances)).repeat()
   ds = ds.map_with_index(_EpochExample(builder, shuffle=shuffle))
   ds = ds[process_index::process_count]
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
   prefetch = data.prefetch_buffer_size
-  ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch))
+  ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+  )
   if data.num_workers:
     # grain reads an absl flag of its own as it starts the workers
     # (--grain_enable_multiprocess_worker_profiling) and fails obscurely, in
@@ -142,21 +156,25 @@ def make_pretraining_dataset(documents: Documents, data, tokenizer: Tokenizer,
     # program's (global): say so here rather than mark it parsed.
     if not flags.FLAGS.is_parsed():
       raise UsageError(
-          f'data.num_workers={data.num_workers} needs absl flags parsed '
-          '(grain reads its own): run under absl.app, call '
-          'absl.flags.FLAGS.mark_as_parsed() first, or set '
-          'data.num_workers=0')
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=data.num_workers, per_worker_buffer_size=max(prefetch, 1)))
+        f'data.num_workers={data.num_workers} needs absl flags parsed '
+        '(grain reads its own): run under absl.app, call '
+        'absl.flags.FLAGS.mark_as_parsed() first, or set '
+        'data.num_workers=0'
+      )
+    ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=data.num_workers, per_worker_buffer_size=max(prefetch, 1)
+      )
+    )
   return ds
 
 
-def make_global_batch(local_batch: dict[str, np.ndarray],
-                      sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+def make_global_batch(
+  local_batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding
+) -> dict[str, jax.Array]:
   """Assembles each process's [B_local, ...] arrays into global [B, ...]
   arrays laid out by `sharding` (batch axes on the leading dimension)."""
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_batch.items()}
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
 class _EpochExample:
@@ -177,8 +195,9 @@ class _EpochExample:
     instance = position
     if self.shuffle:
       if epoch != self._epoch:
-        self._order = np.random.default_rng(
-            (self.builder.seed, 0x5f1e, epoch)).permutation(len(self.builder))
+        self._order = np.random.default_rng((self.builder.seed, 0x5F1E, epoch)).permutation(
+          len(self.builder)
+        )
         self._epoch = epoch
       instance = int(self._order[position])
     return self.builder(epoch, instance)
@@ -189,14 +208,15 @@ def _train_split(num_documents: int, data) -> int:
   split = num_documents - data.eval_documents
   if split < 1:
     raise DataError(
-        f'the source has {num_documents} documents and data.eval_documents='
-        f'{data.eval_documents} holds out all of them: lower '
-        'data.eval_documents or set data.eval_source')
+      f'the source has {num_documents} documents and data.eval_documents='
+      f'{data.eval_documents} holds out all of them: lower '
+      'data.eval_documents or set data.eval_source'
+    )
   return split
 
 
 def _load_documents(source: str, data, tokenizer: Tokenizer) -> Documents:
   if source.startswith('prepared:'):
-    return prepared.PreparedCorpus(source[len('prepared:'):], tokenizer)
+    return prepared.PreparedCorpus(source[len('prepared:') :], tokenizer)
   documents = sources.read_documents(source, text_feature=data.text_feature)
   return tokenize(documents, tokenizer)

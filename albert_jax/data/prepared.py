@@ -29,8 +29,8 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from albert_jax.data import sources
 from albert_jax.data.corpus import tokenize_document
-from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import Tokenizer
+from albert_jax.errors import DataError
 
 METADATA_FILE = 'metadata.json'
 INDEX_FILE = 'index.npz'
@@ -39,28 +39,39 @@ _WRITER_OPTIONS = 'group_size:1,zstd:1'
 _DOCUMENTS_PER_TASK = 64
 
 
-def prepare(source: str, tokenizer_dir: str, output_dir: str, *,
-            text_feature: str = 'text', num_workers: int | None = None,
-            documents_per_shard: int = 100_000, progress: bool = False
-            ) -> dict:
+def prepare(
+  source: str,
+  tokenizer_dir: str,
+  output_dir: str,
+  *,
+  text_feature: str = 'text',
+  num_workers: int | None = None,
+  documents_per_shard: int = 100_000,
+  progress: bool = False,
+) -> dict:
   """Tokenizes `source` into `output_dir`; returns its metadata.
 
   Writes into a temporary sibling directory renamed on success, so an
   existing `output_dir` is never touched (DataError instead).
   """
   if os.path.exists(output_dir) and os.listdir(output_dir):
-    raise DataError(f'{output_dir} exists and is not empty: choose a new '
-                    'output directory')
+    raise DataError(f'{output_dir} exists and is not empty: choose a new output directory')
   tokenizer = Tokenizer.load(tokenizer_dir)
   num_workers = num_workers or os.cpu_count() or 1
   partial = f'{output_dir.rstrip("/")}.partial-{os.getpid()}'
   shutil.rmtree(partial, ignore_errors=True)
   os.makedirs(partial)
   try:
-    metadata = _write(source, tokenizer, tokenizer_dir, partial,
-                      text_feature=text_feature, num_workers=num_workers,
-                      documents_per_shard=documents_per_shard,
-                      progress=progress)
+    metadata = _write(
+      source,
+      tokenizer,
+      tokenizer_dir,
+      partial,
+      text_feature=text_feature,
+      num_workers=num_workers,
+      documents_per_shard=documents_per_shard,
+      progress=progress,
+    )
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise
@@ -70,28 +81,37 @@ def prepare(source: str, tokenizer_dir: str, output_dir: str, *,
   return metadata
 
 
-def _write(source, tokenizer, tokenizer_dir, directory, *, text_feature,
-           num_workers, documents_per_shard, progress) -> dict:
+def _write(
+  source,
+  tokenizer,
+  tokenizer_dir,
+  directory,
+  *,
+  text_feature,
+  num_workers,
+  documents_per_shard,
+  progress,
+) -> dict:
   tokenizer.save(os.path.join(directory, VOCAB_DIR))
   documents = sources.read_documents(source, text_feature=text_feature)
   # Fail on a bad source here, before starting workers.
   documents = itertools.chain([next(documents)], documents)
-  tasks = iter(lambda: list(itertools.islice(documents, _DOCUMENTS_PER_TASK)),
-               [])
+  tasks = iter(lambda: list(itertools.islice(documents, _DOCUMENTS_PER_TASK)), [])
   shards, lengths, doc_sizes = [], [], []
   writer = None
-  with multiprocessing.get_context('spawn').Pool(
+  with (
+    multiprocessing.get_context('spawn').Pool(
       num_workers, initializer=_init_worker, initargs=(tokenizer_dir,)
-  ) as pool, tqdm.tqdm(desc='documents', unit=' documents',
-                       disable=not progress) as bar:
+    ) as pool,
+    tqdm.tqdm(desc='documents', unit=' documents', disable=not progress) as bar,
+  ):
     for records in pool.imap(_tokenize_records, tasks):
       for record, segment_lengths in records:
         if writer is None or len(doc_sizes) % documents_per_shard == 0:
           if writer is not None:
             writer.close()
           shards.append(f'documents-{len(shards):05d}.array_record')
-          writer = ArrayRecordWriter(os.path.join(directory, shards[-1]),
-                                     _WRITER_OPTIONS)
+          writer = ArrayRecordWriter(os.path.join(directory, shards[-1]), _WRITER_OPTIONS)
         writer.write(record)
         lengths.extend(segment_lengths)
         doc_sizes.append(len(segment_lengths))
@@ -100,13 +120,19 @@ def _write(source, tokenizer, tokenizer_dir, directory, *, text_feature,
     writer.close()
   if not doc_sizes:
     raise DataError(f'source {source!r} has no text left after tokenization')
-  np.savez(os.path.join(directory, INDEX_FILE),
-           segment_lengths=np.asarray(lengths, np.int32),
-           document_offsets=np.concatenate([[0], np.cumsum(doc_sizes)]
-                                           ).astype(np.int64))
-  metadata = dict(source=source, shards=shards, num_documents=len(doc_sizes),
-                  num_segments=len(lengths), num_tokens=int(sum(lengths)),
-                  vocab_fingerprint=tokenizer.fingerprint)
+  np.savez(
+    os.path.join(directory, INDEX_FILE),
+    segment_lengths=np.asarray(lengths, np.int32),
+    document_offsets=np.concatenate([[0], np.cumsum(doc_sizes)]).astype(np.int64),
+  )
+  metadata = dict(
+    source=source,
+    shards=shards,
+    num_documents=len(doc_sizes),
+    num_segments=len(lengths),
+    num_tokens=int(sum(lengths)),
+    vocab_fingerprint=tokenizer.fingerprint,
+  )
   with open(os.path.join(directory, METADATA_FILE), 'w') as f:
     json.dump(metadata, f, indent=2)
   return metadata
@@ -120,16 +146,14 @@ def _init_worker(tokenizer_dir: str) -> None:
   _worker_tokenizer = Tokenizer.load(tokenizer_dir)
 
 
-def _tokenize_records(documents: list[list[str]]
-                      ) -> list[tuple[bytes, list[int]]]:
+def _tokenize_records(documents: list[list[str]]) -> list[tuple[bytes, list[int]]]:
   """(record bytes, segment lengths) of each non-empty document."""
   records = []
   for sentences in documents:
     segments = tokenize_document(_worker_tokenizer, sentences)
     if segments:
       lengths = [len(s) for s in segments]
-      record = np.fromiter(
-          itertools.chain([len(segments)], lengths, *segments), '<i4')
+      record = np.fromiter(itertools.chain([len(segments)], lengths, *segments), '<i4')
       records.append((record.tobytes(), lengths))
   return records
 
@@ -137,9 +161,11 @@ def _tokenize_records(documents: list[list[str]]
 def _read_metadata(directory: str) -> dict:
   path = os.path.join(directory, METADATA_FILE)
   if not os.path.isfile(path):
-    raise DataError(f'prepared:{directory} is not prepared data '
-                    f'({METADATA_FILE} missing): make it with '
-                    '`python -m launch.prepare_data`')
+    raise DataError(
+      f'prepared:{directory} is not prepared data '
+      f'({METADATA_FILE} missing): make it with '
+      '`python -m launch.prepare_data`'
+    )
   with open(path) as f:
     return json.load(f)
 
@@ -153,13 +179,16 @@ def load_tokenizer(directory: str) -> Tokenizer:
 class PreparedCorpus:
   """Documents [start, stop) of prepared data, read with random access."""
 
-  def __init__(self, directory: str, tokenizer: Tokenizer, *,
-               start: int = 0, stop: int | None = None):
+  def __init__(
+    self, directory: str, tokenizer: Tokenizer, *, start: int = 0, stop: int | None = None
+  ):
     metadata = _read_metadata(directory)
     if metadata['vocab_fingerprint'] != tokenizer.fingerprint:
-      raise DataError(f'prepared:{directory} was tokenized with another '
-                      f'vocabulary: use data.vocab={directory}/{VOCAB_DIR} '
-                      'or prepare it again')
+      raise DataError(
+        f'prepared:{directory} was tokenized with another '
+        f'vocabulary: use data.vocab={directory}/{VOCAB_DIR} '
+        'or prepare it again'
+      )
     self.directory = directory
     self._tokenizer = tokenizer
     self._start = start
@@ -168,9 +197,10 @@ class PreparedCorpus:
       offsets = index['document_offsets']
       first, end = offsets[self._start], offsets[self._stop]
       self.segment_lengths = index['segment_lengths'][first:end]
-      self.document_offsets = offsets[self._start:self._stop + 1] - first
+      self.document_offsets = offsets[self._start : self._stop + 1] - first
     self._records = grain.sources.ArrayRecordDataSource(
-        [os.path.join(directory, s) for s in metadata['shards']])
+      [os.path.join(directory, s) for s in metadata['shards']]
+    )
 
   @property
   def num_documents(self) -> int:
@@ -178,8 +208,9 @@ class PreparedCorpus:
 
   def tokens(self, document: int) -> np.ndarray:
     record = np.frombuffer(self._records[self._start + document], '<i4')
-    return record[1 + record[0]:]
+    return record[1 + record[0] :]
 
   def select(self, start: int, stop: int) -> PreparedCorpus:
-    return PreparedCorpus(self.directory, self._tokenizer,
-                          start=self._start + start, stop=self._start + stop)
+    return PreparedCorpus(
+      self.directory, self._tokenizer, start=self._start + start, stop=self._start + stop
+    )

@@ -19,7 +19,7 @@ def split_sentences(text: str) -> list[str]:
   for line in text.splitlines():
     start = 0
     for end in _SENTENCE_END.finditer(line):
-      sentences.append(line[start:end.end()].strip())
+      sentences.append(line[start : end.end()].strip())
       start = end.end()
     sentences.append(line[start:].strip())
   return [s for s in sentences if s]

@@ -33,8 +33,7 @@ from albert_jax.errors import DataError
 _MAX_BAD_LINE_SHARE = 0.1
 
 
-def read_documents(source: str, *, text_feature: str = 'text'
-                   ) -> Iterator[list[str]]:
+def read_documents(source: str, *, text_feature: str = 'text') -> Iterator[list[str]]:
   """Yields the documents of `source`; raises DataError if there are none."""
   found = False
   for document in _documents(source, text_feature):
@@ -45,8 +44,7 @@ def read_documents(source: str, *, text_feature: str = 'text'
     raise DataError(f'source {source!r} has no text')
 
 
-def read_sentences(source: str, *, text_feature: str = 'text'
-                   ) -> Iterator[str]:
+def read_sentences(source: str, *, text_feature: str = 'text') -> Iterator[str]:
   """Yields every sentence of `source` (e.g. to train a tokenizer)."""
   for document in read_documents(source, text_feature=text_feature):
     yield from document
@@ -56,21 +54,23 @@ def _documents(source: str, text_feature: str) -> Iterator[list[str]]:
   if source == 'builtin':
     yield from builtin_corpus.documents()
   elif source.startswith('text:'):
-    yield from _text_documents(source[len('text:'):])
+    yield from _text_documents(source[len('text:') :])
   elif source.startswith('tfds:'):
-    yield from _tfds_documents(source[len('tfds:'):], text_feature)
+    yield from _tfds_documents(source[len('tfds:') :], text_feature)
   elif source.startswith('prepared:'):
-    raise DataError(f'{source!r} holds tokenized documents, not text: use the '
-                    'raw source it was prepared from')
+    raise DataError(
+      f'{source!r} holds tokenized documents, not text: use the raw source it was prepared from'
+    )
   else:
-    raise DataError(f'unknown data source {source!r}: use builtin, text:GLOB, '
-                    'tfds:NAME[/CONFIG][:SPLIT] or prepared:DIR')
+    raise DataError(
+      f'unknown data source {source!r}: use builtin, text:GLOB, '
+      'tfds:NAME[/CONFIG][:SPLIT] or prepared:DIR'
+    )
 
 
 def text_files(pattern: str) -> list[str]:
   """The files matching `pattern`, sorted; DataError when there are none."""
-  files = sorted(f for f in glob.glob(os.path.expanduser(pattern))
-                 if os.path.isfile(f))
+  files = sorted(f for f in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(f))
   if not files:
     raise DataError(f'text:{pattern} matches no files: check the path')
   return files
@@ -107,8 +107,7 @@ def _text_lines(path: str) -> Iterator[str]:
   except (OSError, EOFError) as e:  # E.g. a truncated or fake .gz file.
     raise DataError(f'cannot read {path}: {e}') from None
   if bad and bad > _MAX_BAD_LINE_SHARE * total:
-    raise DataError(f'{path} looks binary: {bad} of {total} lines are not '
-                    'UTF-8 text')
+    raise DataError(f'{path} looks binary: {bad} of {total} lines are not UTF-8 text')
   if bad:
     logging.warning('%s: skipped %d undecodable lines of %d', path, bad, total)
 
@@ -117,13 +116,13 @@ def parse_tfds(spec: str) -> tuple[str, str]:
   """'NAME[/CONFIG][:SPLIT]' -> (name, split)."""
   name, _, split = spec.partition(':')
   if not name:
-    raise DataError(f'tfds:{spec} names no dataset: use '
-                    'tfds:NAME[/CONFIG][:SPLIT]')
+    raise DataError(f'tfds:{spec} names no dataset: use tfds:NAME[/CONFIG][:SPLIT]')
   return name, split or 'train'
 
 
 def _tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
   import tensorflow_datasets as tfds  # Heavy import, only when used.
+
   name, split = parse_tfds(spec)
   try:
     records = tfds.data_source(name, split=split)
@@ -134,8 +133,9 @@ def _tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
     record = records[i]
     if text_feature not in record:
       raise DataError(
-          f'tfds:{spec} has no feature {text_feature!r}: set data.text_feature '
-          f'to one of {", ".join(sorted(record))}')
+        f'tfds:{spec} has no feature {text_feature!r}: set data.text_feature '
+        f'to one of {", ".join(sorted(record))}'
+      )
     text = record[text_feature]
     if isinstance(text, bytes):
       text = text.decode('utf-8', errors='replace')

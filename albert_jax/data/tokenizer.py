@@ -43,6 +43,7 @@ _WORD_CHARS = frozenset('abcdefghijklmnopqrstuvwxyz') | _PUNCTUATION
 @dataclasses.dataclass(frozen=True)
 class Normalization:
   """Text normalisation applied before SentencePiece (ALBERT's defaults)."""
+
   collapse_whitespace: bool = True
   strip_accents: bool = True
   lowercase: bool = True
@@ -51,17 +52,19 @@ class Normalization:
     if self.collapse_whitespace:
       text = ' '.join(text.split())
     if self.strip_accents:
-      text = ''.join(c for c in unicodedata.normalize('NFKD', text)
-                     if not unicodedata.combining(c))
+      text = ''.join(c for c in unicodedata.normalize('NFKD', text) if not unicodedata.combining(c))
     if self.lowercase:
       text = text.lower()
     return text
 
 
 def _is_word_start(piece: str) -> bool:
-  return (piece.startswith('\u2581') or piece.startswith('<')
-          or piece in _PUNCTUATION
-          or not all(c.lower() in _WORD_CHARS for c in piece))
+  return (
+    piece.startswith('\u2581')
+    or piece.startswith('<')
+    or piece in _PUNCTUATION
+    or not all(c.lower() in _WORD_CHARS for c in piece)
+  )
 
 
 class Tokenizer:
@@ -74,8 +77,7 @@ class Tokenizer:
     fingerprint: sha256 of spiece.model, to recognise data made with it.
   """
 
-  def __init__(self, model_proto: bytes, normalization: Normalization,
-               name: str = '<memory>'):
+  def __init__(self, model_proto: bytes, normalization: Normalization, name: str = '<memory>'):
     self._proto = model_proto
     self.normalization = normalization
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
@@ -84,9 +86,10 @@ class Tokenizer:
       got = pieces[i] if i < len(pieces) else None
       if got != want:
         raise DataError(
-            f'{name} is not an ALBERT vocabulary: id {i} is {got!r}, expected '
-            f'{want!r} (<pad>=0 <unk>=1 [CLS]=2 [SEP]=3 [MASK]=4); train one '
-            'with `python -m launch.train_tokenizer`')
+          f'{name} is not an ALBERT vocabulary: id {i} is {got!r}, expected '
+          f'{want!r} (<pad>=0 <unk>=1 [CLS]=2 [SEP]=3 [MASK]=4); train one '
+          'with `python -m launch.train_tokenizer`'
+        )
     self.vocab_size = len(pieces)
     self.is_word_start = np.array([_is_word_start(p) for p in pieces])
     self.fingerprint = hashlib.sha256(model_proto).hexdigest()
@@ -96,8 +99,10 @@ class Tokenizer:
     """Loads `directory`/spiece.model and its saved normalisation."""
     path = os.path.join(directory, MODEL_FILE)
     if not os.path.isfile(path):
-      raise DataError(f'no tokenizer at {directory}: {MODEL_FILE} not found '
-                      '(train one with `python -m launch.train_tokenizer`)')
+      raise DataError(
+        f'no tokenizer at {directory}: {MODEL_FILE} not found '
+        '(train one with `python -m launch.train_tokenizer`)'
+      )
     with open(path, 'rb') as f:
       proto = f.read()
     normalization = Normalization()
@@ -108,16 +113,13 @@ class Tokenizer:
     try:
       return cls(proto, normalization, name=path)
     except RuntimeError as e:  # SentencePiece rejects the proto.
-      raise DataError(f'{path} is not a SentencePiece model: '
-                      f'{str(e).splitlines()[0]}') from None
+      raise DataError(f'{path} is not a SentencePiece model: {str(e).splitlines()[0]}') from None
 
   def save(self, directory: str) -> None:
     """Writes both files, each atomically (processes may share `directory`)."""
     os.makedirs(directory, exist_ok=True)
-    normalization = json.dumps(dataclasses.asdict(self.normalization),
-                               indent=2).encode()
-    for name, data in ((NORMALIZATION_FILE, normalization),
-                       (MODEL_FILE, self._proto)):
+    normalization = json.dumps(dataclasses.asdict(self.normalization), indent=2).encode()
+    for name, data in ((NORMALIZATION_FILE, normalization), (MODEL_FILE, self._proto)):
       partial = os.path.join(directory, f'.{name}.{os.getpid()}')
       with open(partial, 'wb') as f:
         f.write(data)
@@ -136,12 +138,16 @@ class Tokenizer:
     return self._sp.id_to_piece(int(i))
 
 
-def train_tokenizer(sentences: Iterable[str], output_dir: str, *,
-                    vocab_size: int,
-                    normalization: Normalization = Normalization(),
-                    character_coverage: float = 0.99995,
-                    max_sentences: int = 10_000_000,
-                    verbose: bool = False) -> Tokenizer:
+def train_tokenizer(
+  sentences: Iterable[str],
+  output_dir: str,
+  *,
+  vocab_size: int,
+  normalization: Normalization = Normalization(),
+  character_coverage: float = 0.99995,
+  max_sentences: int = 10_000_000,
+  verbose: bool = False,
+) -> Tokenizer:
   """Trains a SentencePiece unigram model on `sentences` into `output_dir`.
 
   `vocab_size` is a soft limit (`hard_vocab_limit=False`): a corpus too small
@@ -151,17 +157,16 @@ def train_tokenizer(sentences: Iterable[str], output_dir: str, *,
   Refuses (DataError) to replace a tokenizer already in `output_dir`.
   """
   if os.path.exists(os.path.join(output_dir, MODEL_FILE)):
-    raise DataError(f'{output_dir} already holds a tokenizer: choose another '
-                    'output directory')
+    raise DataError(f'{output_dir} already holds a tokenizer: choose another output directory')
   if vocab_size <= len(SPECIAL_PIECES):
-    raise DataError(f'vocab_size={vocab_size} leaves no room for pieces: '
-                    f'use more than {len(SPECIAL_PIECES)}')
+    raise DataError(
+      f'vocab_size={vocab_size} leaves no room for pieces: use more than {len(SPECIAL_PIECES)}'
+    )
   count = 0
 
   def normalized() -> Iterator[str]:
     nonlocal count
-    progress = tqdm.tqdm(sentences, desc='sentences', unit=' sentences',
-                         disable=not verbose)
+    progress = tqdm.tqdm(sentences, desc='sentences', unit=' sentences', disable=not verbose)
     for sentence in progress:
       sentence = normalization(sentence)
       if sentence:
@@ -171,32 +176,36 @@ def train_tokenizer(sentences: Iterable[str], output_dir: str, *,
   model = _BytesWriter()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=normalized(),
-        model_writer=model,
-        model_type='unigram',
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,
-        character_coverage=character_coverage,
-        input_sentence_size=max_sentences,
-        shuffle_input_sentence=True,
-        remove_extra_whitespaces=normalization.collapse_whitespace,
-        pad_id=PAD_ID, pad_piece='<pad>',
-        unk_id=UNK_ID, unk_piece='<unk>',
-        bos_id=-1, eos_id=-1,
-        control_symbols=list(SPECIAL_PIECES[2:]),
-        num_threads=os.cpu_count() or 1,
-        minloglevel=0 if verbose else 2,
+      sentence_iterator=normalized(),
+      model_writer=model,
+      model_type='unigram',
+      vocab_size=vocab_size,
+      hard_vocab_limit=False,
+      character_coverage=character_coverage,
+      input_sentence_size=max_sentences,
+      shuffle_input_sentence=True,
+      remove_extra_whitespaces=normalization.collapse_whitespace,
+      pad_id=PAD_ID,
+      pad_piece='<pad>',
+      unk_id=UNK_ID,
+      unk_piece='<unk>',
+      bos_id=-1,
+      eos_id=-1,
+      control_symbols=list(SPECIAL_PIECES[2:]),
+      num_threads=os.cpu_count() or 1,
+      minloglevel=0 if verbose else 2,
     )
   except RuntimeError as e:
     if count == 0:
-      raise DataError(
-          'cannot train a tokenizer: the corpus has no text') from None
-    raise DataError(f'SentencePiece training failed on {count} sentences: '
-                    f'{str(e).splitlines()[0]}') from None
+      raise DataError('cannot train a tokenizer: the corpus has no text') from None
+    raise DataError(
+      f'SentencePiece training failed on {count} sentences: {str(e).splitlines()[0]}'
+    ) from None
   tokenizer = Tokenizer(model.data, normalization)
   if tokenizer.vocab_size < vocab_size:
-    logging.warning('corpus too small for vocab_size=%d: trained %d pieces',
-                    vocab_size, tokenizer.vocab_size)
+    logging.warning(
+      'corpus too small for vocab_size=%d: trained %d pieces', vocab_size, tokenizer.vocab_size
+    )
   tokenizer.save(output_dir)
   return tokenizer
 

@@ -39,8 +39,8 @@ import optax
 
 from albert_jax.config import ModelConfig
 from albert_jax.data import sources
-from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, SEP_ID, Tokenizer
+from albert_jax.errors import DataError
 from albert_jax.finetune.task import Features, Task
 from albert_jax.model import AlbertForSequenceClassification
 from albert_jax.train.train_step import Batch, Metrics
@@ -53,26 +53,27 @@ class Example:
   label: str
 
 
-def read_examples(source: str, *, text_feature: str = 'text',
-                  text_b_feature: str = '',
-                  label_feature: str = 'label') -> list[Example]:
+def read_examples(
+  source: str, *, text_feature: str = 'text', text_b_feature: str = '', label_feature: str = 'label'
+) -> list[Example]:
   """The examples of `source` (see module docstring); DataError if none."""
   if source.startswith('tfds:'):
-    examples = _tfds_examples(source[len('tfds:'):], text_feature,
-                              text_b_feature, label_feature)
+    examples = _tfds_examples(source[len('tfds:') :], text_feature, text_b_feature, label_feature)
   elif source.endswith(('.tsv', '.csv')):
-    examples = _file_examples(source, text_feature, text_b_feature,
-                              label_feature)
+    examples = _file_examples(source, text_feature, text_b_feature, label_feature)
   else:
-    raise DataError(f'unknown classification source {source!r}: use a .tsv '
-                    'or .csv file or tfds:NAME[/CONFIG][:SPLIT]')
+    raise DataError(
+      f'unknown classification source {source!r}: use a .tsv '
+      'or .csv file or tfds:NAME[/CONFIG][:SPLIT]'
+    )
   if not examples:
     raise DataError(f'{source} has no examples')
   return examples
 
 
-def _file_examples(path: str, text_feature: str, text_b_feature: str,
-                   label_feature: str) -> list[Example]:
+def _file_examples(
+  path: str, text_feature: str, text_b_feature: str, label_feature: str
+) -> list[Example]:
   if not os.path.isfile(path):
     raise DataError(f'{path} not found: check data.train / data.eval')
   with open(path, 'rb') as f:
@@ -82,12 +83,10 @@ def _file_examples(path: str, text_feature: str, text_b_feature: str,
   try:
     text = raw.decode('utf-8-sig')
   except UnicodeDecodeError as e:
-    raise DataError(f'{path} is not UTF-8 text: {e.reason} at byte '
-                    f'{e.start}') from None
+    raise DataError(f'{path} is not UTF-8 text: {e.reason} at byte {e.start}') from None
   if path.endswith('.tsv'):
     # GLUE's TSVs quote nothing: a quote character is text.
-    rows = csv.reader(io.StringIO(text), delimiter='\t',
-                      quoting=csv.QUOTE_NONE)
+    rows = csv.reader(io.StringIO(text), delimiter='\t', quoting=csv.QUOTE_NONE)
   else:
     rows = csv.reader(io.StringIO(text))
   rows = [row for row in rows if any(cell.strip() for cell in row)]
@@ -95,13 +94,14 @@ def _file_examples(path: str, text_feature: str, text_b_feature: str,
     return []
   if label_feature in rows[0]:
     header = rows[0]
-    names = [text_feature, label_feature] + (
-        [text_b_feature] if text_b_feature else [])
+    names = [text_feature, label_feature] + ([text_b_feature] if text_b_feature else [])
     missing = [n for n in names if n not in header]
     if missing:
-      raise DataError(f'{path} has no column {missing[0]!r}: its header is '
-                      f'{", ".join(header)}; set data.text_feature / '
-                      'data.text_b_feature / data.label_feature')
+      raise DataError(
+        f'{path} has no column {missing[0]!r}: its header is '
+        f'{", ".join(header)}; set data.text_feature / '
+        'data.text_b_feature / data.label_feature'
+      )
     columns = [header.index(n) for n in names]
     rows, first_line = rows[1:], 2
   elif len(rows[0]) in (2, 3):
@@ -109,22 +109,27 @@ def _file_examples(path: str, text_feature: str, text_b_feature: str,
     columns = [0, width - 1] + ([1] if width == 3 else [])
     first_line = 1
   else:
-    raise DataError(f'{path}: the first row has {len(rows[0])} columns and no '
-                    f'{label_feature!r} header; use rows of text, label or '
-                    'text, text_b, label')
+    raise DataError(
+      f'{path}: the first row has {len(rows[0])} columns and no '
+      f'{label_feature!r} header; use rows of text, label or '
+      'text, text_b, label'
+    )
   examples = []
   for line, row in enumerate(rows, start=first_line):
     if len(row) <= max(columns):
-      raise DataError(f'{path}: row {line} has {len(row)} columns, expected '
-                      f'at least {max(columns) + 1}')
+      raise DataError(
+        f'{path}: row {line} has {len(row)} columns, expected at least {max(columns) + 1}'
+      )
     text_b = row[columns[2]] if len(columns) == 3 else None
     examples.append(Example(row[columns[0]], text_b, row[columns[1]].strip()))
   return examples
 
 
-def _tfds_examples(spec: str, text_feature: str, text_b_feature: str,
-                   label_feature: str) -> list[Example]:
+def _tfds_examples(
+  spec: str, text_feature: str, text_b_feature: str, label_feature: str
+) -> list[Example]:
   import tensorflow_datasets as tfds  # Heavy import, only when used.
+
   name, split = sources.parse_tfds(spec)
   try:
     records = tfds.data_source(name, split=split)
@@ -134,71 +139,71 @@ def _tfds_examples(spec: str, text_feature: str, text_b_feature: str,
   examples = []
   for i in range(len(records)):
     record = records[i]
-    names = [text_feature, label_feature] + (
-        [text_b_feature] if text_b_feature else [])
+    names = [text_feature, label_feature] + ([text_b_feature] if text_b_feature else [])
     for feature in names:
       if feature not in record:
-        raise DataError(f'tfds:{spec} has no feature {feature!r}: set '
-                        'data.text_feature / data.text_b_feature / '
-                        f'data.label_feature to some of '
-                        f'{", ".join(sorted(record))}')
+        raise DataError(
+          f'tfds:{spec} has no feature {feature!r}: set '
+          'data.text_feature / data.text_b_feature / '
+          f'data.label_feature to some of '
+          f'{", ".join(sorted(record))}'
+        )
     text_b = _text(record[text_b_feature]) if text_b_feature else None
-    examples.append(Example(_text(record[text_feature]), text_b,
-                            str(int(record[label_feature]))))
+    examples.append(Example(_text(record[text_feature]), text_b, str(int(record[label_feature]))))
   return examples
 
 
 def _text(value) -> str:
-  return value.decode('utf-8', errors='replace') if isinstance(
-      value, bytes) else str(value)
+  return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
 
 
-def label_classes(train: Sequence[Example], evaluation: Sequence[Example],
-                  num_labels: int = 0) -> list[str]:
+def label_classes(
+  train: Sequence[Example], evaluation: Sequence[Example], num_labels: int = 0
+) -> list[str]:
   """The class names, in class-id order (see module docstring)."""
   labels = {e.label for e in train}
   everything = labels | {e.label for e in evaluation}
   if all(label.isdigit() for label in everything):
     count = max(int(label) for label in everything) + 1
     if num_labels and count > num_labels:
-      raise DataError(f'label {count - 1} needs more classes than '
-                      f'data.num_labels={num_labels}')
+      raise DataError(f'label {count - 1} needs more classes than data.num_labels={num_labels}')
     return [str(i) for i in range(max(count, num_labels, 2))]
   unseen = sorted(everything - labels)
   if unseen:
-    raise DataError(f'eval label {unseen[0]!r} never occurs in the training '
-                    'data')
+    raise DataError(f'eval label {unseen[0]!r} never occurs in the training data')
   classes = sorted(labels)
   if num_labels and num_labels != len(classes):
-    raise DataError(f'the training data has {len(classes)} labels '
-                    f'({", ".join(classes)}) but data.num_labels={num_labels}')
+    raise DataError(
+      f'the training data has {len(classes)} labels '
+      f'({", ".join(classes)}) but data.num_labels={num_labels}'
+    )
   return classes
 
 
-def encode(examples: Sequence[Example], tokenizer: Tokenizer,
-           classes: Sequence[str], max_seq_length: int) -> Features:
+def encode(
+  examples: Sequence[Example], tokenizer: Tokenizer, classes: Sequence[str], max_seq_length: int
+) -> Features:
   """Features [N, max_seq_length] and labels [N], int32."""
   class_id = {label: i for i, label in enumerate(classes)}
   texts_a = tokenizer.encode_batch([e.text for e in examples])
   texts_b = tokenizer.encode_batch([e.text_b or '' for e in examples])
   n = len(examples)
-  features = {name: np.zeros((n, max_seq_length), np.int32)
-              for name in ('input_ids', 'input_mask', 'segment_ids')}
-  features['label'] = np.asarray([class_id[e.label] for e in examples],
-                                 np.int32)
+  features = {
+    name: np.zeros((n, max_seq_length), np.int32)
+    for name in ('input_ids', 'input_mask', 'segment_ids')
+  }
+  features['label'] = np.asarray([class_id[e.label] for e in examples], np.int32)
   for row, (example, a, b) in enumerate(zip(examples, texts_a, texts_b)):
     pair = example.text_b is not None
-    a, b = truncate_pair(a, b if pair else [], max_seq_length - 3 if pair
-                         else max_seq_length - 2)
+    a, b = truncate_pair(a, b if pair else [], max_seq_length - 3 if pair else max_seq_length - 2)
     ids = [CLS_ID, *a, SEP_ID] + ([*b, SEP_ID] if pair else [])
-    features['input_ids'][row, :len(ids)] = ids
-    features['input_mask'][row, :len(ids)] = 1
-    features['segment_ids'][row, len(a) + 2:len(ids)] = 1
+    features['input_ids'][row, : len(ids)] = ids
+    features['input_mask'][row, : len(ids)] = 1
+    features['segment_ids'][row, len(a) + 2 : len(ids)] = 1
   return features
 
 
-def truncate_pair(a: list[int], b: list[int], max_tokens: int
-                  ) -> tuple[list[int], list[int]]:
+def truncate_pair(a: list[int], b: list[int], max_tokens: int) -> tuple[list[int], list[int]]:
   """Trims the longer of `a`, `b` (b on ties) from its end until they fit."""
   a, b = list(a), list(b)
   while len(a) + len(b) > max_tokens:
@@ -210,21 +215,23 @@ def truncate_pair(a: list[int], b: list[int], max_tokens: int
 class ClassificationObjective:
   """Softmax cross-entropy of AlbertForSequenceClassification, mean over
   examples; reports accuracy."""
+
   model: AlbertForSequenceClassification
 
   def sums(self, params, batch: Batch, dropout_rng) -> Metrics:
     logits = self.model.apply(
-        {'params': params}, batch['input_ids'], batch['input_mask'],
-        batch['segment_ids'], deterministic=dropout_rng is None,
-        rngs=None if dropout_rng is None else {'dropout': dropout_rng}
+      {'params': params},
+      batch['input_ids'],
+      batch['input_mask'],
+      batch['segment_ids'],
+      deterministic=dropout_rng is None,
+      rngs=None if dropout_rng is None else {'dropout': dropout_rng},
     )['logits']
     labels = batch['label']
     return {
-        'loss': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
-            logits, labels)),
-        'correct': jnp.sum((jnp.argmax(logits, -1) == labels).astype(
-            jnp.float32)),
-        'examples': jnp.asarray(labels.shape[0], jnp.float32),
+      'loss': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels)),
+      'correct': jnp.sum((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
+      'examples': jnp.asarray(labels.shape[0], jnp.float32),
     }
 
   def normalizers(self, batch: Batch) -> Metrics:
@@ -234,44 +241,52 @@ class ClassificationObjective:
     return sums['loss'] / normalizers['examples']
 
   def summarize(self, sums: Metrics) -> Metrics:
-    return {'loss': sums['loss'] / sums['examples'],
-            'accuracy': sums['correct'] / sums['examples']}
+    return {'loss': sums['loss'] / sums['examples'], 'accuracy': sums['correct'] / sums['examples']}
 
 
-def classification_metrics(predictions: np.ndarray, labels: np.ndarray,
-                           num_classes: int) -> dict[str, float]:
+def classification_metrics(
+  predictions: np.ndarray, labels: np.ndarray, num_classes: int
+) -> dict[str, float]:
   """Accuracy, and F1 of class 1 (two classes) or macro F1 (more)."""
   predictions, labels = np.asarray(predictions), np.asarray(labels)
   f1s = []
   for c in range(num_classes):
     true_positive = np.sum((predictions == c) & (labels == c))
     predicted, actual = np.sum(predictions == c), np.sum(labels == c)
-    f1s.append(2 * true_positive / (predicted + actual)
-               if predicted + actual else 0.0)
+    f1s.append(2 * true_positive / (predicted + actual) if predicted + actual else 0.0)
   f1 = f1s[1] if num_classes == 2 else float(np.mean(f1s))
   return {'accuracy': float(np.mean(predictions == labels)), 'f1': float(f1)}
 
 
-def make_task(data: ml_collections.ConfigDict, tokenizer: Tokenizer,
-              model_config: ModelConfig) -> Task:
+def make_task(
+  data: ml_collections.ConfigDict, tokenizer: Tokenizer, model_config: ModelConfig
+) -> Task:
   """The classification task of `config.data` (see module docstring)."""
   read = lambda source: read_examples(
-      source, text_feature=data.text_feature,
-      text_b_feature=data.text_b_feature, label_feature=data.label_feature)
+    source,
+    text_feature=data.text_feature,
+    text_b_feature=data.text_b_feature,
+    label_feature=data.label_feature,
+  )
   if not data.train:
-    raise DataError('no training data: set --config.data.train=PATH.tsv|'
-                    'PATH.csv|tfds:NAME[:SPLIT]')
+    raise DataError('no training data: set --config.data.train=PATH.tsv|PATH.csv|tfds:NAME[:SPLIT]')
   train = read(data.train)
   evaluation = read(data.eval) if data.eval else []
   classes = label_classes(train, evaluation, data.num_labels)
   model = AlbertForSequenceClassification(model_config, len(classes))
-  eval_features = (encode(evaluation, tokenizer, classes, data.max_seq_length)
-                   if evaluation else None)
+  eval_features = (
+    encode(evaluation, tokenizer, classes, data.max_seq_length) if evaluation else None
+  )
 
   def score(outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
-    return classification_metrics(np.argmax(outputs['logits'], -1),
-                                  eval_features['label'], len(classes))
+    return classification_metrics(
+      np.argmax(outputs['logits'], -1), eval_features['label'], len(classes)
+    )
 
-  return Task(model=model, objective=ClassificationObjective(model),
-              train=encode(train, tokenizer, classes, data.max_seq_length),
-              eval=eval_features, score=score)
+  return Task(
+    model=model,
+    objective=ClassificationObjective(model),
+    train=encode(train, tokenizer, classes, data.max_seq_length),
+    eval=eval_features,
+    score=score,
+  )

@@ -14,6 +14,7 @@ TASKS = ('classification', 'span_qa')
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TaskDataConfig(Record):
   """A task's data: sources, columns and lengths."""
+
   block: ClassVar[str] = 'data'
 
   train: str = ''  # PATH.tsv | PATH.csv | PATH.json | tfds:NAME[/CONFIG][:SPLIT]
@@ -32,8 +33,7 @@ class TaskDataConfig(Record):
 
   def __post_init__(self):
     check_types(self)
-    for name in ('max_seq_length', 'doc_stride', 'max_query_length',
-                 'max_answer_length'):
+    for name in ('max_seq_length', 'doc_stride', 'max_query_length', 'max_answer_length'):
       if getattr(self, name) < 1:
         raise UsageError(f'data.{name} must be >= 1, got {getattr(self, name)}')
     if self.num_labels < 0:
@@ -43,6 +43,7 @@ class TaskDataConfig(Record):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FinetuneConfig(Record):
   """A whole fine-tuning run."""
+
   block: ClassVar[str] = 'config'
 
   task: str
@@ -59,8 +60,7 @@ class FinetuneConfig(Record):
   def __post_init__(self):
     check_types(self)
     if self.task not in TASKS:
-      raise UsageError(f'unknown task {self.task!r}: choose one of '
-                       f'{", ".join(TASKS)}')
+      raise UsageError(f'unknown task {self.task!r}: choose one of {", ".join(TASKS)}')
     self.model_config(ModelConfig())  # Refuses keys a model does not have.
 
   def model_config(self, exported: ModelConfig) -> ModelConfig:

@@ -37,8 +37,8 @@ import numpy as np
 import optax
 
 from albert_jax.config import ModelConfig
-from albert_jax.errors import DataError
 from albert_jax.data.tokenizer import CLS_ID, SEP_ID, Tokenizer
+from albert_jax.errors import DataError
 from albert_jax.finetune.task import Features, Task
 from albert_jax.model import AlbertForQuestionAnswering
 from albert_jax.train.train_step import Batch, Metrics
@@ -62,8 +62,10 @@ def read_squad(path: str) -> list[QAExample]:
     with open(path, encoding='utf-8') as f:
       articles = json.load(f)['data']
   except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-    raise DataError(f'{path} is not SQuAD-format JSON ({{"data": [...]}}): '
-                    f'{type(e).__name__}: {str(e).splitlines()[0]}') from None
+    raise DataError(
+      f'{path} is not SQuAD-format JSON ({{"data": [...]}}): '
+      f'{type(e).__name__}: {str(e).splitlines()[0]}'
+    ) from None
   examples, skipped = [], 0
   for article in articles:
     for paragraph in article['paragraphs']:
@@ -77,17 +79,23 @@ def read_squad(path: str) -> list[QAExample]:
         start = char_to_word[first['answer_start']]
         end = char_to_word[first['answer_start'] + len(first['text']) - 1]
         # As run_squad: skip answers the whitespace words cannot recover.
-        if (normalize_answer(' '.join(words[start:end + 1])).find(
-            normalize_answer(first['text'])) == -1):
+        if (
+          normalize_answer(' '.join(words[start : end + 1])).find(normalize_answer(first['text']))
+          == -1
+        ):
           skipped += 1
           continue
-        examples.append(QAExample(
-            id=str(qa['id']), question=qa['question'], words=tuple(words),
+        examples.append(
+          QAExample(
+            id=str(qa['id']),
+            question=qa['question'],
+            words=tuple(words),
             answers=tuple(a['text'] for a in answers),
-            answer_words=(start, end)))
+            answer_words=(start, end),
+          )
+        )
   if skipped:
-    logging.warning('%s: skipped %d questions without a usable answer',
-                    path, skipped)
+    logging.warning('%s: skipped %d questions without a usable answer', path, skipped)
   if not examples:
     raise DataError(f'{path} has no answerable questions')
   return examples
@@ -112,31 +120,38 @@ def _split_words(context: str) -> tuple[list[str], list[int]]:
 @dataclasses.dataclass(frozen=True)
 class WindowMap:
   """Where each eval feature's tokens come from, for decoding."""
+
   example: np.ndarray  # [F] example index of each feature.
   word: np.ndarray  # [F, S] context word of each token, -1 elsewhere.
   max_context: np.ndarray  # [F, S] bool: this window centres the token most.
 
 
-def encode(examples: Sequence[QAExample], tokenizer: Tokenizer, *,
-           max_seq_length: int, doc_stride: int,
-           max_query_length: int) -> tuple[Features, WindowMap]:
+def encode(
+  examples: Sequence[QAExample],
+  tokenizer: Tokenizer,
+  *,
+  max_seq_length: int,
+  doc_stride: int,
+  max_query_length: int,
+) -> tuple[Features, WindowMap]:
   """Windowed features [F, max_seq_length] (with start_positions and
   end_positions [F]) and the map back to the examples' words."""
   rows = collections.defaultdict(list)
   for index, example in enumerate(examples):
     query = tokenizer.encode(example.question)[:max_query_length]
     pieces = tokenizer.encode_batch(list(example.words))
-    token_word = np.asarray([w for w, p in enumerate(pieces) for _ in p],
-                            np.int32)
+    token_word = np.asarray([w for w, p in enumerate(pieces) for _ in p], np.int32)
     tokens = [t for p in pieces for t in p]
     word_start = np.cumsum([0] + [len(p) for p in pieces])
     answer_start = word_start[example.answer_words[0]]
     answer_end = word_start[example.answer_words[1] + 1] - 1
     window = max_seq_length - len(query) - 3
     if window < 1:
-      raise DataError(f'data.max_seq_length={max_seq_length} leaves no room '
-                      f'for the context after a {len(query)}-token question: '
-                      'raise it or lower data.max_query_length')
+      raise DataError(
+        f'data.max_seq_length={max_seq_length} leaves no room '
+        f'for the context after a {len(query)}-token question: '
+        'raise it or lower data.max_query_length'
+      )
     starts = [0]
     while starts[-1] + window < len(tokens):
       starts.append(starts[-1] + min(window, doc_stride))
@@ -145,40 +160,39 @@ def encode(examples: Sequence[QAExample], tokenizer: Tokenizer, *,
       end = min(start + window, len(tokens))
       ids = [CLS_ID, *query, SEP_ID, *tokens[start:end], SEP_ID]
       input_ids = np.zeros(max_seq_length, np.int32)
-      input_ids[:len(ids)] = ids
+      input_ids[: len(ids)] = ids
       segment_ids = np.zeros(max_seq_length, np.int32)
-      segment_ids[offset:len(ids)] = 1
+      segment_ids[offset : len(ids)] = 1
       words = np.full(max_seq_length, -1, np.int32)
-      words[offset:offset + end - start] = token_word[start:end]
+      words[offset : offset + end - start] = token_word[start:end]
       inside = start <= answer_start and answer_end < end
       rows['input_ids'].append(input_ids)
-      rows['input_mask'].append((np.arange(max_seq_length) < len(ids)).astype(
-          np.int32))
+      rows['input_mask'].append((np.arange(max_seq_length) < len(ids)).astype(np.int32))
       rows['segment_ids'].append(segment_ids)
-      rows['start_positions'].append(
-          offset + answer_start - start if inside else 0)
-      rows['end_positions'].append(offset + answer_end - start if inside
-                                   else 0)
+      rows['start_positions'].append(offset + answer_start - start if inside else 0)
+      rows['end_positions'].append(offset + answer_end - start if inside else 0)
       rows['example'].append(index)
       rows['word'].append(words)
-      rows['max_context'].append(_max_context(
-          starts, start, end - start, len(tokens), offset, max_seq_length))
-  mapping = WindowMap(example=np.asarray(rows.pop('example'), np.int32),
-                      word=np.stack(rows.pop('word')),
-                      max_context=np.stack(rows.pop('max_context')))
+      rows['max_context'].append(
+        _max_context(starts, start, end - start, len(tokens), offset, max_seq_length)
+      )
+  mapping = WindowMap(
+    example=np.asarray(rows.pop('example'), np.int32),
+    word=np.stack(rows.pop('word')),
+    max_context=np.stack(rows.pop('max_context')),
+  )
   features = {k: np.asarray(v, np.int32) for k, v in rows.items()}
   return features, mapping
 
 
-def _max_context(starts: Sequence[int], start: int, length: int,
-                 num_tokens: int, offset: int, max_seq_length: int
-                 ) -> np.ndarray:
+def _max_context(
+  starts: Sequence[int], start: int, length: int, num_tokens: int, offset: int, max_seq_length: int
+) -> np.ndarray:
   """[S] bool: tokens of this window that no other window centres better
   (score min(left, right) context + 0.01 length, as run_squad)."""
   positions = np.arange(start, start + length)
   best = np.full(length, True)
-  score = lambda s, n: (np.minimum(positions - s, s + n - 1 - positions)
-                        + 0.01 * n)
+  score = lambda s, n: np.minimum(positions - s, s + n - 1 - positions) + 0.01 * n
   mine = score(start, length)
   for other in starts:
     if other == start:
@@ -187,7 +201,7 @@ def _max_context(starts: Sequence[int], start: int, length: int,
     covered = (positions >= other) & (positions < other + n)
     best &= ~covered | (mine >= score(other, n))
   out = np.zeros(max_seq_length, bool)
-  out[offset:offset + length] = best
+  out[offset : offset + length] = best
   return out
 
 
@@ -195,39 +209,50 @@ def _max_context(starts: Sequence[int], start: int, length: int,
 class SpanObjective:
   """Mean of the start and end cross-entropies of AlbertForQuestionAnswering;
   reports how often both ends are right."""
+
   model: AlbertForQuestionAnswering
 
   def sums(self, params, batch: Batch, dropout_rng) -> Metrics:
     outputs = self.model.apply(
-        {'params': params}, batch['input_ids'], batch['input_mask'],
-        batch['segment_ids'], deterministic=dropout_rng is None,
-        rngs=None if dropout_rng is None else {'dropout': dropout_rng})
+      {'params': params},
+      batch['input_ids'],
+      batch['input_mask'],
+      batch['segment_ids'],
+      deterministic=dropout_rng is None,
+      rngs=None if dropout_rng is None else {'dropout': dropout_rng},
+    )
     start, end = batch['start_positions'], batch['end_positions']
     ce = optax.softmax_cross_entropy_with_integer_labels
-    hit = ((jnp.argmax(outputs['start_logits'], -1) == start)
-           & (jnp.argmax(outputs['end_logits'], -1) == end))
+    hit = (jnp.argmax(outputs['start_logits'], -1) == start) & (
+      jnp.argmax(outputs['end_logits'], -1) == end
+    )
     return {
-        'loss': 0.5 * jnp.sum(ce(outputs['start_logits'], start)
-                              + ce(outputs['end_logits'], end)),
-        'span_correct': jnp.sum(hit.astype(jnp.float32)),
-        'examples': jnp.asarray(start.shape[0], jnp.float32),
+      'loss': 0.5 * jnp.sum(ce(outputs['start_logits'], start) + ce(outputs['end_logits'], end)),
+      'span_correct': jnp.sum(hit.astype(jnp.float32)),
+      'examples': jnp.asarray(start.shape[0], jnp.float32),
     }
 
   def normalizers(self, batch: Batch) -> Metrics:
-    return {'examples': jnp.asarray(batch['start_positions'].shape[0],
-                                    jnp.float32)}
+    return {'examples': jnp.asarray(batch['start_positions'].shape[0], jnp.float32)}
 
   def loss(self, sums: Metrics, normalizers: Metrics) -> jax.Array:
     return sums['loss'] / normalizers['examples']
 
   def summarize(self, sums: Metrics) -> Metrics:
-    return {'loss': sums['loss'] / sums['examples'],
-            'span_accuracy': sums['span_correct'] / sums['examples']}
+    return {
+      'loss': sums['loss'] / sums['examples'],
+      'span_accuracy': sums['span_correct'] / sums['examples'],
+    }
 
 
-def decode(examples: Sequence[QAExample], mapping: WindowMap,
-           start_logits: np.ndarray, end_logits: np.ndarray, *,
-           max_answer_length: int) -> dict[str, str]:
+def decode(
+  examples: Sequence[QAExample],
+  mapping: WindowMap,
+  start_logits: np.ndarray,
+  end_logits: np.ndarray,
+  *,
+  max_answer_length: int,
+) -> dict[str, str]:
   """{example id: predicted answer text} from [F, S] logits."""
   best: dict[int, tuple[float, int, int]] = {}
   for feature in range(len(mapping.example)):
@@ -238,15 +263,15 @@ def decode(examples: Sequence[QAExample], mapping: WindowMap,
     for length in range(max_answer_length):
       # Spans [i, i + length]: start i, end i + length.
       n = len(start) - length
-      scores = np.where(valid_start[:n] & valid_end[length:],
-                        start[:n] + end[length:], -np.inf)
+      scores = np.where(valid_start[:n] & valid_end[length:], start[:n] + end[length:], -np.inf)
       i = int(np.argmax(scores))
       example = int(mapping.example[feature])
       if scores[i] > best.get(example, (-np.inf,))[0]:
-        best[example] = (float(scores[i]), int(words[i]),
-                         int(words[i + length]))
-  return {examples[i].id: ' '.join(examples[i].words[first:last + 1])
-          for i, (_, first, last) in best.items()}
+        best[example] = (float(scores[i]), int(words[i]), int(words[i + length]))
+  return {
+    examples[i].id: ' '.join(examples[i].words[first : last + 1])
+    for i, (_, first, last) in best.items()
+  }
 
 
 def normalize_answer(text: str) -> str:
@@ -258,15 +283,16 @@ def normalize_answer(text: str) -> str:
 _PUNCTUATION = frozenset(string.punctuation)
 
 
-def squad_metrics(examples: Sequence[QAExample],
-                  predictions: Mapping[str, str]) -> dict[str, float]:
+def squad_metrics(
+  examples: Sequence[QAExample], predictions: Mapping[str, str]
+) -> dict[str, float]:
   """Mean exact match and F1 (best over gold answers), in [0, 1]."""
   exact, f1 = [], []
   for example in examples:
     prediction = predictions.get(example.id, '')
-    exact.append(max(float(normalize_answer(prediction)
-                           == normalize_answer(gold))
-                     for gold in example.answers))
+    exact.append(
+      max(float(normalize_answer(prediction) == normalize_answer(gold)) for gold in example.answers)
+    )
     f1.append(max(_f1(prediction, gold) for gold in example.answers))
   return {'exact_match': float(np.mean(exact)), 'f1': float(np.mean(f1))}
 
@@ -274,34 +300,39 @@ def squad_metrics(examples: Sequence[QAExample],
 def _f1(prediction: str, gold: str) -> float:
   predicted = normalize_answer(prediction).split()
   truth = normalize_answer(gold).split()
-  common = sum((collections.Counter(predicted)
-                & collections.Counter(truth)).values())
+  common = sum((collections.Counter(predicted) & collections.Counter(truth)).values())
   if not common:
     return float(predicted == truth)
   precision, recall = common / len(predicted), common / len(truth)
   return 2 * precision * recall / (precision + recall)
 
 
-def make_task(data: ml_collections.ConfigDict, tokenizer: Tokenizer,
-              model_config: ModelConfig) -> Task:
+def make_task(
+  data: ml_collections.ConfigDict, tokenizer: Tokenizer, model_config: ModelConfig
+) -> Task:
   """The span QA task of `config.data` (see module docstring)."""
   if not data.train:
-    raise DataError('no training data: set --config.data.train=PATH.json '
-                    '(SQuAD format)')
-  windows = dict(max_seq_length=data.max_seq_length,
-                 doc_stride=data.doc_stride,
-                 max_query_length=data.max_query_length)
+    raise DataError('no training data: set --config.data.train=PATH.json (SQuAD format)')
+  windows = dict(
+    max_seq_length=data.max_seq_length,
+    doc_stride=data.doc_stride,
+    max_query_length=data.max_query_length,
+  )
   train, _ = encode(read_squad(data.train), tokenizer, **windows)
   evaluation = read_squad(data.eval) if data.eval else []
-  eval_features, mapping = (encode(evaluation, tokenizer, **windows)
-                            if evaluation else (None, None))
+  eval_features, mapping = encode(evaluation, tokenizer, **windows) if evaluation else (None, None)
   model = AlbertForQuestionAnswering(model_config)
 
   def score(outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
-    predictions = decode(evaluation, mapping, outputs['start_logits'],
-                         outputs['end_logits'],
-                         max_answer_length=data.max_answer_length)
+    predictions = decode(
+      evaluation,
+      mapping,
+      outputs['start_logits'],
+      outputs['end_logits'],
+      max_answer_length=data.max_answer_length,
+    )
     return squad_metrics(evaluation, predictions)
 
-  return Task(model=model, objective=SpanObjective(model), train=train,
-              eval=eval_features, score=score)
+  return Task(
+    model=model, objective=SpanObjective(model), train=train, eval=eval_features, score=score
+  )

@@ -24,6 +24,7 @@ TARGETS = ('shell', 'slurm', 'tpu')
 class Cluster:
   """Where the cluster targets run; account and project come from the
   environment (SBATCH_ACCOUNT, gcloud config)."""
+
   nodes: int = 1
   gpus_per_node: int = 8
   time: str = '24:00:00'
@@ -34,9 +35,12 @@ class Cluster:
 
 def emit(plan: Plan, root: str, target: str, cluster: Cluster) -> str:
   """The bash script running every run of `plan` in `root`/RUN on `target`."""
-  lines = ['#!/bin/bash', f'# {plan.name} sweep ({plan.spec}), '
-           f'{len(plan.runs)} runs; afterwards: python -m launch.sweep '
-           f'--report={root}']
+  lines = [
+    '#!/bin/bash',
+    f'# {plan.name} sweep ({plan.spec}), '
+    f'{len(plan.runs)} runs; afterwards: python -m launch.sweep '
+    f'--report={root}',
+  ]
   if target == 'shell':
     lines.insert(2, '# Run from the repository root.')
     lines += [shlex.join(plan.command(run, root)) for run in plan.runs]
@@ -45,21 +49,31 @@ def emit(plan: Plan, root: str, target: str, cluster: Cluster) -> str:
       raise SweepError('--nodes and --gpus_per_node must be >= 1')
     for run in plan.runs:
       script = sbatch_script(
-          nodes=cluster.nodes, gpus_per_node=cluster.gpus_per_node,
-          time=cluster.time, partition=cluster.partition, account=None,
-          job_name=f'albert-{plan.name}-{run.name}',
-          repo_dir='"$SLURM_SUBMIT_DIR"',
-          command=plan.command(run, root, distributed=True))
+        nodes=cluster.nodes,
+        gpus_per_node=cluster.gpus_per_node,
+        time=cluster.time,
+        partition=cluster.partition,
+        account=None,
+        job_name=f'albert-{plan.name}-{run.name}',
+        repo_dir='"$SLURM_SUBMIT_DIR"',
+        command=plan.command(run, root, distributed=True),
+      )
       lines += ["sbatch <<'EOF'", script.rstrip('\n'), 'EOF']
   elif target == 'tpu':
     if not cluster.tpu or not cluster.zone:
       raise SweepError('--emit=tpu needs --tpu=NAME and --zone=ZONE')
     for i, run in enumerate(plan.runs):
-      lines += [shlex.join(command) for command in tpu_commands(
-          tpu=cluster.tpu, zone=cluster.zone, project=None,
-          repo_dir='~/albert-jax', install=i == 0,
-          command=plan.command(run, root, distributed=True))]
+      lines += [
+        shlex.join(command)
+        for command in tpu_commands(
+          tpu=cluster.tpu,
+          zone=cluster.zone,
+          project=None,
+          repo_dir='~/albert-jax',
+          install=i == 0,
+          command=plan.command(run, root, distributed=True),
+        )
+      ]
   else:
-    raise SweepError(f'unknown --emit={target}: choose one of '
-                     f'{", ".join(TARGETS)}')
+    raise SweepError(f'unknown --emit={target}: choose one of {", ".join(TARGETS)}')
   return '\n'.join(lines) + '\n'

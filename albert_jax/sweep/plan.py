@@ -39,18 +39,21 @@ class Plan:
   base_overrides: tuple[str, ...]  # '--config.train.num_steps=20', ...
   runs: tuple[Run, ...]
 
-  def command(self, run: Run, root: str, *, distributed: bool = False
-              ) -> list[str]:
+  def command(self, run: Run, root: str, *, distributed: bool = False) -> list[str]:
     """`python -m launch.pretrain ...` of `run`, working in `root`/RUN: what
     `--emit` writes, to run from the repository root."""
-    return pretrain_command(self.config, os.path.join(root, run.name),
-                            self._overrides(run), distributed=distributed)
+    return pretrain_command(
+      self.config, os.path.join(root, run.name), self._overrides(run), distributed=distributed
+    )
 
   def arguments(self, run: Run, root: str) -> list[str]:
     """The flags of `run`'s single-process `launch.pretrain`, as in
     `command`."""
-    return [f'--config={self.config}',
-            f'--workdir={os.path.join(root, run.name)}', *self._overrides(run)]
+    return [
+      f'--config={self.config}',
+      f'--workdir={os.path.join(root, run.name)}',
+      *self._overrides(run),
+    ]
 
   def _overrides(self, run: Run) -> list[str]:
     own = [f'--config.{key}={value}' for key, value in run.overrides.items()]
@@ -58,18 +61,17 @@ class Plan:
 
   def save(self, root: str) -> None:
     """Writes `root`/sweep.json; refuses a directory of another sweep."""
-    existing = load_plan(root) if os.path.isfile(
-        os.path.join(root, PLAN_FILE)) else None
+    existing = load_plan(root) if os.path.isfile(os.path.join(root, PLAN_FILE)) else None
     if existing is not None and existing.name != self.name:
-      raise SweepError(f'{root} holds the {existing.name!r} sweep: choose '
-                       'another --workdir')
+      raise SweepError(f'{root} holds the {existing.name!r} sweep: choose another --workdir')
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, PLAN_FILE), 'w') as f:
       json.dump(dataclasses.asdict(self), f, indent=2)
 
 
-def make_plan(sweep: Sweep, spec: str, base_overrides: Sequence[str],
-              seeds: Sequence[int], *, config_file: str) -> Plan:
+def make_plan(
+  sweep: Sweep, spec: str, base_overrides: Sequence[str], seeds: Sequence[int], *, config_file: str
+) -> Plan:
   """The runs of `sweep`: each variant once, or once per seed (setting
   train.seed and data.seed: init, data order and masks).
 
@@ -84,36 +86,48 @@ def make_plan(sweep: Sweep, spec: str, base_overrides: Sequence[str],
       overrides = dict(variant.overrides)
       if seed is not None:
         overrides.update({'train.seed': seed, 'data.seed': seed})
-      runs.append(Run(
+      runs.append(
+        Run(
           name=variant.name + ('' if seed is None else f'-seed{seed}'),
-          variant=variant.name, group=variant.group, label=variant.label,
-          seed=seed, overrides=overrides))
+          variant=variant.name,
+          group=variant.group,
+          label=variant.label,
+          seed=seed,
+          overrides=overrides,
+        )
+      )
   given = {arg.split('=')[0].removeprefix('--config.') for arg in base_overrides}
   if seeds and given & {'train.seed', 'data.seed'}:
-    raise SweepError('--seeds sets train.seed and data.seed per run: drop '
-                     '--config.train.seed / --config.data.seed')
+    raise SweepError(
+      '--seeds sets train.seed and data.seed per run: drop --config.train.seed / --config.data.seed'
+    )
   for variant in sweep.variants:
     clash = sorted(given & set(variant.overrides))
     if clash:
-      raise SweepError(f'--config.{clash[0]} is set per variant by the '
-                       f'{sweep.name} sweep: drop it')
-  return Plan(spec=spec, name=sweep.name, title=sweep.title,
-              config=f'{config_file}:{sweep.preset}',
-              base_overrides=tuple(base_overrides), runs=tuple(runs))
+      raise SweepError(f'--config.{clash[0]} is set per variant by the {sweep.name} sweep: drop it')
+  return Plan(
+    spec=spec,
+    name=sweep.name,
+    title=sweep.title,
+    config=f'{config_file}:{sweep.preset}',
+    base_overrides=tuple(base_overrides),
+    runs=tuple(runs),
+  )
 
 
 def load_plan(root: str) -> Plan:
   """The plan saved in `root`/sweep.json."""
   path = os.path.join(root, PLAN_FILE)
   if not os.path.isfile(path):
-    raise SweepError(f'{root} holds no sweep ({PLAN_FILE} not found): pass the '
-                     '--workdir of a launch.sweep run')
+    raise SweepError(
+      f'{root} holds no sweep ({PLAN_FILE} not found): pass the --workdir of a launch.sweep run'
+    )
   try:
     with open(path) as f:
       saved = json.load(f)
     runs = tuple(Run(**run) for run in saved.pop('runs'))
-    return Plan(**{**saved, 'base_overrides': tuple(saved['base_overrides'])},
-                runs=runs)
+    return Plan(**{**saved, 'base_overrides': tuple(saved['base_overrides'])}, runs=runs)
   except (ValueError, TypeError, KeyError) as e:
-    raise SweepError(f'{path} is not a sweep plan ({e}): rerun the sweep with '
-                     '--workdir=' + root) from None
+    raise SweepError(
+      f'{path} is not a sweep plan ({e}): rerun the sweep with --workdir=' + root
+    ) from None

@@ -24,17 +24,33 @@ from albert_jax.errors import SweepError
 from albert_jax.sweep import results
 from albert_jax.sweep.plan import Plan
 
-COLUMNS = ('run', 'variant', 'group', 'label', 'seed', 'objective', 'steps',
-           'params', 'mlm_loss', 'mlm_accuracy', 'nsp_accuracy',
-           'sop_accuracy', 'eval_examples', 'step_time', 'tokens_per_sec')
+COLUMNS = (
+  'run',
+  'variant',
+  'group',
+  'label',
+  'seed',
+  'objective',
+  'steps',
+  'params',
+  'mlm_loss',
+  'mlm_accuracy',
+  'nsp_accuracy',
+  'sop_accuracy',
+  'eval_examples',
+  'step_time',
+  'tokens_per_sec',
+)
 # Markdown columns: (header, row key, format of the mean).
-_TABLE = (('Params', 'params', None),
-          ('MLM loss', 'mlm_loss', '{:.3f}'),
-          ('MLM acc. %', 'mlm_accuracy', 'percent'),
-          ('NSP acc. %', 'nsp_accuracy', 'percent'),
-          ('SOP acc. %', 'sop_accuracy', 'percent'),
-          ('s/step', 'step_time', '{:.3f}'),
-          ('tokens/s', 'tokens_per_sec', '{:,.0f}'))
+_TABLE = (
+  ('Params', 'params', None),
+  ('MLM loss', 'mlm_loss', '{:.3f}'),
+  ('MLM acc. %', 'mlm_accuracy', 'percent'),
+  ('NSP acc. %', 'nsp_accuracy', 'percent'),
+  ('SOP acc. %', 'sop_accuracy', 'percent'),
+  ('s/step', 'step_time', '{:.3f}'),
+  ('tokens/s', 'tokens_per_sec', '{:,.0f}'),
+)
 
 
 def collect(plan: Plan, root: str) -> list[dict[str, Any]]:
@@ -45,14 +61,25 @@ def collect(plan: Plan, root: str) -> list[dict[str, Any]]:
     if result is None:
       continue
     sop, nsp = result['eval']['sop'], result['eval']['nsp']
-    rows.append(dict(
-        run=run.name, variant=run.variant, group=run.group, label=run.label,
+    rows.append(
+      dict(
+        run=run.name,
+        variant=run.variant,
+        group=run.group,
+        label=run.label,
         seed='' if run.seed is None else run.seed,
-        objective=result['objective'], steps=result['step'],
-        params=result['params'], mlm_loss=sop['mlm_loss'],
-        mlm_accuracy=sop['mlm_accuracy'], nsp_accuracy=nsp['nsp_accuracy'],
-        sop_accuracy=sop['sop_accuracy'], eval_examples=int(sop['examples']),
-        step_time=result['step_time'], tokens_per_sec=result['tokens_per_sec']))
+        objective=result['objective'],
+        steps=result['step'],
+        params=result['params'],
+        mlm_loss=sop['mlm_loss'],
+        mlm_accuracy=sop['mlm_accuracy'],
+        nsp_accuracy=nsp['nsp_accuracy'],
+        sop_accuracy=sop['sop_accuracy'],
+        eval_examples=int(sop['examples']),
+        step_time=result['step_time'],
+        tokens_per_sec=result['tokens_per_sec'],
+      )
+    )
   return rows
 
 
@@ -60,10 +87,11 @@ def write_report(plan: Plan, root: str) -> list[str]:
   """Writes the report files into `root`; returns their paths."""
   rows = collect(plan, root)
   if not rows:
-    raise SweepError(f'{root} has no finished runs to report: run the sweep '
-                     'first')
-  paths = [os.path.join(root, name) for name in
-           ('results.csv', 'results.md', 'mlm_accuracy.png', 'params.png')]
+    raise SweepError(f'{root} has no finished runs to report: run the sweep first')
+  paths = [
+    os.path.join(root, name)
+    for name in ('results.csv', 'results.md', 'mlm_accuracy.png', 'params.png')
+  ]
   with open(paths[0], 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=COLUMNS)
     writer.writeheader()
@@ -79,11 +107,14 @@ def markdown_table(plan: Plan, rows: Sequence[dict[str, Any]]) -> str:
   """The table of the paper's layout: a row group column, a row label
   column, then the metrics (mean ± std over seeds when there are several)."""
   overrides = ' '.join(plan.base_overrides)
-  lines = [f'### {plan.name}: {plan.title}', '',
-           f'`{plan.spec}`' + (f' `{overrides}`' if overrides else '')
-           + f', {_describe(rows)}.', '',
-           '| | | ' + ' | '.join(header for header, _, _ in _TABLE) + ' |',
-           '|---|---|' + '---:|' * len(_TABLE)]
+  lines = [
+    f'### {plan.name}: {plan.title}',
+    '',
+    f'`{plan.spec}`' + (f' `{overrides}`' if overrides else '') + f', {_describe(rows)}.',
+    '',
+    '| | | ' + ' | '.join(header for header, _, _ in _TABLE) + ' |',
+    '|---|---|' + '---:|' * len(_TABLE),
+  ]
   previous_group = None
   for variant in dict.fromkeys(run.variant for run in plan.runs):
     mine = [row for row in rows if row['variant'] == variant]
@@ -107,8 +138,9 @@ def _describe(rows: Sequence[dict[str, Any]]) -> str:
   text = f'{"/".join(map(str, steps))} steps'
   if len(seeds) > 1:
     text += f', seeds {", ".join(map(str, seeds))} (mean ± std)'
-  return text + (f', {rows[0]["eval_examples"]} held-out examples per '
-                 'objective; MLM on the SOP examples')
+  return text + (
+    f', {rows[0]["eval_examples"]} held-out examples per objective; MLM on the SOP examples'
+  )
 
 
 def _cell(values: list[Any], fmt: str | None) -> str:
@@ -133,17 +165,21 @@ def _plot_curves(plan: Plan, root: str, finished: set[str], path: str) -> None:
   for run in plan.runs:
     if run.name not in finished:
       continue
-    records = [r for r in results.read_metrics(os.path.join(root, run.name))
-               if 'eval_mlm_accuracy' in r]
+    records = [
+      r for r in results.read_metrics(os.path.join(root, run.name)) if 'eval_mlm_accuracy' in r
+    ]
     if not records:
       continue
     label = None if run.variant in labelled else f'{run.group} {run.label}'
     labelled.add(run.variant)
-    axes.plot([r['step'] for r in records],
-              [100 * r['eval_mlm_accuracy'] for r in records],
-              color=colors[run.variant], label=label, alpha=0.8)
-  axes.set(xlabel='step', ylabel='held-out MLM accuracy (%)',
-           title=f'{plan.name}: {plan.title}')
+    axes.plot(
+      [r['step'] for r in records],
+      [100 * r['eval_mlm_accuracy'] for r in records],
+      color=colors[run.variant],
+      label=label,
+      alpha=0.8,
+    )
+  axes.set(xlabel='step', ylabel='held-out MLM accuracy (%)', title=f'{plan.name}: {plan.title}')
   if labelled:
     axes.legend(fontsize='small')
   figure.savefig(path, dpi=100)
@@ -155,13 +191,18 @@ def _plot_params(plan: Plan, rows: Sequence[dict[str, Any]], path: str) -> None:
   colors = _colors(plan)
   for variant in dict.fromkeys(row['variant'] for row in rows):
     mine = [row for row in rows if row['variant'] == variant]
-    axes.scatter([row['params'] for row in mine],
-                 [100 * row['mlm_accuracy'] for row in mine],
-                 color=colors[variant],
-                 label=f'{mine[0]["group"]} {mine[0]["label"]}')
+    axes.scatter(
+      [row['params'] for row in mine],
+      [100 * row['mlm_accuracy'] for row in mine],
+      color=colors[variant],
+      label=f'{mine[0]["group"]} {mine[0]["label"]}',
+    )
   axes.set_xscale('log')
-  axes.set(xlabel='backbone parameters', ylabel='held-out MLM accuracy (%)',
-           title=f'{plan.name}: accuracy against parameters')
+  axes.set(
+    xlabel='backbone parameters',
+    ylabel='held-out MLM accuracy (%)',
+    title=f'{plan.name}: accuracy against parameters',
+  )
   axes.legend(fontsize='small')
   figure.savefig(path, dpi=100)
 

@@ -26,8 +26,7 @@ METRICS_FILE = 'metrics.jsonl'
 
 def final_step(workdir: str) -> int | None:
   """The step of the run's latest complete checkpoint; None when none."""
-  steps = checkpoint_lib.checkpoint_steps(
-      os.path.join(workdir, checkpoint_lib.WORKDIR_SUBDIR))
+  steps = checkpoint_lib.checkpoint_steps(os.path.join(workdir, checkpoint_lib.WORKDIR_SUBDIR))
   return steps[-1] if steps else None
 
 
@@ -65,20 +64,27 @@ def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
   pretrained, config = restored.pretrained, restored.run_config
   held_out = pipeline.load_corpus(config.data, pretrained.tokenizer).eval
   if held_out is None:
-    raise SweepError(f'{workdir} holds no held-out documents to evaluate on: '
-                     'keep data.eval_documents > 0 or set data.eval_source')
+    raise SweepError(
+      f'{workdir} holds no held-out documents to evaluate on: '
+      'keep data.eval_documents > 0 or set data.eval_source'
+    )
   metrics = evaluate.evaluate(
-      pretrained, held_out, config.data, batch_size=config.train.batch_size,
-      num_batches=num_batches, mesh=mesh_lib.make_mesh({'data': -1}),
-      rules=config.sharding_rules)
+    pretrained,
+    held_out,
+    config.data,
+    batch_size=config.train.batch_size,
+    num_batches=num_batches,
+    mesh=mesh_lib.make_mesh({'data': -1}),
+    rules=config.sharding_rules,
+  )
   records = [r for r in read_metrics(workdir) if r.get('step_time')]
   result = {
-      'step': restored.step,
-      'objective': config.data.sentence_objective,
-      'params': count_params(pretrained.config)['backbone'],
-      'eval': metrics,
-      'step_time': _median(records, 'step_time'),
-      'tokens_per_sec': _median(records, 'tokens_per_sec'),
+    'step': restored.step,
+    'objective': config.data.sentence_objective,
+    'params': count_params(pretrained.config)['backbone'],
+    'eval': metrics,
+    'step_time': _median(records, 'step_time'),
+    'tokens_per_sec': _median(records, 'tokens_per_sec'),
   }
   with open(os.path.join(workdir, RESULT_FILE), 'w') as f:
     json.dump(result, f, indent=2)

@@ -33,9 +33,16 @@ class Outcome:
   message: str = ''
 
 
-def run_plan(plan: Plan, root: str, base_config: ml_collections.ConfigDict, *,
-             pretrain: Sequence[str], cwd: str, eval_batches: int,
-             echo: Callable[[str], None] = print) -> list[Outcome]:
+def run_plan(
+  plan: Plan,
+  root: str,
+  base_config: ml_collections.ConfigDict,
+  *,
+  pretrain: Sequence[str],
+  cwd: str,
+  eval_batches: int,
+  echo: Callable[[str], None] = print,
+) -> list[Outcome]:
   """Runs every run of `plan` not finished yet in `root`/RUN.
 
   Args:
@@ -58,10 +65,8 @@ def run_plan(plan: Plan, root: str, base_config: ml_collections.ConfigDict, *,
     for run in plan.runs:
       if stop.requested:
         break
-      outcome = _run_one(plan, run, root, base_config, list(pretrain),
-                         eval_batches, echo, stop)
-      echo(f'[{run.name}] {outcome.status}'
-           + (f': {outcome.message}' if outcome.message else ''))
+      outcome = _run_one(plan, run, root, base_config, list(pretrain), eval_batches, echo, stop)
+      echo(f'[{run.name}] {outcome.status}' + (f': {outcome.message}' if outcome.message else ''))
       outcomes.append(outcome)
       if outcome.status == 'stopped':
         break
@@ -70,10 +75,16 @@ def run_plan(plan: Plan, root: str, base_config: ml_collections.ConfigDict, *,
   return outcomes
 
 
-def _run_one(plan: Plan, run: Run, root: str,
-             base_config: ml_collections.ConfigDict, pretrain: list[str],
-             eval_batches: int, echo: Callable[[str], None],
-             stop: '_StopOnSigterm') -> Outcome:
+def _run_one(
+  plan: Plan,
+  run: Run,
+  root: str,
+  base_config: ml_collections.ConfigDict,
+  pretrain: list[str],
+  eval_batches: int,
+  echo: Callable[[str], None],
+  stop: '_StopOnSigterm',
+) -> Outcome:
   workdir = os.path.join(root, run.name)
   config = base_config.copy_and_resolve_references()
   config.update_from_flattened_dict(dict(run.overrides))
@@ -85,16 +96,16 @@ def _run_one(plan: Plan, run: Run, root: str,
   if results.final_step(workdir) != num_steps:
     command = [*pretrain, *plan.arguments(run, root)]
     echo(f'$ {shlex.join(command)}')
-    returncode, last_line = stop.run(command, prefix=f'[{run.name}] ',
-                                     echo=echo)
+    returncode, last_line = stop.run(command, prefix=f'[{run.name}] ', echo=echo)
     if stop.requested:
       return Outcome(run.name, 'stopped', 'rerun the sweep to resume')
     if returncode:
       return Outcome(run.name, 'failed', f'exit status {returncode}: {last_line}')
     step = results.final_step(workdir)
     if step != num_steps:
-      return Outcome(run.name, 'failed', f'stopped at step {step} of '
-                     f'{num_steps}: rerun the sweep to resume')
+      return Outcome(
+        run.name, 'failed', f'stopped at step {step} of {num_steps}: rerun the sweep to resume'
+      )
     status = 'trained'
   try:
     results.evaluate_run(workdir, num_batches=eval_batches)
@@ -111,9 +122,12 @@ def evaluate_unevaluated(plan: Plan, root: str, *, eval_batches: int) -> None:
     workdir = os.path.join(root, run.name)
     step, result = results.final_step(workdir), results.read_result(workdir)
     config = results.run_config(workdir)
-    if (step is not None and config is not None
-        and step == config.train.num_steps
-        and (result is None or result['step'] != step)):
+    if (
+      step is not None
+      and config is not None
+      and step == config.train.num_steps
+      and (result is None or result['step'] != step)
+    ):
       try:
         results.evaluate_run(workdir, num_batches=eval_batches)
       except (ExportError, DataError) as e:
@@ -136,14 +150,13 @@ class _StopOnSigterm:
     if self._process is not None:
       self._process.terminate()
 
-  def run(self, command: list[str], *, prefix: str,
-          echo: Callable[[str], None]) -> tuple[int, str]:
+  def run(self, command: list[str], *, prefix: str, echo: Callable[[str], None]) -> tuple[int, str]:
     """Runs `command`, echoing its output; returns the exit status and the
     last line of output."""
     tail = collections.deque(maxlen=1)
     self._process = subprocess.Popen(
-        command, cwd=self._cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+      command, cwd=self._cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
       for line in self._process.stdout:
         line = line.rstrip()

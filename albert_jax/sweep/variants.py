@@ -20,6 +20,7 @@ SCALES = ('tiny', 'base')
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """One row of the paper's table."""
+
   name: str  # Its sub-workdir, e.g. 'E128-none'.
   group: str  # The table's row group, e.g. 'ALBERT base E=128'.
   label: str  # The row label within the group, e.g. 'not-shared'.
@@ -44,8 +45,10 @@ def load_sweep(spec: str) -> Sweep:
   """The sweep of 'FILE:SCALE' (e.g. 'experiments/ablations/sharing.py:tiny')."""
   path, _, scale = spec.partition(':')
   if not path.endswith('.py') or not os.path.isfile(path):
-    raise SweepError(f'--sweep={spec}: no sweep file {path!r}; pass FILE:SCALE, '
-                     'e.g. experiments/ablations/sharing.py:tiny')
+    raise SweepError(
+      f'--sweep={spec}: no sweep file {path!r}; pass FILE:SCALE, '
+      'e.g. experiments/ablations/sharing.py:tiny'
+    )
   module_spec = importlib.util.spec_from_file_location('_sweep_file', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

@@ -55,11 +55,16 @@ def restore_params(directory: str, step: int) -> Any:
   path = epath.Path(_absolute(directory)) / str(step) / 'state'
   # The saved tree itself is the restore target: no model is built here.
   abstract = ocp.PyTreeCheckpointHandler().metadata(path).tree['params']
-  restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+  restored = ocp.PyTreeCheckpointer().restore(
+    path,
+    args=ocp.args.PyTreeRestore(
       item={'params': abstract},
-      restore_args={'params': jax.tree.map(
-          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)},
-      partial_restore=True))
+      restore_args={
+        'params': jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+      },
+      partial_restore=True,
+    ),
+  )
   return restored['params']
 
 
@@ -68,17 +73,22 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, every_steps: int, keep: int):
     if every_steps < 1 or keep < 1:
-      raise UsageError('config.checkpoint.every_steps and .keep must be >= 1, '
-                       f'got {every_steps} and {keep}')
+      raise UsageError(
+        f'config.checkpoint.every_steps and .keep must be >= 1, got {every_steps} and {keep}'
+      )
     self.directory = _absolute(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            save_decision_policy=save_decision_policy.FixedIntervalPolicy(every_steps),
-            preservation_policy=preservation_policy.LatestN(keep),
-            enable_async_checkpointing=True),
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data': grain.checkpoint.CheckpointHandler()})
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        save_decision_policy=save_decision_policy.FixedIntervalPolicy(every_steps),
+        preservation_policy=preservation_policy.LatestN(keep),
+        enable_async_checkpointing=True,
+      ),
+      item_handlers={
+        'state': ocp.StandardCheckpointHandler(),
+        'data': grain.checkpoint.CheckpointHandler(),
+      },
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -89,9 +99,13 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iterator: Any) -> None:
     """Starts writing checkpoint `step`; returns once device arrays are copied."""
-    self._manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)))
+    self._manager.save(
+      step,
+      force=True,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+      ),
+    )
 
   def check_compatible(self, step: int, abstract_state: Any, changes: str = '') -> None:
     """Raises UsageError unless checkpoint `step` holds arrays of `abstract_state`'s shapes.
@@ -101,25 +115,31 @@ class Checkpointer:
     saved = tree_paths.shapes(self._manager.item_metadata(step)['state'].tree)
     wanted = tree_paths.shapes(abstract_state)
     # Parameters first: they name the model difference most plainly.
-    for name in sorted(saved.keys() | wanted.keys(),
-                       key=lambda n: (not n.startswith('params/'), n)):
+    for name in sorted(
+      saved.keys() | wanted.keys(), key=lambda n: (not n.startswith('params/'), n)
+    ):
       if saved.get(name) != wanted.get(name):
         there = f'shape {saved[name]}' if name in saved else 'absent'
         here = f'shape {wanted[name]}' if name in wanted else 'absent'
         raise UsageError(
-            f'{self.directory} holds a checkpoint (step {step}) of another model '
-            f'or optimizer{f" ({changes})" if changes else ""}: {name} is {there} '
-            f'there but {here} in this config; resume with the config it was '
-            'saved with, or use a new --workdir')
+          f'{self.directory} holds a checkpoint (step {step}) of another model '
+          f'or optimizer{f" ({changes})" if changes else ""}: {name} is {there} '
+          f'there but {here} in this config; resume with the config it was '
+          'saved with, or use a new --workdir'
+        )
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
     """The state of checkpoint `step`, placed as `abstract_state`'s shardings.
 
     `data_iterator` is moved to the saved position in place.
     """
-    restored = self._manager.restore(step, args=ocp.args.Composite(
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        data=grain.checkpoint.CheckpointRestore(data_iterator),
+      ),
+    )
     return restored['state']
 
   def wait(self) -> None:
@@ -128,4 +148,3 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
-

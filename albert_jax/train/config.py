@@ -20,6 +20,7 @@ OPTIMIZERS = ('lamb', 'adamw')
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig(Record):
   """Optimisation, logging and evaluation cadence. Defaults: ALBERT's."""
+
   block: ClassVar[str] = 'train'
 
   batch_size: int = 4096  # Global, over all processes.
@@ -45,23 +46,33 @@ class TrainConfig(Record):
 
   def __post_init__(self):
     check_types(self)
-    for name in ('batch_size', 'grad_accum_steps', 'num_steps', 'log_every',
-                 'eval_every', 'eval_steps'):
-      _check(getattr(self, name) >= 1,
-             f'train.{name} must be >= 1, got {getattr(self, name)}')
-    _check(self.optimizer in OPTIMIZERS,
-           f'unknown train.optimizer {self.optimizer!r}: choose '
-           f'{" or ".join(map(repr, OPTIMIZERS))}')
-    _check(math.isfinite(self.learning_rate) and self.learning_rate > 0,
-           f'train.learning_rate must be a finite number > 0, got '
-           f'{self.learning_rate}')
-    for name in ('warmup_steps', 'weight_decay', 'clip_norm',
-                 'peak_flops_per_device'):
+    for name in (
+      'batch_size',
+      'grad_accum_steps',
+      'num_steps',
+      'log_every',
+      'eval_every',
+      'eval_steps',
+    ):
+      _check(getattr(self, name) >= 1, f'train.{name} must be >= 1, got {getattr(self, name)}')
+    _check(
+      self.optimizer in OPTIMIZERS,
+      f'unknown train.optimizer {self.optimizer!r}: choose {" or ".join(map(repr, OPTIMIZERS))}',
+    )
+    _check(
+      math.isfinite(self.learning_rate) and self.learning_rate > 0,
+      f'train.learning_rate must be a finite number > 0, got {self.learning_rate}',
+    )
+    for name in ('warmup_steps', 'weight_decay', 'clip_norm', 'peak_flops_per_device'):
       value = getattr(self, name)
-      _check(math.isfinite(value) and value >= 0,
-             f'train.{name} must be a finite number >= 0, got {value}')
-    _check(0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0,
-           'train.b1 and train.b2 must be in [0, 1) and train.eps > 0')
+      _check(
+        math.isfinite(value) and value >= 0,
+        f'train.{name} must be a finite number >= 0, got {value}',
+      )
+    _check(
+      0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0,
+      'train.b1 and train.b2 must be in [0, 1) and train.eps > 0',
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -73,15 +84,18 @@ class CheckpointConfig(Record):
 
   def __post_init__(self):
     check_types(self)
-    _check(self.every_steps >= 1 and self.keep >= 1,
-           'checkpoint.every_steps and checkpoint.keep must be >= 1, got '
-           f'{self.every_steps} and {self.keep}')
+    _check(
+      self.every_steps >= 1 and self.keep >= 1,
+      'checkpoint.every_steps and checkpoint.keep must be >= 1, got '
+      f'{self.every_steps} and {self.keep}',
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MeshConfig(Record):
   """Devices per mesh axis; -1 takes the devices left by the other axes
   (checked against the devices when the mesh is made)."""
+
   block: ClassVar[str] = 'mesh'
 
   data: int = -1
@@ -95,6 +109,7 @@ class MeshConfig(Record):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PretrainConfig(Record):
   """A whole pretraining run (experiments/configs/pretrain.py)."""
+
   block: ClassVar[str] = 'config'
 
   model: ModelConfig

@@ -11,10 +11,13 @@ import jax
 from jax.experimental import multihost_utils
 
 
-def initialize(coordinator_address: str | None = None,
-               num_processes: int | None = None,
-               process_id: int | None = None,
-               *, cluster: bool = False) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  cluster: bool = False,
+) -> None:
   """Joins a multi-process run; a single-process run needs no call.
 
   Args:
@@ -30,8 +33,7 @@ def initialize(coordinator_address: str | None = None,
     return
   # CPU devices of different processes talk through gloo (ignored on TPU/GPU).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address or None, num_processes,
-                             process_id)
+  jax.distributed.initialize(coordinator_address or None, num_processes, process_id)
 
 
 class PreemptionWatcher:

@@ -7,12 +7,12 @@ Every logged record goes to three places with the same keys and values:
 Evaluation records carry `eval_`-prefixed keys.
 """
 
-from collections.abc import Mapping
 import datetime
 import json
 import math
 import os
 import time
+from collections.abc import Mapping
 
 import jax
 import tensorboardX
@@ -20,21 +20,21 @@ import tensorboardX
 # Peak dense bf16 FLOP/s of one JAX device, by a substring of `device_kind`;
 # the first match wins. (TPU v2/v3 expose each core as a device.)
 PEAK_FLOPS = (
-    ('TPU v2', 22.5e12),
-    ('TPU v3', 61.5e12),
-    ('TPU v4', 275e12),
-    ('TPU v5 lite', 197e12),
-    ('TPU v5e', 197e12),
-    ('TPU v5', 459e12),
-    ('TPU v6 lite', 918e12),
-    ('TPU v6e', 918e12),
-    ('TPU7x', 2307e12),
-    ('B200', 2250e12),
-    ('H200', 989e12),
-    ('H100', 989e12),
-    ('A100', 312e12),
-    ('L4', 121e12),
-    ('V100', 125e12),
+  ('TPU v2', 22.5e12),
+  ('TPU v3', 61.5e12),
+  ('TPU v4', 275e12),
+  ('TPU v5 lite', 197e12),
+  ('TPU v5e', 197e12),
+  ('TPU v5', 459e12),
+  ('TPU v6 lite', 918e12),
+  ('TPU v6e', 918e12),
+  ('TPU7x', 2307e12),
+  ('B200', 2250e12),
+  ('H200', 989e12),
+  ('H100', 989e12),
+  ('A100', 312e12),
+  ('L4', 121e12),
+  ('V100', 125e12),
 )
 
 
@@ -52,8 +52,9 @@ class Throughput:
   checkpointing) so that it does not count as step time.
   """
 
-  def __init__(self, *, flops_per_step: float, tokens_per_step: int,
-               peak_flops: float | None, total_steps: int):
+  def __init__(
+    self, *, flops_per_step: float, tokens_per_step: int, peak_flops: float | None, total_steps: int
+  ):
     self._flops_per_step = flops_per_step
     self._tokens_per_step = tokens_per_step
     self._peak_flops = peak_flops  # Of all devices together.
@@ -71,30 +72,31 @@ class Throughput:
     step_time = (time.perf_counter() - self._start_time) / steps
     flops_per_sec = self._flops_per_step / step_time
     return {
-        'step_time': step_time,
-        'tokens_per_sec': self._tokens_per_step / step_time,
-        'mfu': flops_per_sec / self._peak_flops if self._peak_flops else None,
-        'eta_seconds': (self._total_steps - step) * step_time,
+      'step_time': step_time,
+      'tokens_per_sec': self._tokens_per_step / step_time,
+      'mfu': flops_per_sec / self._peak_flops if self._peak_flops else None,
+      'eta_seconds': (self._total_steps - step) * step_time,
     }
 
 
 # Console: short label and format of the keys that have one.
 _CONSOLE = {
-    'loss': ('loss', '{:.4f}'),
-    'mlm_accuracy': ('mlm_acc', '{:.3f}'),
-    'sop_accuracy': ('sop_acc', '{:.3f}'),
-    'nsp_accuracy': ('nsp_acc', '{:.3f}'),
-    'learning_rate': ('lr', '{:.2e}'),
-    'grad_norm': ('grad_norm', '{:.3f}'),
-    'step_time': ('s/step', '{:.3f}'),
-    'tokens_per_sec': ('tok/s', '{:,.0f}'),
-    'mfu': ('mfu', '{:.2%}'),
+  'loss': ('loss', '{:.4f}'),
+  'mlm_accuracy': ('mlm_acc', '{:.3f}'),
+  'sop_accuracy': ('sop_acc', '{:.3f}'),
+  'nsp_accuracy': ('nsp_acc', '{:.3f}'),
+  'learning_rate': ('lr', '{:.2e}'),
+  'grad_norm': ('grad_norm', '{:.3f}'),
+  'step_time': ('s/step', '{:.3f}'),
+  'tokens_per_sec': ('tok/s', '{:,.0f}'),
+  'mfu': ('mfu', '{:.2%}'),
 }
 _CONSOLE_SKIP = ('mlm_loss', 'sop_loss', 'nsp_loss')
 
 
-def format_line(step: int, metrics: Mapping[str, float | None],
-                total_steps: int | None = None) -> str:
+def format_line(
+  step: int, metrics: Mapping[str, float | None], total_steps: int | None = None
+) -> str:
   """'step 10/300 | loss 7.1234 | mlm_acc 0.051 | ... | eta 0:00:34'."""
   parts = [f'step {step}' + (f'/{total_steps}' if total_steps else '')]
   known = [k for k in _CONSOLE if k in metrics]

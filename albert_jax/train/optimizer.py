@@ -32,14 +32,16 @@ from albert_jax import tree_paths
 from albert_jax.train.config import TrainConfig
 
 
-def learning_rate_schedule(
-    peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
   """Linear warmup 0 -> `peak` over `warmup_steps`, then linear decay to 0 at `total_steps`."""
   warmup_steps = min(warmup_steps, total_steps)
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, warmup_steps),
-       optax.linear_schedule(peak, 0.0, max(total_steps - warmup_steps, 1))],
-      boundaries=[warmup_steps])
+    [
+      optax.linear_schedule(0.0, peak, warmup_steps),
+      optax.linear_schedule(peak, 0.0, max(total_steps - warmup_steps, 1)),
+    ],
+    boundaries=[warmup_steps],
+  )
 
 
 def weight_decay_mask(params: Any, exclude: Sequence[str]) -> Any:
@@ -56,7 +58,8 @@ def weight_decay_mask(params: Any, exclude: Sequence[str]) -> Any:
     return leaf.replace_boxed(keep) if isinstance(leaf, nn.meta.AxisMetadata) else keep
 
   return jax.tree_util.tree_map_with_path(
-      decay, params, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    decay, params, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata)
+  )
 
 
 # The logical name of the leading param axis of stacked layers (model.py,
@@ -78,12 +81,13 @@ def logical_axes(boxed_params: Any) -> ParamAxes:
   from jax.eval_shape); leaves that are not boxed get ().
   """
   return jax.tree.map(
-      lambda x: tuple(x.names) if isinstance(x, nn.Partitioned) else (),
-      boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    lambda x: tuple(x.names) if isinstance(x, nn.Partitioned) else (),
+    boxed_params,
+    is_leaf=lambda x: isinstance(x, nn.Partitioned),
+  )
 
 
-def model_param_axes(model: nn.Module, *init_args: Any,
-                     **init_kwargs: Any) -> ParamAxes:
+def model_param_axes(model: nn.Module, *init_args: Any, **init_kwargs: Any) -> ParamAxes:
   """The logical axis names of `model`'s params, computing no param.
 
   `init_args` / `init_kwargs` are what `model.init` takes after its rng
@@ -113,13 +117,14 @@ def num_layer_axes(names: Sequence[str | None]) -> int:
 def _layer_axes_by_path(axes: ParamAxes) -> dict[str, int]:
   """{param path: number of leading layer axes} of a ParamAxes tree."""
   is_names = lambda x: isinstance(x, (tuple, jax.sharding.PartitionSpec))
-  return {tree_paths.path_str(path): num_layer_axes(names)
-          for path, names in jax.tree_util.tree_flatten_with_path(
-              axes, is_leaf=is_names)[0]}
+  return {
+    tree_paths.path_str(path): num_layer_axes(names)
+    for path, names in jax.tree_util.tree_flatten_with_path(axes, is_leaf=is_names)[0]
+  }
 
 
 def scale_by_layerwise_trust_ratio(
-    layer_axes: Mapping[str, int] | None = None
+  layer_axes: Mapping[str, int] | None = None,
 ) -> optax.GradientTransformation:
   """`optax.scale_by_trust_ratio` with one ratio per layer of stacked params.
 
@@ -148,18 +153,18 @@ def scale_by_layerwise_trust_ratio(
       name = tree_paths.path_str(path)
       if name not in layer_axes:
         raise ValueError(
-            f'param {name} is missing from param_axes: compute them from the '
-            'model being trained (optimizer.model_param_axes)')
+          f'param {name} is missing from param_axes: compute them from the '
+          'model being trained (optimizer.model_param_axes)'
+        )
       return scale(update, param, layer_axes[name])
 
     return jax.tree_util.tree_map_with_path(leaf, updates, params), state
 
-  return optax.GradientTransformation(lambda params: optax.EmptyState(),
-                                      update_fn)
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def optimizer_and_schedule(
-    train: TrainConfig, *, param_axes: ParamAxes | None = None
+  train: TrainConfig, *, param_axes: ParamAxes | None = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer of `config.train` and its learning rate schedule (warmup
   to train.learning_rate over train.warmup_steps, then decay to 0 at
@@ -170,15 +175,13 @@ def optimizer_and_schedule(
   are stacked layers; None treats every param as one variable, which is only
   right when no layer is stacked (sharing 'all', one group, one inner layer).
   """
-  schedule = learning_rate_schedule(train.learning_rate, train.warmup_steps,
-                                    train.num_steps)
+  schedule = learning_rate_schedule(train.learning_rate, train.warmup_steps, train.num_steps)
   return make_optimizer(train, schedule, param_axes=param_axes), schedule
 
 
 def make_optimizer(
-    train: TrainConfig,
-    schedule: optax.Schedule, *,
-    param_axes: ParamAxes | None = None) -> optax.GradientTransformation:
+  train: TrainConfig, schedule: optax.Schedule, *, param_axes: ParamAxes | None = None
+) -> optax.GradientTransformation:
   """The optimizer of `config.train` (optimizer 'lamb' | 'adamw') at learning
   rate `schedule`; `param_axes` as in `optimizer_and_schedule`."""
   mask = lambda params: weight_decay_mask(params, train.weight_decay_exclude)
@@ -186,18 +189,25 @@ def make_optimizer(
   if train.optimizer == 'lamb':
     layer_axes = None if param_axes is None else _layer_axes_by_path(param_axes)
     return optax.chain(
-        clip,
-        optax.scale_by_adam(b1=train.b1, b2=train.b2, eps=train.eps),
-        optax.add_decayed_weights(train.weight_decay, mask),
-        optax.masked(scale_by_layerwise_trust_ratio(layer_axes), mask),
-        optax.scale_by_learning_rate(schedule),
+      clip,
+      optax.scale_by_adam(b1=train.b1, b2=train.b2, eps=train.eps),
+      optax.add_decayed_weights(train.weight_decay, mask),
+      optax.masked(scale_by_layerwise_trust_ratio(layer_axes), mask),
+      optax.scale_by_learning_rate(schedule),
     )
   if train.optimizer == 'adamw':
     # Elementwise: stacked layers need nothing of their own.
     return optax.chain(
-        clip,
-        optax.adamw(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
-                    weight_decay=train.weight_decay, mask=mask),
+      clip,
+      optax.adamw(
+        schedule,
+        b1=train.b1,
+        b2=train.b2,
+        eps=train.eps,
+        weight_decay=train.weight_decay,
+        mask=mask,
+      ),
     )
   raise ValueError(
-      f"unknown optimizer {train.optimizer!r}: set --config.train.optimizer to 'lamb' or 'adamw'")
+    f"unknown optimizer {train.optimizer!r}: set --config.train.optimizer to 'lamb' or 'adamw'"
+  )

@@ -29,6 +29,7 @@ from albert_jax.train.config import TrainConfig
 @dataclasses.dataclass(frozen=True)
 class Run:
   """A model and its objective, compiled for a mesh."""
+
   mesh: jax.sharding.Mesh
   rules: mesh_lib.LogicalRules
   batch_sharding: jax.sharding.NamedSharding  # Of global batches [batch, ...].
@@ -44,72 +45,105 @@ class Run:
 
   @property
   def num_params(self) -> int:
-    return sum(math.prod(x.shape)
-               for x in jax.tree.leaves(self.initial.abstract.params))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(self.initial.abstract.params))
 
   def place_params(self, params: Any) -> Any:
     """`params` (host or device arrays) laid out on the mesh as the run's."""
     return jax.device_put(params, self.initial.shardings.params)
 
-  def evaluate(self, params: Any, batches: Iterable[dict[str, Any]]
-               ) -> dict[str, float]:
+  def evaluate(self, params: Any, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
     """The objective's metrics summed over this process's `batches`."""
     sums = None
     with mesh_lib.activate(self.mesh, self.rules):
       for local in batches:
-        batch_sums = self.eval_step(
-            params, pipeline.make_global_batch(local, self.batch_sharding))
-        sums = batch_sums if sums is None else jax.tree.map(
-            jnp.add, sums, batch_sums)
+        batch_sums = self.eval_step(params, pipeline.make_global_batch(local, self.batch_sharding))
+        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     metrics = jax.device_get(self.objective.summarize(sums))
-    return {**{k: float(v) for k, v in metrics.items()},
-            'examples': float(sums['examples'])}
+    return {**{k: float(v) for k, v in metrics.items()}, 'examples': float(sums['examples'])}
 
 
-def assemble(model: nn.Module, init_inputs: Sequence[jax.Array],
-             objective: step_lib.Objective, *, mesh: jax.sharding.Mesh,
-             rules: mesh_lib.LogicalRules, train: TrainConfig | None,
-             flops_per_example: float = 0.0, tokens_per_example: int = 0,
-             batch_factor: int = 1) -> Run:
+def assemble(
+  model: nn.Module,
+  init_inputs: Sequence[jax.Array],
+  objective: step_lib.Objective,
+  *,
+  mesh: jax.sharding.Mesh,
+  rules: mesh_lib.LogicalRules,
+  train: TrainConfig | None,
+  flops_per_example: float = 0.0,
+  tokens_per_example: int = 0,
+  batch_factor: int = 1,
+) -> Run:
   """The run of `model` (whose init takes `init_inputs`, batch of 1).
 
   Args:
     objective: what the train and eval steps compute.
     mesh, rules: where the state and batches live.
-    train: optimisation settings; None for evaluation only (no optimizer
-      state, no train step).
+    train: optimisation settings; None for evaluation only (no train step).
     flops_per_example, tokens_per_example: for throughput and MFU.
     batch_factor: the batch must also split this many ways (fine-tuning
       feeds each process an equal share of every micro-batch).
-  Raises:
-    UsageError: a batch or a parameter that does not split over the mesh.
+  Raises UsageError for a batch or a parameter that does not split.
   """
-  if train is None:
-    optimizer, schedule, seed = optax.identity(), None, 0
-  else:
-    mesh_lib.check_batch_split(train.batch_size, train.grad_accum_steps, mesh,
-                               rules, factor=batch_factor)
-    if train.batch_size % jax.process_count():
-      raise UsageError(f'train.batch_size={train.batch_size} does not split '
-                       f'over {jax.process_count()} processes')
-    optimizer, schedule = optimizer_lib.optimizer_and_schedule(
-        train, param_axes=optimizer_lib.model_param_axes(model, *init_inputs))
-    seed = train.seed
-  initial = state_lib.initial_state(model, init_inputs, optimizer=optimizer,
-                                    seed=seed, mesh=mesh, rules=rules)
+  optimizer, schedule = _optimizer(model, init_inputs, train, mesh, rules, batch_factor)
+  initial = state_lib.initial_state(
+    model, init_inputs, optimizer=optimizer, seed=train.seed if train else 0, mesh=mesh, rules=rules
+  )
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   replicated = mesh_lib.replicated(mesh)
-  train_step = None if train is None else jax.jit(
-      functools.partial(step_lib.train_step, objective=objective,
-                        optimizer=optimizer, schedule=schedule,
-                        grad_accum_steps=train.grad_accum_steps),
+  train_step = None
+  if train is not None:
+    step = functools.partial(
+      step_lib.train_step,
+      objective=objective,
+      optimizer=optimizer,
+      schedule=schedule,
+      grad_accum_steps=train.grad_accum_steps,
+    )
+    train_step = jax.jit(
+      step,
       in_shardings=(initial.shardings, batch_sharding),
-      out_shardings=(initial.shardings, replicated), donate_argnums=0)
+      out_shardings=(initial.shardings, replicated),
+      donate_argnums=0,
+    )
   eval_step = jax.jit(
-      functools.partial(step_lib.eval_step, objective=objective),
-      in_shardings=(initial.shardings.params, batch_sharding),
-      out_shardings=replicated)
-  return Run(mesh=mesh, rules=rules, batch_sharding=batch_sharding,
-             objective=objective, initial=initial, train_step=train_step,
-             eval_step=eval_step, flops_per_example=flops_per_example,
-             tokens_per_example=tokens_per_example)
+    functools.partial(step_lib.eval_step, objective=objective),
+    in_shardings=(initial.shardings.params, batch_sharding),
+    out_shardings=replicated,
+  )
+  return Run(
+    mesh=mesh,
+    rules=rules,
+    batch_sharding=batch_sharding,
+    objective=objective,
+    initial=initial,
+    train_step=train_step,
+    eval_step=eval_step,
+    flops_per_example=flops_per_example,
+    tokens_per_example=tokens_per_example,
+  )
+
+
+def _optimizer(
+  model: nn.Module,
+  init_inputs: Sequence[jax.Array],
+  train: TrainConfig | None,
+  mesh: jax.sharding.Mesh,
+  rules: mesh_lib.LogicalRules,
+  batch_factor: int,
+) -> tuple[optax.GradientTransformation, optax.Schedule | None]:
+  """The optimizer and schedule of `train` (none for evaluation), once the
+  batch is known to split over the mesh and the processes."""
+  if train is None:
+    return optax.identity(), None
+  mesh_lib.check_batch_split(
+    train.batch_size, train.grad_accum_steps, mesh, rules, factor=batch_factor
+  )
+  if train.batch_size % jax.process_count():
+    raise UsageError(
+      f'train.batch_size={train.batch_size} does not split over {jax.process_count()} processes'
+    )
+  # LAMB's trust ratio is per layer: it needs to know which axes stack layers.
+  return optimizer_lib.optimizer_and_schedule(
+    train, param_axes=optimizer_lib.model_param_axes(model, *init_inputs)
+  )

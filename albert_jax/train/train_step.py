@@ -19,8 +19,8 @@ each micro-batch is normalised by the totals of the whole batch, so the summed
 gradients equal those of the full batch, not a mean of per-micro-batch means.
 """
 
-from collections.abc import Callable, Mapping
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import flax
@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -37,6 +36,7 @@ Metrics = dict[str, jax.Array]
 @flax.struct.dataclass
 class TrainState:
   """Everything a checkpoint holds besides the data iterator."""
+
   step: jax.Array  # [] int32, optimizer updates done.
   params: Any
   opt_state: Any
@@ -55,21 +55,19 @@ def loss_sums(outputs: Mapping[str, jax.Array], batch: Batch) -> Metrics:
   """
   weights = batch['masked_lm_weights'].astype(jnp.float32)
   mlm_logits = outputs['mlm_logits'].astype(jnp.float32)
-  mlm_ce = optax.softmax_cross_entropy_with_integer_labels(
-      mlm_logits, batch['masked_lm_ids'])
+  mlm_ce = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch['masked_lm_ids'])
   mlm_hit = jnp.argmax(mlm_logits, -1) == batch['masked_lm_ids']
   sentence_logits = outputs['sentence_logits'].astype(jnp.float32)
   labels = batch['sentence_order_label']
-  sentence_ce = optax.softmax_cross_entropy_with_integer_labels(
-      sentence_logits, labels)
+  sentence_ce = optax.softmax_cross_entropy_with_integer_labels(sentence_logits, labels)
   sentence_hit = jnp.argmax(sentence_logits, -1) == labels
   return {
-      'mlm_loss': jnp.sum(weights * mlm_ce),
-      'mlm_correct': jnp.sum(weights * mlm_hit),
-      'mlm_weight': jnp.sum(weights),
-      'sentence_loss': jnp.sum(sentence_ce),
-      'sentence_correct': jnp.sum(sentence_hit.astype(jnp.float32)),
-      'examples': jnp.asarray(labels.shape[0], jnp.float32),
+    'mlm_loss': jnp.sum(weights * mlm_ce),
+    'mlm_correct': jnp.sum(weights * mlm_hit),
+    'mlm_weight': jnp.sum(weights),
+    'sentence_loss': jnp.sum(sentence_ce),
+    'sentence_correct': jnp.sum(sentence_hit.astype(jnp.float32)),
+    'examples': jnp.asarray(labels.shape[0], jnp.float32),
   }
 
 
@@ -81,14 +79,13 @@ def summarize(sums: Mapping[str, jax.Array], sentence_objective: str) -> Metrics
   """
   mlm_weight = jnp.maximum(sums['mlm_weight'], 1.0)
   metrics = {
-      'mlm_loss': sums['mlm_loss'] / mlm_weight,
-      'mlm_accuracy': sums['mlm_correct'] / mlm_weight,
+    'mlm_loss': sums['mlm_loss'] / mlm_weight,
+    'mlm_accuracy': sums['mlm_correct'] / mlm_weight,
   }
   loss = metrics['mlm_loss']
   if sentence_objective != 'none':
     metrics[f'{sentence_objective}_loss'] = sums['sentence_loss'] / sums['examples']
-    metrics[f'{sentence_objective}_accuracy'] = (
-        sums['sentence_correct'] / sums['examples'])
+    metrics[f'{sentence_objective}_accuracy'] = sums['sentence_correct'] / sums['examples']
     loss = loss + metrics[f'{sentence_objective}_loss']
   metrics['loss'] = loss
   return metrics
@@ -97,8 +94,7 @@ def summarize(sums: Mapping[str, jax.Array], sentence_objective: str) -> Metrics
 class Objective(Protocol):
   """A model and its loss, as the train and eval steps see them."""
 
-  def sums(self, params: Any, batch: Batch,
-           dropout_rng: jax.Array | None) -> Metrics:
+  def sums(self, params: Any, batch: Batch, dropout_rng: jax.Array | None) -> Metrics:
     """Float32 scalar sums over the examples of `batch` (None: no dropout)."""
 
   def normalizers(self, batch: Batch) -> Metrics:
@@ -114,22 +110,27 @@ class Objective(Protocol):
 @dataclasses.dataclass(frozen=True)
 class PretrainingObjective:
   """MLM + sentence objective ('sop' | 'nsp' | 'none') of AlbertForPreTraining."""
+
   model: nn.Module
   sentence_objective: str
 
-  def sums(self, params: Any, batch: Batch,
-           dropout_rng: jax.Array | None) -> Metrics:
+  def sums(self, params: Any, batch: Batch, dropout_rng: jax.Array | None) -> Metrics:
     outputs = self.model.apply(
-        {'params': params}, batch['input_ids'], batch['input_mask'],
-        batch['segment_ids'], batch['masked_lm_positions'],
-        deterministic=dropout_rng is None,
-        rngs=None if dropout_rng is None else {'dropout': dropout_rng})
+      {'params': params},
+      batch['input_ids'],
+      batch['input_mask'],
+      batch['segment_ids'],
+      batch['masked_lm_positions'],
+      deterministic=dropout_rng is None,
+      rngs=None if dropout_rng is None else {'dropout': dropout_rng},
+    )
     return loss_sums(outputs, batch)
 
   def normalizers(self, batch: Batch) -> Metrics:
-    return {'mlm_weight': jnp.maximum(
-                jnp.sum(batch['masked_lm_weights'].astype(jnp.float32)), 1.0),
-            'examples': jnp.asarray(batch['input_ids'].shape[0], jnp.float32)}
+    return {
+      'mlm_weight': jnp.maximum(jnp.sum(batch['masked_lm_weights'].astype(jnp.float32)), 1.0),
+      'examples': jnp.asarray(batch['input_ids'].shape[0], jnp.float32),
+    }
 
   def loss(self, sums: Metrics, normalizers: Metrics) -> jax.Array:
     loss = sums['mlm_loss'] / normalizers['mlm_weight']
@@ -147,16 +148,23 @@ def _micro_batches(batch: Batch, num: int) -> Batch:
   Strided rather than contiguous, so each device's shard of the batch holds
   an equal part of every micro-batch and no data moves between devices.
   """
+
   def split(x):
     x = x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
     return nn.with_logical_constraint(x, (None, 'batch') + (None,) * (x.ndim - 2))
+
   return jax.tree.map(split, batch)
 
 
-def train_step(state: TrainState, batch: Batch, *, objective: Objective,
-               optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule,
-               grad_accum_steps: int) -> tuple[TrainState, Metrics]:
+def train_step(
+  state: TrainState,
+  batch: Batch,
+  *,
+  objective: Objective,
+  optimizer: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  grad_accum_steps: int,
+) -> tuple[TrainState, Metrics]:
   """One optimizer update on a global batch [B, ...]; metrics are scalars."""
   # Normalisers of the whole batch, so micro-batch gradients simply add up.
   normalizers = objective.normalizers(batch)
@@ -170,24 +178,30 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
     grads, sums = carry
     index, micro = xs
     (_, micro_sums), micro_grads = jax.value_and_grad(micro_loss, has_aux=True)(
-        state.params, micro, jax.random.fold_in(step_rng, index))
-    return (jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads, micro_grads),
-            jax.tree.map(jnp.add, sums, micro_sums)), None
+      state.params, micro, jax.random.fold_in(step_rng, index)
+    )
+    return (
+      jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads, micro_grads),
+      jax.tree.map(jnp.add, sums, micro_sums),
+    ), None
 
   micro_batches = _micro_batches(batch, grad_accum_steps)
   # Gradients add up in float32 whatever the parameter dtype.
   zeros = jax.tree.map(
-      lambda x: jnp.zeros(x.shape, jnp.float32),
-      (state.params,
-       jax.eval_shape(objective.sums, state.params,
-                      jax.tree.map(lambda x: x[0], micro_batches), step_rng)))
-  (grads, sums), _ = jax.lax.scan(
-      accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
+    lambda x: jnp.zeros(x.shape, jnp.float32),
+    (
+      state.params,
+      jax.eval_shape(
+        objective.sums, state.params, jax.tree.map(lambda x: x[0], micro_batches), step_rng
+      ),
+    ),
+  )
+  (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
 
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   new_state = state.replace(
-      step=state.step + 1, params=optax.apply_updates(state.params, updates),
-      opt_state=opt_state)
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  )
   metrics = objective.summarize(sums)
   metrics['grad_norm'] = optax.tree.norm(grads)
   metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)

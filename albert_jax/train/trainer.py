@@ -24,11 +24,11 @@ from jax.experimental import multihost_utils
 from albert_jax import flops
 from albert_jax import pretrained as pretrained_lib
 from albert_jax.data import pipeline
+from albert_jax.data.config import DataConfig
 from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import UsageError
 from albert_jax.model import AlbertForPreTraining
-from albert_jax.train import distributed
-from albert_jax.train import loop
+from albert_jax.train import distributed, loop
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import run as run_lib
 from albert_jax.train import state as state_lib
@@ -36,8 +36,9 @@ from albert_jax.train import train_step as step_lib
 from albert_jax.train.config import PretrainConfig
 
 
-def train(config: PretrainConfig, workdir: str, *,
-          devices: Sequence[jax.Device] | None = None) -> loop.RunResult:
+def train(
+  config: PretrainConfig, workdir: str, *, devices: Sequence[jax.Device] | None = None
+) -> loop.RunResult:
   """Pretrains `config` in `workdir`, resuming from its latest checkpoint.
 
   A preemption notice (SIGTERM) stops it after the next step, checkpointed.
@@ -52,28 +53,19 @@ def train(config: PretrainConfig, workdir: str, *,
   """
   with distributed.PreemptionWatcher() as preemption:
     # ---------------------------------------------------------------- 1. Run
-    data = config.data
-    mesh = mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices)
-    model = AlbertForPreTraining(config.model)
-    run = run_lib.assemble(
-        model, state_lib.pretraining_inputs(data.max_seq_length,
-                                            data.max_predictions_per_seq),
-        step_lib.PretrainingObjective(model, data.sentence_objective),
-        mesh=mesh, rules=config.sharding_rules, train=config.train,
-        flops_per_example=flops.train_flops_per_example(
-            config.model, data.max_seq_length, data.max_predictions_per_seq),
-        tokens_per_example=data.max_seq_length)
+    run = _run(config, devices)
     os.makedirs(workdir, exist_ok=True)
-    loop.log(f'mesh {mesh_lib.describe(mesh)}; workdir {workdir}')
+    loop.log(f'mesh {mesh_lib.describe(run.mesh)}; workdir {workdir}')
 
     # ---------------------------------------------------------------- 2. Data
+    data = config.data
     if config.init_from and not data.vocab:
       data = dataclasses.replace(data, vocab=config.init_from)  # Its own vocabulary.
     tokenizer = _tokenizer(data, config.model.vocab_size, workdir)
     corpus = pipeline.load_corpus(data, tokenizer)
     batches = lambda documents, shuffle: pipeline.make_pretraining_dataset(
-        documents, data, tokenizer, global_batch_size=config.train.batch_size,
-        shuffle=shuffle)
+      documents, data, tokenizer, global_batch_size=config.train.batch_size, shuffle=shuffle
+    )
     train_iter = iter(batches(corpus.train, True))
     loop.log(f'model {config.preset}: {run.num_params:,} parameters')
 
@@ -88,42 +80,64 @@ def train(config: PretrainConfig, workdir: str, *,
     def evaluate(params: Any) -> dict[str, float]:
       """Mean metrics over the first eval_steps batches of the held-out split."""
       eval_iter = iter(batches(corpus.eval, False))
-      return run.evaluate(
-          params, (next(eval_iter) for _ in range(config.train.eval_steps)))
+      return run.evaluate(params, (next(eval_iter) for _ in range(config.train.eval_steps)))
 
     # ---------------------------------------------------------------- 4. Loop
-    return loop.train(run, config, workdir, train_iter=train_iter, fresh=fresh,
-                      evaluate=None if corpus.eval is None else evaluate,
-                      preemption=preemption,
-                      model_changes=lambda: _model_changes(workdir, config))
+    return loop.train(
+      run,
+      config,
+      workdir,
+      train_iter=train_iter,
+      fresh=fresh,
+      evaluate=None if corpus.eval is None else evaluate,
+      preemption=preemption,
+      model_changes=lambda: _model_changes(workdir, config),
+    )
 
 
-def _tokenizer(data: Any, vocab_size: int, workdir: str) -> Tokenizer:
+def _run(config: PretrainConfig, devices: Sequence[jax.Device] | None) -> run_lib.Run:
+  """AlbertForPreTraining and its MLM + sentence objective on the mesh."""
+  data = config.data
+  mesh = mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices)
+  model = AlbertForPreTraining(config.model)
+  return run_lib.assemble(
+    model,
+    state_lib.pretraining_inputs(data.max_seq_length, data.max_predictions_per_seq),
+    step_lib.PretrainingObjective(model, data.sentence_objective),
+    mesh=mesh,
+    rules=config.sharding_rules,
+    train=config.train,
+    flops_per_example=flops.train_flops_per_example(
+      config.model, data.max_seq_length, data.max_predictions_per_seq
+    ),
+    tokens_per_example=data.max_seq_length,
+  )
+
+
+def _tokenizer(data: DataConfig, vocab_size: int, workdir: str) -> Tokenizer:
   """The run's tokenizer; process 0 trains it (if needed) before the others
   load it."""
   if jax.process_index() == 0:
-    tokenizer = pipeline.load_or_train_tokenizer(data, vocab_size=vocab_size,
-                                                 workdir=workdir)
+    tokenizer = pipeline.load_or_train_tokenizer(data, vocab_size=vocab_size, workdir=workdir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('tokenizer')
   if jax.process_index() != 0:
-    tokenizer = pipeline.load_or_train_tokenizer(data, vocab_size=vocab_size,
-                                                 workdir=workdir)
+    tokenizer = pipeline.load_or_train_tokenizer(data, vocab_size=vocab_size, workdir=workdir)
   return tokenizer
 
 
-def _init_from(config: PretrainConfig, tokenizer: Tokenizer,
-               abstract_params: Any) -> Any:
+def _init_from(config: PretrainConfig, tokenizer: Tokenizer, abstract_params: Any) -> Any:
   """The params of the exported model config.init_from, checked against
   this run's model config, vocabulary and param shapes."""
   source = config.init_from
   pretrained = pretrained_lib.load_pretrained(source)
   pretrained_lib.check_architecture(pretrained.config, config.model, source=source)
-  params = pretrained_lib.matching_params(pretrained.params, abstract_params,
-                                          source=source)
+  params = pretrained_lib.matching_params(pretrained.params, abstract_params, source=source)
   if pretrained.tokenizer.fingerprint != tokenizer.fingerprint:
-    raise UsageError(f'data.vocab is not the vocabulary of init_from {source}: '
-                     'leave --config.data.vocab empty to use the model\'s own')
+    raise UsageError(
+      f'data.vocab is not the vocabulary of init_from {source}: '
+      "leave --config.data.vocab empty to use the model's own"
+    )
   return params
 
 
@@ -135,5 +149,6 @@ def _model_changes(workdir: str, config: PretrainConfig) -> str:
   with open(path) as f:
     saved = json.load(f).get('model', {})
   now = dataclasses.asdict(config.model)
-  return ', '.join(f'model.{k} {saved[k]} -> {v}' for k, v in now.items()
-                   if k in saved and saved[k] != v)
+  return ', '.join(
+    f'model.{k} {saved[k]} -> {v}' for k, v in now.items() if k in saved and saved[k] != v
+  )

@@ -15,10 +15,18 @@ _SHARING = (('none', 'not-shared'), ('all', 'all-shared'))
 def get_sweep(scale: str) -> Sweep:
   check_scale(scale)
   variants = tuple(
-      Variant(name=f'{sharing}-E{size}', group=f'ALBERT {scale} {label}',
-              label=f'E={size}',
-              overrides={'model.sharing': sharing, 'model.embedding_size': size})
-      for sharing, label in _SHARING for size in _EMBEDDING_SIZES[scale])
-  return Sweep(name='embedding_size',
-               title='Table 3, the effect of vocabulary embedding size',
-               preset=scale, variants=variants)
+    Variant(
+      name=f'{sharing}-E{size}',
+      group=f'ALBERT {scale} {label}',
+      label=f'E={size}',
+      overrides={'model.sharing': sharing, 'model.embedding_size': size},
+    )
+    for sharing, label in _SHARING
+    for size in _EMBEDDING_SIZES[scale]
+  )
+  return Sweep(
+    name='embedding_size',
+    title='Table 3, the effect of vocabulary embedding size',
+    preset=scale,
+    variants=variants,
+  )

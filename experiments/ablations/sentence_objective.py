@@ -12,9 +12,17 @@ _OBJECTIVES = (('none', 'None'), ('nsp', 'NSP'), ('sop', 'SOP'))
 def get_sweep(scale: str) -> Sweep:
   check_scale(scale)
   variants = tuple(
-      Variant(name=objective, group=f'ALBERT {scale}', label=label,
-              overrides={'data.sentence_objective': objective})
-      for objective, label in _OBJECTIVES)
-  return Sweep(name='sentence_objective',
-               title='Table 5, the effect of sentence-prediction loss',
-               preset=scale, variants=variants)
+    Variant(
+      name=objective,
+      group=f'ALBERT {scale}',
+      label=label,
+      overrides={'data.sentence_objective': objective},
+    )
+    for objective, label in _OBJECTIVES
+  )
+  return Sweep(
+    name='sentence_objective',
+    title='Table 5, the effect of sentence-prediction loss',
+    preset=scale,
+    variants=variants,
+  )

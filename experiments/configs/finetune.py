@@ -18,26 +18,24 @@ from experiments.configs import pretrain
 
 # name: (task, train source, eval source, text feature, max_seq_length)
 _PRESETS = {
-    'classification': ('classification', '', '', 'text', 128),
-    'sst2': ('classification', 'tfds:glue/sst2:train',
-             'tfds:glue/sst2:validation', 'sentence', 128),
-    'imdb': ('classification', 'tfds:imdb_reviews:train',
-             'tfds:imdb_reviews:test', 'text', 512),
-    'span_qa': ('span_qa', '', '', 'text', 384),
+  'classification': ('classification', '', '', 'text', 128),
+  'sst2': ('classification', 'tfds:glue/sst2:train', 'tfds:glue/sst2:validation', 'sentence', 128),
+  'imdb': ('classification', 'tfds:imdb_reviews:train', 'tfds:imdb_reviews:test', 'text', 512),
+  'span_qa': ('span_qa', '', '', 'text', 384),
 }
 
 
 def get_config(arg: str = 'classification') -> ml_collections.ConfigDict:
   """The fine-tuning config of preset `arg`."""
   if arg not in _PRESETS:
-    raise ValueError(f'unknown fine-tuning task {arg!r}: choose one of '
-                     f'{", ".join(_PRESETS)}')
+    raise ValueError(f'unknown fine-tuning task {arg!r}: choose one of {", ".join(_PRESETS)}')
   task, train, evaluation, text_feature, max_seq_length = _PRESETS[arg]
   config = ml_collections.ConfigDict()
   config.preset = arg
   config.task = task  # 'classification' | 'span_qa'
 
-  config.data = ml_collections.ConfigDict(dict(
+  config.data = ml_collections.ConfigDict(
+    dict(
       train=train,
       # Empty: no evaluation.
       eval=evaluation,
@@ -53,25 +51,29 @@ def get_config(arg: str = 'classification') -> ml_collections.ConfigDict:
       max_query_length=64,
       max_answer_length=30,
       seed=0,
-  ))
+    )
+  )
 
   # Run-time settings of the exported model (its architecture is fixed). The
   # backbone keeps the model's own dropout (0 for ALBERT v2), as the original
   # run_classifier / run_squad do; classification adds 0.1 dropout on the
   # pooled output only (AlbertForSequenceClassification).
-  config.model = ml_collections.ConfigDict(dict(
+  config.model = ml_collections.ConfigDict(
+    dict(
       dtype='float32',
       remat_policy='none',
-  ))
+    )
+  )
 
   squad = task == 'span_qa'
   config.train = pretrain.train_config(
-      batch_size=48 if squad else 32,
-      num_steps=3649 if squad else 20935,
-      optimizer='adamw',
-      learning_rate=5e-5 if squad else 1e-5,
-      warmup_steps=365 if squad else 1256,
-      log_every=100,
-      eval_every=1000)
+    batch_size=48 if squad else 32,
+    num_steps=3649 if squad else 20935,
+    optimizer='adamw',
+    learning_rate=5e-5 if squad else 1e-5,
+    warmup_steps=365 if squad else 1256,
+    log_every=100,
+    eval_every=1000,
+  )
   pretrain.add_run_blocks(config, checkpoint_every=1000, checkpoint_keep=1)
   return config

@@ -13,13 +13,13 @@ from albert_jax.train import mesh as mesh_lib
 
 # name: (hidden, layers, heads, intermediate, embedding, sharing)
 _SIZES = {
-    'tiny': (64, 4, 4, 256, 32, 'all'),
-    'base': (768, 12, 12, 3072, 128, 'all'),
-    'large': (1024, 24, 16, 4096, 128, 'all'),
-    'xlarge': (2048, 24, 16, 8192, 128, 'all'),
-    'xxlarge': (4096, 12, 64, 16384, 128, 'all'),
-    'bert_base': (768, 12, 12, 3072, 768, 'none'),
-    'bert_large': (1024, 24, 16, 4096, 1024, 'none'),
+  'tiny': (64, 4, 4, 256, 32, 'all'),
+  'base': (768, 12, 12, 3072, 128, 'all'),
+  'large': (1024, 24, 16, 4096, 128, 'all'),
+  'xlarge': (2048, 24, 16, 8192, 128, 'all'),
+  'xxlarge': (4096, 12, 64, 16384, 128, 'all'),
+  'bert_base': (768, 12, 12, 3072, 768, 'none'),
+  'bert_large': (1024, 24, 16, 4096, 1024, 'none'),
 }
 
 
@@ -27,7 +27,8 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   """The `config.model` block of preset `name`."""
   hidden, layers, heads, ffn, embedding, sharing = _SIZES[name]
   tiny = name == 'tiny'
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       vocab_size=2000 if tiny else 30000,
       embedding_size=embedding,
       hidden_size=hidden,
@@ -48,15 +49,25 @@ def model_config(name: str) -> ml_collections.ConfigDict:
       param_dtype='float32',
       remat_policy='none',
       scan=True,
-  ))
+    )
+  )
 
 
-def train_config(*, batch_size: int, num_steps: int, optimizer: str,
-                 learning_rate: float, warmup_steps: int, log_every: int,
-                 eval_every: int, **more) -> ml_collections.ConfigDict:
+def train_config(
+  *,
+  batch_size: int,
+  num_steps: int,
+  optimizer: str,
+  learning_rate: float,
+  warmup_steps: int,
+  log_every: int,
+  eval_every: int,
+  **more,
+) -> ml_collections.ConfigDict:
   """A `config.train` block: these settings, `more` after eval_every, and
   the defaults shared with fine-tuning."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       batch_size=batch_size,  # global, over all processes
       grad_accum_steps=1,
       num_steps=num_steps,
@@ -77,17 +88,21 @@ def train_config(*, batch_size: int, num_steps: int, optimizer: str,
       **more,
       # Peak FLOP/s per device for MFU; 0: looked up from the device kind.
       peak_flops_per_device=0.0,
-  ))
+    )
+  )
 
 
-def add_run_blocks(config: ml_collections.ConfigDict, *, checkpoint_every: int,
-                   checkpoint_keep: int) -> None:
+def add_run_blocks(
+  config: ml_collections.ConfigDict, *, checkpoint_every: int, checkpoint_keep: int
+) -> None:
   """Sets `config.checkpoint`, `config.mesh` (all devices on 'data') and
   `config.sharding_rules`."""
-  config.checkpoint = ml_collections.ConfigDict(dict(
+  config.checkpoint = ml_collections.ConfigDict(
+    dict(
       every_steps=checkpoint_every,
       keep=checkpoint_keep,
-  ))
+    )
+  )
   # -1 takes the devices left over by the other axes.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sharding_rules = mesh_lib.DEFAULT_RULES
@@ -96,14 +111,14 @@ def add_run_blocks(config: ml_collections.ConfigDict, *, checkpoint_every: int,
 def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   """Returns the full pretraining config of preset `arg`."""
   if arg not in _SIZES:
-    raise ValueError(
-        f'unknown preset {arg!r}: choose one of {", ".join(_SIZES)}')
+    raise ValueError(f'unknown preset {arg!r}: choose one of {", ".join(_SIZES)}')
   tiny = arg == 'tiny'
   config = ml_collections.ConfigDict()
   config.preset = arg
   config.model = model_config(arg)
 
-  config.data = ml_collections.ConfigDict(dict(
+  config.data = ml_collections.ConfigDict(
+    dict(
       # 'builtin' | 'text:GLOB' | 'tfds:NAME[/CONFIG][:SPLIT]' | 'prepared:DIR'.
       source='builtin',
       text_feature='text',
@@ -127,20 +142,21 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       num_workers=0,
       # Batches prepared ahead (per worker, or on a thread when 0 workers).
       prefetch_buffer_size=2,
-  ))
+    )
+  )
 
   config.train = train_config(
-      batch_size=16 if tiny else 4096,
-      num_steps=600 if tiny else 125000,
-      optimizer='lamb',
-      # LAMB's step is relative to each weight's norm: a tiny model takes a large one.
-      learning_rate=2e-2 if tiny else 0.00176,
-      warmup_steps=60 if tiny else 3125,
-      log_every=20 if tiny else 100,
-      eval_every=200 if tiny else 5000,
-      eval_steps=4 if tiny else 50)
-  add_run_blocks(config, checkpoint_every=200 if tiny else 5000,
-                 checkpoint_keep=3)
+    batch_size=16 if tiny else 4096,
+    num_steps=600 if tiny else 125000,
+    optimizer='lamb',
+    # LAMB's step is relative to each weight's norm: a tiny model takes a large one.
+    learning_rate=2e-2 if tiny else 0.00176,
+    warmup_steps=60 if tiny else 3125,
+    log_every=20 if tiny else 100,
+    eval_every=200 if tiny else 5000,
+    eval_steps=4 if tiny else 50,
+  )
+  add_run_blocks(config, checkpoint_every=200 if tiny else 5000, checkpoint_keep=3)
 
   # A directory written by `launch.export` (flax format): start from its params.
   config.init_from = ''
