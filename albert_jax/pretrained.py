@@ -132,7 +132,7 @@ def load_pretrained(directory: str) -> Pretrained:
       config = ModelConfig.from_config(json.load(f))
   except (ValueError, TypeError) as e:
     raise ExportError(f'{config_path}: {e}') from None
-  flat = safetensors.numpy.load_file(params_path)
+  flat = _load_safetensors(params_path)
   params = traverse_util.unflatten_dict(flat, sep='/')
   params = matching_params(params, param_shapes(config), source=directory, cast=False)
   return Pretrained(config, params, Tokenizer.load(directory))
@@ -202,7 +202,7 @@ def load_hf(directory: str) -> Pretrained:
     raise ExportError(f'{config_path}: cannot read {e}') from None
   state_dict = {}
   for path in _weight_files(directory):
-    state_dict.update(safetensors.numpy.load_file(path))
+    state_dict.update(_load_safetensors(path))
   try:
     params = hf.from_hf_state_dict(state_dict, config)
   except ValueError as e:
@@ -310,6 +310,14 @@ def _new_directory(directory: str) -> Iterator[str]:
     os.rename(partial, directory)
   finally:
     shutil.rmtree(partial, ignore_errors=True)
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+  """The tensors of `path`; ExportError for a truncated or foreign file."""
+  try:
+    return safetensors.numpy.load_file(path)
+  except (safetensors.SafetensorError, OSError) as e:
+    raise ExportError(f'{path} is not a readable safetensors file ({e})') from None
 
 
 def _save_safetensors(

@@ -18,6 +18,9 @@ with a warning.
 """
 
 import dataclasses
+import errno
+import logging as std_logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -139,6 +142,10 @@ def format_config(config: config_dict.ConfigDict) -> str:
   )
 
 
+def _not_orbax(record: std_logging.LogRecord) -> bool:
+  return f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
 def _main(
   main: Callable[[list[str]], int | None],
   argv: list[str],
@@ -151,8 +158,11 @@ def _main(
     if not takes_arguments and len(argv) > 1:
       raise UsageError(f'unexpected argument {argv[1]!r}; flags look like --name=value')
     if not flags.FLAGS['verbosity'].present:
-      # Warnings and errors only (orbax logs every save at INFO).
+      # Warnings and errors only (orbax logs every save at INFO). Orbax's own
+      # error logs go too: its failures reach the library as exceptions, which
+      # end as one line here, and its logs would repeat them with tracebacks.
       logging.set_verbosity(logging.WARNING)
+      logging.get_absl_handler().addFilter(_not_orbax)
     if config is not None:
       if flags.FLAGS.config is not None and config.resolve is not None:
         config.resolve(flags.FLAGS.config)
@@ -164,6 +174,10 @@ def _main(
     return main(argv)
   except AlbertError as e:
     _exit(str(e))
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    _exit(f'no space left on device: {e.filename or e}')
 
 
 def _parse(argv: list[str], config: Config | None) -> list[str]:

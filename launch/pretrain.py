@@ -56,7 +56,7 @@ def main(argv: Sequence[str]) -> None:
   result = trainer.train(config, workdir)
   if jax.process_index() != 0:
     return
-  if result.train_metrics:
+  if result.train_metrics and not result.preempted:
     print(f'finished at step {result.step}: loss {result.train_metrics["loss"]:.4f}')
   print(
     f'checkpoints: {result.checkpoint_dir}\n'

@@ -121,9 +121,13 @@ class Tokenizer:
     normalization = json.dumps(dataclasses.asdict(self.normalization), indent=2).encode()
     for name, data in ((NORMALIZATION_FILE, normalization), (MODEL_FILE, self._proto)):
       partial = os.path.join(directory, f'.{name}.{os.getpid()}')
-      with open(partial, 'wb') as f:
-        f.write(data)
-      os.replace(partial, os.path.join(directory, name))
+      try:
+        with open(partial, 'wb') as f:
+          f.write(data)
+        os.replace(partial, os.path.join(directory, name))
+      finally:  # A full disk leaves no partial file behind.
+        if os.path.exists(partial):
+          os.remove(partial)
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(self.normalization(text))

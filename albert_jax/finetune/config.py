@@ -1,7 +1,6 @@
 """Typed, validated records of a fine-tuning config (experiments/configs/finetune.py)."""
 
 import dataclasses
-import json
 from typing import Any, ClassVar
 
 from albert_jax.config import ModelConfig, Record, check_types
@@ -57,6 +56,19 @@ class FinetuneConfig(Record):
   sharding_rules: tuple[tuple[Any, ...], ...]
   preset: str = ''
 
+  # What a workdir's run is: a rerun may not change these (train/workdir.py).
+  FIXED_KEYS: ClassVar[tuple[str, ...]] = (
+    'task',
+    'model.',
+    'data.train',
+    'data.eval',
+    'data.text_feature',
+    'data.text_b_feature',
+    'data.label_feature',
+    'data.num_labels',
+  )
+  RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ('model.dtype', 'model.remat_policy')
+
   def __post_init__(self):
     check_types(self)
     if self.task not in TASKS:
@@ -66,7 +78,3 @@ class FinetuneConfig(Record):
   def model_config(self, exported: ModelConfig) -> ModelConfig:
     """The exported model's config with this run's settings."""
     return dataclasses.replace(exported, **self.model)
-
-  def to_json(self) -> str:
-    """The record as workdir/config.json holds it."""
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -34,6 +34,7 @@ from albert_jax.train import distributed, loop
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import run as run_lib
 from albert_jax.train import train_step as step_lib
+from albert_jax.train import workdir as workdir_lib
 
 TASKS = {'classification': classification.make_task, 'span_qa': span_qa.make_task}
 
@@ -88,15 +89,16 @@ def finetune(
     )
 
     # ---------------------------------------------------------------- 4. Loop
-    return loop.train(
-      run,
-      config,
-      workdir,
-      train_iter=train_iter,
-      fresh=fresh,
-      evaluate=None if task.eval is None else evaluate,
-      preemption=preemption,
-    )
+    with workdir_lib.claim(workdir, config) as claimed:
+      return loop.train(
+        run,
+        config,
+        claimed,
+        train_iter=train_iter,
+        fresh=fresh,
+        evaluate=None if task.eval is None else evaluate,
+        preemption=preemption,
+      )
 
 
 def _run(

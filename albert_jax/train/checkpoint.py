@@ -13,7 +13,9 @@ subtree) is known here only: `checkpoint_steps` and `restore_params` serve
 readers that want a run's params without a model or mesh (export, sweeps).
 """
 
+import errno
 import os
+import shutil
 from typing import Any
 
 import grain
@@ -21,13 +23,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
 
 from albert_jax import tree_paths
 from albert_jax.errors import UsageError
 
-# A run's checkpoints live in WORKDIR/checkpoints.
+# A run's checkpoints live in WORKDIR/checkpoints; unreadable ones are moved
+# to WORKDIR/unusable_checkpoints.
 WORKDIR_SUBDIR = 'checkpoints'
+UNUSABLE_SUBDIR = 'unusable_checkpoints'
+_MARGIN_BYTES = 1 << 20
 
 
 def _absolute(directory: str) -> str:
@@ -68,6 +74,16 @@ def restore_params(directory: str, step: int) -> Any:
   return restored['params']
 
 
+def remove_partial(directory: str) -> None:
+  """Removes what an interrupted save left in `directory` (orbax writes each
+  checkpoint to a temporary directory, renamed when complete)."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if '.orbax-checkpoint-tmp' in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
 class Checkpointer:
   """Saves and restores (TrainState, data iterator) under `directory`."""
 
@@ -90,15 +106,38 @@ class Checkpointer:
       },
     )
 
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+  def all_steps(self) -> list[int]:
+    """The steps of the complete checkpoints, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def move_aside(self, step: int) -> str:
+    """Moves checkpoint `step` (unreadable) out of the way, next to the
+    checkpoints, never deleting it; returns where it went (process 0 moves)."""
+    aside = os.path.join(os.path.dirname(self.directory), UNUSABLE_SUBDIR)
+    target = os.path.join(aside, str(step))
+    suffix = 0
+    while os.path.exists(target):
+      suffix += 1
+      target = os.path.join(aside, f'{step}.{suffix}')
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'move_aside_{step}')
+    self._manager.reload()
+    return target
 
   def should_save(self, step: int) -> bool:
     """Whether `step` is a periodic checkpoint step."""
     return self._manager.should_save(step)
 
   def save(self, step: int, state: Any, data_iterator: Any) -> None:
-    """Starts writing checkpoint `step`; returns once device arrays are copied."""
+    """Starts writing checkpoint `step`; returns once device arrays are copied.
+
+    Raises OSError(ENOSPC) before writing anything when the disk cannot hold
+    it: a save that fails halfway leaves orbax's threads failing noisily.
+    """
+    self._check_space(step, state)
     self._manager.save(
       step,
       force=True,
@@ -107,11 +146,23 @@ class Checkpointer:
       ),
     )
 
-  def check_compatible(self, step: int, abstract_state: Any, changes: str = '') -> None:
-    """Raises UsageError unless checkpoint `step` holds arrays of `abstract_state`'s shapes.
+  def _check_space(self, step: int, state: Any) -> None:
+    if '://' in self.directory:  # Remote storage: no free-space figure.
+      return
+    # This process's shards, and room for the metadata and iterator state.
+    needed = _MARGIN_BYTES + sum(
+      shard.data.nbytes for x in jax.tree.leaves(state) for shard in x.addressable_shards
+    )
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise OSError(
+        errno.ENOSPC,
+        f'checkpoint {step} needs {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free',
+        os.path.join(self.directory, str(step)),
+      )
 
-    `changes` (e.g. 'model.hidden_size 64 -> 32') is added to the message.
-    """
+  def check_compatible(self, step: int, abstract_state: Any) -> None:
+    """Raises UsageError unless checkpoint `step` holds arrays of `abstract_state`'s shapes."""
     saved = tree_paths.shapes(self._manager.item_metadata(step)['state'].tree)
     wanted = tree_paths.shapes(abstract_state)
     # Parameters first: they name the model difference most plainly.
@@ -123,7 +174,7 @@ class Checkpointer:
         here = f'shape {wanted[name]}' if name in wanted else 'absent'
         raise UsageError(
           f'{self.directory} holds a checkpoint (step {step}) of another model '
-          f'or optimizer{f" ({changes})" if changes else ""}: {name} is {there} '
+          f'or optimizer: {name} is {there} '
           f'there but {here} in this config; resume with the config it was '
           'saved with, or use a new --workdir'
         )
@@ -141,6 +192,10 @@ class Checkpointer:
       ),
     )
     return restored['state']
+
+  def check_for_errors(self) -> None:
+    """Raises what a finished asynchronous save failed with (a full disk)."""
+    self._manager.check_for_errors()
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""

@@ -6,7 +6,6 @@ records, checking every value once; the library takes only records.
 """
 
 import dataclasses
-import json
 import math
 from typing import Any, ClassVar
 
@@ -122,13 +121,22 @@ class PretrainConfig(Record):
   preset: str = ''
   init_from: str = ''  # A model directory to start from.
 
+  # What a workdir's run is: a rerun may not change these (train/workdir.py).
+  FIXED_KEYS: ClassVar[tuple[str, ...]] = (
+    'model.',
+    'data.sentence_objective',
+    'data.source',
+    'data.eval_source',
+    'data.eval_documents',
+    'data.vocab',
+    'data.lowercase',
+    'init_from',
+  )
+  RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ('model.dtype', 'model.remat_policy', 'model.scan')
+
   def __post_init__(self):
     check_types(self)
     check_sequence_fits(self.data.max_seq_length, self.model)
-
-  def to_json(self) -> str:
-    """The record as workdir/config.json holds it."""
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -10,7 +10,10 @@ evaluation.
 
 import contextlib
 import dataclasses
+import errno
+import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -18,11 +21,12 @@ import jax
 import numpy as np
 
 from albert_jax.data import pipeline
-from albert_jax.errors import UsageError
+from albert_jax.errors import AlbertError, UsageError
 from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train import distributed
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import metrics as metrics_lib
+from albert_jax.train import workdir as workdir_lib
 from albert_jax.train.config import CheckpointConfig, TrainConfig
 from albert_jax.train.run import Run
 from albert_jax.train.train_step import TrainState
@@ -37,8 +41,6 @@ class RunConfig(Protocol):
 
   train: TrainConfig
   checkpoint: CheckpointConfig
-
-  def to_json(self) -> str: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,50 +61,56 @@ class RunResult:
 def train(
   run: Run,
   config: RunConfig,
-  workdir: str,
+  workdir: workdir_lib.Workdir,
   *,
   train_iter: Iterator[Any],
   fresh: Callable[[], TrainState],
   evaluate: Callable[[Any], dict[str, float]] | None,
   preemption: distributed.PreemptionWatcher,
-  model_changes: Callable[[], str] = lambda: '',
 ) -> RunResult:
-  """Trains `run` in `workdir` up to config.train.num_steps.
+  """Trains `run` in `workdir` (claimed) up to config.train.num_steps.
 
-  Resumes from the workdir's latest checkpoint (moving `train_iter` there)
-  or starts from `fresh()`; writes config.json. Every train.log_every steps
-  the mean metrics since, with throughput, go to metrics.jsonl, TensorBoard
-  and the console; every train.eval_every steps and at the last,
-  `evaluate(params)` with 'eval_' prefixed. A checkpoint is saved every
-  checkpoint.every_steps, at the last step and on a preemption notice.
+  Resumes from the newest readable checkpoint (moving `train_iter` there;
+  unreadable ones are moved aside) or starts from `fresh()`. Every
+  train.log_every steps the mean metrics since, with throughput, go to
+  metrics.jsonl, TensorBoard and the console; every train.eval_every steps
+  and at the last, `evaluate(params)` with 'eval_' prefixed. A checkpoint is
+  saved every checkpoint.every_steps, at the last step and on a preemption
+  notice; never of a state whose loss or parameters are not finite.
 
-  Args:
-    evaluate: params -> metrics; None when there is no evaluation data.
-    model_changes: 'model.hidden_size 64 -> 32, ...', named when the
-      checkpoint is of another model (called only then).
-  Raises:
-    UsageError: a checkpoint of other shapes, or a non-finite loss (no state
-      after it is saved).
+  Raises UsageError for a checkpoint of other shapes, no readable
+  checkpoint, a diverged run or a full disk.
   """
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint_dir = os.path.join(workdir, checkpoint_lib.WORKDIR_SUBDIR)
-  with contextlib.ExitStack() as cleanup:
-    checkpointer = checkpoint_lib.Checkpointer(
-      checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
-    )
-    cleanup.callback(checkpointer.close)
-    cleanup.callback(checkpointer.wait)  # Runs first: pending saves land.
-    state = _start_or_resume(run, checkpointer, train_iter, fresh, model_changes)
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config.to_json())
-    writer = cleanup.enter_context(
-      contextlib.closing(metrics_lib.MetricsWriter(workdir, total_steps=config.train.num_steps))
-    )
-    loop = _Loop(run, config.train, checkpointer, writer, evaluate, preemption)
-    state = loop.steps(state, train_iter)
-    if evaluate is not None and not loop.scores and not loop.preempted:
-      loop.scores = evaluate(state.params)  # Resumed at the end: report anyway.
+  checkpoint_dir = os.path.join(workdir.path, checkpoint_lib.WORKDIR_SUBDIR)
+  try:
+    with contextlib.ExitStack() as cleanup:
+      checkpointer = checkpoint_lib.Checkpointer(
+        checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
+      )
+      cleanup.callback(checkpointer.close)
+      cleanup.callback(checkpointer.wait)  # Runs first: pending saves land.
+      state = _start_or_resume(run, checkpointer, train_iter, fresh)
+      workdir.record_start(config, int(state.step))
+      writer = cleanup.enter_context(
+        contextlib.closing(
+          metrics_lib.MetricsWriter(
+            workdir.path, total_steps=config.train.num_steps, resume_step=int(state.step)
+          )
+        )
+      )
+      loop = _Loop(run, config.train, checkpointer, writer, evaluate, preemption)
+      state = loop.steps(state, train_iter)
+      if evaluate is not None and not loop.scores and not loop.preempted:
+        loop.scores = evaluate(state.params)  # Resumed at the end: report anyway.
+  except Exception as e:  # A full disk shows up wherever the write was.
+    full = _no_space(e)
+    if full is None:
+      raise
+    checkpoint_lib.remove_partial(checkpoint_dir)
+    raise UsageError(
+      f'no space left on device: {full}; the last complete checkpoint is '
+      f'{_last_checkpoint(checkpoint_dir)} (free some space and rerun to resume)'
+    ) from None
   _log_end(loop, config.train.num_steps)
   return RunResult(
     step=loop.step,
@@ -110,7 +118,7 @@ def train(
     preempted=loop.preempted,
     train_metrics=loop.last,
     eval_metrics=loop.scores,
-    workdir=workdir,
+    workdir=workdir.path,
     checkpoint_dir=checkpoint_dir,
     metrics_path=writer.jsonl_path,
     tensorboard_dir=writer.tensorboard_dir,
@@ -120,7 +128,7 @@ def train(
 def _log_end(loop: '_Loop', num_steps: int) -> None:
   """Says why the run stopped before its last step (preempted, or nothing to do)."""
   if loop.preempted:
-    log(f'preempted: saved a checkpoint at step {loop.step}; rerun to resume')
+    log(f'preempted at step {loop.step}: checkpoint saved; rerun the same command to resume')
   elif loop.step == loop.first_step:
     log(
       f'nothing to do: the checkpoint is at step {loop.step} of '
@@ -133,15 +141,32 @@ def _start_or_resume(
   checkpointer: checkpoint_lib.Checkpointer,
   train_iter: Iterator[Any],
   fresh: Callable[[], TrainState],
-  model_changes: Callable[[], str],
 ) -> TrainState:
-  latest = checkpointer.latest_step()
-  if latest is None:
-    return fresh()
-  checkpointer.check_compatible(latest, run.initial.abstract, model_changes())
-  state = checkpointer.restore(latest, run.initial.abstract, train_iter)
-  log(f'resumed from {checkpointer.directory} at step {latest}')
-  return state
+  """The newest readable checkpoint's state, else `fresh()`; unreadable
+  checkpoints are moved aside, and when none is readable the run stops."""
+  moved = []
+  for step in reversed(checkpointer.all_steps()):
+    try:
+      checkpointer.check_compatible(step, run.initial.abstract)
+      state = checkpointer.restore(step, run.initial.abstract, train_iter)
+    except AlbertError:
+      raise
+    except Exception as e:  # Truncated or missing files, whatever orbax says.
+      moved.append(checkpointer.move_aside(step))
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+      log(
+        f'checkpoint {step} in {checkpointer.directory} is unreadable ({reason}); '
+        f'moved it to {moved[-1]}'
+      )
+      continue
+    log(f'resumed from {checkpointer.directory} at step {step}')
+    return state
+  if moved:
+    raise UsageError(
+      f'no usable checkpoint in {checkpointer.directory} (moved aside: {", ".join(moved)}); '
+      'rerun in a new --workdir to start over'
+    )
+  return fresh()
 
 
 class _Loop:
@@ -166,6 +191,7 @@ class _Loop:
       total_steps=train_config.num_steps,
     )
     self.first_step = self.step = 0
+    self.saved_step: int | None = None  # The newest checkpoint, all finite.
     self.preempted = False
     self.last: dict[str, float | None] = {}
     self.scores: dict[str, float] = {}
@@ -174,19 +200,30 @@ class _Loop:
     """Trains from `state` to the last step or a preemption."""
     config, run = self.config, self.run
     self.first_step = self.step = int(state.step)
-    pending: list[dict[str, jax.Array]] = []  # Metrics not yet logged.
+    self.saved_step = self.first_step or None
+    pending: list[dict[str, float]] = []  # Checked metrics not yet logged.
+    unchecked: list[tuple[int, dict[str, jax.Array]]] = []  # At most one step.
     with mesh_lib.activate(run.mesh, run.rules):
       while self.step < config.num_steps and not self.preempted:
+        self.checkpointer.check_for_errors()  # A failed save stops the run.
         batch = pipeline.make_global_batch(next(train_iter), run.batch_sharding)
         state, metrics = run.train_step(state, batch)
         self.step += 1
         step, last_step = self.step, self.step == config.num_steps
-        pending.append(metrics)
+        # The previous step's numbers, while this one runs: the host stays
+        # one step ahead, and a divergence is named at its own step.
+        pending += [self._checked(*item) for item in unchecked]
+        unchecked = [(step, metrics)]
         if step == self.first_step + 1:  # Compiled; time from here.
           jax.block_until_ready(metrics)
           self.throughput.restart(step)
         if step % config.log_every == 0 or last_step:
-          self.last = {**_mean_checked(pending, step), **self.throughput.measure(step)}
+          pending += [self._checked(*unchecked.pop())]
+          self.last = {
+            **_mean(pending),
+            'window_steps': len(pending),
+            **self.throughput.measure(step),
+          }
           self.writer.write(step, self.last)
           pending = []
         if self.evaluate is not None and (step % config.eval_every == 0 or last_step):
@@ -195,10 +232,30 @@ class _Loop:
           self.throughput.restart(step)
         self.preempted = self.preemption.should_stop(step)
         if self.checkpointer.should_save(step) or last_step or self.preempted:
-          _mean_checked(pending, step)  # Never save a diverged state.
+          pending += [self._checked(*item) for item in unchecked]  # Never save a diverged state.
+          unchecked = []
           self.checkpointer.save(step, state, train_iter)
+          self.saved_step = step
           self.throughput.restart(step)
     return state
+
+  def _checked(self, step: int, metrics: Mapping[str, jax.Array]) -> dict[str, float]:
+    """`metrics` of `step` on the host; UsageError when its loss or the
+    parameters after it are not finite."""
+    values = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+    if math.isfinite(values['loss']) and math.isfinite(values['param_norm']):
+      return values
+    good = (
+      'no checkpoint was written'
+      if self.saved_step is None
+      else f'the last good checkpoint is step {self.saved_step}'
+    )
+    what = (
+      f'loss is {values["loss"]} at step {step}'
+      if not math.isfinite(values['loss'])
+      else f'the parameters are not finite after step {step} (loss {values["loss"]:.4g})'
+    )
+    raise UsageError(f'{what}: {_DIVERGED}; {good}')
 
 
 def log(message: str) -> None:
@@ -207,20 +264,27 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def _mean_checked(pending: list[Mapping[str, jax.Array]], step: int) -> dict[str, float]:
-  """Mean of per-step metrics; UsageError naming the first step whose loss
-  is not finite."""
-  if not pending:
-    return {}
-  values = jax.device_get(pending)
-  for offset, metrics in enumerate(values):
-    if not np.isfinite(metrics['loss']):
-      bad = step - len(values) + 1 + offset
-      raise UsageError(
-        f'loss is {metrics["loss"]} at step {bad}: {_DIVERGED} '
-        '(the last checkpoint before it is kept)'
-      )
-  return {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
+def _mean(records: list[Mapping[str, float]]) -> dict[str, float]:
+  return {k: float(np.mean([r[k] for r in records])) for k in records[-1]}
+
+
+def _no_space(error: BaseException) -> str | None:
+  """The path of a 'no space left on device' anywhere in the chain of
+  `error` (orbax reports tensorstore's as text), else None."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+      return seen.filename or str(seen)
+    if 'No space left on device' in str(seen):
+      paths = re.findall(r'"(/[^"]+)"', str(seen))
+      return paths[-1] if paths else str(seen).strip().splitlines()[0]
+    seen = seen.__cause__ or seen.__context__
+  return None
+
+
+def _last_checkpoint(directory: str) -> str:
+  steps = checkpoint_lib.checkpoint_steps(directory)
+  return f'step {steps[-1]}' if steps else 'none (no checkpoint was completed)'
 
 
 def _peak_flops(mesh: jax.sharding.Mesh, override: float) -> float | None:

@@ -91,7 +91,7 @@ _CONSOLE = {
   'tokens_per_sec': ('tok/s', '{:,.0f}'),
   'mfu': ('mfu', '{:.2%}'),
 }
-_CONSOLE_SKIP = ('mlm_loss', 'sop_loss', 'nsp_loss')
+_CONSOLE_SKIP = ('mlm_loss', 'sop_loss', 'nsp_loss', 'window_steps', 'param_norm')
 
 
 def format_line(
@@ -119,18 +119,24 @@ def format_line(
 class MetricsWriter:
   """Writes metric records to console, TensorBoard and `workdir/metrics.jsonl`.
 
-  Only process 0 writes; on the others every method does nothing. A resumed run
-  appends to the existing files.
+  Only process 0 writes; on the others every method does nothing. A run
+  resumed at `resume_step` appends to the existing files, first dropping the
+  records of later steps (written after the checkpoint it resumes from, and
+  about to be written again): from metrics.jsonl, and from TensorBoard's view
+  through its purge step.
   """
 
-  def __init__(self, workdir: str, *, total_steps: int | None = None):
+  def __init__(self, workdir: str, *, total_steps: int | None = None, resume_step: int = 0):
     self._active = jax.process_index() == 0
     self._total_steps = total_steps
     self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
     self.tensorboard_dir = os.path.join(workdir, 'tensorboard')
     if self._active:
+      _drop_records_after(self.jsonl_path, resume_step)
       self._jsonl = open(self.jsonl_path, 'a')
-      self._tensorboard = tensorboardX.SummaryWriter(self.tensorboard_dir)
+      self._tensorboard = tensorboardX.SummaryWriter(
+        self.tensorboard_dir, purge_step=resume_step + 1 if resume_step else None
+      )
 
   def write(self, step: int, metrics: Mapping[str, float | None]) -> None:
     """Writes one record; None values (unknown MFU) are skipped in TensorBoard."""
@@ -147,3 +153,18 @@ class MetricsWriter:
     if self._active:
       self._tensorboard.close()
       self._jsonl.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites the metrics file `path` without the records after `step`."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
+  if len(keep) == len(lines):
+    return
+  partial = f'{path}.partial'
+  with open(partial, 'w') as f:
+    f.writelines(keep)
+  os.replace(partial, path)

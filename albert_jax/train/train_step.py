@@ -204,6 +204,8 @@ def train_step(
   )
   metrics = objective.summarize(sums)
   metrics['grad_norm'] = optax.tree.norm(grads)
+  # Finite iff every parameter is: what the loop checks before a checkpoint.
+  metrics['param_norm'] = optax.tree.norm(new_state.params)
   metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
   return new_state, metrics
 

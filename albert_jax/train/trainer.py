@@ -3,18 +3,18 @@
 Reads top to bottom:
   1. Run                  mesh, model, objective, optimizer, state and steps
                           (train/run.py): every impossible setting is refused
-                          here, before anything is written
+                          here, before anything is written; then the workdir
+                          is claimed (train/workdir.py: one writer, same model)
   2. Data                 tokenizer, corpus, per-process train / eval streams
   3. Initial params       random, or config.init_from's exported params
   4. Loop                 resume, step, log, evaluate, checkpoint, preemption
                           (train/loop.py, shared with fine-tuning)
 A workdir ends up holding:
-  config.json  checkpoints/  metrics.jsonl  tensorboard/  vocab/ (if trained)
+  config.json  resumes.jsonl  lock  checkpoints/  metrics.jsonl  tensorboard/
+  vocab/ (if trained)
 """
 
 import dataclasses
-import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +33,7 @@ from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import run as run_lib
 from albert_jax.train import state as state_lib
 from albert_jax.train import train_step as step_lib
+from albert_jax.train import workdir as workdir_lib
 from albert_jax.train.config import PretrainConfig
 
 
@@ -51,10 +52,12 @@ def train(
     AlbertError: an impossible config, unusable data, a workdir holding
       another model's checkpoint, or a non-finite loss.
   """
-  with distributed.PreemptionWatcher() as preemption:
-    # ---------------------------------------------------------------- 1. Run
-    run = _run(config, devices)
-    os.makedirs(workdir, exist_ok=True)
+  # ---------------------------------------------------------------- 1. Run
+  run = _run(config, devices)
+  with (
+    distributed.PreemptionWatcher() as preemption,
+    workdir_lib.claim(workdir, config) as claimed,
+  ):
     loop.log(f'mesh {mesh_lib.describe(run.mesh)}; workdir {workdir}')
 
     # ---------------------------------------------------------------- 2. Data
@@ -86,12 +89,11 @@ def train(
     return loop.train(
       run,
       config,
-      workdir,
+      claimed,
       train_iter=train_iter,
       fresh=fresh,
       evaluate=None if corpus.eval is None else evaluate,
       preemption=preemption,
-      model_changes=lambda: _model_changes(workdir, config),
     )
 
 
@@ -139,16 +141,3 @@ def _init_from(config: PretrainConfig, tokenizer: Tokenizer, abstract_params: An
       "leave --config.data.vocab empty to use the model's own"
     )
   return params
-
-
-def _model_changes(workdir: str, config: PretrainConfig) -> str:
-  """'model.hidden_size 64 -> 32, ...': model keys changed since the saved config."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return ''
-  with open(path) as f:
-    saved = json.load(f).get('model', {})
-  now = dataclasses.asdict(config.model)
-  return ', '.join(
-    f'model.{k} {saved[k]} -> {v}' for k, v in now.items() if k in saved and saved[k] != v
-  )

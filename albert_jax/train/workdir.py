@@ -1,0 +1,247 @@
+"""A run's directory: one writer at a time, and the record of what was trained.
+
+lock           held by the running trainer (process 0 of a multi-host run)
+               with an OS file lock, which the kernel releases when the
+               process ends however it ends (kill -9 included), so a lock
+               is never stale; the file names its holder for the message
+               a second trainer gets.
+config.json    the run's origin: the config it started with, never
+               rewritten.
+resumes.jsonl  one line per restart: the step, the time and the settings
+               changed since (training settings may change between
+               restarts; what defines the model may not).
+"""
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import jax
+from jax.experimental import multihost_utils
+
+from albert_jax.errors import UsageError
+
+LOCK_FILE = 'lock'
+CONFIG_FILE = 'config.json'
+RESUMES_FILE = 'resumes.jsonl'
+
+
+class RunConfig(Protocol):
+  """A config record (PretrainConfig, FinetuneConfig) as the workdir sees it."""
+
+  # Dotted keys, or block prefixes ending in '.', that define what is trained;
+  # a workdir refuses a rerun that changes one of them.
+  FIXED_KEYS: tuple[str, ...]
+  # Keys under FIXED_KEYS that may change all the same (compute settings).
+  RUNTIME_KEYS: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+  """A claimed run directory and what changed since its last start."""
+
+  path: str
+  # 'train.num_steps': (saved, now) for the settings changed since the last
+  # start; empty on a first start.
+  changed: Mapping[str, tuple[Any, Any]]
+  first_start: bool
+
+  def record_start(self, config: Any, step: int) -> None:
+    """Writes config.json on the first start, else appends the restart at
+    `step` to resumes.jsonl (process 0 only)."""
+    if jax.process_index() != 0:
+      return
+    if self.first_start:
+      _write_atomic(os.path.join(self.path, CONFIG_FILE), _to_json(config))
+      return
+    record = {
+      'step': step,
+      'time': _now(),
+      'changed': {k: list(v) for k, v in self.changed.items()},
+    }
+    with open(os.path.join(self.path, RESUMES_FILE), 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+@contextlib.contextmanager
+def claim(path: str, config: Any) -> Iterator[Workdir]:
+  """Creates or checks `path`, locks it for this run, and refuses a config
+  that defines another model than the one trained there.
+
+  Raises UsageError (one line, nothing written) for a path that is a file,
+  cannot be created or written, is locked by another run, or holds another
+  model's run.
+  """
+  with _locked(path):
+    saved = _saved_config(path)
+    now = _flatten(dataclasses.asdict(config))
+    changed = {} if saved is None else _changes(saved, now)
+    fixed = [k for k in changed if _is_fixed(k, config)]
+    if fixed:
+      raise UsageError(
+        f'{path} holds a run of another model ({_describe(changed, fixed)}); '
+        'rerun with its settings or use a new --workdir'
+      )
+    if changed and jax.process_index() == 0:
+      print(f'resuming with changed settings: {_describe(changed, changed)}', flush=True)
+    yield Workdir(path=path, changed=changed, first_start=saved is None)
+
+
+def _prepare(path: str) -> None:
+  """The directory exists and is writable, or one line says why not."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UsageError(f'workdir {path} is a file, not a directory')
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UsageError(f'cannot create workdir {path}: {_reason(e)}') from None
+  try:
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise UsageError(f'cannot write to workdir {path}: {_reason(e)}') from None
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+  """Process 0 prepares the directory and holds its lock; the other processes
+  learn whether it could and share the outcome."""
+  error = ''
+  lock_fd = None
+  if jax.process_index() == 0:
+    try:
+      _prepare(path)
+      lock_fd = _lock(os.path.join(path, LOCK_FILE))
+    except UsageError as e:
+      error = str(e)
+  if jax.process_count() > 1:
+    taken = multihost_utils.broadcast_one_to_all(int(not error))
+    if not taken and not error:
+      error = f'{path} is in use by another run (process 0 could not lock it)'
+  if error:
+    raise UsageError(error)
+  try:
+    yield
+  finally:
+    if lock_fd is not None:
+      os.ftruncate(lock_fd, 0)  # Released cleanly: nothing to report next time.
+      os.close(lock_fd)
+
+
+def _lock(lock_path: str) -> int:
+  """An open descriptor of `lock_path` holding an exclusive lock."""
+  fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    # flock: tied to this open file, released when the process ends.
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    holder = _read_holder(fd)
+    os.close(fd)
+    if e.errno not in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
+      raise UsageError(f'cannot lock {lock_path}: {_reason(e)}') from None
+    raise UsageError(
+      f'{os.path.dirname(lock_path)} is in use by another run: host '
+      f'{holder.get("host", "?")}, pid {holder.get("pid", "?")}, since '
+      f'{holder.get("since", "?")}; wait for it to end or stop it first'
+    ) from None
+  previous = _read_holder(fd)
+  if previous:
+    print(
+      f'previous run (host {previous.get("host")}, pid {previous.get("pid")}) ended '
+      'without releasing the workdir; taking it over',
+      flush=True,
+    )
+  holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': _now()}
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, json.dumps(holder).encode(), 0)
+  os.fsync(fd)
+  return fd
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+  try:
+    return json.loads(os.pread(fd, 4096, 0) or b'{}')
+  except ValueError:
+    return {}
+
+
+def _saved_config(path: str) -> dict[str, Any] | None:
+  """The flattened config of the last start: config.json with the changes
+  of every restart applied; None when the run never started."""
+  config_path = os.path.join(path, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    return None
+  with open(config_path) as f:
+    saved = _flatten(json.load(f))
+  resumes = os.path.join(path, RESUMES_FILE)
+  if os.path.exists(resumes):
+    with open(resumes) as f:
+      for line in f:
+        if line.strip():
+          saved.update({k: new for k, (_, new) in json.loads(line)['changed'].items()})
+  return saved
+
+
+def _changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """Keys whose value differs, as (saved, now); JSON made tuples lists."""
+  changed = {}
+  for key in sorted(saved.keys() | now.keys()):
+    before, after = saved.get(key), _jsonable(now.get(key))
+    if before != after:
+      changed[key] = (before, after)
+  return changed
+
+
+def _is_fixed(key: str, config: RunConfig) -> bool:
+  matches = lambda keys: any(key == k or (k.endswith('.') and key.startswith(k)) for k in keys)
+  return matches(config.FIXED_KEYS) and not matches(config.RUNTIME_KEYS)
+
+
+def _describe(changed: Mapping[str, tuple[Any, Any]], keys: Any) -> str:
+  return ', '.join(f'{k} {changed[k][0]} -> {changed[k][1]}' for k in keys)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = _jsonable(value)
+  return flat
+
+
+def _jsonable(value: Any) -> Any:
+  return json.loads(json.dumps(value))
+
+
+def _to_json(config: Any) -> str:
+  return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  """Writes `path` whole or not at all (a full disk leaves the old file)."""
+  partial = f'{path}.partial'
+  try:
+    with open(partial, 'w') as f:
+      f.write(text)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+
+
+def _reason(error: OSError) -> str:
+  return (error.strerror or str(error)).lower()
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')
