@@ -30,6 +30,12 @@ ORBAX_TMP = '.orbax-checkpoint-tmp'
 # ---------------------------------------------------------------- processes
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+  """train_testing's, caching every compilation: orbax's first save compiles
+  many small programs (one per array), seconds in all, in every process."""
+  return train_testing.subprocess_env(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **extra)
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
   """How a launcher process ended: its exit status and whole output."""
@@ -55,7 +61,7 @@ class Trainer:
     self.process = subprocess.Popen(
       [sys.executable, '-m', module, f'--workdir={workdir}', *flags],
       cwd=REPO,
-      env=train_testing.subprocess_env(PYTHONUNBUFFERED='1'),
+      env=subprocess_env(PYTHONUNBUFFERED='1'),
       text=True,
       stdout=subprocess.PIPE,
       stderr=self._stderr,
@@ -96,6 +102,16 @@ class Trainer:
       if predicate(line):
         return line
 
+  def watch(self, predicate: Callable[[str], bool], seconds: float) -> bool:
+    """Reads lines for `seconds` at most; whether one satisfied `predicate`
+    (False also when the output ended)."""
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(queue.Empty):
+      while (line := self._take(max(0.0, deadline - time.monotonic()))) is not None:
+        if predicate(line):
+          return True
+    return False
+
   def drain(self, quiet: float = 0.3) -> None:
     """Reads what the process has printed, until it prints nothing for
     `quiet` seconds (meant for a stopped process: then it is everything)."""
@@ -133,7 +149,7 @@ def launch(module: str, *args: str, timeout: float = 300) -> Result:
   process = subprocess.run(
     [sys.executable, '-m', module, *args],
     cwd=REPO,
-    env=train_testing.subprocess_env(),
+    env=subprocess_env(),
     text=True,
     capture_output=True,
     timeout=timeout,
@@ -241,9 +257,11 @@ def stray_temp_files(directory: str) -> list[str]:
 
 
 def truncate_largest_data_file(checkpoint: str) -> None:
-  state = os.path.join(checkpoint, 'state')
-  paths = [os.path.join(root, name) for root, _, names in os.walk(state) for name in names]
-  largest = max(paths, key=os.path.getsize)
+  """Truncates to half the largest file of the state's OCDBT data (state/d:
+  what a restore reads; the per-process files under ocdbt.process_N are
+  merged into it when the checkpoint completes)."""
+  data = os.path.join(checkpoint, 'state', 'd')
+  largest = max((os.path.join(data, name) for name in os.listdir(data)), key=os.path.getsize)
   with open(largest, 'r+b') as f:
     f.truncate(os.path.getsize(largest) // 2)
 

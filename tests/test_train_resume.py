@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from albert_jax.errors import UsageError
 from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
 
@@ -89,7 +90,8 @@ def test_sigterm_saves_exits_0_and_resume_is_exact(vocab, straight, tmp_path):
       process.send_signal(signal.SIGTERM)
   output = ''.join(output)
   assert process.wait(timeout=120) == 0, output
-  assert 'preempted: saved a checkpoint at step 1; rerun to resume' in output
+  assert 'preempted at step 1: checkpoint saved; rerun the same command to resume' in output
+  assert 'finished at step' not in output
   assert 'checkpoints: run/checkpoints' in output
   assert [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()] == ['1']
 
@@ -143,8 +145,8 @@ def test_workdir_of_another_model_is_refused_untouched(vocab, straight, tmp_path
   stderr = process.stderr.strip().splitlines()
   assert len(stderr) == 1, process.stderr
   assert re.match(
-    rf'error: .*checkpoints holds a checkpoint \(step {NUM_STEPS}\) of another '
-    r'model or optimizer \(model.hidden_size 32 -> 64\)',
+    r'error: .*run holds a run of another model \(model.hidden_size 32 -> 64\); rerun with '
+    r'its settings or use a new --workdir$',
     stderr[0],
   )
   assert _snapshot(workdir) == before
@@ -158,3 +160,13 @@ def _snapshot(directory: str) -> dict[str, bytes]:
       with open(path, 'rb') as f:
         files[os.path.relpath(path, directory)] = f.read()
   return files
+
+
+def test_checkpoint_of_other_shapes_is_refused_without_its_config(vocab, straight, tmp_path):
+  """The shapes guard stands when config.json is gone (a copied checkpoint)."""
+  workdir = os.path.join(tmp_path, 'run')
+  shutil.copytree(straight, workdir)
+  os.remove(os.path.join(workdir, 'config.json'))
+  config = train_testing.tiny_config(vocab, **SETTINGS, **{'model.hidden_size': 64})
+  with pytest.raises(UsageError, match=r'holds a checkpoint \(step 4\) of another model'):
+    trainer.train(PretrainConfig.from_config(config), workdir)

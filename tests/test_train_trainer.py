@@ -99,7 +99,10 @@ def _flops_per_example() -> float:
 
 def test_non_finite_loss_stops_naming_the_step(vocab, tmp_path):
   config = train_testing.tiny_config(vocab, **{'train.learning_rate': 1e30, 'train.log_every': 2})
-  with pytest.raises(UsageError, match=r'loss is (nan|inf|-inf) at step 3: training diverged'):
+  with pytest.raises(
+    UsageError,
+    match=r'training diverged at step 2 \(loss [\d.]+, parameter norm (nan|inf)\): lower ',
+  ):
     trainer.train(PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1])
   assert not os.listdir(os.path.join(tmp_path, 'checkpoints'))
 

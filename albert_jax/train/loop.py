@@ -31,9 +31,7 @@ from albert_jax.train.config import CheckpointConfig, TrainConfig
 from albert_jax.train.run import Run
 from albert_jax.train.train_step import TrainState
 
-_DIVERGED = (
-  'training diverged; lower --config.train.learning_rate or raise --config.train.warmup_steps'
-)
+_DIVERGED = 'lower --config.train.learning_rate or raise --config.train.warmup_steps'
 
 
 class RunConfig(Protocol):
@@ -250,12 +248,10 @@ class _Loop:
       if self.saved_step is None
       else f'the last good checkpoint is step {self.saved_step}'
     )
-    what = (
-      f'loss is {values["loss"]} at step {step}'
-      if not math.isfinite(values['loss'])
-      else f'the parameters are not finite after step {step} (loss {values["loss"]:.4g})'
+    raise UsageError(
+      f'training diverged at step {step} (loss {values["loss"]:.4g}, parameter norm '
+      f'{values["param_norm"]:.4g}): {_DIVERGED}; {good}'
     )
-    raise UsageError(f'{what}: {_DIVERGED}; {good}')
 
 
 def log(message: str) -> None:
