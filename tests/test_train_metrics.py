@@ -117,6 +117,6 @@ def test_loss_weights_real_predictions_and_adds_the_sentence_objective():
 
 def test_objective_none_trains_mlm_only():
   outputs, batch = _outputs_and_batch()
-  metrics = step_lib.summarize(step_lib.loss_sums(outputs, batch), 'none', prefix='eval_')
-  assert set(metrics) == {'eval_mlm_loss', 'eval_mlm_accuracy', 'eval_loss'}
-  assert metrics['eval_loss'] == metrics['eval_mlm_loss']
+  metrics = step_lib.summarize(step_lib.loss_sums(outputs, batch), 'none')
+  assert set(metrics) == {'mlm_loss', 'mlm_accuracy', 'loss'}
+  assert metrics['loss'] == metrics['mlm_loss']
