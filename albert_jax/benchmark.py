@@ -13,7 +13,6 @@ Synthetic batches: random ids, every token real (input_mask 1), two segments,
 
 import dataclasses
 import math
-import os
 import resource
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +24,6 @@ from albert_jax import flops
 from albert_jax.data.config import DataConfig
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train import metrics as metrics_lib
 from albert_jax.train import run as run_lib
 from albert_jax.train import state as state_lib
 from albert_jax.train import train_step as step_lib
@@ -233,64 +231,3 @@ def train_flops_per_step(config: PretrainConfig) -> float:
   return config.train.batch_size * flops.train_flops_per_example(
     config.model, config.data.max_seq_length, num_masked_positions(config.data)
   )
-
-
-# ---------------------------------------------------------------- Peak FLOP/s
-
-
-@dataclasses.dataclass(frozen=True)
-class Peak:
-  flops_per_sec: float | None
-  derivation: str
-
-
-def cpu_peak_fp32(cpuinfo: str, num_cores: int) -> Peak:
-  """fp32 peak of `num_cores` cores from /proc/cpuinfo text:
-  cores x clock x FMA pipes x fp32 lanes per pipe x 2 FLOPs per FMA.
-
-  Two FMA pipes per core (every x86 core with FMA since Haswell / Zen). Lanes
-  per pipe: 16 with AVX-512 on Intel, 8 with AVX2 (and with AVX-512 on AMD
-  family 25, Zen 4, which runs 512-bit FMAs on 256-bit pipes), 4 with SSE.
-  The clock is the nominal 'cpu MHz' (turbo not counted).
-  """
-  fields = {}
-  for line in cpuinfo.splitlines():
-    key, _, value = line.partition(':')
-    fields.setdefault(key.strip(), value.strip())
-  flags = set(fields.get('flags', '').split())
-  vendor, family = fields.get('vendor_id', ''), fields.get('cpu family', '')
-  zen4 = vendor == 'AuthenticAMD' and family == '25'
-  if 'avx512f' in flags and not zen4:
-    lanes, why = 16, 'AVX-512'
-  elif 'avx512f' in flags:
-    lanes, why = 8, 'AVX-512 on 256-bit pipes (AMD Zen 4)'
-  elif {'avx2', 'fma'} <= flags:
-    lanes, why = 8, 'AVX2 + FMA'
-  else:
-    lanes, why = 4, 'SSE'
-  if 'cpu MHz' not in fields:
-    return Peak(None, 'no "cpu MHz" in /proc/cpuinfo')
-  hz = float(fields['cpu MHz']) * 1e6
-  peak = num_cores * hz * 2 * lanes * 2
-  return Peak(
-    peak,
-    f'{num_cores} cores x {hz / 1e9:.3f} GHz x 2 FMA pipes x '
-    f'{lanes} fp32 lanes ({why}) x 2 FLOPs = '
-    f'{peak / 1e9:.1f} GFLOP/s',
-  )
-
-
-def peak_flops(devices: list[jax.Device], override: float = 0.0) -> Peak:
-  """Peak FLOP/s of `devices` together: `override` per device if > 0, the
-  bf16 table of train.metrics for accelerators, fp32 from cpuinfo on CPU."""
-  kind = devices[0].device_kind
-  per_device = metrics_lib.peak_flops_per_device(kind, override)
-  if per_device:
-    source = 'override' if override > 0 else f'{kind}, dense bf16'
-    return Peak(
-      per_device * len(devices), f'{len(devices)} x {per_device / 1e12:g} TFLOP/s ({source})'
-    )
-  if devices[0].platform == 'cpu':
-    with open('/proc/cpuinfo') as f:
-      return cpu_peak_fp32(f.read(), len(os.sched_getaffinity(0)))
-  return Peak(None, f'unknown device kind {kind!r}: set --config.train.peak_flops_per_device')

@@ -36,6 +36,7 @@ from absl import flags
 
 from albert_jax import benchmark
 from albert_jax.errors import UsageError
+from albert_jax.train import metrics as metrics_lib
 from albert_jax.train.config import PretrainConfig
 from launch import command_line
 
@@ -53,6 +54,12 @@ _COMPILE_DEPTHS = flags.DEFINE_list(
   'Only compile, at each of these num_layers, scanned and unrolled, and print compile times.',
 )
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per result.')
+_PROFILE = flags.DEFINE_string(
+  'profile',
+  None,
+  'Write a jax.profiler trace of one extra round of JAX steps, after the timed '
+  'ones, into this directory (TensorBoard profile plugin or Perfetto).',
+)
 
 
 def main(argv: list[str]) -> None:
@@ -123,6 +130,9 @@ def _time_step(config: PretrainConfig) -> dict:
       if _WARMUP.value:
         run(_WARMUP.value)
     times = benchmark.interleaved_rounds(runners, rounds=_ROUNDS.value, steps=_STEPS.value)
+    if _PROFILE.value:  # Apart from the timed rounds: tracing slows the step.
+      with jax.profiler.trace(_PROFILE.value, create_perfetto_trace=True):
+        runners['jax'](_STEPS.value)
   finally:
     if peer is not None:
       peer.close()
@@ -131,7 +141,7 @@ def _time_step(config: PretrainConfig) -> dict:
   tokens = train.batch_size * data.max_seq_length
   step_time = statistics.median(times['jax'].wall)
   flops_per_step = benchmark.train_flops_per_step(config)
-  peak = benchmark.peak_flops(devices, train.peak_flops_per_device)
+  peak = metrics_lib.peak_flops(devices, train.peak_flops_per_device)
   memory = benchmark.memory(step.compiled)
   result = {
     'preset': config.preset,

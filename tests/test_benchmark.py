@@ -14,6 +14,7 @@ import pytest
 
 from albert_jax import benchmark, memory_plan
 from albert_jax.errors import UsageError
+from albert_jax.train import metrics as metrics_lib
 from albert_jax.train.config import PretrainConfig
 from experiments.configs import pretrain
 
@@ -132,11 +133,11 @@ def test_cpu_peak_from_cpuinfo():
     'vendor_id\t: GenuineIntel\ncpu family\t: 6\ncpu MHz\t\t: 2000.000\n'
     'flags\t\t: fpu avx avx2 fma avx512f\n'
   )
-  peak = benchmark.cpu_peak_fp32(cpuinfo, num_cores=4)
+  peak = metrics_lib.cpu_peak_fp32(cpuinfo, num_cores=4)
   assert peak.flops_per_sec == 4 * 2e9 * 2 * 16 * 2
   zen4 = cpuinfo.replace('GenuineIntel', 'AuthenticAMD').replace(': 6', ': 25')
-  assert benchmark.cpu_peak_fp32(zen4, 4).flops_per_sec == 4 * 2e9 * 2 * 8 * 2
-  assert benchmark.cpu_peak_fp32('flags: sse', 1).flops_per_sec is None
+  assert metrics_lib.cpu_peak_fp32(zen4, 4).flops_per_sec == 4 * 2e9 * 2 * 8 * 2
+  assert metrics_lib.cpu_peak_fp32('flags: sse', 1).flops_per_sec is None
 
 
 def _launch(module, *args):
@@ -154,7 +155,7 @@ def _flags(config=TINY):
   return [f'--config.{k}={v}' for k, v in config.items()]
 
 
-def test_launch_benchmark_prints_one_json_line_with_sane_values():
+def test_launch_benchmark_prints_one_json_line_with_sane_values(tmp_path):
   result = _launch(
     'launch.benchmark',
     '--config=experiments/configs/pretrain.py:tiny',
@@ -164,10 +165,12 @@ def test_launch_benchmark_prints_one_json_line_with_sane_values():
     '--rounds=2',
     '--warmup=1',
     '--json',
+    f'--profile={tmp_path}',
     '--config.data.max_predictions_per_seq=3',
     *_flags(),
   )
   assert result.returncode == 0, result.stderr
+  assert len(list(tmp_path.glob('plugins/profile/*/*.xplane.pb'))) == 1
   lines = result.stdout.strip().splitlines()
   assert len(lines) == 1
   record = json.loads(lines[0])
@@ -177,10 +180,7 @@ def test_launch_benchmark_prints_one_json_line_with_sane_values():
   assert record['flops_per_sec'] == pytest.approx(record['flops_per_step'] / record['step_time_s'])
   assert record['compile_s'] > 0 and record['memory_per_device_bytes'] > 0
   assert record['max_rss_bytes'] > 0
-  if record['peak_flops_per_sec']:
-    assert (
-      0 < record['mfu'] == pytest.approx(record['flops_per_sec'] / record['peak_flops_per_sec'])
-    )
+  assert 0 < record['mfu'] == pytest.approx(record['flops_per_sec'] / record['peak_flops_per_sec'])
   assert 'peer_tokens_per_sec' not in record
 
 

@@ -127,3 +127,19 @@ def test_impossible_config_is_one_clear_error(overrides, message, vocab, tmp_pat
   with pytest.raises(UsageError, match=message) as error:
     trainer.train(PretrainConfig.from_config(config), str(tmp_path))
   assert '\n' not in str(error.value)
+
+
+def test_profile_steps_write_a_trace_and_mfu_is_known_on_cpu(vocab, tmp_path):
+  config = train_testing.tiny_config(vocab, **{'train.num_steps': 4, 'train.profile_steps': '2:3'})
+  result = trainer.train(
+    PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1]
+  )
+  traces = list((tmp_path / 'profile' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  # The trainer's MFU uses the benchmark's peak estimate (cpuinfo on CPUs).
+  assert 0 < result.train_metrics['mfu'] < 1
+
+
+def test_malformed_profile_steps_is_one_line():
+  with pytest.raises(UsageError, match=r"train.profile_steps='3': use START:END"):
+    PretrainConfig.from_config(train_testing.tiny_config('', **{'train.profile_steps': '3'}))

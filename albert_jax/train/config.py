@@ -40,8 +40,11 @@ class TrainConfig(Record):
   log_every: int = 100
   eval_every: int = 5000
   eval_steps: int = 50  # Held-out batches per pretraining evaluation.
-  # Peak FLOP/s per device for MFU; 0: looked up from the device kind.
+  # Peak FLOP/s per device for MFU; 0: the device kind's (CPUs: from cpuinfo).
   peak_flops_per_device: float = 0.0
+  # 'START:END': a jax.profiler trace of steps START..END in WORKDIR/profile
+  # (TensorBoard's profile plugin, or Perfetto); empty: none.
+  profile_steps: str = ''
 
   def __post_init__(self):
     check_types(self)
@@ -72,6 +75,17 @@ class TrainConfig(Record):
       0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0,
       'train.b1 and train.b2 must be in [0, 1) and train.eps > 0',
     )
+    _ = self.profile_range  # Refuses a malformed one.
+
+  @property
+  def profile_range(self) -> tuple[int, int] | None:
+    """(first, last) step of train.profile_steps, None when empty."""
+    if not self.profile_steps:
+      return None
+    first, _, last = self.profile_steps.partition(':')
+    ok = first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)
+    _check(ok, f'train.profile_steps={self.profile_steps!r}: use START:END, 1 <= START <= END')
+    return int(first), int(last)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ from albert_jax.train.config import CheckpointConfig, TrainConfig
 from albert_jax.train.run import Run
 from albert_jax.train.train_step import TrainState
 
+PROFILE_SUBDIR = 'profile'  # train.profile_steps' trace, in the workdir.
 _DIVERGED = 'lower --config.train.learning_rate or raise --config.train.warmup_steps'
 
 
@@ -97,6 +98,7 @@ def train(
         )
       )
       loop = _Loop(run, config.train, checkpointer, writer, evaluate, preemption)
+      loop.profile_dir = os.path.join(workdir.path, PROFILE_SUBDIR)
       state = loop.steps(state, train_iter)
       if evaluate is not None and not loop.scores and not loop.preempted:
         loop.scores = evaluate(state.params)  # Resumed at the end: report anyway.
@@ -190,6 +192,8 @@ class _Loop:
     )
     self.first_step = self.step = 0
     self.saved_step: int | None = None  # The newest checkpoint, all finite.
+    self.profile_dir = ''
+    self._tracing = False
     self.preempted = False
     self.last: dict[str, float | None] = {}
     self.scores: dict[str, float] = {}
@@ -204,6 +208,7 @@ class _Loop:
     with mesh_lib.activate(run.mesh, run.rules):
       while self.step < config.num_steps and not self.preempted:
         self.checkpointer.check_for_errors()  # A failed save stops the run.
+        self._profile(self.step + 1, state)
         batch = pipeline.make_global_batch(next(train_iter), run.batch_sharding)
         state, metrics = run.train_step(state, batch)
         self.step += 1
@@ -235,7 +240,23 @@ class _Loop:
           self.checkpointer.save(step, state, train_iter)
           self.saved_step = step
           self.throughput.restart(step)
+      self._profile(self.step + 1, state)
     return state
+
+  def _profile(self, step: int, state: TrainState) -> None:
+    """Starts the trace before the first step of train.profile_steps, and
+    stops it before the step after its last (or when the loop ends)."""
+    profile = self.config.profile_range
+    if profile is None:
+      return
+    if not self._tracing and step == profile[0]:
+      jax.profiler.start_trace(self.profile_dir, create_perfetto_trace=True)
+      self._tracing = True
+    elif self._tracing and (step > profile[1] or step > self.config.num_steps or self.preempted):
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self._tracing = False
+      log(f'profile of steps {profile[0]}-{step - 1}: tensorboard --logdir {self.profile_dir}')
 
   def _checked(self, step: int, metrics: Mapping[str, jax.Array]) -> dict[str, float]:
     """`metrics` of `step` on the host; UsageError when its loss or the
@@ -284,6 +305,6 @@ def _last_checkpoint(directory: str) -> str:
 
 
 def _peak_flops(mesh: jax.sharding.Mesh, override: float) -> float | None:
-  """Peak FLOP/s of all devices of `mesh`, None when unknown."""
-  peak = metrics_lib.peak_flops_per_device(mesh.devices.flat[0].device_kind, override)
-  return None if peak is None else peak * mesh.size
+  """Peak FLOP/s of all devices of `mesh` (the benchmark's estimate), None
+  when unknown."""
+  return metrics_lib.peak_flops(list(mesh.devices.flat), override).flops_per_sec

@@ -7,6 +7,7 @@ Every logged record goes to three places with the same keys and values:
 Evaluation records carry `eval_`-prefixed keys.
 """
 
+import dataclasses
 import datetime
 import json
 import math
@@ -43,6 +44,69 @@ def peak_flops_per_device(device_kind: str, override: float = 0.0) -> float | No
   if override > 0:
     return override
   return next((peak for name, peak in PEAK_FLOPS if name in device_kind), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+  flops_per_sec: float | None
+  derivation: str
+
+
+def cpu_peak_fp32(cpuinfo: str, num_cores: int) -> Peak:
+  """fp32 peak of `num_cores` cores from /proc/cpuinfo text:
+  cores x clock x FMA pipes x fp32 lanes per pipe x 2 FLOPs per FMA.
+
+  Two FMA pipes per core (every x86 core with FMA since Haswell / Zen). Lanes
+  per pipe: 16 with AVX-512 on Intel, 8 with AVX2 (and with AVX-512 on AMD
+  family 25, Zen 4, which runs 512-bit FMAs on 256-bit pipes), 4 with SSE.
+  The clock is the nominal 'cpu MHz' (turbo not counted).
+  """
+  fields = {}
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(':')
+    fields.setdefault(key.strip(), value.strip())
+  flags = set(fields.get('flags', '').split())
+  vendor, family = fields.get('vendor_id', ''), fields.get('cpu family', '')
+  zen4 = vendor == 'AuthenticAMD' and family == '25'
+  if 'avx512f' in flags and not zen4:
+    lanes, why = 16, 'AVX-512'
+  elif 'avx512f' in flags:
+    lanes, why = 8, 'AVX-512 on 256-bit pipes (AMD Zen 4)'
+  elif {'avx2', 'fma'} <= flags:
+    lanes, why = 8, 'AVX2 + FMA'
+  else:
+    lanes, why = 4, 'SSE'
+  if 'cpu MHz' not in fields:
+    return Peak(None, 'no "cpu MHz" in /proc/cpuinfo')
+  hz = float(fields['cpu MHz']) * 1e6
+  peak = num_cores * hz * 2 * lanes * 2
+  return Peak(
+    peak,
+    f'{num_cores} cores x {hz / 1e9:.3f} GHz x 2 FMA pipes x '
+    f'{lanes} fp32 lanes ({why}) x 2 FLOPs = '
+    f'{peak / 1e9:.1f} GFLOP/s',
+  )
+
+
+def peak_flops(devices: list[jax.Device], override: float = 0.0) -> Peak:
+  """Peak FLOP/s of `devices` together: `override` per device if > 0, the
+  bf16 table of train.metrics for accelerators, fp32 from cpuinfo on CPU."""
+  kind = devices[0].device_kind
+  per_device = peak_flops_per_device(kind, override)
+  if per_device:
+    source = 'override' if override > 0 else f'{kind}, dense bf16'
+    return Peak(
+      per_device * len(devices), f'{len(devices)} x {per_device / 1e12:g} TFLOP/s ({source})'
+    )
+  if devices[0].platform == 'cpu' and os.path.exists('/proc/cpuinfo'):
+    # Every process's CPU devices share its cores: the peak is per host.
+    with open('/proc/cpuinfo') as f:
+      host = cpu_peak_fp32(f.read(), len(os.sched_getaffinity(0)))
+    hosts = len({d.process_index for d in devices})
+    if host.flops_per_sec is None or hosts == 1:
+      return host
+    return Peak(host.flops_per_sec * hosts, f'{hosts} hosts x ({host.derivation})')
+  return Peak(None, f'unknown device kind {kind!r}: set --config.train.peak_flops_per_device')
 
 
 class Throughput:

@@ -86,8 +86,10 @@ def train_config(
       log_every=log_every,
       eval_every=eval_every,
       **more,
-      # Peak FLOP/s per device for MFU; 0: looked up from the device kind.
+      # Peak FLOP/s per device for MFU; 0: the device kind's (CPUs: from cpuinfo).
       peak_flops_per_device=0.0,
+      # 'START:END': a jax.profiler trace of those steps in WORKDIR/profile.
+      profile_steps='',
     )
   )
 
