@@ -55,14 +55,19 @@ def main(argv: Sequence[str]) -> None:
   if _DTYPE.value and _FORMAT.value != 'flax':
     raise UsageError('--dtype applies to --format=flax only (the Hugging Face export is float32)')
   if _FROM_HF.value:
+    if _STEP.value is not None:
+      raise UsageError('--step chooses a checkpoint of --workdir; drop it with --from_hf')
     pretrained = pretrained_lib.load_hf(_FROM_HF.value)
+    source = f'the Hugging Face model {_FROM_HF.value}'
   else:
-    pretrained = export.restore_from_workdir(_WORKDIR.value, _STEP.value).pretrained
+    restored = export.restore_from_workdir(_WORKDIR.value, _STEP.value)
+    pretrained = restored.pretrained
+    source = f'the params of step {restored.step} of {_WORKDIR.value}'
   if _FORMAT.value == 'hf':
     pretrained_lib.save_hf(pretrained, _OUTPUT.value)
   else:
     pretrained_lib.save_flax(pretrained, _OUTPUT.value, dtype=_DTYPE.value)
-  print(f'wrote {_FORMAT.value} model to {_OUTPUT.value}')
+  print(f'wrote {source} to {_OUTPUT.value} ({_FORMAT.value})')
 
 
 if __name__ == '__main__':

@@ -52,6 +52,8 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
   hf_dir, flax_dir = str(tmp_path / 'hf'), str(tmp_path / 'flax')
   result = export_testing.launch('export', f'--workdir={run}', '--format=hf', f'--output={hf_dir}')
   assert result.returncode == 0, result.stderr
+  # The latest checkpoint, named in one line.
+  assert result.stdout.strip() == f'wrote the params of step 400 of {run} to {hf_dir} (hf)'
   model = transformers.AlbertForPreTraining.from_pretrained(hf_dir).eval()
   tokenizer = transformers.AlbertTokenizer.from_pretrained(hf_dir)
   ours = export.restore_from_workdir(run).pretrained
@@ -78,6 +80,7 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
 
   result = export_testing.launch('export', f'--from_hf={hf_dir}', f'--output={flax_dir}')
   assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == f'wrote the Hugging Face model {hf_dir} to {flax_dir} (flax)'
   imported = pretrained_lib.load_pretrained(flax_dir)
   assert imported.config == ours.config
   assert imported.tokenizer.fingerprint == ours.tokenizer.fingerprint
@@ -90,6 +93,7 @@ def test_flax_export_holds_params_only_in_the_chosen_dtype(run, tmp_path):
     'export', f'--workdir={run}', '--step=200', '--dtype=bfloat16', f'--output={out}'
   )
   assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == f'wrote the params of step 200 of {run} to {out} (flax)'
   assert sorted(os.listdir(out)) == [
     'model_config.json',
     'normalization.json',
@@ -153,6 +157,12 @@ def test_existing_output_and_bad_runs_are_one_line_errors(run, tmp_path):
   export_testing.assert_one_line_error(
     export_testing.launch('export', f'--workdir={run}', '--step=7', f'--output={tmp_path / "new"}'),
     'no checkpoint at step 7: choose one of 200, 400',
+  )
+  export_testing.assert_one_line_error(
+    export_testing.launch(
+      'export', f'--from_hf={tmp_path}', '--step=200', f'--output={tmp_path / "new"}'
+    ),
+    '--step chooses a checkpoint of --workdir',
   )
   export_testing.assert_one_line_error(
     export_testing.launch('export', f'--workdir={tmp_path}', f'--output={tmp_path / "new"}'),

@@ -439,7 +439,7 @@ def test_resume_after_kill_writes_each_step_once_and_says_how_many_it_averages(
 
 KILLS = 5
 # Seconds after a process's first step, whose checkpoint it starts saving then.
-KILL_AFTER = (0.0, 2.5)
+KILL_AFTER = (0.5, 5.0)
 
 
 def _near_the_end(line: str) -> bool:
@@ -454,16 +454,19 @@ def test_kill_9_during_saves_then_resume_is_bitwise_the_straight_run(vocab, refe
   killed_pid = None
   for attempt in range(KILLS + 1):  # The last one runs to the end.
     run = _trainer(workdir, vocab)
+    when = 'to the end'
     if attempt < KILLS:
       first = run.wait_for(lambda line: line.startswith('step '))
       # Sooner near the end: all five kills must land before it.
-      if not _near_the_end(first):
-        run.watch(_near_the_end, rng.uniform(*KILL_AFTER))
+      delay = 0.0 if _near_the_end(first) else rng.uniform(*KILL_AFTER)
+      run.watch(_near_the_end, delay)
       run.kill()
+      when = f'killed {delay:.2f} s after its first step'
     result = run.finish()
     stepped = [line.split('|')[0].strip() for line in run.lines if line.startswith('step ')]
     context = (
-      f'run {attempt + 1} (seed {seed}): {stepped[-1:]}, checkpoints {ft.steps(workdir)}, '
+      f'run {attempt + 1} (seed {seed}, {when}): '
+      f'{stepped[-1:]}, checkpoints {ft.steps(workdir)}, '
       f'partial {ft.stray_temp_files(workdir)}'
     )
     print(context)  # Where the kills landed.

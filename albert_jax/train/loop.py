@@ -81,36 +81,26 @@ def train(
   checkpoint, a diverged run or a full disk.
   """
   checkpoint_dir = os.path.join(workdir.path, checkpoint_lib.WORKDIR_SUBDIR)
-  try:
-    with contextlib.ExitStack() as cleanup:
-      checkpointer = checkpoint_lib.Checkpointer(
-        checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
-      )
-      cleanup.callback(checkpointer.close)
-      cleanup.callback(checkpointer.wait)  # Runs first: pending saves land.
-      state = _start_or_resume(run, checkpointer, train_iter, fresh)
-      workdir.record_start(config, int(state.step))
-      writer = cleanup.enter_context(
-        contextlib.closing(
-          metrics_lib.MetricsWriter(
-            workdir.path, total_steps=config.train.num_steps, resume_step=int(state.step)
-          )
+  with _full_disk_stops(checkpoint_dir), contextlib.ExitStack() as cleanup:
+    checkpointer = checkpoint_lib.Checkpointer(
+      checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
+    )
+    cleanup.callback(checkpointer.close)
+    cleanup.callback(checkpointer.wait)  # Runs first: pending saves land.
+    state = _start_or_resume(run, checkpointer, train_iter, fresh)
+    workdir.record_start(config, int(state.step))
+    writer = cleanup.enter_context(
+      contextlib.closing(
+        metrics_lib.MetricsWriter(
+          workdir.path, total_steps=config.train.num_steps, resume_step=int(state.step)
         )
       )
-      loop = _Loop(run, config.train, checkpointer, writer, evaluate, preemption)
-      loop.profile_dir = os.path.join(workdir.path, PROFILE_SUBDIR)
-      state = loop.steps(state, train_iter)
-      if evaluate is not None and not loop.scores and not loop.preempted:
-        loop.scores = evaluate(state.params)  # Resumed at the end: report anyway.
-  except Exception as e:  # A full disk shows up wherever the write was.
-    full = _no_space(e)
-    if full is None:
-      raise
-    checkpoint_lib.remove_partial(checkpoint_dir)
-    raise UsageError(
-      f'no space left on device: {full}; the last complete checkpoint is '
-      f'{_last_checkpoint(checkpoint_dir)} (free some space and rerun to resume)'
-    ) from None
+    )
+    profile_dir = os.path.join(workdir.path, PROFILE_SUBDIR)
+    loop = _Loop(run, config.train, checkpointer, writer, evaluate, preemption, profile_dir)
+    state = loop.steps(state, train_iter)
+    if evaluate is not None and not loop.scores and not loop.preempted:
+      loop.scores = evaluate(state.params)  # Resumed at the end: report anyway.
   _log_end(loop, config.train.num_steps)
   return RunResult(
     step=loop.step,
@@ -123,6 +113,23 @@ def train(
     metrics_path=writer.jsonl_path,
     tensorboard_dir=writer.tensorboard_dir,
   )
+
+
+@contextlib.contextmanager
+def _full_disk_stops(checkpoint_dir: str) -> Iterator[None]:
+  """A full disk, wherever the write was, as one line: what is left
+  partial is removed, the complete checkpoints stay."""
+  try:
+    yield
+  except Exception as e:
+    full = _no_space(e)
+    if full is None:
+      raise
+    checkpoint_lib.remove_partial(checkpoint_dir)
+    raise UsageError(
+      f'no space left on device: {full}; the last complete checkpoint is '
+      f'{_last_checkpoint(checkpoint_dir)} (free some space and rerun to resume)'
+    ) from None
 
 
 def _log_end(loop: '_Loop', num_steps: int) -> None:
@@ -180,6 +187,7 @@ class _Loop:
     writer: metrics_lib.MetricsWriter,
     evaluate: Callable[[Any], dict[str, float]] | None,
     preemption: distributed.PreemptionWatcher,
+    profile_dir: str,
   ):
     self.run, self.config = run, train_config
     self.checkpointer, self.writer = checkpointer, writer
@@ -192,7 +200,7 @@ class _Loop:
     )
     self.first_step = self.step = 0
     self.saved_step: int | None = None  # The newest checkpoint, all finite.
-    self.profile_dir = ''
+    self.profile_dir = profile_dir  # Where train.profile_steps' trace goes.
     self._tracing = False
     self.preempted = False
     self.last: dict[str, float | None] = {}
