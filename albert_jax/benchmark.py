@@ -22,6 +22,7 @@ import numpy as np
 
 from albert_jax import flops
 from albert_jax.data.config import DataConfig
+from albert_jax.errors import UsageError
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import run as run_lib
@@ -50,7 +51,10 @@ def synthetic_batch(
   never [CLS]); sentence_order_label [batch].
   """
   if not 0 < num_masked < seq_len:
-    raise ValueError(f'{num_masked} masked positions do not fit in a sequence of {seq_len} tokens')
+    raise UsageError(
+      f'{num_masked} masked positions do not fit in a sequence of {seq_len} tokens: '
+      'lower --config.data.max_predictions_per_seq'
+    )
   shape = (batch_size, seq_len)
   ids = rng.integers(_FIRST_NORMAL_ID, vocab_size, shape)
   positions = np.sort(

@@ -10,8 +10,10 @@ temporary directory first (not timed).
 Prints one JSON object with --json, a line of text otherwise.
 """
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -19,9 +21,9 @@ from collections.abc import Sequence
 from absl import flags
 
 from albert_jax.data import pipeline, prepared, sources
+from albert_jax.data.config import DataConfig
 from albert_jax.data.tokenizer import train_tokenizer
 from albert_jax.errors import UsageError
-from experiments.configs import pretrain
 from launch import command_line
 
 _MAX_SEQ_LENGTH = flags.DEFINE_integer('max_seq_length', 512, 'Tokens per example.')
@@ -64,7 +66,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _prepare_builtin(tmp: str) -> str:
-  train_tokenizer(sources.read_sentences('builtin'), f'{tmp}/vocab', vocab_size=_VOCAB_SIZE.value)
+  # Its summary line goes to stderr: stdout holds the result alone (--json).
+  with contextlib.redirect_stdout(sys.stderr):
+    train_tokenizer(sources.read_sentences('builtin'), f'{tmp}/vocab', vocab_size=_VOCAB_SIZE.value)
   prepared.prepare('builtin', f'{tmp}/vocab', f'{tmp}/prepared', num_workers=1)
   return f'{tmp}/prepared'
 
@@ -72,14 +76,15 @@ def _prepare_builtin(tmp: str) -> str:
 def _measure(directory: str, name: str) -> dict:
   """Examples per second of the training pipeline reading `directory`;
   `name` is its source in the record."""
-  data = pretrain.get_config('tiny').data
-  data.source = f'prepared:{directory}'
-  data.eval_documents = 0
-  data.max_seq_length = _MAX_SEQ_LENGTH.value
-  data.max_predictions_per_seq = _MAX_PREDICTIONS.value
-  data.sentence_objective = _OBJECTIVE.value
-  data.num_workers = 0
-  data.prefetch_buffer_size = 0
+  data = DataConfig(
+    source=f'prepared:{directory}',
+    eval_documents=0,
+    max_seq_length=_MAX_SEQ_LENGTH.value,
+    max_predictions_per_seq=_MAX_PREDICTIONS.value,
+    sentence_objective=_OBJECTIVE.value,
+    num_workers=0,
+    prefetch_buffer_size=0,
+  )
   tokenizer = prepared.load_tokenizer(directory)
   corpus = pipeline.load_corpus(data, tokenizer)
   ds = pipeline.make_pretraining_dataset(

@@ -10,6 +10,9 @@ arguments, log quietly, and turn an `AlbertError` into one `error: ...` line.
         'experiments/configs/pretrain.py:tiny',
         keys_file='experiments/configs/pretrain.py'))
 
+Logging is quiet: warnings and errors only unless --verbosity is given, and
+never jax's "Unable to initialize backend 'tpu'" of a machine without one.
+
 A launcher given a `Config` takes --config=FILE:PRESET, overrides
 --config.KEY=VALUE and --print_config. A bad flag, value or config key is one
 line and exit status 1, as is an `AlbertError` raised by main (or by the
@@ -78,6 +81,9 @@ def run(
       --print_config).
     takes_arguments: allow arguments besides flags (otherwise one is an error).
   """
+  # Installed before anything can start a jax backend (flag parsing may), and
+  # kept whatever --verbosity says.
+  std_logging.getLogger('jax._src.xla_bridge').addFilter(_not_missing_backend)
   app.run(
     lambda argv: _main(main, argv, config, takes_arguments),
     flags_parser=lambda argv: _parse(argv, config),
@@ -144,6 +150,16 @@ def format_config(config: config_dict.ConfigDict) -> str:
 
 def _not_orbax(record: std_logging.LogRecord) -> bool:
   return f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def _not_missing_backend(record: std_logging.LogRecord) -> bool:
+  """Drops jax's INFO "Unable to initialize backend 'tpu': ... libtpu.so"
+  (any backend that may fail quietly: jax then picks another one), which
+  absl's default verbosity would print on every machine without that
+  accelerator. A backend asked for by JAX_PLATFORMS fails loudly still."""
+  return record.levelno >= std_logging.WARNING or not str(record.msg).startswith(
+    'Unable to initialize backend'
+  )
 
 
 def _main(

@@ -8,8 +8,12 @@ policy (--remat_policies), compiles the train step of the global batch
 (train.batch_size, data.max_seq_length) ahead of time, nothing allocated, with
 gradient accumulation so that each micro-batch holds --micro_batch_per_device
 examples per device, and prints XLA's per-device buffer assignment as a
-Markdown table, with whether it fits a 16 GiB device (TPU v3 core, V100-16GB)
-and an 80 GiB one (A100 / H100 80GB).
+Markdown table, with whether it fits each device of --device_memory (sizes in
+GiB or known devices; default: a 16 GiB device, such as a TPU v5e chip, and an
+80 GiB one, such as an A100 80GB or H100):
+
+  python -m launch.memory_plan --config=experiments/configs/pretrain.py:large \
+      --device_memory=v5p,h200,24
 
 The figures come from the CPU compiler: a guide, not a promise. An
 accelerator's compiler fuses and schedules differently (and may remat more
@@ -26,7 +30,13 @@ from absl import flags
 from albert_jax import benchmark
 from albert_jax.config import REMAT_POLICIES
 from albert_jax.errors import UsageError
-from albert_jax.memory_plan import markdown_table, mesh_config
+from albert_jax.memory_plan import (
+  DEFAULT_DEVICES,
+  KNOWN_DEVICES,
+  device_memory,
+  markdown_table,
+  mesh_config,
+)
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train.config import PretrainConfig
 from launch import command_line
@@ -45,12 +55,23 @@ _MICRO_BATCH = flags.DEFINE_integer(
   8,
   'Examples per device in each accumulation step; sets train.grad_accum_steps.',
 )
+_DEVICE_MEMORY = flags.DEFINE_list(
+  'device_memory',
+  None,
+  'Devices the table judges "fits" against: sizes in GiB and/or known device names '
+  f'({", ".join(KNOWN_DEVICES)}); default: 16 and 80 GiB.',
+)
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per compilation.')
 
 
 def main(argv: list[str]) -> None:
   del argv  # Flags only.
   counts = _positive_ints(_NUM_DEVICES.value, '--num_devices')
+  devices = (
+    [device_memory(spec) for spec in _DEVICE_MEMORY.value]
+    if _DEVICE_MEMORY.value
+    else DEFAULT_DEVICES
+  )
   _simulate_devices(max(counts))
   records = []
   for count in counts:
@@ -60,7 +81,7 @@ def main(argv: list[str]) -> None:
         if _JSON.value:
           print(json.dumps(records[-1]), flush=True)
   if not _JSON.value:
-    print(markdown_table(records))
+    print(markdown_table(records, devices))
 
 
 def _positive_ints(values: list[str], name: str) -> list[int]:

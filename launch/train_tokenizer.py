@@ -35,7 +35,7 @@ _MAX_SENTENCES = flags.DEFINE_integer(
 
 def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
-  tokenizer = train_tokenizer(
+  train_tokenizer(  # Prints what it trained, in one line.
     sources.read_sentences(_SOURCE.value, text_feature=_TEXT_FEATURE.value),
     _OUTPUT.value,
     vocab_size=_VOCAB_SIZE.value,
@@ -46,9 +46,7 @@ def main(argv: Sequence[str]) -> None:
     ),
     character_coverage=_CHARACTER_COVERAGE.value,
     max_sentences=_MAX_SENTENCES.value,
-    verbose=True,
   )
-  print(f'wrote {_OUTPUT.value}/spiece.model: {tokenizer.vocab_size} pieces')
 
 
 if __name__ == '__main__':

@@ -127,6 +127,51 @@ def test_memory_plan_table_and_mesh_layouts():
   assert 'Fits 16 GiB: none.' in table
   assert 'Fits 80 GiB: 8 x fsdp=8 / full.' in table
 
+  # --device_memory: sizes in GiB and known devices, spelt loosely.
+  v5e, h200, a100 = (memory_plan.device_memory(s) for s in ('tpu-v5e', 'H200', 'A100-80GB'))
+  assert (v5e.gib, h200.gib, a100.gib) == (16, 141, 80)
+  assert memory_plan.device_memory('tpu_v4').gib == 32
+  assert memory_plan.device_memory('v5p').gib == 95
+  assert memory_plan.device_memory('a100-40').gib == 40
+  assert memory_plan.device_memory('h100').gib == 80
+  assert memory_plan.device_memory('19.5') == memory_plan.DeviceMemory(19.5)
+  table = memory_plan.markdown_table([record], [v5e, memory_plan.DeviceMemory(19.5), h200])
+  assert '| fits TPU v5e (16 GiB) | fits 19.5 GiB | fits H200 (141 GiB) |' in table
+  assert '| 20.00 | no | no | yes |' in table
+  assert 'Fits TPU v5e (16 GiB): none.' in table
+  assert 'Fits H200 (141 GiB): 8 x fsdp=8 / full.' in table
+  for bad, message in [
+    ('a100', 'say a100-40 or a100-80'),
+    ('v3', 'not a size in GiB nor a known device .*h200'),
+    ('0', 'must be positive'),
+  ]:
+    with pytest.raises(UsageError, match=message):
+      memory_plan.device_memory(bad)
+
+
+def test_launch_memory_plan_judges_against_device_memory():
+  args = [
+    '--config=experiments/configs/pretrain.py:tiny',
+    *_flags(),
+    '--config.data.max_seq_length=16',
+    '--config.data.max_predictions_per_seq=3',
+    '--config.train.batch_size=8',
+    '--num_devices=1',
+    '--meshes=data',
+    '--remat_policies=none',
+  ]
+  result = _launch('launch.memory_plan', *args, '--device_memory=v5e,h200,0.000001')
+  assert result.returncode == 0, result.stderr
+  assert 'fits TPU v5e (16 GiB) | fits H200 (141 GiB) | fits 1e-06 GiB |' in result.stdout
+  assert '| yes | yes | no |' in result.stdout
+  assert 'Fits 1e-06 GiB: none.' in result.stdout
+  result = _launch('launch.memory_plan', *args, '--device_memory=v9')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+    'error: --device_memory=v9: not a size in GiB nor a known device '
+    '(v4, v5e, v5p, a100-40, a100-80, h100, h200)'
+  ]
+
 
 def test_cpu_peak_from_cpuinfo():
   cpuinfo = (

@@ -167,3 +167,27 @@ def test_a_library_error_is_one_line_without_traceback(tmp_path):
 )
 def test_command_line_mistakes_are_one_line(launcher, args, message):
   assert _one_error_line(_run(launcher, *args)) == message
+
+
+def test_no_missing_backend_line_from_jax():
+  # jax logs "Unable to initialize backend 'tpu': ... libtpu.so" at INFO on a
+  # machine without a TPU; the launchers drop it, even at --verbosity=0.
+  params = ['--config=experiments/configs/pretrain.py:tiny']
+  benchmark = [
+    '--config=experiments/configs/pretrain.py:tiny',
+    '--batch_size=8',  # A multiple of the tests' 8 CPU devices.
+    '--steps=1',
+    '--rounds=1',
+    '--warmup=0',
+    '--json',
+  ]
+  processes = [
+    _popen('params', *params),
+    _popen('params', *params, '--verbosity=0'),
+    _popen('benchmark', *benchmark),
+  ]
+  for process in processes:
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert 'total' in stdout or 'tokens_per_sec' in stdout
+    assert 'Unable to initialize backend' not in stdout + stderr, stderr

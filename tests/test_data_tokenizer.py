@@ -1,6 +1,7 @@
 """Tokenizer: ALBERT ids, normalisation saved and reapplied, Chinese, errors."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -86,6 +87,24 @@ def test_chinese_round_trip(tmp_path):
     assert Tokenizer.load(directory).decode(ids) == text
 
 
+def test_training_is_quiet_but_for_one_summary_line(tmp_path, capfd):
+  directory = str(tmp_path / 'v')
+  sentences = list(sources.read_sentences('builtin'))
+  tokenizer = train_tokenizer(sentences, directory, vocab_size=300)
+  out, err = capfd.readouterr()
+  # SentencePiece's C++ log (trainer spec, EM iterations) stays off; no bar
+  # off a terminal.
+  assert len(err.strip().splitlines()) <= 2, err
+  assert 'trainer_interface' not in err and 'EM sub_iter' not in err
+  characters = sum(len(Normalization()(s)) for s in sentences)
+  summary = re.escape(
+    f'trained a {tokenizer.vocab_size:,}-piece tokenizer on {characters:,} characters '
+    '(coverage 0.99995) in '
+  )
+  assert re.fullmatch(summary + rf'\d+\.\d s: {re.escape(directory)}\n', out), out
+  assert tokenizer.vocab_size == 300 and characters > 100_000
+
+
 def test_vocab_size_too_large_gives_smaller_vocab(tmp_path, caplog):
   tokenizer = train_tokenizer(
     ['a tiny corpus.', 'it has few words.'] * 10, str(tmp_path / 'v'), vocab_size=5000
@@ -148,6 +167,12 @@ def test_train_tokenizer_launcher(tmp_path):
   )
   done = run(f'--source=text:{corpus}', '--vocab_size=40', f'--output={tmp_path}/v')
   assert done.returncode == 0, done.stderr
+  assert re.fullmatch(
+    rf'trained a \d\d-piece tokenizer on [\d,]+ characters \(coverage 0.99995\) '
+    rf'in \d+\.\d s: {tmp_path}/v',
+    done.stdout.strip(),
+  ), done.stdout
+  assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
   assert Tokenizer.load(f'{tmp_path}/v').vocab_size <= 40
   failed = run(f'--source=text:{tmp_path}/nothing*.txt', f'--output={tmp_path}/w')
   assert failed.returncode != 0

@@ -116,6 +116,12 @@ def _resumed_step(result: ft.Result) -> int:
   return int(ft.search(RESUMED, result)['step'])
 
 
+def _step(line: str) -> int | None:
+  """The step of a training record's console line ('step 3/10 | loss ...')."""
+  match = re.match(r'step (\d+)/\d+ \| loss ', line)
+  return int(match[1]) if match else None
+
+
 # ---------------------------------------------------------------- 1. one writer
 
 
@@ -288,7 +294,8 @@ def test_no_usable_checkpoint_is_one_line_and_none_is_deleted(vocab, reference, 
 
 def test_full_disk_stops_at_the_save_that_failed(vocab, reference, tmp_path, can_mount):
   disk = str(tmp_path / 'disk')
-  with ft.tmpfs(disk, '3m'):  # A checkpoint takes about 0.9 MB.
+  # A checkpoint takes about 2 MB of tmpfs: the first fits, the third does not.
+  with ft.tmpfs(disk, '5m'):
     workdir = os.path.join(disk, 'run')
     result = _trainer(workdir, vocab).finish()
     ft.assert_last_error(result, r'^error: no space left on device: .*')
@@ -438,16 +445,13 @@ def test_resume_after_kill_writes_each_step_once_and_says_how_many_it_averages(
 
 
 KILLS = 5
-# Seconds after a process's first step, whose checkpoint it starts saving then.
-KILL_AFTER = (0.5, 5.0)
-
-
-def _near_the_end(line: str) -> bool:
-  match = re.match(r'step (\d+)/', line)
-  return bool(match) and int(match[1]) >= NUM_STEPS - 1
+KILL_AFTER = 0.6  # At most, in seconds, after the line of the step chosen.
 
 
 def test_kill_9_during_saves_then_resume_is_bitwise_the_straight_run(vocab, reference, tmp_path):
+  """Each run is killed a random time after a random step of those left (a
+  checkpoint of that step or the one before is being saved then); at the
+  last step's line at the latest, so that each of the five kills lands."""
   workdir = str(tmp_path / 'run')
   seed = random.randrange(2**32)
   rng = random.Random(seed)
@@ -456,12 +460,12 @@ def test_kill_9_during_saves_then_resume_is_bitwise_the_straight_run(vocab, refe
     run = _trainer(workdir, vocab)
     when = 'to the end'
     if attempt < KILLS:
-      first = run.wait_for(lambda line: line.startswith('step '))
-      # Sooner near the end: all five kills must land before it.
-      delay = 0.0 if _near_the_end(first) else rng.uniform(*KILL_AFTER)
-      run.watch(_near_the_end, delay)
+      target = rng.randint((ft.steps(workdir) or [0])[-1] + 1, NUM_STEPS)
+      line = run.wait_for(lambda line, target=target: _step(line) in (target, NUM_STEPS))
+      delay = rng.uniform(0, KILL_AFTER) if _step(line) < NUM_STEPS else 0.0
+      run.watch(lambda line: _step(line) == NUM_STEPS, delay)
       run.kill()
-      when = f'killed {delay:.2f} s after its first step'
+      when = f'killed {delay:.2f} s after step {target}'
     result = run.finish()
     stepped = [line.split('|')[0].strip() for line in run.lines if line.startswith('step ')]
     context = (

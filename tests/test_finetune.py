@@ -158,10 +158,14 @@ def test_squad_normalisation_and_metrics():
   example = span_qa.QAExample(
     id='q', question='?', words=('x',), answers=('the old dogs', 'dogs'), answer_words=(0, 0)
   )
-  assert span_qa.squad_metrics([example], {'q': 'Dogs.'}) == {'exact_match': 1.0, 'f1': 1.0}
+  # SQuAD's 0-100 scale.
+  assert span_qa.squad_metrics([example], {'q': 'Dogs.'}) == {'exact_match': 100.0, 'f1': 100.0}
   metrics = span_qa.squad_metrics([example], {'q': 'old dogs bark'})
   assert metrics['exact_match'] == 0.0
-  assert metrics['f1'] == pytest.approx(0.8)  # P 2/3, R 1 against 'old dogs'.
+  assert metrics['f1'] == pytest.approx(80.0)  # P 2/3, R 1 against 'old dogs'.
+  other = dataclasses.replace(example, id='r')
+  both = span_qa.squad_metrics([example, other], {'q': 'Dogs.', 'r': 'old dogs bark'})
+  assert both == {'exact_match': 50.0, 'f1': pytest.approx(90.0)}
 
 
 def test_windows_over_a_long_context_decode_back_to_the_answers(tokenizer, tmp_path):
@@ -199,7 +203,7 @@ def test_windows_over_a_long_context_decode_back_to_the_answers(tokenizer, tmp_p
   start[rows[inside], features['start_positions'][inside]] = 10.0
   end[rows[inside], features['end_positions'][inside]] = 10.0
   predictions = span_qa.decode(examples, mapping, start, end, max_answer_length=5)
-  assert span_qa.squad_metrics(examples, predictions)['exact_match'] == 1.0
+  assert span_qa.squad_metrics(examples, predictions)['exact_match'] == 100.0
 
 
 # ---------------------------------------------------------------- dropout
@@ -314,7 +318,8 @@ def test_span_qa_reaches_90_percent_exact_match(tmp_path):
     FinetuneConfig.from_config(config), export_testing.exported('flax'), str(tmp_path / 'run')
   )
   assert result.step == 200
-  assert result.eval_metrics['exact_match'] >= 0.9
+  assert result.eval_metrics['exact_match'] >= 90  # SQuAD's 0-100 scale.
+  assert result.eval_metrics['f1'] <= 100
   assert result.eval_metrics['f1'] >= result.eval_metrics['exact_match']
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -150,7 +151,6 @@ def train_tokenizer(
   normalization: Normalization = Normalization(),
   character_coverage: float = 0.99995,
   max_sentences: int = 10_000_000,
-  verbose: bool = False,
 ) -> Tokenizer:
   """Trains a SentencePiece unigram model on `sentences` into `output_dir`.
 
@@ -159,6 +159,11 @@ def train_tokenizer(
   SentencePiece samples `max_sentences` of the input when there are more.
   Training is deterministic: the same sentences give the same model.
   Refuses (DataError) to replace a tokenizer already in `output_dir`.
+
+  SentencePiece's own log (its trainer spec, every EM iteration) stays off;
+  a progress bar over the sentences shows on a terminal only, and one line on
+  stdout says what was trained:
+    trained a 2,000-piece tokenizer on 1,234,567 characters (coverage 0.99995) in 3.2 s: DIR
   """
   if os.path.exists(os.path.join(output_dir, MODEL_FILE)):
     raise DataError(f'{output_dir} already holds a tokenizer: choose another output directory')
@@ -166,15 +171,18 @@ def train_tokenizer(
     raise DataError(
       f'vocab_size={vocab_size} leaves no room for pieces: use more than {len(SPECIAL_PIECES)}'
     )
-  count = 0
+  count = characters = 0
+  start = time.perf_counter()
 
   def normalized() -> Iterator[str]:
-    nonlocal count
-    progress = tqdm.tqdm(sentences, desc='sentences', unit=' sentences', disable=not verbose)
+    nonlocal count, characters
+    # disable=None: a bar on a terminal only, gone when done.
+    progress = tqdm.tqdm(sentences, desc='sentences', unit=' sentences', disable=None, leave=False)
     for sentence in progress:
       sentence = normalization(sentence)
       if sentence:
         count += 1
+        characters += len(sentence)
         yield sentence
 
   model = _BytesWriter()
@@ -197,7 +205,7 @@ def train_tokenizer(
       eos_id=-1,
       control_symbols=list(SPECIAL_PIECES[2:]),
       num_threads=os.cpu_count() or 1,
-      minloglevel=0 if verbose else 2,
+      minloglevel=2,  # Errors only: its INFO log is some 80 lines.
     )
   except RuntimeError as e:
     if count == 0:
@@ -211,6 +219,11 @@ def train_tokenizer(
       'corpus too small for vocab_size=%d: trained %d pieces', vocab_size, tokenizer.vocab_size
     )
   tokenizer.save(output_dir)
+  print(
+    f'trained a {tokenizer.vocab_size:,}-piece tokenizer on {characters:,} characters '
+    f'(coverage {character_coverage:g}) in {time.perf_counter() - start:.1f} s: {output_dir}',
+    flush=True,
+  )
   return tokenizer
 
 

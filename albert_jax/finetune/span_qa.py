@@ -16,7 +16,8 @@ a span starting where the window gives the token its most context; the
 answer is the span's words joined by spaces. Metrics: exact match and F1
 over answer words after SQuAD's normalisation (lowercase, no punctuation,
 no articles a / an / the, single spaces), the best over the gold answers,
-as fractions in [0, 1].
+on SQuAD's 0-100 scale (percent), as the official evaluation script reports
+them.
 """
 
 from __future__ import annotations
@@ -286,7 +287,8 @@ _PUNCTUATION = frozenset(string.punctuation)
 def squad_metrics(
   examples: Sequence[QAExample], predictions: Mapping[str, str]
 ) -> dict[str, float]:
-  """Mean exact match and F1 (best over gold answers), in [0, 1]."""
+  """Mean exact match and F1 (best over gold answers), in percent (0-100),
+  as SQuAD's evaluation script reports them."""
   exact, f1 = [], []
   for example in examples:
     prediction = predictions.get(example.id, '')
@@ -294,7 +296,7 @@ def squad_metrics(
       max(float(normalize_answer(prediction) == normalize_answer(gold)) for gold in example.answers)
     )
     f1.append(max(_f1(prediction, gold) for gold in example.answers))
-  return {'exact_match': float(np.mean(exact)), 'f1': float(np.mean(f1))}
+  return {'exact_match': 100.0 * float(np.mean(exact)), 'f1': 100.0 * float(np.mean(f1))}
 
 
 def _f1(prediction: str, gold: str) -> float:
