@@ -26,8 +26,9 @@ import logging as std_logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import yaml
 from absl import app, flags, logging
@@ -84,10 +85,35 @@ def run(
   # Installed before anything can start a jax backend (flag parsing may), and
   # kept whatever --verbosity says.
   std_logging.getLogger('jax._src.xla_bridge').addFilter(_not_missing_backend)
+  sys.unraisablehook = _without_closed_loop_reports(sys.unraisablehook)
   app.run(
     lambda argv: _main(main, argv, config, takes_arguments),
     flags_parser=lambda argv: _parse(argv, config),
   )
+
+
+def _without_closed_loop_reports(unraisablehook: Callable[[Any], None]) -> Callable[[Any], None]:
+  """`unraisablehook` but for 'Event loop is closed' raised in asyncio itself.
+
+  After a checkpoint read or write fails (a truncated file, a full disk),
+  tensorstore still completes the failed operation's other reads and writes
+  and reports each into orbax's event loop, closed by then; each refusal is
+  unraisable (it happens in tensorstore's threads). The failure itself
+  reaches the user as one line; these echoes of it are dropped.
+  """
+
+  def hook(unraisable: Any) -> None:
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    if (
+      unraisable.exc_type is RuntimeError
+      and str(unraisable.exc_value) == 'Event loop is closed'
+      and frames
+      and all(f.filename.endswith(os.path.join('asyncio', 'base_events.py')) for f in frames)
+    ):
+      return
+    unraisablehook(unraisable)
+
+  return hook
 
 
 def flag_value(argv: Sequence[str], name: str, default: str | None = None) -> str | None:

@@ -231,11 +231,12 @@ def training_records(workdir: str) -> list[dict[str, Any]]:
 
 
 def assert_kept(before: dict[str, bytes], workdir: str, upto: int | None = None) -> None:
-  """Nothing of the run in snapshot `before` was lost or changed: config.json,
-  every complete checkpoint (up to step `upto`, all when None) byte for byte,
+  """Nothing of the run in snapshot `before` was lost or changed: config.json
+  (if there was one), every complete checkpoint (up to step `upto`, all when None) byte for byte,
   and the metrics records up to `upto`, in order."""
   after = snapshot(workdir)
-  assert after.get('config.json') == before.get('config.json'), 'config.json changed'
+  if 'config.json' in before:
+    assert after.get('config.json') == before['config.json'], 'config.json changed'
   for step in {int(k.split('/')[1]) for k in before if re.match(rf'{CHECKPOINTS}/\d+/', k)}:
     if upto is None or step <= upto:
       assert checkpoint_files(after, step) == checkpoint_files(before, step), (

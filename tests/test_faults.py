@@ -21,7 +21,6 @@ import signal
 import socket
 import time
 
-import faults_testing as ft
 import jax
 import numpy as np
 import pytest
@@ -32,6 +31,7 @@ from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
 
+import faults_testing as ft
 import train_testing
 
 NUM_STEPS = 10
@@ -61,11 +61,9 @@ UNREADABLE = (
   r'(?P<to>\S*unusable_checkpoints/(?P<aside>\d+))'
 )
 RESUMED = r'^resum.*\bat step (?P<step>\d+)'
-# The issue's shape (a non-finite loss), or the library's when the loss of the
-# step is finite but the parameters after it are not.
+# The first step whose loss, or the parameters after it, is not finite.
 DIVERGED = (
-  r'^error: (loss is (nan|inf|-inf) at step (?P<step>\d+): training diverged'
-  r'|training diverged at step (?P<param_step>\d+) \(loss \S+, parameter norm \S+\)): '
+  r'^error: training diverged at step (?P<step>\d+) \(loss \S+, parameter norm \S+\): '
   r'.*; (the last good checkpoint is step (?P<good>\d+)|no checkpoint was written)$'
 )
 
@@ -127,11 +125,12 @@ def _step(line: str) -> int | None:
 
 def test_second_trainer_is_refused_while_the_first_runs_on(vocab, reference, tmp_path):
   workdir = tmp_path / 'run'
-  first = _trainer(workdir, vocab)
+  settings = {'checkpoint.every_steps': 1000}  # Saves take time; none is needed.
+  first = _trainer(workdir, vocab, **settings)
   first.wait_for(lambda line: line.startswith('mesh '))  # It holds the workdir.
   first.signal(signal.SIGSTOP)  # Still holding it, whatever the second's speed.
   try:
-    second = _trainer(workdir, vocab).finish()
+    second = _trainer(workdir, vocab, **settings).finish()
   finally:
     first.signal(signal.SIGCONT)
   match = ft.assert_refused(second, LOCKED)
@@ -222,7 +221,7 @@ def test_rerun_with_changed_training_settings_resumes_and_records_them(vocab, re
   assert result.returncode == 0, result.describe()
   line = ft.search(r'^resuming at step (\d+) with changed settings: (.*)$', result)
   assert int(line[1]) == NUM_STEPS
-  saved = {k: train_testing.TINY.get(k, SETTINGS.get(k)) for k in changes}
+  saved = {k: SETTINGS.get(k, train_testing.TINY.get(k)) for k in changes}
   for key, value in changes.items():
     assert f'{key} {saved[key]} -> {value}' in line[2]
   ft.assert_kept(before, workdir)  # config.json keeps the run's origin.
@@ -302,12 +301,14 @@ def test_full_disk_stops_at_the_save_that_failed(vocab, reference, tmp_path, can
     complete = ft.steps(workdir)
     assert complete and complete[-1] < NUM_STEPS, complete
     assert ft.stray_temp_files(workdir) == []
+    before = ft.snapshot(workdir)
     copy = ft.copy_run(workdir, str(tmp_path / 'copy'))
   # The last complete checkpoint resumes, on a disk with room.
   result = _trainer(copy, vocab).finish()
   ft.assert_no_traceback(result)
   assert result.returncode == 0, result.describe()
   assert _resumed_step(result) == complete[-1]
+  ft.assert_kept(before, copy, upto=complete[-1])
   _assert_same_losses(copy, reference)
 
 
@@ -382,7 +383,7 @@ def test_divergence_names_its_step_and_leaves_only_finite_checkpoints(vocab, tmp
     workdir, vocab, **{'train.learning_rate': 1e30, 'train.log_every': 1000}
   ).finish()
   match = ft.assert_refused(result, DIVERGED)
-  diverged = int(match['step'] or match['param_step'])
+  diverged = int(match['step'])
   complete = ft.steps(workdir)
   if match['good'] is None:
     assert complete == []
@@ -445,22 +446,23 @@ def test_resume_after_kill_writes_each_step_once_and_says_how_many_it_averages(
 
 
 KILLS = 5
-KILL_AFTER = 0.6  # At most, in seconds, after the line of the step chosen.
+KILL_AFTER = 2.0  # At most, in seconds, after the line of the step chosen.
 
 
 def test_kill_9_during_saves_then_resume_is_bitwise_the_straight_run(vocab, reference, tmp_path):
-  """Each run is killed a random time after a random step of those left (a
-  checkpoint of that step or the one before is being saved then); at the
+  """Each run is killed a random time after its first or second step (a
+  checkpoint of that step or the one before is being saved then), at the
   last step's line at the latest, so that each of the five kills lands."""
   workdir = str(tmp_path / 'run')
   seed = random.randrange(2**32)
   rng = random.Random(seed)
   killed_pid = None
   for attempt in range(KILLS + 1):  # The last one runs to the end.
+    before, latest = ft.snapshot(workdir), (ft.steps(workdir) or [0])[-1]
     run = _trainer(workdir, vocab)
     when = 'to the end'
     if attempt < KILLS:
-      target = rng.randint((ft.steps(workdir) or [0])[-1] + 1, NUM_STEPS)
+      target = min(latest + rng.randint(1, 2), NUM_STEPS)
       line = run.wait_for(lambda line, target=target: _step(line) in (target, NUM_STEPS))
       delay = rng.uniform(0, KILL_AFTER) if _step(line) < NUM_STEPS else 0.0
       run.watch(lambda line: _step(line) == NUM_STEPS, delay)
@@ -480,6 +482,7 @@ def test_kill_9_during_saves_then_resume_is_bitwise_the_straight_run(vocab, refe
       assert match and int(match['pid']) == killed_pid, f'{context}\n{result.describe()}'
     expected = -signal.SIGKILL if attempt < KILLS else 0
     assert result.returncode == expected, f'{context}\n{result.describe()}'
+    ft.assert_kept(before, workdir, upto=latest)
     killed_pid = run.pid
   _assert_same_losses(workdir, reference)
   got, expected = (

@@ -163,7 +163,10 @@ class Checkpointer:
 
   def check_compatible(self, step: int, abstract_state: Any) -> None:
     """Raises UsageError unless checkpoint `step` holds arrays of `abstract_state`'s shapes."""
-    saved = tree_paths.shapes(self._manager.item_metadata(step)['state'].tree)
+    metadata = self._manager.item_metadata(step)['state']
+    if metadata is None:  # Not a usable checkpoint, rather than another model's.
+      raise FileNotFoundError(f'checkpoint {step} has no readable state metadata')
+    saved = tree_paths.shapes(metadata.tree)
     wanted = tree_paths.shapes(abstract_state)
     # Parameters first: they name the model difference most plainly.
     for name in sorted(

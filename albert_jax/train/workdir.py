@@ -32,6 +32,8 @@ from albert_jax.errors import UsageError
 LOCK_FILE = 'lock'
 CONFIG_FILE = 'config.json'
 RESUMES_FILE = 'resumes.jsonl'
+# Keys holding a local path, compared as the file they name.
+_PATH_KEYS = ('data.vocab', 'init_from')
 
 
 class RunConfig(Protocol):
@@ -62,6 +64,11 @@ class Workdir:
     if self.first_start:
       _write_atomic(os.path.join(self.path, CONFIG_FILE), _to_json(config))
       return
+    if self.changed:
+      print(
+        f'resuming at step {step} with changed settings: {_describe(self.changed, self.changed)}',
+        flush=True,
+      )
     record = {
       'step': step,
       'time': _now(),
@@ -90,8 +97,6 @@ def claim(path: str, config: Any) -> Iterator[Workdir]:
         f'{path} holds a run of another model ({_describe(changed, fixed)}); '
         'rerun with its settings or use a new --workdir'
       )
-    if changed and jax.process_index() == 0:
-      print(f'resuming with changed settings: {_describe(changed, changed)}', flush=True)
     yield Workdir(path=path, changed=changed, first_start=saved is None)
 
 
@@ -195,9 +200,14 @@ def _changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tupl
   changed = {}
   for key in sorted(saved.keys() | now.keys()):
     before, after = saved.get(key), _jsonable(now.get(key))
-    if before != after:
+    if before != after and not (key in _PATH_KEYS and _same_path(before, after)):
       changed[key] = (before, after)
   return changed
+
+
+def _same_path(before: Any, after: Any) -> bool:
+  """Whether two spellings of a path (relative, through a link) are one."""
+  return bool(before and after) and os.path.realpath(before) == os.path.realpath(after)
 
 
 def _is_fixed(key: str, config: RunConfig) -> bool:
