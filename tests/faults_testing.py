@@ -194,17 +194,6 @@ def search(pattern: str, result: Result) -> re.Match:
 # ---------------------------------------------------------------- files
 
 
-def snapshot(directory: str) -> dict[str, bytes]:
-  """Every file under `directory`: relative path -> contents."""
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, directory)] = f.read()
-  return files
-
-
 def checkpoint_files(files: dict[str, bytes], step: int, under: str = CHECKPOINTS) -> dict:
   """The files of checkpoint `step` in a snapshot, relative to its directory."""
   prefix = f'{under}/{step}/'
@@ -234,7 +223,7 @@ def assert_kept(before: dict[str, bytes], workdir: str, upto: int | None = None)
   """Nothing of the run in snapshot `before` was lost or changed: config.json
   (if there was one), every complete checkpoint (up to step `upto`, all when None) byte for byte,
   and the metrics records up to `upto`, in order."""
-  after = snapshot(workdir)
+  after = train_testing.snapshot(workdir)
   if 'config.json' in before:
     assert after.get('config.json') == before['config.json'], 'config.json changed'
   for step in {int(k.split('/')[1]) for k in before if re.match(rf'{CHECKPOINTS}/\d+/', k)}:

@@ -160,7 +160,7 @@ def killed_and_resumed(vocab, tmp_path_factory):
   )
   complete = ft.steps(workdir)
   assert complete and complete[-1] < NUM_STEPS, complete
-  before = ft.snapshot(workdir)
+  before = train_testing.snapshot(workdir)
   resumed = _trainer(workdir, vocab, **settings).finish()
   return {
     'workdir': workdir,
@@ -197,19 +197,19 @@ def test_rerun_with_another_model_of_the_same_shapes_is_refused_untouched(
   key, value, vocab, reference, tmp_path
 ):
   workdir = _copy(reference, tmp_path)
-  before = ft.snapshot(workdir)
+  before = train_testing.snapshot(workdir)
   result = _trainer(workdir, vocab, **{key: value}).finish()
   match = ft.assert_refused(result, OTHER_MODEL)
   with open(os.path.join(workdir, 'config.json')) as f:
     section, name = key.split('.')
     saved = json.load(f)[section][name]
   assert f'{key} {saved} -> {value}' in match['changes']
-  assert ft.snapshot(workdir) == before
+  assert train_testing.snapshot(workdir) == before
 
 
 def test_rerun_with_changed_training_settings_resumes_and_records_them(vocab, reference, tmp_path):
   workdir = _copy(reference, tmp_path)
-  before = ft.snapshot(workdir)
+  before = train_testing.snapshot(workdir)
   changes = {
     'train.num_steps': NUM_STEPS + 2,
     'train.learning_rate': 2e-2,
@@ -251,13 +251,13 @@ def test_unreadable_latest_checkpoint_is_moved_aside_and_the_run_resumes(
 ):
   workdir = _copy(reference, tmp_path)
   ft.CORRUPTIONS[kind](os.path.join(workdir, ft.CHECKPOINTS, str(NUM_STEPS)))
-  before = ft.snapshot(workdir)
+  before = train_testing.snapshot(workdir)
   result = _trainer(workdir, vocab).finish()
   ft.assert_no_traceback(result)
   assert result.returncode == 0, result.describe()
   match = ft.search(UNREADABLE, result)
   assert int(match['step']) == int(match['aside']) == NUM_STEPS
-  after = ft.snapshot(workdir)
+  after = train_testing.snapshot(workdir)
   assert ft.checkpoint_files(after, NUM_STEPS, ft.UNUSABLE) == ft.checkpoint_files(
     before, NUM_STEPS
   ), 'the unreadable checkpoint was changed, not moved'
@@ -276,10 +276,10 @@ def test_no_usable_checkpoint_is_one_line_and_none_is_deleted(vocab, reference, 
       shutil.rmtree(os.path.join(workdir, ft.CHECKPOINTS, str(step)))
   for step, corrupt in zip(bad, ft.CORRUPTIONS.values()):
     corrupt(os.path.join(workdir, ft.CHECKPOINTS, str(step)))
-  before = ft.snapshot(workdir)
+  before = train_testing.snapshot(workdir)
   result = _trainer(workdir, vocab).finish()
   ft.assert_refused(result, r'^error: no usable checkpoint in .*')
-  after = ft.snapshot(workdir)
+  after = train_testing.snapshot(workdir)
   assert ft.steps(workdir) == []
   assert ft.steps(workdir, ft.UNUSABLE) == bad
   for step in bad:
@@ -301,7 +301,7 @@ def test_full_disk_stops_at_the_save_that_failed(vocab, reference, tmp_path, can
     complete = ft.steps(workdir)
     assert complete and complete[-1] < NUM_STEPS, complete
     assert ft.stray_temp_files(workdir) == []
-    before = ft.snapshot(workdir)
+    before = train_testing.snapshot(workdir)
     copy = ft.copy_run(workdir, str(tmp_path / 'copy'))
   # The last complete checkpoint resumes, on a disk with room.
   result = _trainer(copy, vocab).finish()
@@ -322,10 +322,10 @@ def test_full_disk_stops_at_the_save_that_failed(vocab, reference, tmp_path, can
 def test_workdir_on_a_file_is_refused(path, pattern, vocab, tmp_path):
   with open(tmp_path / 'file', 'w') as f:
     f.write('not a workdir\n')
-  before = ft.snapshot(str(tmp_path))
+  before = train_testing.snapshot(str(tmp_path))
   result = _trainer(tmp_path / path, vocab).finish()
   ft.assert_refused(result, pattern)
-  assert ft.snapshot(str(tmp_path)) == before
+  assert train_testing.snapshot(str(tmp_path)) == before
   assert sorted(os.listdir(tmp_path)) == ['file']
 
 
@@ -458,7 +458,7 @@ def test_kill_9_during_saves_then_resume_is_bitwise_the_straight_run(vocab, refe
   rng = random.Random(seed)
   killed_pid = None
   for attempt in range(KILLS + 1):  # The last one runs to the end.
-    before, latest = ft.snapshot(workdir), (ft.steps(workdir) or [0])[-1]
+    before, latest = train_testing.snapshot(workdir), (ft.steps(workdir) or [0])[-1]
     run = _trainer(workdir, vocab)
     when = 'to the end'
     if attempt < KILLS:

@@ -125,7 +125,7 @@ def test_checkpoint_of_data_mesh_restores_under_fsdp(vocab, straight, tmp_path):
 def test_workdir_of_another_model_is_refused_untouched(vocab, straight, tmp_path):
   workdir = os.path.join(tmp_path, 'run')
   shutil.copytree(straight, workdir)
-  before = _snapshot(workdir)
+  before = train_testing.snapshot(workdir)
   process = subprocess.run(
     [
       sys.executable,
@@ -149,17 +149,7 @@ def test_workdir_of_another_model_is_refused_untouched(vocab, straight, tmp_path
     r'its settings or use a new --workdir$',
     stderr[0],
   )
-  assert _snapshot(workdir) == before
-
-
-def _snapshot(directory: str) -> dict[str, bytes]:
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, directory)] = f.read()
-  return files
+  assert train_testing.snapshot(workdir) == before
 
 
 def test_checkpoint_of_other_shapes_is_refused_without_its_config(vocab, straight, tmp_path):

@@ -73,3 +73,14 @@ def train_losses(workdir: str) -> dict[int, float]:
 def subprocess_env(**extra: str) -> dict[str, str]:
   """Environment for a launcher subprocess (it inherits conftest's compilation cache)."""
   return {**os.environ, **extra}
+
+
+def snapshot(directory: str) -> dict[str, bytes]:
+  """Every file under `directory`: relative path -> contents."""
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, directory)] = f.read()
+  return files
