@@ -65,11 +65,11 @@ _PROFILE = flags.DEFINE_string(
 def main(argv: list[str]) -> None:
   del argv  # Flags only.
   config = flags.FLAGS.config
-  _check(config)
+  record = _checked(config)
   if _COMPILE_DEPTHS.value:
     _compile_depths(config, [int(d) for d in _COMPILE_DEPTHS.value])
   else:
-    _print(_time_step(PretrainConfig.from_config(config)))
+    _print(_time_step(record))
 
 
 def _apply_flags(config) -> None:
@@ -80,19 +80,17 @@ def _apply_flags(config) -> None:
     config.data.max_seq_length = _MAX_SEQ_LENGTH.value
 
 
-def _check(config) -> None:
-  PretrainConfig.from_config(config)  # Refuses an impossible config.
-  for name, value in (
-    ('--steps', _STEPS.value),
-    ('--rounds', _ROUNDS.value),
-    ('--batch_size', config.train.batch_size),
-  ):
+def _checked(config) -> PretrainConfig:
+  """The config as a record; UsageError for it or for a bad flag."""
+  record = PretrainConfig.from_config(config)
+  for name, value in (('--steps', _STEPS.value), ('--rounds', _ROUNDS.value)):
     if value < 1:
       raise UsageError(f'{name} must be >= 1, got {value}')
   if _COMPILE_DEPTHS.value and not all(d.isdigit() and int(d) > 0 for d in _COMPILE_DEPTHS.value):
     raise UsageError(
       f'--compile_depths takes positive integers, got {",".join(_COMPILE_DEPTHS.value)}'
     )
+  return record
 
 
 def _time_step(config: PretrainConfig) -> dict:

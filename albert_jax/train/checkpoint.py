@@ -88,10 +88,6 @@ class Checkpointer:
   """Saves and restores (TrainState, data iterator) under `directory`."""
 
   def __init__(self, directory: str, *, every_steps: int, keep: int):
-    if every_steps < 1 or keep < 1:
-      raise UsageError(
-        f'config.checkpoint.every_steps and .keep must be >= 1, got {every_steps} and {keep}'
-      )
     self.directory = _absolute(directory)
     self._manager = ocp.CheckpointManager(
       self.directory,

@@ -196,10 +196,10 @@ def _saved_config(path: str) -> dict[str, Any] | None:
 
 
 def _changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-  """Keys whose value differs, as (saved, now); JSON made tuples lists."""
+  """Keys whose value differs, as (saved, now); both flattened as JSON."""
   changed = {}
   for key in sorted(saved.keys() | now.keys()):
-    before, after = saved.get(key), _jsonable(now.get(key))
+    before, after = saved.get(key), now.get(key)
     if before != after and not (key in _PATH_KEYS and _same_path(before, after)):
       changed[key] = (before, after)
   return changed
