@@ -86,6 +86,10 @@ def run(
   # kept whatever --verbosity says.
   std_logging.getLogger('jax._src.xla_bridge').addFilter(_not_missing_backend)
   sys.unraisablehook = _without_closed_loop_reports(sys.unraisablehook)
+  # The same failed writes' tasks, reported again by asyncio when collected.
+  std_logging.getLogger('asyncio').addFilter(
+    lambda record: not record.getMessage().startswith('Task exception was never retrieved')
+  )
   app.run(
     lambda argv: _main(main, argv, config, takes_arguments),
     flags_parser=lambda argv: _parse(argv, config),
