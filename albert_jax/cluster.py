@@ -1,12 +1,36 @@
 """Cluster recipes: the commands that run `launch.pretrain` on every process
 of a Cloud TPU VM pod (gcloud over ssh) or a SLURM job (an sbatch script).
 
+Processes: one per TPU VM worker (host), one per GPU under SLURM. The TPU
+runtime gives one process all the chips of its host, and JAX never narrows a
+TPU process to some of them. Under SLURM, JAX's cluster detection (what
+`--distributed` uses) binds each task to the one GPU numbered by its
+SLURM_LOCALID, so a task per node would leave all GPUs but the first idle: the
+script starts one task per GPU, each seeing all of the node's GPUs (no
+--gpus-per-task, which would renumber them). A process per GPU also keeps the
+input pipeline parallel, one loader per GPU.
+
 `launch.cluster` runs them for one training run; `launch.sweep --emit`
 writes them for every variant of a sweep.
 """
 
+import os
 import shlex
 from collections.abc import Sequence
+
+# What the hosts need to run (relative to the repository): not runs/, data,
+# .git or caches, which can be large and the hosts never read.
+CODE = (
+  'albert_jax',
+  'launch',
+  'experiments',
+  'pyproject.toml',
+  'requirements.txt',
+  'requirements-tpu.txt',
+)
+# The code's archive, on this machine and in each TPU worker's home.
+_ARCHIVE = 'albert-jax-code.tar.gz'
+_LOGS = 'logs'  # Per-worker logs of detached runs, under the code directory.
 
 
 def pretrain_command(
@@ -26,32 +50,84 @@ def pretrain_command(
 
 
 def tpu_commands(
-  *, tpu: str, zone: str, project: str | None, repo_dir: str, install: bool, command: Sequence[str]
+  *,
+  tpu: str,
+  zone: str,
+  project: str | None,
+  repo_dir: str,
+  install: bool,
+  command: Sequence[str],
+  setup: str | None = None,
+  source_dir: str = '.',
+  log_name: str | None = None,
 ) -> list[list[str]]:
-  """gcloud commands that (optionally) install the code on every worker, then run."""
+  """The commands that run `command` on every worker of TPU VM `tpu`.
+
+  With `install`, first the code (CODE of `source_dir`, archived here) goes
+  to `repo_dir` on every worker, and requirements-tpu.txt is installed there
+  with the interpreter that will run (jax with the TPU runtime built for it,
+  pinned alike). `setup` (a shell line, e.g. 'source venv/bin/activate') runs
+  on each worker before the install and the run. With `log_name` the run is
+  detached: each worker runs `command` under nohup, writing
+  repo_dir/logs/LOG_NAME-HOSTNAME.log, and the ssh returns at once (see
+  `tpu_follow_lines`); without, it runs in the foreground, one run after
+  another as `launch.sweep --emit=tpu` writes them.
+  """
   where = [f'--zone={zone}'] + ([f'--project={project}'] if project else [])
   ssh = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu, *where, '--worker=all']
+  enter = f'cd {repo_dir}' + (f' && {setup}' if setup else '')
   commands = []
   if install:
+    archive = os.path.join('/tmp', _ARCHIVE)
+    commands.append(
+      ['tar', '-czf', archive, '--exclude=__pycache__', '-C', source_dir, *CODE],
+    )
+    commands.append(
+      ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', archive, f'{tpu}:{_ARCHIVE}', *where]
+      + ['--worker=all']
+    )
     commands.append(
       [
-        'gcloud',
-        'compute',
-        'tpus',
-        'tpu-vm',
-        'scp',
-        '--recurse',
-        '.',
-        f'{tpu}:{repo_dir}',
-        *where,
-        '--worker=all',
+        *ssh,
+        f'--command=mkdir -p {repo_dir} && tar -xzf {_ARCHIVE} -C {repo_dir} && rm {_ARCHIVE}'
+        f' && {enter} && python -m pip install -q -r requirements-tpu.txt',
       ]
     )
+  if log_name is None:
+    commands.append([*ssh, f'--command={enter} && {shlex.join(command)}'])
+  else:
+    log = f'{_LOGS}/{log_name}-$(hostname).log'
+    # Only the run in the background, its output to the log: the ssh then
+    # has nothing open and returns, and nohup keeps the run past its hangup.
     commands.append(
-      [*ssh, '--command=' + f'cd {repo_dir} && pip install -q -r requirements.txt "jax[tpu]"']
+      [
+        *ssh,
+        f'--command={enter} && mkdir -p {_LOGS} && '
+        f'{{ nohup {shlex.join(command)} > {log} 2>&1 < /dev/null & }} && '
+        f'echo "$(hostname): started (pid $!), log {repo_dir}/{log}"',
+      ]
     )
-  commands.append([*ssh, f'--command=cd {repo_dir} && {shlex.join(command)}'])
   return commands
+
+
+def tpu_follow_lines(
+  *, tpu: str, zone: str, project: str | None, repo_dir: str, log_name: str
+) -> list[str]:
+  """How to follow a detached run of `tpu_commands`: worker 0 prints the
+  progress (the other workers' logs hold their errors, if any)."""
+  where = [f'--zone={zone}'] + ([f'--project={project}'] if project else [])
+  log = f'{repo_dir}/{_LOGS}/{log_name}-$(hostname).log'
+
+  def on(worker: str, remote: str) -> str:
+    command = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu, *where, f'--worker={worker}']
+    return shlex.join([*command, f'--command={remote}'])
+
+  return [
+    f'# Running detached; each worker logs to {log}. Follow worker 0:',
+    on('0', f'tail -f {log}'),
+    '# The last lines of every worker:',
+    on('all', f'tail -n 3 {log}'),
+  ]
 
 
 def sbatch_script(
@@ -64,24 +140,44 @@ def sbatch_script(
   job_name: str,
   repo_dir: str,
   command: Sequence[str],
+  setup: str | None = None,
+  cpus_per_task: int | None = None,
+  exclusive: bool = False,
 ) -> str:
-  """An sbatch script running one process per GPU."""
+  """An sbatch script running one process per GPU (see the module's
+  docstring); `setup` (a shell line) runs first, and every task inherits
+  its environment."""
   options = [
     f'--job-name={job_name}',
     f'--nodes={nodes}',
     f'--ntasks-per-node={gpus_per_node}',
     f'--gpus-per-node={gpus_per_node}',
     f'--time={time}',
-    # SIGTERM to every task 120 s before the time limit: checkpoint, exit 0.
     '--signal=TERM@120',
-    # Requeued after preemption, the same command resumes from the workdir.
     '--requeue',
     '--open-mode=append',
     '--output=%x-%j.out',
   ]
+  options += [f'--cpus-per-task={cpus_per_task}'] if cpus_per_task else []
+  options += ['--exclusive'] if exclusive else []
   options += [f'--partition={partition}'] if partition else []
   options += [f'--account={account}'] if account else []
   lines = ['#!/bin/bash']
   lines += [f'#SBATCH {option}' for option in options]
-  lines += ['set -euo pipefail', f'cd {repo_dir}', f'srun {shlex.join(command)}', '']
+  # In the script, for whoever reads or edits it before submitting.
+  lines += [
+    "# One task per GPU: JAX's SLURM detection gives each task the GPU its SLURM_LOCALID",
+    "# numbers, and every task sees all of the node's GPUs (no --gpus-per-task).",
+    '# SIGTERM 120 s before the time limit, or on preemption, `scontrol requeue` or',
+    '# `scancel`: the tasks agree on a step, save a checkpoint there, print',
+    "# 'preempted at step N: checkpoint saved' and exit 0. Requeued (--requeue), the",
+    '# job resumes from that checkpoint (SLURM holds a requeued job ~2 minutes before it',
+    '# starts again); after the time limit, submit this script again. A task that fails',
+    '# ends the job (--kill-on-bad-exit) instead of leaving the others waiting for it.',
+  ]
+  lines += ['set -euo pipefail', f'cd {repo_dir}']
+  if setup:
+    # Unset variables allowed here: activation scripts (conda's) read some.
+    lines += ['set +u', setup, 'set -u']
+  lines += [f'srun --kill-on-bad-exit=1 {shlex.join(command)}', '']
   return '\n'.join(lines)

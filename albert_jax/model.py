@@ -3,6 +3,7 @@
 Modules, outermost first:
   AlbertForPreTraining             -> MLM logits, sentence-order logits
   AlbertForSequenceClassification  -> class logits
+  AlbertForTokenClassification     -> per-token class logits
   AlbertForQuestionAnswering       -> span start / end logits
     AlbertModel (the backbone, 'albert')
       Embeddings   word [V, E] + position + token type, LayerNorm at width E
@@ -483,6 +484,31 @@ class AlbertForSequenceClassification(nn.Module):
     )
     pooled = nn.Dropout(self.classifier_dropout_prob)(pooled, deterministic)
     logits = _dense(cfg, self.num_labels, ('hidden', 'classes'), 'classifier')(pooled)
+    return {'logits': logits.astype(jnp.float32)}
+
+
+class AlbertForTokenClassification(nn.Module):
+  """ALBERT with a per-token classifier (e.g. named entities).
+
+  As Hugging Face's: the sequence output gets `classifier_dropout_prob`
+  before the classifier.
+  """
+
+  config: ModelConfig
+  num_labels: int
+  classifier_dropout_prob: float = 0.1
+
+  @nn.compact
+  def __call__(
+    self, input_ids: Array, input_mask: Array, segment_ids: Array, *, deterministic: bool = True
+  ) -> dict[str, Array]:
+    """[batch, seq] int32 inputs -> {'logits': [batch, seq, num_labels] float32}."""
+    cfg = self.config
+    sequence, _ = AlbertModel(cfg, name='albert')(
+      input_ids, input_mask, segment_ids, deterministic=deterministic
+    )
+    sequence = nn.Dropout(self.classifier_dropout_prob)(sequence, deterministic)
+    logits = _dense(cfg, self.num_labels, ('hidden', 'classes'), 'classifier')(sequence)
     return {'logits': logits.astype(jnp.float32)}
 
 

@@ -1,26 +1,41 @@
 r"""Launch `launch.pretrain` on a Cloud TPU VM pod or a SLURM GPU cluster.
 
-  # Every worker of a TPU pod slice runs one process (over ssh):
+  # Every worker of a TPU pod slice runs one process (over ssh, detached):
   python -m launch.cluster --target=tpu --tpu=my-v4-32 --zone=us-central2-b \
+      --setup='source ~/venv/bin/activate' \
       --config=experiments/configs/pretrain.py:base --workdir=/mnt/shared/base \
       --config.train.batch_size=1024
 
   # One process per GPU on 4 nodes of 8 GPUs (an sbatch script on stdin):
   python -m launch.cluster --target=slurm --nodes=4 --gpus_per_node=8 \
+      --cpus_per_task=12 --exclusive --setup='source venv/bin/activate' \
       --config=experiments/configs/pretrain.py:large --workdir=/shared/large
 
---config=FILE:PRESET and the overrides --config.KEY=VALUE are checked here,
-then go to `launch.pretrain` as given (arguments after `--` too, deprecated);
---print_config prints the config the run will use. `--dry_run` prints what
-would run and runs nothing. The processes find each other through
-`--distributed` (JAX reads the TPU metadata or the SLURM environment). The
-workdir must be one directory that every host sees (NFS, Filestore, a GCS
-FUSE mount): each process writes its shards of every checkpoint there. On
-preemption (SIGTERM: TPU maintenance, SLURM's `--signal` before the time
-limit) the run checkpoints and exits 0; rerunning the same command resumes.
+Processes: one per TPU VM worker, one per GPU under SLURM (why:
+albert_jax/cluster.py). --config=FILE:PRESET and the overrides
+--config.KEY=VALUE are checked here, then go to `launch.pretrain` as given
+(arguments after `--` too, deprecated); --print_config prints the config the
+run will use. `--dry_run` prints what would run and runs nothing. `--setup`
+is a shell line run before the command on every host (SLURM: once per job,
+its environment passed to every task), e.g. activating a virtual environment.
+
+TPU: the code alone (albert_jax, launch, experiments and the requirement
+files; not runs/ or .git) is copied to --repo_dir on every worker and
+requirements-tpu.txt installed there (--noinstall skips both); the run is
+detached, each worker logging to REPO_DIR/logs/, and the commands to follow
+it are printed.
+
+The processes find each other through `--distributed` (JAX reads the TPU
+metadata or the SLURM environment). The workdir must be one directory that
+every host sees (NFS, Filestore, a GCS FUSE mount): each process writes its
+shards of every checkpoint there. On preemption (SIGTERM: TPU maintenance,
+SLURM's `--signal` before the time limit, `scontrol requeue`) the processes
+save a checkpoint at one step, print 'preempted at step N: checkpoint saved'
+and exit 0; rerunning the same command (or SLURM's requeue) resumes.
 """
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -28,7 +43,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from albert_jax.cluster import pretrain_command, sbatch_script, tpu_commands
+from albert_jax.cluster import pretrain_command, sbatch_script, tpu_commands, tpu_follow_lines
 from albert_jax.errors import UsageError
 from launch import command_line
 
@@ -45,12 +60,19 @@ _REPO_DIR = flags.DEFINE_string(
   'Where the code is on the hosts. Default: ~/albert-jax on '
   'TPU workers (copied there), the submission directory under SLURM.',
 )
+_SETUP = flags.DEFINE_string(
+  'setup',
+  None,
+  "A shell line run first on every host, in --repo_dir, e.g. 'source venv/bin/activate'.",
+)
 # Cloud TPU.
 _TPU = flags.DEFINE_string('tpu', None, 'tpu: TPU VM name.')
 _ZONE = flags.DEFINE_string('zone', None, 'tpu: zone of the TPU VM.')
 _PROJECT = flags.DEFINE_string('project', None, 'tpu: GCP project (default: gcloud config).')
 _INSTALL = flags.DEFINE_bool(
-  'install', True, 'tpu: copy the code and pip install it on every worker first.'
+  'install',
+  True,
+  'tpu: copy the code and install requirements-tpu.txt on every worker first.',
 )
 # SLURM.
 _NODES = flags.DEFINE_integer('nodes', 1, 'slurm: number of nodes.')
@@ -58,6 +80,10 @@ _GPUS_PER_NODE = flags.DEFINE_integer('gpus_per_node', 8, 'slurm: GPUs per node.
 _TIME = flags.DEFINE_string('time', '24:00:00', 'slurm: time limit.')
 _PARTITION = flags.DEFINE_string('partition', None, 'slurm: partition.')
 _ACCOUNT = flags.DEFINE_string('account', None, 'slurm: account.')
+_CPUS_PER_TASK = flags.DEFINE_integer(
+  'cpus_per_task', None, "slurm: CPUs per task (one task per GPU); default: the site's."
+)
+_EXCLUSIVE = flags.DEFINE_bool('exclusive', False, 'slurm: whole nodes, shared with no job.')
 _JOB_NAME = flags.DEFINE_string('job_name', 'albert-pretrain', 'slurm: job name.')
 
 
@@ -73,37 +99,59 @@ def main(argv: Sequence[str]) -> None:
     config, _WORKDIR.value, command_line.config_overrides(sys.argv) + argv[1:]
   )
   if _TARGET.value == 'tpu':
-    if not _TPU.value or not _ZONE.value:
-      raise UsageError('--target=tpu needs --tpu=NAME and --zone=ZONE')
-    commands = tpu_commands(
-      tpu=_TPU.value,
-      zone=_ZONE.value,
-      project=_PROJECT.value,
-      repo_dir=_REPO_DIR.value or '~/albert-jax',
-      install=_INSTALL.value,
-      command=command,
-    )
-    for cmd in commands:
-      print(shlex.join(cmd), flush=True)
-      if not _DRY_RUN.value:
-        _run(cmd)
+    _tpu(command)
   else:
-    if _NODES.value < 1 or _GPUS_PER_NODE.value < 1:
-      raise UsageError('--nodes and --gpus_per_node must be >= 1')
-    script = sbatch_script(
-      nodes=_NODES.value,
-      gpus_per_node=_GPUS_PER_NODE.value,
-      time=_TIME.value,
-      partition=_PARTITION.value,
-      account=_ACCOUNT.value,
-      job_name=_JOB_NAME.value,
-      repo_dir=_REPO_DIR.value or '"$SLURM_SUBMIT_DIR"',
-      command=command,
-    )
-    print(script, end='', flush=True)
-    print('# sbatch < (the script above)', flush=True)
+    _slurm(command)
+
+
+def _tpu(command: list[str]) -> None:
+  if not _TPU.value or not _ZONE.value:
+    raise UsageError('--target=tpu needs --tpu=NAME and --zone=ZONE')
+  where = {
+    'tpu': _TPU.value,
+    'zone': _ZONE.value,
+    'project': _PROJECT.value,
+    'repo_dir': _REPO_DIR.value or '~/albert-jax',
+  }
+  # The workdir's name tells the logs of several runs apart.
+  log_name = re.sub(r'[^A-Za-z0-9._-]', '_', os.path.basename(_WORKDIR.value.rstrip('/'))) or 'run'
+  commands = tpu_commands(
+    **where,
+    install=_INSTALL.value,
+    command=command,
+    setup=_SETUP.value,
+    source_dir=_REPO,
+    log_name=log_name,
+  )
+  for cmd in commands:
+    print(shlex.join(cmd), flush=True)
     if not _DRY_RUN.value:
-      _run(['sbatch'], stdin=script)
+      _run(cmd)
+  print('\n'.join(tpu_follow_lines(**where, log_name=log_name)), flush=True)
+
+
+def _slurm(command: list[str]) -> None:
+  if _NODES.value < 1 or _GPUS_PER_NODE.value < 1:
+    raise UsageError('--nodes and --gpus_per_node must be >= 1')
+  if _CPUS_PER_TASK.value is not None and _CPUS_PER_TASK.value < 1:
+    raise UsageError('--cpus_per_task must be >= 1')
+  script = sbatch_script(
+    nodes=_NODES.value,
+    gpus_per_node=_GPUS_PER_NODE.value,
+    time=_TIME.value,
+    partition=_PARTITION.value,
+    account=_ACCOUNT.value,
+    job_name=_JOB_NAME.value,
+    repo_dir=_REPO_DIR.value or '"$SLURM_SUBMIT_DIR"',
+    command=command,
+    setup=_SETUP.value,
+    cpus_per_task=_CPUS_PER_TASK.value,
+    exclusive=_EXCLUSIVE.value,
+  )
+  print(script, end='', flush=True)
+  print('# sbatch < (the script above)', flush=True)
+  if not _DRY_RUN.value:
+    _run(['sbatch'], stdin=script)
 
 
 def _run(cmd: Sequence[str], stdin: str | None = None) -> None:

@@ -1,9 +1,16 @@
-r"""Evaluate an exported model on held-out text: MLM loss, accuracy and
-perplexity, and sentence-order (SOP) and next-sentence (NSP) accuracy.
+r"""Evaluate a model on held-out text: MLM loss, accuracy and perplexity,
+and sentence-order (SOP) and next-sentence (NSP) accuracy.
 
   python -m launch.evaluate --model=out/flax --source=text:heldout/*.txt
-  python -m launch.evaluate --model=out/flax --source=tfds:lm1b:test \
+  python -m launch.evaluate --model=path/to/hf_albert --source=tfds:lm1b:test \
       --max_seq_length=128 --batch_size=64 --num_batches=20 --json
+  python -m launch.evaluate --model=runs/base --step=5000 --source=text:heldout/*.txt
+
+--model is any model path (albert_jax/model_path.py): a flax export, a
+Hugging Face directory, a training workdir (latest checkpoint, or --step) or
+a hub id in the local Hugging Face cache. A model loaded without an MLM or
+sentence head (initialised on loading) gets a warning: its numbers are those
+of random weights.
 
 --source takes the sources of pretraining (builtin, text:GLOB,
 tfds:NAME[/CONFIG][:SPLIT], prepared:DIR). Examples are built as the
@@ -17,17 +24,19 @@ defaults of experiments/configs/pretrain.py.
 import json
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 
-from albert_jax import evaluate
-from albert_jax import pretrained as pretrained_lib
+from albert_jax import evaluate, model_path
 from albert_jax.data import pipeline
 from albert_jax.data.config import DataConfig
 from albert_jax.errors import UsageError
 from albert_jax.train import mesh as mesh_lib
 from launch import command_line
 
-_MODEL = flags.DEFINE_string('model', None, 'Model directory in the flax format (launch.export).')
+_MODEL = flags.DEFINE_string(
+  'model', None, 'Flax export, Hugging Face directory or hub id, or training workdir.'
+)
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step of a workdir; default: the latest.')
 _SOURCE = flags.DEFINE_string(
   'source', None, 'Held-out text: builtin, text:GLOB, tfds:NAME[/CONFIG][:SPLIT] or prepared:DIR.'
 )
@@ -59,7 +68,7 @@ _COLUMNS = ('mlm_loss', 'mlm_accuracy', 'mlm_perplexity', 'sentence_accuracy', '
 def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
   if not _MODEL.value or not _SOURCE.value:
-    raise UsageError('pass --model=DIR (from launch.export) and --source=SOURCE (held-out text)')
+    raise UsageError('pass --model=PATH (a model or workdir) and --source=SOURCE (held-out text)')
   results = _evaluate()
   if _JSON.value:
     print(json.dumps(results, indent=2))
@@ -74,7 +83,15 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _evaluate() -> dict[str, dict[str, float]]:
-  pretrained = pretrained_lib.load_pretrained(_MODEL.value)
+  loaded = model_path.load(_MODEL.value, step=_STEP.value)
+  pretrained = loaded.pretrained
+  untrained = [p for p in pretrained.initialised if p in ('predictions', 'sop_classifier')]
+  if untrained:
+    logging.warning(
+      '%s has no trained %s: its numbers are those of a random head',
+      loaded.description,
+      ' or '.join(untrained),
+    )
   data = DataConfig(
     source=_SOURCE.value,
     text_feature=_TEXT_FEATURE.value,

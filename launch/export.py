@@ -1,33 +1,40 @@
-r"""Export a pretrained model, or import one from Hugging Face.
+r"""Export a model: a training run's checkpoint, a fine-tuned model, or an
+imported Hugging Face one.
 
-  # A training run's checkpoint -> Hugging Face transformers
+  # A pretraining run's checkpoint -> Hugging Face transformers
   python -m launch.export --workdir=runs/base --format=hf --output=out/hf
   # -> this codebase's flax format (params only), optionally in bfloat16
   python -m launch.export --workdir=runs/base --step=5000 --format=flax \
       --dtype=bfloat16 --output=out/flax
-  # A local Hugging Face ALBERT directory -> the flax format
+  # A fine-tuning run -> AlbertForSequenceClassification / AlbertForQuestionAnswering
+  python -m launch.export --workdir=runs/finetune_sst2 --format=hf --output=out/sst2
+  # A local Hugging Face ALBERT directory (or hub id in the cache) -> the flax format
   python -m launch.export --from_hf=path/to/albert-base-v2 --output=out/flax
 
-The flax format is what launch.fill_mask, launch.evaluate, launch.finetune
-and `--config.init_from` of launch.pretrain read. An existing non-empty
---output is never touched.
+--workdir and --from_hf each take any model path (albert_jax/model_path.py):
+a training or fine-tuning workdir (latest checkpoint, or --step), a flax
+export, a Hugging Face directory or a hub id in the local cache. A model with
+a fine-tuning head is written with it (the Hugging Face class of its task,
+with its labels). Every launcher reads every model path directly: exporting
+is for sharing a model, not a step before using one. An existing non-empty
+--output is never touched; the line printed names the step written.
 """
 
 from collections.abc import Sequence
 
 from absl import flags
 
-from albert_jax import export
+from albert_jax import model_path
 from albert_jax import pretrained as pretrained_lib
 from albert_jax.errors import UsageError
 from launch import command_line
 
 _WORKDIR = flags.DEFINE_string(
-  'workdir', None, 'Training run (launch.pretrain --workdir) to export.'
+  'workdir', None, 'Model to export: a training or fine-tuning run, or any model path.'
 )
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to export; default: the latest.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step of a workdir; default: the latest.')
 _FROM_HF = flags.DEFINE_string(
-  'from_hf', None, 'Local Hugging Face ALBERT directory to import instead.'
+  'from_hf', None, 'A Hugging Face ALBERT directory or cached hub id to import instead.'
 )
 _FORMAT = flags.DEFINE_enum(
   'format',
@@ -50,24 +57,14 @@ def main(argv: Sequence[str]) -> None:
       'pass either --workdir=RUN (export a training run) or '
       '--from_hf=DIR (import a Hugging Face model)'
     )
-  if _FROM_HF.value and _FORMAT.value != 'flax':
-    raise UsageError('--from_hf writes the flax format; drop --format=hf')
   if _DTYPE.value and _FORMAT.value != 'flax':
     raise UsageError('--dtype applies to --format=flax only (the Hugging Face export is float32)')
-  if _FROM_HF.value:
-    if _STEP.value is not None:
-      raise UsageError('--step chooses a checkpoint of --workdir; drop it with --from_hf')
-    pretrained = pretrained_lib.load_hf(_FROM_HF.value)
-    source = f'the Hugging Face model {_FROM_HF.value}'
-  else:
-    restored = export.restore_from_workdir(_WORKDIR.value, _STEP.value)
-    pretrained = restored.pretrained
-    source = f'the params of step {restored.step} of {_WORKDIR.value}'
+  loaded = model_path.load(_WORKDIR.value or _FROM_HF.value, step=_STEP.value)
   if _FORMAT.value == 'hf':
-    pretrained_lib.save_hf(pretrained, _OUTPUT.value)
+    pretrained_lib.save_hf(loaded.pretrained, _OUTPUT.value)
   else:
-    pretrained_lib.save_flax(pretrained, _OUTPUT.value, dtype=_DTYPE.value)
-  print(f'wrote {source} to {_OUTPUT.value} ({_FORMAT.value})')
+    pretrained_lib.save_flax(loaded.pretrained, _OUTPUT.value, dtype=_DTYPE.value)
+  print(f'wrote {loaded.description} to {_OUTPUT.value} ({_FORMAT.value})')
 
 
 if __name__ == '__main__':

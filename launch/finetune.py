@@ -1,10 +1,16 @@
-r"""Fine-tune an exported model on a downstream task.
+r"""Fine-tune a model on a downstream task.
 
   python -m launch.finetune --model=out/flax --task=classification \
       --config.data.train=train.tsv --config.data.eval=dev.tsv --workdir=runs/cls
-  python -m launch.finetune --model=out/flax --task=sst2 --workdir=runs/sst2
-  python -m launch.finetune --model=out/flax --task=span_qa \
+  python -m launch.finetune --model=albert/albert-base-v2 --task=sst2 --workdir=runs/sst2
+  python -m launch.finetune --model=runs/base --step=5000 --task=span_qa \
       --config.data.train=train-v1.1.json --config.data.eval=dev-v1.1.json
+
+--model is any model path (albert_jax/model_path.py): a flax export, a
+Hugging Face directory, a training workdir (latest checkpoint, or --step) or
+a hub id in the local Hugging Face cache. A model with a head for the task
+and its classes (a fine-tuned classifier, a fine-tuning run) starts from that
+head, any other from a fresh one; the log says which.
 
 --task picks a preset of experiments/configs/finetune.py (classification,
 sst2, imdb, span_qa); every key can be overridden (`--config.train.num_steps=
@@ -20,6 +26,7 @@ from collections.abc import Sequence
 import jax
 from absl import flags
 
+from albert_jax import model_path
 from albert_jax.errors import UsageError
 from albert_jax.finetune import trainer
 from albert_jax.finetune.config import FinetuneConfig
@@ -32,7 +39,10 @@ _CONFIG_FILE = os.path.join(
   'configs',
   'finetune.py',
 )
-_MODEL = flags.DEFINE_string('model', None, 'Pretrained model in the flax format (launch.export).')
+_MODEL = flags.DEFINE_string(
+  'model', None, 'Flax export, Hugging Face directory or hub id, or training workdir.'
+)
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step of a --model workdir; default: latest.')
 _TASK = flags.DEFINE_string(
   'task',
   'classification',
@@ -56,20 +66,25 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
   if not _MODEL.value:
-    raise UsageError('pass --model=DIR, a pretrained model written by launch.export')
+    raise UsageError('pass --model=PATH: a model directory, a hub id or a training workdir')
   config = FinetuneConfig.from_config(flags.FLAGS.config)
   workdir = _WORKDIR.value or os.path.join('runs', f'finetune_{_TASK.value}')
   distributed.initialize(
     _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value, cluster=_DISTRIBUTED.value
   )
-  result = trainer.finetune(config, _MODEL.value, workdir)
+  loaded = model_path.load(_MODEL.value, step=_STEP.value)
+  result = trainer.finetune(config, loaded.pretrained, workdir, source=loaded.description)
   if jax.process_index() != 0:
     return
   if result.eval_metrics:
     print(
       f'step {result.step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in result.eval_metrics.items())
     )
-  print(f'checkpoints: {result.checkpoint_dir}\nmetrics:     {result.metrics_path}')
+  print(
+    f'checkpoints: {result.checkpoint_dir}\n'
+    f'metrics:     {result.metrics_path}\n'
+    f'tensorboard: tensorboard --logdir {result.tensorboard_dir}'
+  )
 
 
 def _default_config(argv: Sequence[str]) -> str:

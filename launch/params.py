@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from albert_jax.config import ModelConfig
 from albert_jax.errors import UsageError
 from albert_jax.param_count import count_params
+from albert_jax.train.config import PretrainConfig
 from launch import command_line
 
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
@@ -23,7 +23,9 @@ def main(argv: Sequence[str]) -> None:
   config = flags.FLAGS.config
   if config is None:
     raise UsageError('pass --config=experiments/configs/pretrain.py:NAME')
-  counts = count_params(ModelConfig.from_config(config.model))
+  # The whole config: model.vocab_size 0 (the tokenizer's) counts the
+  # data.vocab_size a run would train.
+  counts = count_params(PretrainConfig.from_config(config).model)
   if _JSON.value:
     print(json.dumps(counts))
     return

@@ -17,7 +17,9 @@ from albert_jax.data import prepared
 from launch import command_line
 
 _SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to tokenize.')
-_VOCAB = flags.DEFINE_string('vocab', None, 'Tokenizer directory.', required=True)
+_VOCAB = flags.DEFINE_string(
+  'vocab', None, 'Tokenizer directory (spiece.model, tokenizer.json or vocab.txt).', required=True
+)
 _OUTPUT = flags.DEFINE_string('output', None, 'New directory to write.', required=True)
 _TEXT_FEATURE = flags.DEFINE_string('text_feature', 'text', 'Text feature of a tfds: source.')
 _NUM_WORKERS = flags.DEFINE_integer('num_workers', os.cpu_count() or 1, 'Tokenizing processes.')

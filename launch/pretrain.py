@@ -4,6 +4,10 @@ r"""Pretrain ALBERT.
   python -m launch.pretrain --config=experiments/configs/pretrain.py:base \
       --workdir=runs/base --config.train.batch_size=512 --config.mesh.fsdp=8
 
+--config.init_from=PATH starts from a model's params: any model path
+(albert_jax/model_path.py), i.e. a flax export, a Hugging Face directory or
+cached hub id, or a training workdir's latest checkpoint; its vocabulary is
+the run's unless --config.data.vocab is set (then it must be the same).
 Every config key can be overridden (`--config.train.num_steps=200`);
 --print_config prints the config the run would use, and runs nothing. Rerunning
 with the same workdir resumes from its latest checkpoint. Several processes

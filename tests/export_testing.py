@@ -1,15 +1,21 @@
-"""Shared by tests/test_export.py, test_fill_mask.py, test_evaluate.py and
-test_finetune.py: one tiny model pretrained once per test session on a
-synthetic, perfectly predictable corpus, and its exports.
+"""Shared by tests/test_export.py, test_fill_mask.py, test_evaluate.py,
+test_finetune.py, test_model_path.py and test_predict.py: one tiny model
+pretrained once per test session on a synthetic, perfectly predictable
+corpus, its exports, and a short fine-tuning run of it per task.
 
 The corpus: every document repeats one word of WORDS ("dogs dogs dogs.
 dogs dogs."), so a masked word is the word around it, whatever the position
 or segment. (Tiny ALBERTs learn position-based rules such as "the next
 number" only after thousands of steps; this one is learned in a few hundred.)
+
+The fine-tuning tasks are made from the same words: texts of animal words
+vs. texts of thing words; contexts of filler words holding one animal and
+one thing, asked "which animal?" / "which thing?".
 """
 
 import atexit
 import functools
+import json
 import os
 import random
 import re
@@ -21,11 +27,13 @@ from typing import Any
 
 import jax
 
-from albert_jax import export
+from albert_jax import model_path
 from albert_jax import pretrained as pretrained_lib
+from albert_jax.finetune import trainer as finetune_trainer
+from albert_jax.finetune.config import FinetuneConfig
 from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
-from experiments.configs import pretrain
+from experiments.configs import finetune, pretrain
 
 import train_testing  # Compilation cache shared with the trainer tests.
 
@@ -99,7 +107,7 @@ def exported(format_: str) -> str:
   """The shared run exported in `format_` ('flax' | 'hf') by the library."""
   workdir, _ = pretrained_run()
   output = os.path.join(os.path.dirname(workdir), f'export_{format_}')
-  pretrained = export.restore_from_workdir(workdir).pretrained
+  pretrained = model_path.restore_run(workdir).pretrained
   save = pretrained_lib.save_hf if format_ == 'hf' else pretrained_lib.save_flax
   save(pretrained, output)
   return output
@@ -110,12 +118,97 @@ def heldout_source() -> str:
   return config.data.eval_source
 
 
-def launch(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+ANIMALS = ('cats', 'dogs', 'birds', 'fish', 'bees')
+THINGS = ('mice', 'bones', 'nests', 'rivers', 'honey')
+FILLER = ('猫', '鱼', '老师', '汉字')
+
+
+def write_classification(path: str, count: int, seed: int) -> str:
+  """A TSV of `count` animal / thing texts with a text, label header."""
+  rng = random.Random(seed)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('text\tlabel\n')
+    for _ in range(count):
+      label = rng.choice(['animal', 'thing'])
+      words = ANIMALS if label == 'animal' else THINGS
+      text = ' '.join(rng.choice(words) for _ in range(rng.randint(3, 6)))
+      f.write(f'{text}\t{label}\n')
+  return path
+
+
+def write_squad(path: str, count: int, seed: int) -> str:
+  """SQuAD-format JSON: `count` contexts, each asked for its animal and thing."""
+  rng = random.Random(seed)
+  paragraphs = []
+  for i in range(count):
+    words = [rng.choice(FILLER) for _ in range(rng.randint(4, 8))]
+    words += [rng.choice(ANIMALS), rng.choice(THINGS)]
+    rng.shuffle(words)
+    context = ' '.join(words) + '.'
+    qas = []
+    for kind, group in (('animal', ANIMALS), ('thing', THINGS)):
+      position = next(i for i, w in enumerate(words) if w in group)
+      start = len(' '.join(words[:position])) + (position > 0)
+      qas.append(
+        {
+          'id': f'{i}-{kind}',
+          'question': f'which {kind}?',
+          'answers': [{'text': words[position], 'answer_start': start}],
+        }
+      )
+    paragraphs.append({'context': context, 'qas': qas})
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump({'version': '1.1', 'data': [{'title': 'synthetic', 'paragraphs': paragraphs}]}, f)
+  return path
+
+
+def finetune_config(task: str, num_steps: int, **data: Any) -> FinetuneConfig:
+  """The `task` preset shrunk to the tiny model: `num_steps` steps of 32."""
+  config = finetune.get_config(task)
+  config.data.update(max_seq_length=32, **data)
+  config.train.update(
+    batch_size=32,
+    num_steps=num_steps,
+    num_epochs=0.0,
+    warmup_steps=max(1, num_steps // 10),
+    warmup_fraction=0.0,
+    learning_rate=1e-3,
+    log_every=max(1, num_steps // 2),
+    eval_every=num_steps,
+  )
+  return FinetuneConfig.from_config(config)
+
+
+@functools.cache
+def finetuned(task: str) -> str:
+  """The workdir of a short fine-tuning run ('classification' | 'span_qa')
+  of the flax export, with train and dev data beside it (train.tsv /
+  dev.tsv, or train.json / dev.json)."""
+  root = os.path.join(os.path.dirname(pretrained_run()[0]), f'finetune_{task}')
+  os.makedirs(root)
+  if task == 'classification':
+    train = write_classification(os.path.join(root, 'train.tsv'), 128, seed=0)
+    dev = write_classification(os.path.join(root, 'dev.tsv'), 32, seed=1)
+  else:
+    train = write_squad(os.path.join(root, 'train.json'), 64, seed=0)
+    dev = write_squad(os.path.join(root, 'dev.json'), 16, seed=1)
+  workdir = os.path.join(root, 'run')
+  finetune_trainer.finetune(
+    finetune_config(task, 30, train=train, eval=dev),
+    pretrained_lib.load_flax(exported('flax')),
+    workdir,
+  )
+  return workdir
+
+
+def launch(
+  name: str, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
   """Runs `python -m launch.NAME ARGS` from the repository root."""
   return subprocess.run(
     [sys.executable, '-m', f'launch.{name}', *args],
     cwd=REPO,
-    env=train_testing.subprocess_env(),
+    env=train_testing.subprocess_env(**(env or {})),
     text=True,
     capture_output=True,
     timeout=timeout,

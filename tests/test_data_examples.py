@@ -7,10 +7,12 @@ import pytest
 
 from albert_jax.data import examples, sources
 from albert_jax.data.corpus import TokenizedCorpus, tokenize
-from albert_jax.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, train_tokenizer
+from albert_jax.data.tokenizer import Tokenizer, train_tokenizer
 from albert_jax.errors import DataError
 
 SEQ, PRED = 128, 20
+# The ids of a SentencePiece vocabulary train_tokenizer makes (checked below).
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 
 
 @pytest.fixture(scope='module')
@@ -34,8 +36,7 @@ def make_builder(corpus, tokenizer, seed=0, **kwargs):
     corpus,
     instances,
     config,
-    vocab_size=tokenizer.vocab_size,
-    is_word_start=tokenizer.is_word_start,
+    tokenizer=tokenizer,
     seed=seed,
   )
 
@@ -51,6 +52,12 @@ def many(corpus, tokenizer):
       for key, value in builder(epoch, index).items():
         batch[key].append(value)
   return {k: np.stack(v) for k, v in batch.items()}
+
+
+def test_sentencepiece_ids(tokenizer):
+  ids = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id)
+  assert ids == (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID)
+  assert tokenizer.special_ids.tolist() == list(ids)
 
 
 def test_layout_special_tokens_and_segments(many):
@@ -252,6 +259,35 @@ def test_bad_configs_and_corpora(tokenizer):
     examples.ExampleConfig(sentence_objective='mlm')
   with pytest.raises(DataError, match='max_seq_length=4 is too short'):
     examples.ExampleConfig(max_seq_length=4)
+
+
+def test_wordpiece_vocabulary_ids_and_words(tmp_path):
+  """BERT's layout: specials at 0 and 100-103, '##' pieces inside words."""
+  pieces = ['[PAD]', *[f'[unused{i}]' for i in range(99)], '[UNK]', '[CLS]', '[SEP]', '[MASK]']
+  words = ['the', 'cat', 'sat', 'on', 'mat', 'play', 'walk', '.', '我', '很', '高', '兴', '。']
+  pieces += words + ['##ing', '##ed', '##s']
+  (tmp_path / 'vocab.txt').write_text('\n'.join(pieces) + '\n', encoding='utf-8')
+  tokenizer = Tokenizer.load(str(tmp_path))
+  assert (tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id) == (101, 102, 103)
+  assert tokenizer.special_ids.tolist() == [0, 100, 101, 102, 103]
+  text = ['The cats played on the mat.', 'The cat walked.', '我很高兴。', 'Playing cats sat.'] * 5
+  documents = [text[i : i + 4] for i in range(0, len(text), 4)]
+  corpus = tokenize(documents, tokenizer)
+  builder = make_builder(corpus, tokenizer, max_ngram=1, masked_lm_prob=0.5)
+  replaced = []
+  for index in range(len(builder)):
+    for epoch in range(20):
+      ex = builder(epoch, index)
+      ids, original = ex['input_ids'], unmasked(ex)
+      length = ex['input_mask'].sum()
+      assert ids[0] == 101 and (original[:length] == 102).sum() == 2
+      masked = ex['masked_lm_positions'][ex['masked_lm_weights'] == 1]
+      for p in masked:  # A '##' piece is masked with the piece before it.
+        if tokenizer.id_to_piece(original[p]).startswith('##'):
+          assert p - 1 in masked
+      shown = ids[masked]
+      replaced += shown[(shown != 103) & (shown != original[masked])].tolist()
+  assert replaced and not set(replaced) & {0, 100, 101, 102, 103}
 
 
 def unmasked(example: dict[str, np.ndarray]) -> np.ndarray:

@@ -11,8 +11,8 @@ import orbax.checkpoint as ocp
 import pytest
 from absl import flags
 
-from albert_jax.data import examples, pipeline, prepared
-from albert_jax.data.tokenizer import train_tokenizer
+from albert_jax.data import examples, pipeline, prepared, sources
+from albert_jax.data.tokenizer import Tokenizer, train_tokenizer
 from albert_jax.errors import DataError, UsageError
 from experiments.configs import pretrain
 
@@ -86,7 +86,7 @@ def test_tokenizer_trained_once_into_workdir(workdir, tokenizer):
   again = pipeline.load_or_train_tokenizer(tiny_data(), vocab_size=2000, workdir=workdir)
   assert again.fingerprint == tokenizer.fingerprint
   with pytest.raises(DataError, match='model.vocab_size=1000'):
-    pipeline.load_or_train_tokenizer(tiny_data(), vocab_size=1000, workdir=workdir)
+    pipeline.check_vocab_fits(again, 1000)
 
 
 def test_eval_documents_are_held_out(corpus, tokenizer):
@@ -253,6 +253,57 @@ def test_prepared_data_gives_the_in_memory_batches(tmp_path, workdir, corpus, to
     pipeline.load_corpus(data, other)
   with pytest.raises(DataError, match='is not prepared data'):
     pipeline.load_corpus(tiny_data(source=f'prepared:{tmp_path}'), tokenizer)
+
+
+def unigram_tokenizer_json(directory: str) -> None:
+  """A tokenizer.json only (no config): a Unigram trained with `tokenizers`."""
+  import tokenizers
+
+  backend = tokenizers.Tokenizer(tokenizers.models.Unigram())
+  backend.normalizer = tokenizers.normalizers.Lowercase()
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+  backend.decoder = tokenizers.decoders.Metaspace()
+  trainer = tokenizers.trainers.UnigramTrainer(
+    vocab_size=600,
+    special_tokens=['<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]'],
+    unk_token='<unk>',
+    show_progress=False,
+  )
+  backend.train_from_iterator(sources.read_sentences('builtin'), trainer)
+  os.makedirs(directory)
+  backend.save(os.path.join(directory, 'tokenizer.json'))
+
+
+@pytest.mark.parametrize('kind', ['vocab.txt', 'tokenizer.json'])
+def test_prepared_data_with_each_vocabulary_kind(tmp_path, kind):
+  vocab = str(tmp_path / 'chosen_vocab')
+  if kind == 'vocab.txt':
+    train_tokenizer(
+      sources.read_sentences('builtin'), vocab, vocab_size=800, model_type='wordpiece'
+    )
+  else:
+    unigram_tokenizer_json(vocab)
+  tokenizer = Tokenizer.load(vocab)
+  assert tokenizer.kind == kind
+  in_memory = tiny_data(vocab=vocab)
+  workdir = str(tmp_path / 'workdir')
+  loaded = pipeline.load_or_train_tokenizer(in_memory, vocab_size=2000, workdir=workdir)
+  assert loaded.fingerprint == tokenizer.fingerprint
+  assert not os.path.exists(workdir)
+  output = str(tmp_path / 'prepared')
+  prepared.prepare('builtin', vocab, output, num_workers=1)
+  data = tiny_data(source=f'prepared:{output}')
+  from_disk = pipeline.load_or_train_tokenizer(data, vocab_size=2000, workdir=workdir)
+  assert from_disk.fingerprint == tokenizer.fingerprint
+  batches = []
+  for config, vocabulary in ((in_memory, loaded), (data, from_disk)):
+    corpus = pipeline.load_corpus(config, vocabulary)
+    batches.append(take(iter(dataset(corpus, vocabulary)), 2))
+  assert_same(*batches)
+  ids = batches[0][0]['input_ids']
+  assert (ids[:, 0] == tokenizer.cls_id).all()
+  assert ((ids == tokenizer.sep_id).sum(1) == 2).all()
+  assert (ids == tokenizer.mask_id).any() and not (ids == tokenizer.unk_id).all()
 
 
 def test_tfds_source_end_to_end(tmp_path):

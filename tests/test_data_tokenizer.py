@@ -1,4 +1,5 @@
-"""Tokenizer: ALBERT ids, normalisation saved and reapplied, Chinese, errors."""
+"""SentencePiece tokenizer: ALBERT ids, normalisation saved and reapplied,
+Chinese, errors (the other kinds: test_vocabularies.py)."""
 
 import os
 import re
@@ -8,16 +9,7 @@ import sys
 import pytest
 
 from albert_jax.data import sources
-from albert_jax.data.tokenizer import (
-  CLS_ID,
-  MASK_ID,
-  PAD_ID,
-  SEP_ID,
-  UNK_ID,
-  Normalization,
-  Tokenizer,
-  train_tokenizer,
-)
+from albert_jax.data.tokenizer import Normalization, Tokenizer, train_tokenizer
 from albert_jax.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +34,10 @@ def test_special_ids_and_files(vocab_dir):
   assert os.path.isfile(os.path.join(vocab_dir, 'spiece.model'))
   pieces = [tokenizer.id_to_piece(i) for i in range(5)]
   assert pieces == ['<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]']
-  assert (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID) == (0, 1, 2, 3, 4)
+  assert tokenizer.kind == 'sentencepiece'
+  ids = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id)
+  assert ids == (0, 1, 2, 3, 4) and tokenizer.mask_token == '[MASK]'
+  assert tokenizer.special_ids.tolist() == [0, 1, 2, 3, 4]
   assert tokenizer.vocab_size == 2000
   assert tokenizer.is_word_start.shape == (2000,)
 
@@ -83,7 +78,7 @@ def test_chinese_round_trip(tmp_path):
   tokenizer = train_tokenizer(CHINESE * 20, directory, vocab_size=80)
   for text in ['我很高兴', '今天天气很好']:
     ids = tokenizer.encode(text)
-    assert UNK_ID not in ids
+    assert tokenizer.unk_id not in ids
     assert Tokenizer.load(directory).decode(ids) == text
 
 
@@ -123,11 +118,15 @@ def test_matches_hugging_face_albert_tokenizer(vocab_dir):
     'x = 3.14',
   ]:
     assert ours.encode(text) == theirs(text, add_special_tokens=False)['input_ids']
-  assert theirs('a b')['input_ids'] == [CLS_ID, *ours.encode('a b'), SEP_ID]
+  assert theirs('a b')['input_ids'] == [ours.cls_id, *ours.encode('a b'), ours.sep_id]
+  ids = ours.encode('Héllo WORLD, 1,000 items!')
+  assert ours.decode(ids) == theirs.decode(ids)
+  for i in range(ours.vocab_size):  # fill-mask's token_str.
+    assert ours.decode([i]) == theirs.decode([i])
 
 
 def test_bad_vocabularies(tmp_path, vocab_dir):
-  with pytest.raises(DataError, match='no tokenizer at .*spiece.model not found'):
+  with pytest.raises(DataError, match='no tokenizer at .*the directory does not exist'):
     Tokenizer.load(str(tmp_path / 'missing'))
   # A SentencePiece model with SentencePiece's default ids, not ALBERT's.
   import sentencepiece as spm
@@ -142,7 +141,7 @@ def test_bad_vocabularies(tmp_path, vocab_dir):
   )
   with pytest.raises(DataError) as error:
     Tokenizer.load(str(plain))
-  assert 'not an ALBERT vocabulary: id 0' in str(error.value)
+  assert 'not an ALBERT vocabulary: it has no <pad> piece' in str(error.value)
   assert '\n' not in str(error.value)
   (tmp_path / 'junk').mkdir()
   (tmp_path / 'junk' / 'spiece.model').write_bytes(b'\x00junk' * 10)

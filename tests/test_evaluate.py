@@ -1,5 +1,6 @@
 """launch.evaluate on held-out text reproduces the trainer's evaluation of
-the same step, and reports NSP next to SOP."""
+the same step (read from the run's checkpoint, or from its export), and
+reports NSP next to SOP."""
 
 import json
 import math
@@ -29,8 +30,9 @@ def _run_settings(config) -> list[str]:
 
 def test_matches_the_training_time_evaluation_of_the_same_step(run):
   workdir, config = run
+  # The run itself is the model: its checkpoint of that step.
   result = export_testing.launch(
-    'evaluate', f'--model={export_testing.exported("flax")}', '--json', *_run_settings(config)
+    'evaluate', f'--model={workdir}', '--step=400', '--json', *_run_settings(config)
   )
   assert result.returncode == 0, result.stderr
   results = json.loads(result.stdout)

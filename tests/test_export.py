@@ -19,8 +19,9 @@ import safetensors.numpy
 import torch
 import transformers
 
-from albert_jax import export
+from albert_jax import model_path
 from albert_jax import pretrained as pretrained_lib
+from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import ExportError
 from albert_jax.fill_mask import encode_with_masks
 from albert_jax.model import AlbertForPreTraining
@@ -53,10 +54,10 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
   result = export_testing.launch('export', f'--workdir={run}', '--format=hf', f'--output={hf_dir}')
   assert result.returncode == 0, result.stderr
   # The latest checkpoint, named in one line.
-  assert result.stdout.strip() == f'wrote the params of step 400 of {run} to {hf_dir} (hf)'
+  assert result.stdout.strip() == f'wrote step 400 of {run} (pretraining run) to {hf_dir} (hf)'
   model = transformers.AlbertForPreTraining.from_pretrained(hf_dir).eval()
   tokenizer = transformers.AlbertTokenizer.from_pretrained(hf_dir)
-  ours = export.restore_from_workdir(run).pretrained
+  ours = model_path.restore_run(run).pretrained
 
   # The same ids from both tokenizers, [MASK] included.
   for text in ('Dogs  DOGS [MASK] dogs.', '猫 猫 [MASK]。', 'honey bees.'):
@@ -81,7 +82,7 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
   result = export_testing.launch('export', f'--from_hf={hf_dir}', f'--output={flax_dir}')
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == f'wrote the Hugging Face model {hf_dir} to {flax_dir} (flax)'
-  imported = pretrained_lib.load_pretrained(flax_dir)
+  imported = pretrained_lib.load_flax(flax_dir)
   assert imported.config == ours.config
   assert imported.tokenizer.fingerprint == ours.tokenizer.fingerprint
   _assert_same_params(imported.params, ours.params)
@@ -93,7 +94,7 @@ def test_flax_export_holds_params_only_in_the_chosen_dtype(run, tmp_path):
     'export', f'--workdir={run}', '--step=200', '--dtype=bfloat16', f'--output={out}'
   )
   assert result.returncode == 0, result.stderr
-  assert result.stdout.strip() == f'wrote the params of step 200 of {run} to {out} (flax)'
+  assert result.stdout.strip() == f'wrote step 200 of {run} (pretraining run) to {out} (flax)'
   assert sorted(os.listdir(out)) == [
     'model_config.json',
     'normalization.json',
@@ -103,7 +104,7 @@ def test_flax_export_holds_params_only_in_the_chosen_dtype(run, tmp_path):
   names = set(safetensors.numpy.load_file(os.path.join(out, 'params.safetensors')))
   assert 'albert/encoder/layer/ffn/dense/kernel' in names
   assert not any('opt_state' in n or n.startswith('params/') for n in names)
-  loaded = pretrained_lib.load_pretrained(out)
+  loaded = pretrained_lib.load_flax(out)
   assert loaded.config.param_dtype == 'bfloat16'
   step_200 = ocp.StandardCheckpointer().restore(os.path.join(run, 'checkpoints', '200', 'state'))[
     'params'
@@ -115,7 +116,7 @@ def test_flax_export_holds_params_only_in_the_chosen_dtype(run, tmp_path):
 
 
 def test_a_run_restores_its_checkpoint_params_step_and_config(run):
-  restored = export.restore_from_workdir(run, step=200)
+  restored = model_path.restore_run(run, step=200)
   assert restored.step == 200
   assert restored.run_config.train.num_steps == export_testing.NUM_STEPS
   # config.json's lists are the rules' tuples again.
@@ -125,7 +126,7 @@ def test_a_run_restores_its_checkpoint_params_step_and_config(run):
   assert checkpoint_lib.checkpoint_steps(os.path.join(run, 'nothing')) == []
   step_200 = ocp.StandardCheckpointer().restore(os.path.join(checkpoints, '200', 'state'))['params']
   _assert_same_params(restored.pretrained.params, jax.tree.map(np.asarray, step_200))
-  assert export.restore_from_workdir(run).step == 400
+  assert model_path.restore_run(run).step == 400
 
 
 def test_a_checkpoint_of_another_model_is_one_error(run, tmp_path):
@@ -142,7 +143,7 @@ def test_a_checkpoint_of_another_model_is_one_error(run, tmp_path):
     match=r'checkpoint 400 of .*: parameter '
     r'\S+ has shape \([\d, ]+\), expected',
   ):
-    export.restore_from_workdir(other)
+    model_path.restore_run(other)
 
 
 def test_existing_output_and_bad_runs_are_one_line_errors(run, tmp_path):
@@ -160,20 +161,23 @@ def test_existing_output_and_bad_runs_are_one_line_errors(run, tmp_path):
   )
   export_testing.assert_one_line_error(
     export_testing.launch(
-      'export', f'--from_hf={tmp_path}', '--step=200', f'--output={tmp_path / "new"}'
+      'export',
+      f'--from_hf={export_testing.exported("hf")}',
+      '--step=200',
+      f'--output={tmp_path / "new"}',
     ),
-    '--step chooses a checkpoint of --workdir',
+    '--step chooses a checkpoint of a training workdir; the Hugging Face model .* has none',
   )
   export_testing.assert_one_line_error(
     export_testing.launch('export', f'--workdir={tmp_path}', f'--output={tmp_path / "new"}'),
-    'is not a training run',
+    f'{tmp_path} holds no model: expected .*; found taken',
   )
   assert not os.path.exists(tmp_path / 'new')
 
 
 @pytest.mark.parametrize('sharing', ['attention', 'ffn'])
 def test_partial_sharing_has_no_hf_form_but_exports_to_flax(run, sharing, tmp_path):
-  ours = export.restore_from_workdir(run).pretrained
+  ours = model_path.restore_run(run).pretrained
   config = dataclasses.replace(ours.config, sharing=sharing)
   rng = np.random.default_rng(0)
   params = jax.tree.map(
@@ -186,7 +190,7 @@ def test_partial_sharing_has_no_hf_form_but_exports_to_flax(run, sharing, tmp_pa
     pretrained_lib.save_hf(pretrained, str(tmp_path / 'hf'))
   assert '\n' not in str(error.value) and not os.path.exists(tmp_path / 'hf')
   pretrained_lib.save_flax(pretrained, str(tmp_path / 'flax'))
-  loaded = pretrained_lib.load_pretrained(str(tmp_path / 'flax'))
+  loaded = pretrained_lib.load_flax(str(tmp_path / 'flax'))
   assert loaded.config == config
   _assert_same_params(loaded.params, params)
 
@@ -226,11 +230,23 @@ def test_init_from_starts_pretraining_from_the_exported_params(tmp_path):
   started = ocp.StandardCheckpointer().restore(
     str(tmp_path / 'run' / 'checkpoints' / '1' / 'state')
   )['params']
-  _assert_same_params(
-    jax.tree.map(np.asarray, started), pretrained_lib.load_pretrained(flax_dir).params
+  _assert_same_params(jax.tree.map(np.asarray, started), pretrained_lib.load_flax(flax_dir).params)
+  # The vocabulary came with the model (none was trained) and stays with the run.
+  model_vocab = pretrained_lib.load_flax(flax_dir).tokenizer.fingerprint
+  assert Tokenizer.load(str(tmp_path / 'run' / 'vocab')).fingerprint == model_vocab
+
+  # A training workdir is a model path too: its latest checkpoint.
+  config.init_from = export_testing.pretrained_run()[0]
+  trainer.train(
+    PretrainConfig.from_config(config), str(tmp_path / 'from_run'), devices=jax.devices()[:1]
   )
-  # The vocabulary came with the model: none was trained.
-  assert not os.path.exists(tmp_path / 'run' / 'vocab')
+  started = ocp.StandardCheckpointer().restore(
+    str(tmp_path / 'from_run' / 'checkpoints' / '1' / 'state')
+  )['params']
+  _assert_same_params(
+    jax.tree.map(np.asarray, started), model_path.restore_run(config.init_from).pretrained.params
+  )
+  config.init_from = flax_dir
 
   config.model.hidden_size = 64
   with pytest.raises(

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax import export
+from albert_jax import model_path
 from albert_jax import pretrained as pretrained_lib
 from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train import trainer
@@ -350,7 +350,7 @@ def test_read_only_workdir_is_refused(path, pattern, vocab, tmp_path, can_mount)
 
 def test_truncated_safetensors_is_one_line(reference, tmp_path):
   hf_dir = str(tmp_path / 'hf')
-  pretrained_lib.save_hf(export.restore_from_workdir(reference).pretrained, hf_dir)
+  pretrained_lib.save_hf(model_path.restore_run(reference).pretrained, hf_dir)
   weights = os.path.join(hf_dir, 'model.safetensors')
   with open(weights, 'r+b') as f:
     f.truncate(os.path.getsize(weights) // 2)

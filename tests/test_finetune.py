@@ -1,15 +1,13 @@
 """Fine-tuning the shared tiny model: classification from TSV / CSV / TFDS,
 span QA in SQuAD format, their metrics, and the launcher.
 
-Both synthetic tasks are made here from the pretraining words: texts of
-animal words vs. texts of thing words; contexts of filler words holding one
-animal and one thing, asked "which animal?" / "which thing?".
+Both synthetic tasks are made from the pretraining words (export_testing):
+texts of animal words vs. texts of thing words; contexts of filler words
+holding one animal and one thing, asked "which animal?" / "which thing?".
 """
 
 import dataclasses
-import json
 import os
-import random
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +16,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 from albert_jax import pretrained as pretrained_lib
-from albert_jax.data.tokenizer import CLS_ID, SEP_ID
 from albert_jax.errors import DataError, ExportError, UsageError
 from albert_jax.finetune import classification, span_qa, trainer
 from albert_jax.finetune.config import FinetuneConfig
@@ -27,51 +24,13 @@ from experiments.configs import finetune as finetune_config
 import export_testing
 import train_testing
 
-ANIMALS = ('cats', 'dogs', 'birds', 'fish', 'bees')
-THINGS = ('mice', 'bones', 'nests', 'rivers', 'honey')
-FILLER = ('猫', '鱼', '老师', '汉字')
-
-
-def _write_classification(path: str, count: int, seed: int) -> str:
-  rng = random.Random(seed)
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write('text\tlabel\n')
-    for _ in range(count):
-      label = rng.choice(['animal', 'thing'])
-      words = ANIMALS if label == 'animal' else THINGS
-      text = ' '.join(rng.choice(words) for _ in range(rng.randint(3, 6)))
-      f.write(f'{text}\t{label}\n')
-  return path
-
-
-def _write_squad(path: str, count: int, seed: int) -> str:
-  rng = random.Random(seed)
-  paragraphs = []
-  for i in range(count):
-    words = [rng.choice(FILLER) for _ in range(rng.randint(4, 8))]
-    words += [rng.choice(ANIMALS), rng.choice(THINGS)]
-    rng.shuffle(words)
-    context = ' '.join(words) + '.'
-    qas = []
-    for kind, group in (('animal', ANIMALS), ('thing', THINGS)):
-      position = next(i for i, w in enumerate(words) if w in group)
-      start = len(' '.join(words[:position])) + (position > 0)
-      qas.append(
-        {
-          'id': f'{i}-{kind}',
-          'question': f'which {kind}?',
-          'answers': [{'text': words[position], 'answer_start': start}],
-        }
-      )
-    paragraphs.append({'context': context, 'qas': qas})
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump({'version': '1.1', 'data': [{'title': 'synthetic', 'paragraphs': paragraphs}]}, f)
-  return path
+_write_classification = export_testing.write_classification
+_write_squad = export_testing.write_squad
 
 
 @pytest.fixture(scope='module')
 def tokenizer():
-  return pretrained_lib.load_pretrained(export_testing.exported('flax')).tokenizer
+  return pretrained_lib.load_flax(export_testing.exported('flax')).tokenizer
 
 
 # ---------------------------------------------------------------- classification data
@@ -136,8 +95,9 @@ def test_labels_and_features(tokenizer):
   pair = ex('dogs dogs dogs dogs', 'cats', 'pos')
   features = classification.encode([pair], tokenizer, ['neg', 'pos'], 7)
   dogs, cats = tokenizer.encode('dogs'), tokenizer.encode('cats')
+  cls, sep = tokenizer.cls_id, tokenizer.sep_id
   # 4 tokens left for the pair: the longer text is trimmed from its end.
-  assert features['input_ids'][0].tolist() == [CLS_ID, *dogs * 3, SEP_ID, *cats, SEP_ID]
+  assert features['input_ids'][0].tolist() == [cls, *dogs * 3, sep, *cats, sep]
   assert features['segment_ids'][0].tolist() == [0, 0, 0, 0, 0, 1, 1]
   assert features['input_mask'][0].tolist() == [1] * 7
   assert features['label'].tolist() == [1]
@@ -196,7 +156,9 @@ def test_windows_over_a_long_context_decode_back_to_the_answers(tokenizer, tmp_p
   inside = features['start_positions'] > 0
   assert inside.any() and not inside.all()  # Some windows miss the answer.
   rows = np.arange(len(inside))
-  assert (features['input_ids'][rows, features['start_positions']][inside] != SEP_ID).all()
+  assert (
+    features['input_ids'][rows, features['start_positions']][inside] != tokenizer.sep_id
+  ).all()
   # Logits that point at the gold span where a window holds it.
   start = np.full(features['input_ids'].shape, -10.0)
   end = np.full(features['input_ids'].shape, -10.0)
@@ -225,7 +187,7 @@ def _train_mode_intermediates(model, params, features, seed):
 
 def test_default_config_drops_out_the_classifier_input_only(tokenizer, tmp_path):
   config = FinetuneConfig.from_config(finetune_config.get_config('classification'))
-  pretrained = pretrained_lib.load_pretrained(export_testing.exported('flax'))
+  pretrained = pretrained_lib.load_flax(export_testing.exported('flax'))
   model_config = config.model_config(pretrained.config)
   # The backbone keeps the exported model's dropout, whatever it is.
   assert model_config.hidden_dropout_prob == pretrained.config.hidden_dropout_prob == 0
@@ -260,7 +222,7 @@ def test_default_config_drops_out_the_classifier_input_only(tokenizer, tmp_path)
 
 def test_span_qa_adds_no_dropout(tokenizer, tmp_path):
   config = FinetuneConfig.from_config(finetune_config.get_config('span_qa'))
-  pretrained = pretrained_lib.load_pretrained(export_testing.exported('flax'))
+  pretrained = pretrained_lib.load_flax(export_testing.exported('flax'))
   data = dataclasses.replace(
     config.data, max_seq_length=32, train=_write_squad(str(tmp_path / 'train.json'), 4, seed=0)
   )
@@ -292,7 +254,9 @@ def test_classification_reaches_95_percent_from_the_command_line(tmp_path):
     '--config.data.max_seq_length=32',
     '--config.train.batch_size=32',
     '--config.train.num_steps=60',
+    '--config.train.num_epochs=0',
     '--config.train.warmup_steps=6',
+    '--config.train.warmup_fraction=0',
     '--config.train.learning_rate=1e-3',
     '--config.train.log_every=20',
     '--config.train.eval_every=60',
@@ -303,19 +267,23 @@ def test_classification_reaches_95_percent_from_the_command_line(tmp_path):
   assert final['step'] == 60 and final['eval_accuracy'] >= 0.95
   assert 0 <= final['eval_f1'] <= 1
   assert f'step 60: accuracy {final["eval_accuracy"]:.4f}' in result.stdout
+  assert 'a fresh classification head (animal, thing)' in result.stdout
+  assert f'tensorboard: tensorboard --logdir {workdir}' in result.stdout
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '60'))
+  # The run records its model, task and classes beside the checkpoints.
+  definition = pretrained_lib.load_definition(os.path.join(workdir, 'model'))
+  assert (definition.task, definition.labels) == ('classification', ('animal', 'thing'))
 
 
 def test_span_qa_reaches_90_percent_exact_match(tmp_path):
-  config = finetune_config.get_config('span_qa')
-  config.data.train = _write_squad(str(tmp_path / 'train.json'), 256, seed=0)
-  config.data.eval = _write_squad(str(tmp_path / 'dev.json'), 64, seed=1)
-  config.data.max_seq_length = 32
-  config.train.update(
-    batch_size=32, num_steps=200, warmup_steps=10, learning_rate=1e-3, log_every=50, eval_every=200
+  config = export_testing.finetune_config(
+    'span_qa',
+    200,
+    train=_write_squad(str(tmp_path / 'train.json'), 256, seed=0),
+    eval=_write_squad(str(tmp_path / 'dev.json'), 64, seed=1),
   )
   result = trainer.finetune(
-    FinetuneConfig.from_config(config), export_testing.exported('flax'), str(tmp_path / 'run')
+    config, pretrained_lib.load_flax(export_testing.exported('flax')), str(tmp_path / 'run')
   )
   assert result.step == 200
   assert result.eval_metrics['exact_match'] >= 90  # SQuAD's 0-100 scale.
@@ -339,18 +307,40 @@ def test_bad_input_is_one_line(tmp_path):
     ),
     'missing.tsv not found',
   )
+  export_testing.assert_one_line_error(
+    export_testing.launch('finetune', f'--model={tmp_path}', f'--workdir={tmp_path / "run"}'),
+    f'{tmp_path} holds no model: expected a flax export',
+  )
   config = finetune_config.get_config('classification')
   config.data.train = 'x.tsv'
   with pytest.raises(
     UsageError, match="data.max_seq_length=128 exceeds the model's max_position_embeddings=32"
   ):
     trainer.finetune(
-      FinetuneConfig.from_config(config), export_testing.exported('flax'), str(tmp_path)
-    )
-  with pytest.raises(ExportError, match='is not an exported model'):
-    trainer.finetune(
       FinetuneConfig.from_config(config),
+      pretrained_lib.load_flax(export_testing.exported('flax')),
       str(tmp_path),
-      str(tmp_path / 'run'),
-      devices=jax.devices()[:1],
     )
+
+
+def test_a_failed_fine_tune_leaves_no_workdir_behind(tmp_path):
+  pretrained = pretrained_lib.load_flax(export_testing.exported('flax'))
+  train = _write_classification(str(tmp_path / 'train.tsv'), 32, seed=0)
+  workdir = str(tmp_path / 'runs' / 'ft')
+  # Bad data: refused before the workdir is claimed.
+  with pytest.raises(DataError, match='missing.tsv not found'):
+    trainer.finetune(
+      export_testing.finetune_config('classification', 2, train=str(tmp_path / 'missing.tsv')),
+      pretrained,
+      workdir,
+    )
+  assert not os.path.exists(tmp_path / 'runs')
+  # A model without its encoder: refused as its params load, in the claimed
+  # workdir (model/ and checkpoints/ written), before the run starts.
+  albert = {k: v for k, v in pretrained.params['albert'].items() if k != 'encoder'}
+  broken = dataclasses.replace(pretrained, params={**pretrained.params, 'albert': albert})
+  with pytest.raises(ExportError, match='lacks parameter encoder/'):
+    trainer.finetune(
+      export_testing.finetune_config('classification', 2, train=train), broken, workdir
+    )
+  assert not os.path.exists(tmp_path / 'runs')

@@ -26,10 +26,11 @@ LAYERS = (
   ),
   ('albert_jax.data',),
   ('albert_jax.pretrained',),  # Exported models: read and written.
-  ('albert_jax.train',),
+  # model_path reads training workdirs (train/checkpoint.py) and
+  # train/trainer.py starts from any model path.
+  ('albert_jax.train', 'albert_jax.model_path'),
   ('albert_jax.finetune',),
   (
-    'albert_jax.export',
     'albert_jax.evaluate',
     'albert_jax.fill_mask',
     'albert_jax.benchmark',

@@ -13,6 +13,7 @@ import pytest
 from albert_jax import model as albert
 from albert_jax.config import REMAT_POLICIES, ModelConfig
 from albert_jax.param_count import param_shapes
+from albert_jax.train.config import PretrainConfig
 from albert_jax.train.mesh import DEFAULT_RULES
 from experiments.configs import pretrain
 
@@ -103,7 +104,7 @@ def test_impossible_configs_fail_in_one_line(change, message):
 def test_from_config_reads_every_preset_and_rejects_unknown_keys():
   for preset in pretrain._SIZES:
     cfg = pretrain.get_config(preset)
-    model_config = ModelConfig.from_config(cfg.model)
+    model_config = PretrainConfig.from_config(cfg).model
     assert model_config.hidden_size == cfg.model.hidden_size
   model_cfg = pretrain.get_config('tiny').model
   model_cfg.unlock()
@@ -359,6 +360,7 @@ def test_fine_tuning_heads_share_the_backbone():
   backbone = jax.tree.map(jnp.shape, _init(TINY)['params']['albert'])
   for module, expected in [
     (albert.AlbertForSequenceClassification(TINY, num_labels=3), {'logits': (B, 3)}),
+    (albert.AlbertForTokenClassification(TINY, num_labels=5), {'logits': (B, S, 5)}),
     (albert.AlbertForQuestionAnswering(TINY), {'start_logits': (B, S), 'end_logits': (B, S)}),
   ]:
     shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *_inputs())['params'])

@@ -13,6 +13,7 @@ import pytest
 
 from albert_jax.config import ModelConfig
 from albert_jax.param_count import count_params
+from albert_jax.train.config import PretrainConfig
 from experiments.configs import pretrain
 
 BACKBONES = [
@@ -36,9 +37,9 @@ BACKBONES = [
 
 
 def _config(preset: str, **overrides) -> ModelConfig:
-  model = pretrain.get_config(preset).model
-  model.update(overrides)
-  return ModelConfig.from_config(model)
+  config = pretrain.get_config(preset)
+  config.model.update(overrides)
+  return PretrainConfig.from_config(config).model
 
 
 @pytest.mark.parametrize('preset, overrides, backbone', BACKBONES)

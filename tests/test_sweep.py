@@ -199,7 +199,7 @@ def test_emit_cluster_scripts(tmp_path):
   runs = [line for line in lines if line.startswith('srun ')]
   assert lines.count("sbatch <<'EOF'") == lines.count('EOF') == len(runs) == 16
   assert runs[0] == (
-    'srun python -m launch.pretrain --config=experiments/configs/pretrain.py:'
+    'srun --kill-on-bad-exit=1 python -m launch.pretrain --config=experiments/configs/pretrain.py:'
     f'tiny --workdir={root}/E64-all-seed0 --distributed '
     '--config.model.embedding_size=64 --config.model.sharing=all '
     '--config.train.seed=0 --config.data.seed=0'

@@ -1,4 +1,6 @@
-"""Launchers: command-line errors, several processes, preemption notice, cluster recipes."""
+"""Launchers: command-line errors, several processes, preemption notice.
+
+The cluster recipes (launch.cluster) are in test_cluster.py."""
 
 import os
 import re
@@ -13,7 +15,6 @@ import pytest
 
 from albert_jax.train import distributed, trainer
 from albert_jax.train.config import PretrainConfig
-from launch import cluster
 
 import train_testing
 
@@ -108,124 +109,3 @@ def test_sigterm_sets_the_stop_flag_and_close_restores_the_handler():
   finally:
     watcher.close()
   assert signal.getsignal(signal.SIGTERM) == previous
-
-
-def test_tpu_recipe_runs_one_process_per_worker():
-  commands = cluster.tpu_commands(
-    tpu='pod',
-    zone='us-central2-b',
-    project='proj',
-    repo_dir='~/albert-jax',
-    install=True,
-    command=cluster.pretrain_command('CFG:base', '/mnt/run', ['--x=1']),
-  )
-  assert [c[:5] for c in commands] == [['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp']] + [
-    ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']
-  ] * 2
-  run = commands[-1]
-  assert {'pod', '--zone=us-central2-b', '--project=proj', '--worker=all'} <= set(run)
-  assert run[-1] == (
-    '--command=cd ~/albert-jax && python -m launch.pretrain '
-    '--config=CFG:base --workdir=/mnt/run --distributed --x=1'
-  )
-
-
-def test_slurm_recipe_runs_one_task_per_gpu_and_checkpoints_before_the_limit():
-  script = cluster.sbatch_script(
-    nodes=2,
-    gpus_per_node=4,
-    time='1:00:00',
-    partition='gpu',
-    account=None,
-    job_name='albert',
-    repo_dir='"$SLURM_SUBMIT_DIR"',
-    command=cluster.pretrain_command('CFG:large', '/shared/run', []),
-  )
-  lines = script.splitlines()
-  assert lines[0] == '#!/bin/bash'
-  for option in (
-    '--nodes=2',
-    '--ntasks-per-node=4',
-    '--gpus-per-node=4',
-    '--signal=TERM@120',
-    '--requeue',
-    '--partition=gpu',
-  ):
-    assert f'#SBATCH {option}' in lines
-  assert not any('--account' in line for line in lines)
-  assert lines[-1] == (
-    'srun python -m launch.pretrain --config=CFG:large --workdir=/shared/run --distributed'
-  )
-
-
-def _cluster(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run(
-    [sys.executable, '-m', 'launch.cluster', *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=60,
-    env={**os.environ, 'PATH': ''},
-  )  # No gcloud / sbatch reachable.
-
-
-@pytest.mark.parametrize(
-  'target, expected',
-  [
-    (['--target=slurm', '--nodes=2'], 'srun python -m launch.pretrain'),
-    (['--target=tpu', '--tpu=pod', '--zone=z'], 'gcloud compute tpus tpu-vm ssh pod'),
-  ],
-)
-def test_cluster_dry_run_prints_and_runs_nothing(target, expected):
-  process = _cluster(
-    *target,
-    '--workdir=/shared/run',
-    '--dry_run',
-    '--config.train.batch_size=64',
-    '--config.train.optimizer',
-    'adamw',
-  )
-  assert process.returncode == 0, process.stderr
-  assert expected in process.stdout
-  assert (
-    '--config=experiments/configs/pretrain.py:base --workdir=/shared/run '
-    '--distributed --config.train.batch_size=64 --config.train.optimizer '
-    'adamw'
-  ) in process.stdout
-
-
-def test_cluster_checks_the_overrides_here():
-  process = _cluster('--target=slurm', '--workdir=/w', '--dry_run', '--config.train.batch_sise=64')
-  assert process.returncode == 1 and not process.stdout
-  assert process.stderr.startswith(
-    'error: unknown config key --config.train.batch_sise (Did you mean'
-  )
-
-
-def test_cluster_overrides_after_double_dash_still_work_with_a_warning():
-  process = _cluster(
-    '--target=slurm',
-    '--workdir=/w',
-    '--dry_run',
-    '--config=experiments/configs/pretrain.py:tiny',
-    '--',
-    '--config.train.batch_size=64',
-  )
-  assert process.returncode == 0, process.stderr
-  assert process.stderr == ('warning: arguments after -- are deprecated; pass --config.KEY=VALUE\n')
-  assert (
-    '--config=experiments/configs/pretrain.py:tiny --workdir=/w '
-    '--distributed --config.train.batch_size=64'
-  ) in process.stdout
-
-
-def test_cluster_without_required_flags_is_one_line():
-  process = subprocess.run(
-    [sys.executable, '-m', 'launch.cluster', '--target=tpu', '--workdir=/w', '--dry_run'],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=60,
-  )
-  assert process.returncode == 1
-  assert process.stderr.strip() == 'error: --target=tpu needs --tpu=NAME and --zone=ZONE'

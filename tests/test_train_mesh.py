@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from albert_jax.config import ModelConfig
 from albert_jax.errors import UsageError
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
+from albert_jax.train.config import PretrainConfig
 from experiments.configs import pretrain
 
 RULES = mesh_lib.DEFAULT_RULES
@@ -58,7 +58,7 @@ def test_batch_is_split_over_data_and_fsdp():
 def _abstract_params(**model_overrides):
   config = pretrain.get_config('tiny')
   config.model.update(model_overrides)
-  model = AlbertForPreTraining(ModelConfig.from_config(config.model))
+  model = AlbertForPreTraining(PretrainConfig.from_config(config).model)
   ids = jnp.zeros((1, 8), jnp.int32)
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids, ids[:, :2]))[
     'params'

@@ -1,15 +1,26 @@
 """Metric records (console, TensorBoard, JSONL), throughput and MFU, loss sums."""
 
 import glob
+import io
 import json
 import os
+import re
+import struct
+import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from google.protobuf import json_format
+from tensorboardX.proto import event_pb2, plugin_hparams_pb2
 
 from albert_jax.train import metrics as metrics_lib
 from albert_jax.train import train_step as step_lib
+from albert_jax.train import trainer
+from albert_jax.train.config import PretrainConfig
+
+import train_testing
 
 
 def test_peak_flops_lookup():
@@ -72,20 +83,173 @@ def test_console_line():
   )
 
 
+def _events(directory: str) -> list[event_pb2.Event]:
+  """The events of the one event file in `directory`: TFRecords (length, its
+  CRC, the serialized Event, its CRC), read without TensorBoard installed."""
+  (path,) = glob.glob(os.path.join(directory, 'events.out.tfevents.*'))
+  events = []
+  with open(path, 'rb') as f:
+    while header := f.read(12):
+      (length,) = struct.unpack('<Q', header[:8])
+      events.append(event_pb2.Event.FromString(f.read(length)))
+      f.read(4)
+  return events
+
+
+def _scalars(events: list[event_pb2.Event]) -> dict[str, list[tuple[int, float]]]:
+  scalars = {}
+  for event in events:
+    for value in event.summary.value:
+      if value.HasField('simple_value'):
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
 def test_writer_sends_the_same_record_to_jsonl_and_tensorboard(tmp_path, capsys):
   writer = metrics_lib.MetricsWriter(str(tmp_path), total_steps=5)
-  writer.write(1, {'loss': 3.0, 'mfu': None})
+  writer.write(1, {'loss': 3.0, 'mfu': None, 'tokens_per_sec': 10.0})
   writer.write(1, {'eval_mlm_loss': 2.0})
   writer.close()
   with open(tmp_path / 'metrics.jsonl') as f:
     records = [json.loads(line) for line in f]
-  assert records == [{'step': 1, 'loss': 3.0, 'mfu': None}, {'step': 1, 'eval_mlm_loss': 2.0}]
-  assert 'step 1/5 | loss 3.0000 | mfu n/a' in capsys.readouterr().out
-  events = glob.glob(os.path.join(tmp_path, 'tensorboard', 'events.out.tfevents.*'))
-  assert len(events) == 1
-  with open(events[0], 'rb') as f:
-    content = f.read()
-  assert b'loss' in content and b'eval_mlm_loss' in content
+  assert records == [
+    {'step': 1, 'loss': 3.0, 'mfu': None, 'tokens_per_sec': 10.0},
+    {'step': 1, 'eval_mlm_loss': 2.0},
+  ]
+  # Not a terminal (as in CI and SLURM logs): one plain line per record.
+  assert capsys.readouterr().out == (
+    'step 1/5 | loss 3.0000 | tok/s 10 | mfu n/a\nstep 1/5 | eval_mlm_loss 2\n'
+  )
+  assert _scalars(_events(os.path.join(tmp_path, 'tensorboard'))) == {
+    'train/loss': [(1, 3.0)],
+    'perf/tokens_per_sec': [(1, 10.0)],
+    'eval/mlm_loss': [(1, 2.0)],
+  }
+
+
+def test_tensorboard_tags_are_grouped():
+  assert [
+    metrics_lib.tensorboard_tag(key)
+    for key in ('loss', 'mlm_accuracy', 'learning_rate', 'eval_sop_accuracy', 'mfu', 'step_time')
+  ] == [
+    'train/loss',
+    'train/mlm_accuracy',
+    'train/learning_rate',
+    'eval/sop_accuracy',
+    'perf/mfu',
+    'perf/step_time',
+  ]
+
+
+def test_run_config_as_text_and_hparams(tmp_path):
+  config = {
+    'model': {'hidden_size': 32, 'sharing': 'all', 'dropout': 0.0},
+    'train': {'num_steps': 4, 'profile_steps': None, 'schedule': [1, 2], 'remat': False},
+  }
+  writer = metrics_lib.MetricsWriter(str(tmp_path), total_steps=4)
+  writer.describe_run(config, num_params=12345)
+  writer.close()
+  events = _events(os.path.join(tmp_path, 'tensorboard'))
+  values = {value.tag: value for event in events for value in event.summary.value}
+  text = values['config'].tensor.string_val[0].decode()
+  assert values['config'].metadata.plugin_data.plugin_name == 'text'
+  assert text.startswith('12,345 parameters\n\n    {\n')
+  # The config's JSON, indented as a Markdown code block.
+  assert json.loads('\n'.join(line[4:] for line in text.splitlines()[2:])) == config
+  session = values['_hparams_/session_start_info']
+  assert session.metadata.plugin_data.plugin_name == 'hparams'
+  hparams = plugin_hparams_pb2.HParamsPluginData.FromString(
+    session.metadata.plugin_data.content
+  ).session_start_info.hparams
+  assert {key: json_format.MessageToDict(value) for key, value in hparams.items()} == {
+    'num_params': 12345,
+    'model.hidden_size': 32,
+    'model.sharing': 'all',
+    'model.dropout': 0,
+    'train.num_steps': 4,
+    'train.profile_steps': 'null',
+    'train.schedule': '[1, 2]',
+    'train.remat': False,
+  }
+  # In the run's own event file: no sub-run directory as add_hparams makes.
+  assert os.listdir(os.path.join(tmp_path, 'tensorboard')) == [
+    os.path.basename(glob.glob(os.path.join(tmp_path, 'tensorboard', '*'))[0])
+  ]
+
+
+class _Terminal(io.StringIO):
+  def isatty(self) -> bool:
+    return True
+
+
+def test_console_is_a_bar_in_a_terminal_and_lines_elsewhere(tmp_path):
+  assert metrics_lib.interactive(_Terminal())
+  assert not metrics_lib.interactive(io.StringIO())
+  with open(os.devnull) as closed:
+    pass
+  assert not metrics_lib.interactive(closed)  # isatty raises ValueError.
+  assert not metrics_lib.interactive(object())
+
+  terminal = _Terminal()
+  writer = metrics_lib.MetricsWriter(str(tmp_path), total_steps=4, stream=terminal)
+  for step in (1, 2):
+    writer.advance(step)
+  record = {'loss': 3.25, 'mlm_accuracy': 0.5, 'tokens_per_sec': 5000.0, 'eta_seconds': 1.0}
+  writer.write(2, record)
+  writer.write(2, {'eval_mlm_loss': 2.5})
+  metrics_lib.console('a message')
+  writer.advance(4)
+  writer.write(4, {**record, 'loss': 3.0})
+  writer.close()
+  screen = terminal.getvalue()
+  # The bar, redrawn in place: count, ETA, loss and tokens/s.
+  half = r'train: +50%.*\| 2/4 \[.*<.*, loss 3\.2500, tok/s 5,000\]'
+  assert any(re.search(half, frame) for frame in screen.split('\r'))
+  assert re.search(r'train: 100%.*\| 4/4 \[.*, loss 3\.0000, tok/s 5,000\]', screen)
+  # Evaluations and messages as lines above the bar; no line per training
+  # record, but the last one in full once the bar is done.
+  lines = [line.strip() for line in re.split(r'[\r\n]', screen) if 'step ' in line or 'a m' in line]
+  assert lines == [
+    'step 2/4 | eval_mlm_loss 2.5',
+    'a message',
+    'step 4/4 | loss 3.0000 | mlm_acc 0.500 | tok/s 5,000 | eta 0:00:01',
+  ]
+  # Once the bar is closed, messages print as before.
+  assert metrics_lib._bar is None
+
+
+def test_training_in_a_terminal_shows_the_bar_and_tensorboard_reads_well(
+  vocab, tmp_path, monkeypatch
+):
+  """The loop moves the bar every step; the log_every lines are left to pipes."""
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, 'stdout', terminal)
+  config = train_testing.tiny_config(vocab, **{'train.eval_every': 4})
+  workdir = str(tmp_path)
+  trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
+  screen = terminal.getvalue()
+  counts = re.findall(r'\| (\d)/4 \[', screen)
+  assert counts[0] == '0' and sorted(set(counts)) == ['0', '1', '2', '3', '4'], screen
+  assert re.search(r'4/4 \[[^]]*, loss \d\.\d{4}, tok/s [\d,]+\]', screen), screen
+  lines = [line for line in re.split(r'[\r\n]', screen) if line.startswith('step ')]
+  assert [line.split(' | ')[0] for line in lines] == ['step 4/4', 'step 4/4'], screen
+  assert 'eval_mlm_loss' in lines[0] and 'loss' in lines[1].split(' | ')[1]
+  assert 'model tiny: ' in screen  # The trainer's own lines still print.
+
+  events = _events(os.path.join(workdir, 'tensorboard'))
+  assert set(_scalars(events)) >= {
+    'train/loss',
+    'train/mlm_accuracy',
+    'train/learning_rate',
+    'perf/tokens_per_sec',
+    'perf/mfu',
+    'eval/mlm_loss',
+  }
+  (text,) = [v for e in events for v in e.summary.value if v.tag == 'config']
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  body = text.tensor.string_val[0].decode().split('\n\n', 1)[1]
+  assert json.loads('\n'.join(line[4:] for line in body.splitlines())) == saved
 
 
 def _outputs_and_batch():

@@ -9,9 +9,9 @@ import optax
 import pytest
 
 from albert_jax import tree_paths
-from albert_jax.config import ModelConfig
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import optimizer as optimizer_lib
+from albert_jax.train.config import PretrainConfig
 from experiments.configs import pretrain
 
 
@@ -61,7 +61,7 @@ def test_decay_mask_excludes_layer_norm_and_biases():
 def test_decay_mask_on_the_model_spares_exactly_layer_norms_and_biases(sharing):
   config = pretrain.get_config('tiny')
   config.model.sharing = sharing
-  model = AlbertForPreTraining(ModelConfig.from_config(config.model))
+  model = AlbertForPreTraining(PretrainConfig.from_config(config).model)
   ids = jnp.zeros((1, 8), jnp.int32)
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids, ids[:, :2]))[
     'params'
@@ -238,7 +238,7 @@ def test_lamb_on_stacked_layers_equals_lamb_on_each_layer(shape, names):
 def _model_and_inputs(**model_overrides):
   config = pretrain.get_config('tiny')
   config.model.update(model_overrides)
-  model = AlbertForPreTraining(ModelConfig.from_config(config.model))
+  model = AlbertForPreTraining(PretrainConfig.from_config(config).model)
   ids = jnp.zeros((1, 8), jnp.int32)
   return model, (ids, ids, ids, ids[:, :2])
 

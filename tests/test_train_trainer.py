@@ -7,7 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax.errors import UsageError
+from albert_jax import model_path
+from albert_jax.data import prepared, sources
+from albert_jax.data.tokenizer import train_tokenizer
+from albert_jax.errors import DataError, UsageError
 from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
 
@@ -143,3 +146,74 @@ def test_profile_steps_write_a_trace_and_mfu_is_known_on_cpu(vocab, tmp_path):
 def test_malformed_profile_steps_is_one_line():
   with pytest.raises(UsageError, match=r"train.profile_steps='3': use START:END"):
     PretrainConfig.from_config(train_testing.tiny_config('', **{'train.profile_steps': '3'}))
+
+
+# ---------------------------------------------------------------- vocabulary size
+
+
+@pytest.fixture(scope='module')
+def vocab_300(tmp_path_factory):
+  """(vocabulary, prepared corpus): builtin prepared with a 300-piece
+  vocabulary, not the tiny preset's 2000."""
+  root = tmp_path_factory.mktemp('vocab_300')
+  vocab = str(root / 'vocab')
+  assert train_tokenizer(sources.read_sentences('builtin'), vocab, vocab_size=300).vocab_size == 300
+  prepared.prepare('builtin', vocab, str(root / 'prepared'), num_workers=1)
+  return vocab, str(root / 'prepared')
+
+
+def test_the_model_takes_the_vocabulary_size_of_prepared_data(vocab_300, tmp_path):
+  # model.vocab_size as the preset leaves it: 0, the tokenizer's size.
+  config = train_testing.tiny_config(
+    '',
+    **{'model.vocab_size': 0, 'data.source': f'prepared:{vocab_300[1]}', 'train.num_steps': 2},
+  )
+  workdir = str(tmp_path / 'run')
+  trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  assert (saved['model']['vocab_size'], saved['vocab_from_tokenizer']) == (300, True)
+  # The recorded size is the checkpoint's: the run reads back as a model.
+  assert model_path.restore_run(workdir).pretrained.config.vocab_size == 300
+  # A rerun as given resumes: the saved 300 is compared with the tokenizer's
+  # size, not with the 2000 of a tokenizer the run would train.
+  config.train.num_steps = 3
+  result = trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
+  assert (result.first_step, result.step) == (2, 3)
+  with open(os.path.join(workdir, 'resumes.jsonl')) as f:
+    assert json.loads(f.read())['changed'] == {'train.num_steps': [2, 3]}
+
+
+def test_a_set_vocab_size_must_hold_every_id_of_the_vocabulary(vocab_300, tmp_path):
+  config = train_testing.tiny_config(vocab_300[0], **{'train.num_steps': 1})  # Size 256.
+  workdir = tmp_path / 'runs' / 'small'
+  with pytest.raises(DataError) as error:
+    trainer.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
+  assert str(error.value) == (
+    'the vocabulary has 300 pieces but model.vocab_size=256: set '
+    "--config.model.vocab_size=300, or 0 for the vocabulary's size"
+  )
+  assert not os.listdir(tmp_path)  # The run created runs/small: it is gone.
+  # A larger size is kept (rows no id uses), as set.
+  config.model.vocab_size = 320
+  trainer.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
+  with open(workdir / 'config.json') as f:
+    saved = json.load(f)
+  assert (saved['model']['vocab_size'], saved['vocab_from_tokenizer']) == (320, False)
+
+
+def test_a_run_that_fails_before_it_starts_leaves_no_directory_it_created(vocab, tmp_path):
+  missing = f'text:{tmp_path}/corpus/*.txt'
+  workdir = tmp_path / 'runs' / 'bad'
+  # Fails reading the corpus, or reading it to train a tokenizer into the workdir.
+  for vocabulary in (vocab, ''):
+    config = train_testing.tiny_config(vocabulary, **{'data.source': missing})
+    with pytest.raises(DataError, match='matches no files'):
+      trainer.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
+    assert not os.listdir(tmp_path)
+  # A directory that was there stays, with what it held.
+  workdir.mkdir(parents=True)
+  (workdir / 'notes.txt').write_text('mine')
+  with pytest.raises(DataError, match='matches no files'):
+    trainer.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
+  assert (workdir / 'notes.txt').read_text() == 'mine'

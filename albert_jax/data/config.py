@@ -24,6 +24,10 @@ class DataConfig(Record):
   # Tokenizer directory; empty: prepared data's own, else one trained on the
   # training documents into WORKDIR/vocab.
   vocab: str = ''
+  # Pieces of a tokenizer trained for the run (fewer on a corpus too small for
+  # them) when model.vocab_size is 0, the tokenizer's; a set model.vocab_size
+  # is the target instead.
+  vocab_size: int = 30000
   lowercase: bool = True  # Normalisation of a tokenizer trained here.
   max_seq_length: int = 512
   max_predictions_per_seq: int = 20
@@ -38,6 +42,6 @@ class DataConfig(Record):
   def __post_init__(self):
     check_types(self)
     examples.ExampleConfig.from_config(self)  # Checks the example settings.
-    for name in ('eval_documents', 'num_workers', 'prefetch_buffer_size'):
+    for name in ('eval_documents', 'vocab_size', 'num_workers', 'prefetch_buffer_size'):
       if getattr(self, name) < 0:
         raise DataError(f'data.{name} must be >= 0, got {getattr(self, name)}')

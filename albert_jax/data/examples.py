@@ -30,7 +30,7 @@ every epoch:
      (`Tokenizer.is_word_start`; A's and B's first tokens also start words),
      p(n) ∝ 1/n, are placed without overlap until the budget is spent
      (`select_ngram_spans`). Each chosen token becomes [MASK] (80%), a random
-     non-special token (10%) or stays (10%).
+     non-special token (10%, `Tokenizer.special_ids` excluded) or stays (10%).
 
 Features, fixed shapes, int32 (S = max_seq_length, P = max_predictions_per_seq):
   input_ids [S], input_mask [S], segment_ids [S], masked_lm_positions [P],
@@ -44,7 +44,7 @@ import dataclasses
 import numpy as np
 
 from albert_jax.data.corpus import Documents
-from albert_jax.data.tokenizer import CLS_ID, MASK_ID, SEP_ID, SPECIAL_PIECES
+from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import DataError
 
 OBJECTIVES = ('sop', 'nsp', 'none')
@@ -191,8 +191,7 @@ class ExampleBuilder:
     instances: np.ndarray,
     config: ExampleConfig,
     *,
-    vocab_size: int,
-    is_word_start: np.ndarray,
+    tokenizer: Tokenizer,
     seed: int,
   ):
     if config.sentence_objective == 'nsp' and documents.num_documents < 2:
@@ -203,8 +202,13 @@ class ExampleBuilder:
     self.documents = documents
     self.instances = instances
     self.config = config
-    self.vocab_size = vocab_size
-    self.is_word_start = is_word_start
+    # Only ids and arrays are kept: the builder is pickled into grain's workers.
+    self.cls_id, self.sep_id, self.mask_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id
+    self.is_word_start = tokenizer.is_word_start
+    # Random replacements are drawn from the non-special ids.
+    self.replacement_ids = np.setdiff1d(
+      np.arange(tokenizer.vocab_size, dtype=np.int32), tokenizer.special_ids
+    )
     self.seed = seed
     lengths = documents.segment_lengths.astype(np.int64)
     token_starts = np.cumsum(lengths) - lengths
@@ -271,11 +275,11 @@ class ExampleBuilder:
     seq_len, max_pred = cfg.max_seq_length, cfg.max_predictions_per_seq
     la, lb = len(a), len(b)
     input_ids = np.zeros(seq_len, np.int32)
-    input_ids[0] = CLS_ID
+    input_ids[0] = self.cls_id
     input_ids[1 : 1 + la] = a
-    input_ids[1 + la] = SEP_ID
+    input_ids[1 + la] = self.sep_id
     input_ids[2 + la : 2 + la + lb] = b
-    input_ids[2 + la + lb] = SEP_ID
+    input_ids[2 + la + lb] = self.sep_id
     input_mask = np.zeros(seq_len, np.int32)
     input_mask[: 3 + la + lb] = 1
     segment_ids = np.zeros(seq_len, np.int32)
@@ -306,8 +310,11 @@ class ExampleBuilder:
     masked_lm_ids[:count] = input_ids[masked]
     masked_lm_weights[:count] = 1
     u = rng.random(count)
-    random_ids = rng.integers(len(SPECIAL_PIECES), self.vocab_size, count)
-    input_ids[masked] = np.where(u < 0.8, MASK_ID, np.where(u < 0.9, input_ids[masked], random_ids))
+    replacements = self.replacement_ids
+    random_ids = replacements[rng.integers(0, len(replacements), count)]
+    input_ids[masked] = np.where(
+      u < 0.8, self.mask_id, np.where(u < 0.9, input_ids[masked], random_ids)
+    )
     return dict(
       input_ids=input_ids,
       input_mask=input_mask,

@@ -1,10 +1,13 @@
 """Input pipeline: per-process grain datasets of pretraining batches.
 
-How the trainer uses it (`config` = experiments/configs/pretrain.py):
+How the trainer uses it (`config` = experiments/configs/pretrain.py, `record`
+= PretrainConfig.from_config(config)):
 
   from albert_jax.data import pipeline
   tokenizer = pipeline.load_or_train_tokenizer(
-      config.data, vocab_size=config.model.vocab_size, workdir=workdir)
+      config.data, vocab_size=record.model.vocab_size, workdir=workdir)
+  # The model: tokenizer.vocab_size embedding rows, or a size the config
+  # sets, checked with pipeline.check_vocab_fits(tokenizer, size).
   corpus = pipeline.load_corpus(config.data, tokenizer)
   train_ds = pipeline.make_pretraining_dataset(
       corpus.train, config.data, tokenizer,
@@ -50,7 +53,7 @@ from absl import flags
 
 from albert_jax.data import examples, prepared, sources
 from albert_jax.data.corpus import Documents, tokenize
-from albert_jax.data.tokenizer import MODEL_FILE, Normalization, Tokenizer, train_tokenizer
+from albert_jax.data.tokenizer import Normalization, Tokenizer, has_tokenizer, train_tokenizer
 from albert_jax.errors import DataError, UsageError
 
 # Where a tokenizer trained for a run lives, inside its workdir.
@@ -66,14 +69,15 @@ class Corpus:
 
 def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer:
   """The run's tokenizer: data.vocab, the one prepared data was made with,
-  the one already in `workdir`/vocab (a resumed run), or a new one trained
-  there on the training documents of data.source (deterministic, so every
-  process of a multi-host run trains the same one)."""
+  the one already in `workdir`/vocab (a resumed run), or a new one of
+  `vocab_size` pieces (fewer on a small corpus) trained there on the
+  training documents of data.source (deterministic, so every process of a
+  multi-host run trains the same one)."""
   if data.vocab:
     tokenizer = Tokenizer.load(data.vocab)
   elif data.source.startswith('prepared:'):
     tokenizer = prepared.load_tokenizer(data.source[len('prepared:') :])
-  elif os.path.isfile(os.path.join(workdir, WORKDIR_VOCAB, MODEL_FILE)):
+  elif has_tokenizer(os.path.join(workdir, WORKDIR_VOCAB)):
     tokenizer = Tokenizer.load(os.path.join(workdir, WORKDIR_VOCAB))
   else:
     documents = list(sources.read_documents(data.source, text_feature=data.text_feature))
@@ -85,13 +89,18 @@ def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer
       vocab_size=vocab_size,
       normalization=Normalization(lowercase=data.lowercase),
     )
-  if tokenizer.vocab_size > vocab_size:
+  return tokenizer
+
+
+def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
+  """DataError unless a model of `model_vocab_size` embedding rows has one
+  for every id of `tokenizer`."""
+  if tokenizer.vocab_size > model_vocab_size:
     raise DataError(
       f'the vocabulary has {tokenizer.vocab_size} pieces but '
-      f'model.vocab_size={vocab_size}: set '
-      f'--config.model.vocab_size={tokenizer.vocab_size}'
+      f'model.vocab_size={model_vocab_size}: set '
+      f"--config.model.vocab_size={tokenizer.vocab_size}, or 0 for the vocabulary's size"
     )
-  return tokenizer
 
 
 def load_corpus(data, tokenizer: Tokenizer) -> Corpus:
@@ -137,8 +146,7 @@ def make_pretraining_dataset(
     documents,
     instances,
     config,
-    vocab_size=tokenizer.vocab_size,
-    is_word_start=tokenizer.is_word_start,
+    tokenizer=tokenizer,
     seed=data.seed,
   )
   ds = grain.MapDataset.range(len(instances)).repeat()

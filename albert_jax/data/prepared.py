@@ -7,7 +7,7 @@ in parallel worker processes and writes DIR/:
                                 group_size 1 so any record reads on its own;
   index.npz                     segment_lengths int32 [S], document_offsets
                                 int64 [D + 1] (to plan examples unread);
-  vocab/                        the tokenizer used (spiece.model, ...);
+  vocab/                        the tokenizer used (its vocabulary files);
   metadata.json                 shard list, counts, source, vocab fingerprint.
 Documents keep the source's order. Masks are not stored: they are drawn on
 the fly, fresh each epoch. `PreparedCorpus(DIR, tokenizer)` reads them back

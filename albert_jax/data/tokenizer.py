@@ -1,39 +1,52 @@
-"""SentencePiece tokenizer with ALBERT's special ids and text normalisation.
+"""The tokenizer interface and its three kinds of vocabulary.
 
-A vocabulary directory holds two files:
-  spiece.model        SentencePiece unigram model (the name Hugging Face's
-                      `AlbertTokenizer` expects), ids <pad>=0, <unk>=1 and the
-                      control symbols [CLS]=2, [SEP]=3, [MASK]=4;
-  normalization.json  the text normalisation chosen at training time, which
-                      `Tokenizer.load` reapplies (absent: ALBERT's defaults,
-                      so an original ALBERT spiece.model loads as is).
+A vocabulary directory holds one of (`Tokenizer.load` takes the first found):
+  spiece.model    SentencePiece unigram model (ALBERT's own, and what
+                  `train_tokenizer` writes by default), normalised as its
+                  normalization.json says, else as a Hugging Face
+                  tokenizer_config.json says (do_lower_case, keep_accents,
+                  remove_space), else with ALBERT's defaults
+                  (sentencepiece_tokenizer.py);
+  tokenizer.json  a Hugging Face `tokenizers` pipeline (Unigram, WordPiece,
+                  ...), as transformers 5 saves every tokenizer
+                  (hf_tokenizer.py);
+  vocab.txt       a BERT WordPiece vocabulary (Chinese ALBERTs), with BERT's
+                  basic tokenization as tokenizer_config.json sets it:
+                  do_lower_case, strip_accents, tokenize_chinese_chars
+                  (hf_tokenizer.py).
+spiece.model comes first: it is what our own directories hold, and where a
+Hugging Face directory holds more than one file they describe the same
+tokenizer. tokenizer.json comes before vocab.txt, as in transformers.
 
-Normalisation (ALBERT's `preprocess_text`, each step switchable): collapse
-runs of whitespace and strip the ends, NFKD with combining accents removed,
-lowercase. SentencePiece's own NFKC rule runs after it, as in ALBERT.
+Special tokens are looked up by name, never assumed at fixed ids: the names
+in tokenizer_config.json (or special_tokens_map.json) when present, else the
+kind's usual ones (<pad> <unk> [CLS] [SEP] [MASK] for SentencePiece,
+[PAD] [UNK] [CLS] [SEP] [MASK] for vocab.txt, either for tokenizer.json).
+Ids are what transformers' `AutoTokenizer` gives on the same directory
+(`add_special_tokens=False`), and `save_hf` writes files with which it gives
+them again.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-import sentencepiece as spm
-import tqdm
 
 from albert_jax.errors import DataError
 
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
-SPECIAL_PIECES = ('<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]')
-MODEL_FILE = 'spiece.model'
-NORMALIZATION_FILE = 'normalization.json'
+VOCABULARY_FILES = ('spiece.model', 'tokenizer.json', 'vocab.txt')
+TOKENIZER_CONFIG = 'tokenizer_config.json'
+SPECIAL_TOKENS_MAP = 'special_tokens_map.json'
+ROLES = ('pad', 'unk', 'cls', 'sep', 'mask')
+MODEL_TYPES = ('unigram', 'wordpiece')
 
 # ALBERT's `_is_start_piece`: punctuation and any piece with a character
 # outside a-z starts a new word (foreign scripts count as whole pieces).
@@ -43,7 +56,11 @@ _WORD_CHARS = frozenset('abcdefghijklmnopqrstuvwxyz') | _PUNCTUATION
 
 @dataclasses.dataclass(frozen=True)
 class Normalization:
-  """Text normalisation applied before SentencePiece (ALBERT's defaults)."""
+  """Text normalisation of a trained tokenizer (ALBERT's defaults).
+
+  SentencePiece applies it before the model; a WordPiece tokenizer keeps
+  `lowercase` and `strip_accents` as BERT's settings of the same names.
+  """
 
   collapse_whitespace: bool = True
   strip_accents: bool = True
@@ -59,7 +76,8 @@ class Normalization:
     return text
 
 
-def _is_word_start(piece: str) -> bool:
+def is_metaspace_word_start(piece: str) -> bool:
+  """ALBERT's word-start rule for '▁'-prefixed (SentencePiece) pieces."""
   return (
     piece.startswith('\u2581')
     or piece.startswith('<')
@@ -68,79 +86,192 @@ def _is_word_start(piece: str) -> bool:
   )
 
 
-class Tokenizer:
-  """A loaded ALBERT vocabulary: normalise, then SentencePiece.
+class Tokenizer(abc.ABC):
+  """A loaded vocabulary: text <-> ids, as transformers tokenizes.
 
   Attributes:
-    vocab_size: number of pieces.
+    kind: 'sentencepiece' | 'tokenizer.json' | 'vocab.txt'.
+    vocab_size: number of ids.
+    pad_id, unk_id, cls_id, sep_id, mask_id: the special tokens' ids.
+    mask_token: the mask token's text, e.g. '[MASK]'.
+    special_ids: int32 [K], sorted ids of all special / control tokens.
     is_word_start: bool [vocab_size], pieces that begin a word (whole-word
-      masking).
-    fingerprint: sha256 of spiece.model, to recognise data made with it.
+      masking); special tokens count as words.
+    fingerprint: sha256 of the vocabulary (the same after save and load), to
+      recognise data made with it.
   """
 
-  def __init__(self, model_proto: bytes, normalization: Normalization, name: str = '<memory>'):
-    self._proto = model_proto
-    self.normalization = normalization
-    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    pieces = [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
-    for i, want in enumerate(SPECIAL_PIECES):
-      got = pieces[i] if i < len(pieces) else None
-      if got != want:
-        raise DataError(
-          f'{name} is not an ALBERT vocabulary: id {i} is {got!r}, expected '
-          f'{want!r} (<pad>=0 <unk>=1 [CLS]=2 [SEP]=3 [MASK]=4); train one '
-          'with `python -m launch.train_tokenizer`'
-        )
+  kind: str
+  vocab_size: int
+  pad_id: int
+  unk_id: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+  mask_token: str
+  special_ids: np.ndarray
+  is_word_start: np.ndarray
+  fingerprint: str
+
+  def _set_vocabulary(
+    self,
+    pieces: Sequence[str],
+    tokens: dict[str, str],
+    special_ids: Iterable[int],
+    word_start: Callable[[str], bool],
+  ) -> None:
+    """Sets the attributes above from the pieces by id, the special tokens'
+    names by role (all present: `special_tokens` checks) and a word-start rule."""
+    index = {}
+    for i, piece in enumerate(pieces):
+      index.setdefault(piece, i)
     self.vocab_size = len(pieces)
-    self.is_word_start = np.array([_is_word_start(p) for p in pieces])
-    self.fingerprint = hashlib.sha256(model_proto).hexdigest()
+    ids = {role: index[tokens[role]] for role in ROLES}
+    self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (ids[r] for r in ROLES)
+    self.mask_token = tokens['mask']
+    self.special_ids = np.unique(np.array([*special_ids, *ids.values()], np.int32))
+    self.is_word_start = np.array([bool(p) and word_start(p) for p in pieces], bool)
+    self.is_word_start[self.special_ids] = True
 
-  @classmethod
-  def load(cls, directory: str) -> Tokenizer:
-    """Loads `directory`/spiece.model and its saved normalisation."""
-    path = os.path.join(directory, MODEL_FILE)
-    if not os.path.isfile(path):
-      raise DataError(
-        f'no tokenizer at {directory}: {MODEL_FILE} not found '
-        '(train one with `python -m launch.train_tokenizer`)'
-      )
-    with open(path, 'rb') as f:
-      proto = f.read()
-    normalization = Normalization()
-    norm_path = os.path.join(directory, NORMALIZATION_FILE)
-    if os.path.isfile(norm_path):
-      with open(norm_path) as f:
-        normalization = Normalization(**json.load(f))
-    try:
-      return cls(proto, normalization, name=path)
-    except RuntimeError as e:  # SentencePiece rejects the proto.
-      raise DataError(f'{path} is not a SentencePiece model: {str(e).splitlines()[0]}') from None
-
-  def save(self, directory: str) -> None:
-    """Writes both files, each atomically (processes may share `directory`)."""
-    os.makedirs(directory, exist_ok=True)
-    normalization = json.dumps(dataclasses.asdict(self.normalization), indent=2).encode()
-    for name, data in ((NORMALIZATION_FILE, normalization), (MODEL_FILE, self._proto)):
-      partial = os.path.join(directory, f'.{name}.{os.getpid()}')
-      try:
-        with open(partial, 'wb') as f:
-          f.write(data)
-        os.replace(partial, os.path.join(directory, name))
-      finally:  # A full disk leaves no partial file behind.
-        if os.path.exists(partial):
-          os.remove(partial)
-
+  @abc.abstractmethod
   def encode(self, text: str) -> list[int]:
-    return self._sp.encode(self.normalization(text))
+    """Ids of `text`, without [CLS]/[SEP]."""
 
+  @abc.abstractmethod
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return self._sp.encode([self.normalization(t) for t in texts])
+    """`encode` of each text."""
 
+  @abc.abstractmethod
   def decode(self, ids: Sequence[int]) -> str:
-    return self._sp.decode([int(i) for i in ids])
+    """Text of `ids`, as transformers' `tokenizer.decode(ids)`."""
 
+  @abc.abstractmethod
   def id_to_piece(self, i: int) -> str:
-    return self._sp.id_to_piece(int(i))
+    """The vocabulary's entry for id `i`."""
+
+  @abc.abstractmethod
+  def save(self, directory: str) -> None:
+    """Writes the vocabulary's files into `directory`, each atomically
+    (processes may share `directory`); `load` reads them back."""
+
+  @abc.abstractmethod
+  def save_hf(self, directory: str, *, model_max_length: int) -> None:
+    """Writes the files with which transformers'
+    `AutoTokenizer.from_pretrained(directory)` gives the same ids: the
+    vocabulary, tokenizer_config.json and special_tokens_map.json."""
+
+  def hf_special_tokens(self) -> dict[str, str]:
+    """{'pad_token': ..., ..., 'mask_token': ...} for transformers."""
+    return {f'{role}_token': self.id_to_piece(getattr(self, f'{role}_id')) for role in ROLES}
+
+  @staticmethod
+  def load(directory: str) -> Tokenizer:
+    """The tokenizer of `directory` (see the module docstring).
+
+    Raises DataError naming what the directory holds when it has no
+    vocabulary, or one that cannot be read.
+    """
+    # The kinds build on this module: imported here, not at the top.
+    from albert_jax.data import hf_tokenizer, sentencepiece_tokenizer
+
+    found = vocabulary_file(directory)
+    if found == 'spiece.model':
+      return sentencepiece_tokenizer.SentencePieceTokenizer.load(directory)
+    if found == 'tokenizer.json':
+      return hf_tokenizer.HFTokenizer.load_tokenizer_json(directory)
+    if found == 'vocab.txt':
+      return hf_tokenizer.HFTokenizer.load_vocab_txt(directory)
+    if not os.path.isdir(directory):
+      held = 'the directory does not exist'
+    elif names := sorted(os.listdir(directory)):
+      held = f'it holds {", ".join(names[:8])}' + (', ...' if len(names) > 8 else '')
+    else:
+      held = 'it is empty'
+    raise DataError(
+      f'no tokenizer at {directory}: none of {", ".join(VOCABULARY_FILES)} ({held}); '
+      'train one with `python -m launch.train_tokenizer`'
+    )
+
+
+def vocabulary_file(directory: str) -> str | None:
+  """The vocabulary file `Tokenizer.load` reads in `directory`, if any."""
+  for name in VOCABULARY_FILES:
+    if os.path.isfile(os.path.join(directory, name)):
+      return name
+  return None
+
+
+def has_tokenizer(directory: str) -> bool:
+  return vocabulary_file(directory) is not None
+
+
+def read_json(path: str) -> dict:
+  """`path`'s JSON object; {} when absent, DataError when unreadable."""
+  if not os.path.isfile(path):
+    return {}
+  try:
+    with open(path, encoding='utf-8') as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f'cannot read {path}: {str(e).splitlines()[0]}') from None
+  if not isinstance(value, dict):
+    raise DataError(f'{path} holds a {type(value).__name__}, expected a JSON object')
+  return value
+
+
+def named_special_tokens(directory: str) -> dict[str, str]:
+  """Role -> token name, as tokenizer_config.json (first) or
+  special_tokens_map.json name them; roles they do not name are left out."""
+  named = {}
+  for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):  # The config wins.
+    settings = read_json(os.path.join(directory, name))
+    for role in ROLES:
+      value = settings.get(f'{role}_token')
+      if isinstance(value, dict):  # transformers 4's AddedToken form.
+        value = value.get('content')
+      if isinstance(value, str):
+        named[role] = value
+  return named
+
+
+def special_tokens(
+  directory: str, vocabulary: Iterable[str], candidates: dict[str, Sequence[str]], *, source: str
+) -> dict[str, str]:
+  """Role -> token name: the directory's name for it (`named_special_tokens`)
+  when given, else the first of the role's `candidates` in `vocabulary`.
+
+  Raises DataError naming the first role whose token the vocabulary lacks.
+  """
+  named = named_special_tokens(directory)
+  present = set(vocabulary)
+  tokens = {}
+  for role in ROLES:
+    options = [named[role]] if role in named else list(candidates[role])
+    tokens[role] = next((t for t in options if t in present), None)
+    if tokens[role] is None:
+      raise DataError(
+        f'{source} has no {role} token ({" or ".join(map(repr, options))} not in the '
+        f'vocabulary): name it as {role}_token in {directory}/{TOKENIZER_CONFIG}'
+      )
+  return tokens
+
+
+def write_files(directory: str, files: dict[str, bytes]) -> None:
+  """Writes each file of `files` (name -> content) atomically."""
+  os.makedirs(directory, exist_ok=True)
+  for name, data in files.items():
+    partial = os.path.join(directory, f'.{name}.{os.getpid()}')
+    try:
+      with open(partial, 'wb') as f:
+        f.write(data)
+      os.replace(partial, os.path.join(directory, name))
+    finally:  # A full disk leaves no partial file behind.
+      if os.path.exists(partial):
+        os.remove(partial)
+
+
+def json_bytes(value: dict) -> bytes:
+  return (json.dumps(value, indent=2, ensure_ascii=False) + '\n').encode()
 
 
 def train_tokenizer(
@@ -148,90 +279,74 @@ def train_tokenizer(
   output_dir: str,
   *,
   vocab_size: int,
+  model_type: str = 'unigram',
   normalization: Normalization = Normalization(),
   character_coverage: float = 0.99995,
   max_sentences: int = 10_000_000,
 ) -> Tokenizer:
-  """Trains a SentencePiece unigram model on `sentences` into `output_dir`.
+  """Trains a tokenizer on `sentences` into `output_dir`.
 
-  `vocab_size` is a soft limit (`hard_vocab_limit=False`): a corpus too small
-  to support it yields a smaller vocabulary (logged) rather than failing.
-  SentencePiece samples `max_sentences` of the input when there are more.
-  Training is deterministic: the same sentences give the same model.
-  Refuses (DataError) to replace a tokenizer already in `output_dir`.
+  model_type='unigram': a SentencePiece unigram model (spiece.model), ids
+  <pad>=0 <unk>=1 [CLS]=2 [SEP]=3 [MASK]=4, `normalization` applied before
+  it; SentencePiece samples `max_sentences` of the input when there are more.
+  model_type='wordpiece': a BERT WordPiece vocabulary (vocab.txt and its
+  tokenizer_config.json), ids [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4,
+  CJK characters split one per word (the usual choice for Chinese),
+  `normalization.lowercase` and `.strip_accents` as BERT's settings; trained
+  on the first `max_sentences` sentences. `character_coverage` is the
+  unigram's only.
 
-  SentencePiece's own log (its trainer spec, every EM iteration) stays off;
-  a progress bar over the sentences shows on a terminal only, and one line on
-  stdout says what was trained:
+  `vocab_size` is a soft limit: a corpus too small to support it yields a
+  smaller vocabulary (logged) rather than failing; WordPiece keeps every
+  character of the corpus (and its '##' form), more than `vocab_size` when
+  that is too small for them (logged). Training is
+  deterministic: the same sentences give the same vocabulary. Refuses
+  (DataError) to replace a tokenizer already in `output_dir`.
+
+  The trainers' own logs stay off; a progress bar over the sentences shows
+  on a terminal only, and one line on stdout says what was trained:
     trained a 2,000-piece tokenizer on 1,234,567 characters (coverage 0.99995) in 3.2 s: DIR
+    trained a 2,000-piece WordPiece tokenizer on 1,234,567 characters in 3.2 s: DIR
   """
-  if os.path.exists(os.path.join(output_dir, MODEL_FILE)):
+  from albert_jax.data import hf_tokenizer, sentencepiece_tokenizer
+
+  if model_type not in MODEL_TYPES:
+    raise DataError(f'model_type={model_type!r}: use one of {", ".join(MODEL_TYPES)}')
+  if has_tokenizer(output_dir):
     raise DataError(f'{output_dir} already holds a tokenizer: choose another output directory')
-  if vocab_size <= len(SPECIAL_PIECES):
+  if vocab_size <= len(ROLES):
     raise DataError(
-      f'vocab_size={vocab_size} leaves no room for pieces: use more than {len(SPECIAL_PIECES)}'
+      f'vocab_size={vocab_size} leaves no room for pieces: use more than {len(ROLES)}'
     )
-  count = characters = 0
   start = time.perf_counter()
-
-  def normalized() -> Iterator[str]:
-    nonlocal count, characters
-    # disable=None: a bar on a terminal only, gone when done.
-    progress = tqdm.tqdm(sentences, desc='sentences', unit=' sentences', disable=None, leave=False)
-    for sentence in progress:
-      sentence = normalization(sentence)
-      if sentence:
-        count += 1
-        characters += len(sentence)
-        yield sentence
-
-  model = _BytesWriter()
-  try:
-    spm.SentencePieceTrainer.train(
-      sentence_iterator=normalized(),
-      model_writer=model,
-      model_type='unigram',
+  if model_type == 'unigram':
+    tokenizer, characters = sentencepiece_tokenizer.train_unigram(
+      sentences,
       vocab_size=vocab_size,
-      hard_vocab_limit=False,
+      normalization=normalization,
       character_coverage=character_coverage,
-      input_sentence_size=max_sentences,
-      shuffle_input_sentence=True,
-      remove_extra_whitespaces=normalization.collapse_whitespace,
-      pad_id=PAD_ID,
-      pad_piece='<pad>',
-      unk_id=UNK_ID,
-      unk_piece='<unk>',
-      bos_id=-1,
-      eos_id=-1,
-      control_symbols=list(SPECIAL_PIECES[2:]),
-      num_threads=os.cpu_count() or 1,
-      minloglevel=2,  # Errors only: its INFO log is some 80 lines.
+      max_sentences=max_sentences,
     )
-  except RuntimeError as e:
-    if count == 0:
-      raise DataError('cannot train a tokenizer: the corpus has no text') from None
-    raise DataError(
-      f'SentencePiece training failed on {count} sentences: {str(e).splitlines()[0]}'
-    ) from None
-  tokenizer = Tokenizer(model.data, normalization)
+    what = f'tokenizer on {characters:,} characters (coverage {character_coverage:g})'
+  else:
+    tokenizer, characters = hf_tokenizer.train_wordpiece(
+      sentences, vocab_size=vocab_size, normalization=normalization, max_sentences=max_sentences
+    )
+    what = f'WordPiece tokenizer on {characters:,} characters'
   if tokenizer.vocab_size < vocab_size:
     logging.warning(
       'corpus too small for vocab_size=%d: trained %d pieces', vocab_size, tokenizer.vocab_size
     )
+  elif tokenizer.vocab_size > vocab_size:  # WordPiece keeps every character.
+    logging.warning(
+      "vocab_size=%d is too small for the corpus's characters: trained %d pieces",
+      vocab_size,
+      tokenizer.vocab_size,
+    )
   tokenizer.save(output_dir)
   print(
-    f'trained a {tokenizer.vocab_size:,}-piece tokenizer on {characters:,} characters '
-    f'(coverage {character_coverage:g}) in {time.perf_counter() - start:.1f} s: {output_dir}',
+    f'trained a {tokenizer.vocab_size:,}-piece {what} in {time.perf_counter() - start:.1f} s: '
+    f'{output_dir}',
     flush=True,
   )
   return tokenizer
-
-
-class _BytesWriter:
-  """A file-like sink for SentencePiece's `model_writer`."""
-
-  def __init__(self):
-    self.data = b''
-
-  def write(self, data: bytes) -> None:
-    self.data += data

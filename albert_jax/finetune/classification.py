@@ -6,12 +6,15 @@ Sources (`config.data.train` / `.eval`):
                              data.text_b_feature (optional) and
                              data.label_feature are read (GLUE's TSVs);
                              without one, rows are `text, label` or
-                             `text, text_b, label`.
+                             `text, text_b, label`. Unlabelled data (for
+                             prediction): no label column, or rows of
+                             `text` alone.
   tfds:NAME[/CONFIG][:SPLIT] a TFDS dataset read with tfds.data_source (no
                              TensorFlow), features named as above.
 Labels: when every label is a non-negative integer, it is its own class id
 (num_labels = the largest + 1, or data.num_labels); otherwise the sorted
-distinct training labels are the classes.
+distinct training labels are the classes, in the order of the model's own
+head when it has the same ones (a fine-tuned Hugging Face classifier).
 
 Features: [CLS] text [SEP] (text_b [SEP]), the longer text trimmed from its
 end until the pair fits data.max_seq_length (BERT's rule); segment ids 0 up to
@@ -39,7 +42,7 @@ import optax
 
 from albert_jax.config import ModelConfig
 from albert_jax.data import sources
-from albert_jax.data.tokenizer import CLS_ID, SEP_ID, Tokenizer
+from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import DataError
 from albert_jax.finetune.task import Features, Task
 from albert_jax.model import AlbertForSequenceClassification
@@ -50,17 +53,26 @@ from albert_jax.train.train_step import Batch, Metrics
 class Example:
   text: str
   text_b: str | None
-  label: str
+  label: str | None  # None: unlabelled (prediction input).
 
 
 def read_examples(
-  source: str, *, text_feature: str = 'text', text_b_feature: str = '', label_feature: str = 'label'
+  source: str,
+  *,
+  text_feature: str = 'text',
+  text_b_feature: str = '',
+  label_feature: str = 'label',
+  labelled: bool = True,
 ) -> list[Example]:
-  """The examples of `source` (see module docstring); DataError if none."""
+  """The examples of `source` (see module docstring); DataError if none.
+
+  `labelled`: labels are required; otherwise they are read when present.
+  """
+  names = (text_feature, text_b_feature, label_feature, labelled)
   if source.startswith('tfds:'):
-    examples = _tfds_examples(source[len('tfds:') :], text_feature, text_b_feature, label_feature)
+    examples = _tfds_examples(source[len('tfds:') :], *names)
   elif source.endswith(('.tsv', '.csv')):
-    examples = _file_examples(source, text_feature, text_b_feature, label_feature)
+    examples = _file_examples(source, *names)
   else:
     raise DataError(
       f'unknown classification source {source!r}: use a .tsv '
@@ -72,7 +84,7 @@ def read_examples(
 
 
 def _file_examples(
-  path: str, text_feature: str, text_b_feature: str, label_feature: str
+  path: str, text_feature: str, text_b_feature: str, label_feature: str, labelled: bool
 ) -> list[Example]:
   if not os.path.isfile(path):
     raise DataError(f'{path} not found: check data.train / data.eval')
@@ -92,21 +104,23 @@ def _file_examples(
   rows = [row for row in rows if any(cell.strip() for cell in row)]
   if not rows:
     return []
-  if label_feature in rows[0]:
+  # Columns of text, label, text_b; None: absent.
+  if label_feature in rows[0] or (not labelled and text_feature in rows[0]):
     header = rows[0]
-    names = [text_feature, label_feature] + ([text_b_feature] if text_b_feature else [])
-    missing = [n for n in names if n not in header]
+    names = [text_feature, label_feature if labelled else None, text_b_feature or None]
+    missing = [n for n in names if n is not None and n not in header]
     if missing:
       raise DataError(
         f'{path} has no column {missing[0]!r}: its header is '
         f'{", ".join(header)}; set data.text_feature / '
         'data.text_b_feature / data.label_feature'
       )
-    columns = [header.index(n) for n in names]
+    names[1] = label_feature
+    columns = [header.index(n) if n in header else None for n in names]
     rows, first_line = rows[1:], 2
-  elif len(rows[0]) in (2, 3):
+  elif len(rows[0]) in (2, 3) or (not labelled and len(rows[0]) == 1):
     width = len(rows[0])
-    columns = [0, width - 1] + ([1] if width == 3 else [])
+    columns = [0, width - 1 if width > 1 else None, 1 if width == 3 else None]
     first_line = 1
   else:
     raise DataError(
@@ -115,18 +129,20 @@ def _file_examples(
       'text, text_b, label'
     )
   examples = []
+  needed = max(c for c in columns if c is not None) + 1
+  cell = lambda row, column: None if column is None else row[column]
   for line, row in enumerate(rows, start=first_line):
-    if len(row) <= max(columns):
-      raise DataError(
-        f'{path}: row {line} has {len(row)} columns, expected at least {max(columns) + 1}'
-      )
-    text_b = row[columns[2]] if len(columns) == 3 else None
-    examples.append(Example(row[columns[0]], text_b, row[columns[1]].strip()))
+    if len(row) < needed:
+      raise DataError(f'{path}: row {line} has {len(row)} columns, expected at least {needed}')
+    label = cell(row, columns[1])
+    examples.append(
+      Example(row[columns[0]], cell(row, columns[2]), None if label is None else label.strip())
+    )
   return examples
 
 
 def _tfds_examples(
-  spec: str, text_feature: str, text_b_feature: str, label_feature: str
+  spec: str, text_feature: str, text_b_feature: str, label_feature: str, labelled: bool
 ) -> list[Example]:
   import tensorflow_datasets as tfds  # Heavy import, only when used.
 
@@ -139,7 +155,7 @@ def _tfds_examples(
   examples = []
   for i in range(len(records)):
     record = records[i]
-    names = [text_feature, label_feature] + ([text_b_feature] if text_b_feature else [])
+    names = [text_feature] + [label_feature] * labelled + [text_b_feature] * bool(text_b_feature)
     for feature in names:
       if feature not in record:
         raise DataError(
@@ -149,7 +165,8 @@ def _tfds_examples(
           f'{", ".join(sorted(record))}'
         )
     text_b = _text(record[text_b_feature]) if text_b_feature else None
-    examples.append(Example(_text(record[text_feature]), text_b, str(int(record[label_feature]))))
+    label = str(int(record[label_feature])) if label_feature in record else None
+    examples.append(Example(_text(record[text_feature]), text_b, label))
   return examples
 
 
@@ -158,9 +175,14 @@ def _text(value) -> str:
 
 
 def label_classes(
-  train: Sequence[Example], evaluation: Sequence[Example], num_labels: int = 0
+  train: Sequence[Example],
+  evaluation: Sequence[Example],
+  num_labels: int = 0,
+  known: Sequence[str] = (),
 ) -> list[str]:
-  """The class names, in class-id order (see module docstring)."""
+  """The class names, in class-id order (see module docstring); `known`:
+  the classes of the model's head, whose order is kept when they are the
+  data's."""
   labels = {e.label for e in train}
   everything = labels | {e.label for e in evaluation}
   if all(label.isdigit() for label in everything):
@@ -177,13 +199,14 @@ def label_classes(
       f'the training data has {len(classes)} labels '
       f'({", ".join(classes)}) but data.num_labels={num_labels}'
     )
-  return classes
+  return list(known) if sorted(known) == classes else classes
 
 
 def encode(
   examples: Sequence[Example], tokenizer: Tokenizer, classes: Sequence[str], max_seq_length: int
 ) -> Features:
-  """Features [N, max_seq_length] and labels [N], int32."""
+  """Features [N, max_seq_length] and, when every example has one, labels
+  [N], int32."""
   class_id = {label: i for i, label in enumerate(classes)}
   texts_a = tokenizer.encode_batch([e.text for e in examples])
   texts_b = tokenizer.encode_batch([e.text_b or '' for e in examples])
@@ -192,11 +215,12 @@ def encode(
     name: np.zeros((n, max_seq_length), np.int32)
     for name in ('input_ids', 'input_mask', 'segment_ids')
   }
-  features['label'] = np.asarray([class_id[e.label] for e in examples], np.int32)
+  if all(e.label is not None for e in examples):
+    features['label'] = np.asarray([class_id[e.label] for e in examples], np.int32)
   for row, (example, a, b) in enumerate(zip(examples, texts_a, texts_b)):
     pair = example.text_b is not None
     a, b = truncate_pair(a, b if pair else [], max_seq_length - 3 if pair else max_seq_length - 2)
-    ids = [CLS_ID, *a, SEP_ID] + ([*b, SEP_ID] if pair else [])
+    ids = [tokenizer.cls_id, *a, tokenizer.sep_id] + ([*b, tokenizer.sep_id] if pair else [])
     features['input_ids'][row, : len(ids)] = ids
     features['input_mask'][row, : len(ids)] = 1
     features['segment_ids'][row, len(a) + 2 : len(ids)] = 1
@@ -258,10 +282,21 @@ def classification_metrics(
   return {'accuracy': float(np.mean(predictions == labels)), 'f1': float(f1)}
 
 
+def model_and_objective(
+  config: ModelConfig, num_labels: int
+) -> tuple[AlbertForSequenceClassification, ClassificationObjective]:
+  model = AlbertForSequenceClassification(config, num_labels)
+  return model, ClassificationObjective(model)
+
+
 def make_task(
-  data: ml_collections.ConfigDict, tokenizer: Tokenizer, model_config: ModelConfig
+  data: ml_collections.ConfigDict,
+  tokenizer: Tokenizer,
+  model_config: ModelConfig,
+  known_labels: Sequence[str] = (),
 ) -> Task:
-  """The classification task of `config.data` (see module docstring)."""
+  """The classification task of `config.data` (see module docstring);
+  `known_labels`: the classes of the model's own head, if any."""
   read = lambda source: read_examples(
     source,
     text_feature=data.text_feature,
@@ -272,8 +307,8 @@ def make_task(
     raise DataError('no training data: set --config.data.train=PATH.tsv|PATH.csv|tfds:NAME[:SPLIT]')
   train = read(data.train)
   evaluation = read(data.eval) if data.eval else []
-  classes = label_classes(train, evaluation, data.num_labels)
-  model = AlbertForSequenceClassification(model_config, len(classes))
+  classes = label_classes(train, evaluation, data.num_labels, known_labels)
+  model, objective = model_and_objective(model_config, len(classes))
   eval_features = (
     encode(evaluation, tokenizer, classes, data.max_seq_length) if evaluation else None
   )
@@ -285,8 +320,9 @@ def make_task(
 
   return Task(
     model=model,
-    objective=ClassificationObjective(model),
+    objective=objective,
     train=encode(train, tokenizer, classes, data.max_seq_length),
     eval=eval_features,
     score=score,
+    labels=tuple(classes),
   )

@@ -4,7 +4,8 @@ decoding and exact match / F1.
 Data (`config.data.train` / `.eval`): SQuAD v1.1 JSON files,
   {"data": [{"paragraphs": [{"context": str, "qas": [{"id": str,
     "question": str, "answers": [{"text": str, "answer_start": int}]}]}]}]}
-Questions without answers (SQuAD 2.0's unanswerable ones) are skipped.
+Questions without answers (SQuAD 2.0's unanswerable ones) are skipped for
+training and evaluation; prediction reads every question, answers optional.
 
 Features, as BERT / ALBERT's run_squad: the context is split into words at
 whitespace, each word into pieces; windows of the pieces, data.doc_stride
@@ -38,7 +39,7 @@ import numpy as np
 import optax
 
 from albert_jax.config import ModelConfig
-from albert_jax.data.tokenizer import CLS_ID, SEP_ID, Tokenizer
+from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import DataError
 from albert_jax.finetune.task import Features, Task
 from albert_jax.model import AlbertForQuestionAnswering
@@ -50,13 +51,14 @@ class QAExample:
   id: str
   question: str
   words: tuple[str, ...]  # The context, split at whitespace.
-  answers: tuple[str, ...]  # Gold answer texts.
-  # Word span [start, end] of the first answer in `words`.
-  answer_words: tuple[int, int]
+  answers: tuple[str, ...]  # Gold answer texts; () when unknown.
+  # Word span [start, end] of the first answer in `words`; None without one.
+  answer_words: tuple[int, int] | None
 
 
-def read_squad(path: str) -> list[QAExample]:
-  """The answerable questions of a SQuAD-format JSON file."""
+def read_squad(path: str, *, answered: bool = True) -> list[QAExample]:
+  """The answerable questions of a SQuAD-format JSON file; every question,
+  answers optional, when not `answered` (prediction input)."""
   if not os.path.isfile(path):
     raise DataError(f'{path} not found: check data.train / data.eval')
   try:
@@ -73,6 +75,11 @@ def read_squad(path: str) -> list[QAExample]:
       words, char_to_word = _split_words(paragraph['context'])
       for qa in paragraph['qas']:
         answers = qa.get('answers') or []
+        if not answered:
+          examples.append(
+            QAExample(str(qa['id']), qa['question'], tuple(words), _texts(answers), None)
+          )
+          continue
         if qa.get('is_impossible') or not answers:
           skipped += 1
           continue
@@ -91,7 +98,7 @@ def read_squad(path: str) -> list[QAExample]:
             id=str(qa['id']),
             question=qa['question'],
             words=tuple(words),
-            answers=tuple(a['text'] for a in answers),
+            answers=_texts(answers),
             answer_words=(start, end),
           )
         )
@@ -100,6 +107,10 @@ def read_squad(path: str) -> list[QAExample]:
   if not examples:
     raise DataError(f'{path} has no answerable questions')
   return examples
+
+
+def _texts(answers: Sequence[Mapping[str, str]]) -> tuple[str, ...]:
+  return tuple(a['text'] for a in answers)
 
 
 def _split_words(context: str) -> tuple[list[str], list[int]]:
@@ -144,8 +155,8 @@ def encode(
     token_word = np.asarray([w for w, p in enumerate(pieces) for _ in p], np.int32)
     tokens = [t for p in pieces for t in p]
     word_start = np.cumsum([0] + [len(p) for p in pieces])
-    answer_start = word_start[example.answer_words[0]]
-    answer_end = word_start[example.answer_words[1] + 1] - 1
+    first, last = example.answer_words or (0, -1)  # No answer: no window holds it.
+    answer_start, answer_end = word_start[first], word_start[last + 1] - 1
     window = max_seq_length - len(query) - 3
     if window < 1:
       raise DataError(
@@ -159,14 +170,14 @@ def encode(
     offset = len(query) + 2  # [CLS] question [SEP]
     for start in starts:
       end = min(start + window, len(tokens))
-      ids = [CLS_ID, *query, SEP_ID, *tokens[start:end], SEP_ID]
+      ids = [tokenizer.cls_id, *query, tokenizer.sep_id, *tokens[start:end], tokenizer.sep_id]
       input_ids = np.zeros(max_seq_length, np.int32)
       input_ids[: len(ids)] = ids
       segment_ids = np.zeros(max_seq_length, np.int32)
       segment_ids[offset : len(ids)] = 1
       words = np.full(max_seq_length, -1, np.int32)
       words[offset : offset + end - start] = token_word[start:end]
-      inside = start <= answer_start and answer_end < end
+      inside = example.answer_words is not None and start <= answer_start and answer_end < end
       rows['input_ids'].append(input_ids)
       rows['input_mask'].append((np.arange(max_seq_length) < len(ids)).astype(np.int32))
       rows['segment_ids'].append(segment_ids)
@@ -309,10 +320,20 @@ def _f1(prediction: str, gold: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
+def model_and_objective(config: ModelConfig) -> tuple[AlbertForQuestionAnswering, SpanObjective]:
+  model = AlbertForQuestionAnswering(config)
+  return model, SpanObjective(model)
+
+
 def make_task(
-  data: ml_collections.ConfigDict, tokenizer: Tokenizer, model_config: ModelConfig
+  data: ml_collections.ConfigDict,
+  tokenizer: Tokenizer,
+  model_config: ModelConfig,
+  known_labels: Sequence[str] = (),
 ) -> Task:
-  """The span QA task of `config.data` (see module docstring)."""
+  """The span QA task of `config.data` (see module docstring); a span head
+  has no classes (`known_labels` is for classification)."""
+  del known_labels
   if not data.train:
     raise DataError('no training data: set --config.data.train=PATH.json (SQuAD format)')
   windows = dict(
@@ -323,7 +344,7 @@ def make_task(
   train, _ = encode(read_squad(data.train), tokenizer, **windows)
   evaluation = read_squad(data.eval) if data.eval else []
   eval_features, mapping = encode(evaluation, tokenizer, **windows) if evaluation else (None, None)
-  model = AlbertForQuestionAnswering(model_config)
+  model, objective = model_and_objective(model_config)
 
   def score(outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
     predictions = decode(
@@ -335,6 +356,4 @@ def make_task(
     )
     return squad_metrics(evaluation, predictions)
 
-  return Task(
-    model=model, objective=SpanObjective(model), train=train, eval=eval_features, score=score
-  )
+  return Task(model=model, objective=objective, train=train, eval=eval_features, score=score)

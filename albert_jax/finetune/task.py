@@ -3,7 +3,8 @@
 A task module (classification.py, span_qa.py) turns `config.data` and the
 pretrained model's tokenizer into a `Task`: features as numpy arrays with a
 leading example axis, the model with its head, the loss as a train-step
-Objective, and a `score` from the eval model outputs to metrics.
+Objective, a `score` from the eval model outputs to metrics, and the class
+names the head predicts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 from albert_jax.train.train_step import Objective
 
 Features = dict[str, np.ndarray]
+# The features a task model takes, in its call order.
+MODEL_INPUTS = ('input_ids', 'input_mask', 'segment_ids')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +30,8 @@ class Task:
   eval: Features | None  # The eval features (model inputs), or None.
   # Eval model outputs (numpy, one row per eval feature) -> metrics.
   score: Callable[[Mapping[str, np.ndarray]], dict[str, float]]
-  model_inputs: tuple[str, ...] = ('input_ids', 'input_mask', 'segment_ids')
+  labels: tuple[str, ...] = ()  # Class names by class id; () for span QA.
+  model_inputs: tuple[str, ...] = MODEL_INPUTS
 
 
 def num_rows(features: Features) -> int:

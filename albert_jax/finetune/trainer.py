@@ -1,20 +1,27 @@
-"""Fine-tuning: `finetune(config, model_dir, workdir)`.
+"""Fine-tuning: `finetune(config, pretrained, workdir)`.
 
 Reads top to bottom, like pretraining (albert_jax/train/trainer.py), whose
 parts it runs: the run assembly (train/run.py: mesh, optimizer, state, steps)
 and the loop (train/loop.py: checkpoints, metrics, preemption).
-  1. Model and data      the exported model in `model_dir`, its tokenizer,
-                         the task's features (finetune/classification.py,
-                         finetune/span_qa.py)
+  1. Model and data      the loaded model (albert_jax/model_path.py), its
+                         tokenizer, the task's features and classes
+                         (finetune/classification.py, finetune/span_qa.py)
   2. Run                 the task's model and objective on the mesh
-  3. Initial params      the exported backbone, a freshly initialised head
-  4. Loop                step, log, evaluate (the task's metrics), checkpoint
+  3. Initial params      the model's backbone; its head when it is one for
+                         this task and these classes, else a fresh one
+  4. Loop                step, log, evaluate (the task's metrics through
+                         finetune/predict.py), checkpoint
 A workdir ends up holding:
-  config.json  checkpoints/  metrics.jsonl  tensorboard/
+  config.json  model/  checkpoints/  metrics.jsonl  tensorboard/
+where model/ records the model without params (config, tokenizer, task,
+classes: pretrained.save_definition), so that a checkpoint reads back as a
+model (albert_jax/model_path.py).
 """
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import os
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -25,15 +32,16 @@ import numpy as np
 from albert_jax import flops
 from albert_jax import pretrained as pretrained_lib
 from albert_jax.config import ModelConfig, check_sequence_fits
-from albert_jax.data import pipeline
-from albert_jax.errors import DataError
+from albert_jax.errors import DataError, UsageError
 from albert_jax.finetune import classification, span_qa
 from albert_jax.finetune.config import FinetuneConfig
+from albert_jax.finetune.predict import Predictor
 from albert_jax.finetune.task import Features, Task, num_rows
+from albert_jax.model_path import MODEL_SUBDIR
+from albert_jax.pretrained import Definition, Head, Pretrained
 from albert_jax.train import distributed, loop
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import run as run_lib
-from albert_jax.train import train_step as step_lib
 from albert_jax.train import workdir as workdir_lib
 
 TASKS = {'classification': classification.make_task, 'span_qa': span_qa.make_task}
@@ -41,55 +49,51 @@ TASKS = {'classification': classification.make_task, 'span_qa': span_qa.make_tas
 
 def finetune(
   config: FinetuneConfig,
-  model_dir: str,
+  pretrained: Pretrained,
   workdir: str,
   *,
   devices: Sequence[jax.Device] | None = None,
+  source: str = 'the pretrained model',
 ) -> loop.RunResult:
-  """Fine-tunes the exported model in `model_dir` on `config.task` in
-  `workdir`, resuming from its latest checkpoint; evaluates at the end.
+  """Fine-tunes `pretrained` on `config.task` in `workdir`, resuming from
+  its latest checkpoint; evaluates at the end.
 
   Args:
     config: e.g. `FinetuneConfig.from_config(finetune.get_config('sst2'))`.
-    model_dir: a flax-format model written by `launch.export`.
+    pretrained: the model, e.g. `model_path.load(path).pretrained`.
     workdir: run directory, shared by all processes.
     devices: the mesh's devices (default: all devices of all processes).
+    source: the model's name in log lines (model_path.Loaded.description).
   Raises:
     AlbertError: an impossible config or model, unusable task data, a workdir
       holding another run's checkpoint, or a non-finite loss.
   """
   with distributed.PreemptionWatcher() as preemption:
     # ---------------------------------------------------------------- 1. Model and data
-    pretrained = pretrained_lib.load_pretrained(model_dir)
     model_config = config.model_config(pretrained.config)
-    check_sequence_fits(config.data.max_seq_length, model_config)
-    task = TASKS[config.task](config.data, pretrained.tokenizer, model_config)
-    loop.log(
-      f'{config.task}: {num_rows(task.train):,} training features, '
-      f'{num_rows(task.eval) if task.eval else 0:,} eval features'
-    )
+    task = _task(config, pretrained, model_config)
+    # Epochs become steps once the data size is known.
+    config = dataclasses.replace(config, train=config.train.fitted(num_rows(task.train)))
 
     # ---------------------------------------------------------------- 2. Run
     run = _run(config, task, model_config, devices)
     loop.log(f'mesh {mesh_lib.describe(run.mesh)}; workdir {workdir}')
-    loop.log(f'model from {model_dir}: {run.num_params:,} parameters')
+    loop.log(f'model from {source}: {run.num_params:,} parameters')
     train_iter = iter(_train_dataset(task.train, config.train.batch_size, config.data.seed))
 
     # ---------------------------------------------------------------- 3. Initial params
-    def fresh() -> step_lib.TrainState:
-      """The exported backbone, a freshly initialised head."""
-      backbone = pretrained_lib.matching_params(
-        pretrained.params['albert'], run.initial.abstract.params['albert'], source=model_dir
-      )
-      return run.initial.materialize({'albert': backbone})
+    def fresh() -> Any:
+      """The model's backbone, and its head or a fresh one."""
+      return run.initial.materialize(_initial_params(pretrained, config.task, task, run, source))
 
-    predict = _predict_step(run, task)
-    evaluate = lambda params: task.score(
-      _predict(predict, params, task, config.train.batch_size, run.batch_sharding)
-    )
+    predictor = Predictor(run, task.model, task.model_inputs)
+    evaluate = lambda params: task.score(predictor(params, task.eval, config.train.batch_size))
 
     # ---------------------------------------------------------------- 4. Loop
     with workdir_lib.claim(workdir, config) as claimed:
+      _record_model(
+        workdir, Definition(model_config, pretrained.tokenizer, config.task, task.labels)
+      )
       return loop.train(
         run,
         config,
@@ -99,6 +103,84 @@ def finetune(
         evaluate=None if task.eval is None else evaluate,
         preemption=preemption,
       )
+
+
+def _task(config: FinetuneConfig, pretrained: Pretrained, model_config: ModelConfig) -> Task:
+  """The task's features and model; the classes in the order of the
+  model's own head for this task, if it has one with the same classes."""
+  check_sequence_fits(config.data.max_seq_length, model_config)
+  head = pretrained.head
+  known = head.labels if head is not None and head.task == config.task else ()
+  task = TASKS[config.task](config.data, pretrained.tokenizer, model_config, known)
+  loop.log(
+    f'{config.task}: {num_rows(task.train):,} training features, '
+    f'{num_rows(task.eval) if task.eval else 0:,} eval features'
+  )
+  return task
+
+
+def _initial_params(
+  pretrained: Pretrained, task_name: str, task: Task, run: run_lib.Run, source: str
+) -> dict[str, Any]:
+  """{'albert': the backbone} and, when it fits the task, the model's head
+  (says which in one log line)."""
+  abstract = run.initial.abstract.params
+  params = {
+    'albert': pretrained_lib.matching_params(
+      pretrained.params['albert'], abstract['albert'], source=source
+    )
+  }
+  head, classes = pretrained.head, ', '.join(task.labels)
+  what = f'{task_name} head' + (f' ({classes})' if classes else '')
+  if _head_fits(head, task_name, task.labels):
+    params.update(
+      pretrained_lib.matching_params(
+        head.params, {k: v for k, v in abstract.items() if k != 'albert'}, source=source
+      )
+    )
+    loop.log(f'starting from the {what} of {source}')
+    return params
+  if head is None:
+    why = 'it has none'
+  elif head.task != task_name:
+    why = f'it has a {head.task} head'
+  else:
+    why = f'its head is for other classes ({", ".join(head.labels)})'
+  loop.log(f'a fresh {what}: {source} has no head for this task ({why})')
+  return params
+
+
+def _head_fits(head: Head | None, task_name: str, labels: Sequence[str]) -> bool:
+  """Whether `head` predicts `task_name` with classes `labels`; Hugging
+  Face's default names LABEL_0, LABEL_1, ... match any classes by count."""
+  if head is None or head.task != task_name:
+    return False
+  if tuple(head.labels) == tuple(labels):
+    return True
+  return len(head.labels) == len(labels) and all(
+    re.fullmatch(f'LABEL_{i}', label) for i, label in enumerate(head.labels)
+  )
+
+
+def _record_model(workdir: str, definition: Definition) -> None:
+  """Writes WORKDIR/model (process 0) on the first start; a rerun with
+  another model or other classes is refused."""
+  path = os.path.join(workdir, MODEL_SUBDIR)
+  if jax.process_index() != 0:
+    return
+  if not os.path.isdir(path):
+    pretrained_lib.save_definition(definition, path)
+    return
+  recorded = pretrained_lib.load_definition(path)
+  if (
+    recorded.tokenizer.fingerprint != definition.tokenizer.fingerprint
+    or recorded.task != definition.task
+    or tuple(recorded.labels) != tuple(definition.labels)
+  ):
+    raise UsageError(
+      f'{workdir} fine-tunes another model, task or classes ({path}: {recorded.task}, '
+      f'classes {", ".join(recorded.labels) or "none"}): use a new --workdir'
+    )
 
 
 def _run(
@@ -119,18 +201,6 @@ def _run(
     batch_factor=jax.process_count(),
     flops_per_example=flops.train_flops_per_example(model_config, config.data.max_seq_length, 0),
     tokens_per_example=config.data.max_seq_length,
-  )
-
-
-def _predict_step(run: run_lib.Run, task: Task) -> Callable[..., Any]:
-  """(params, batch) -> (batch['row'], the model's outputs), on the mesh."""
-  return jax.jit(
-    lambda params, batch: (
-      batch['row'],
-      task.model.apply({'params': params}, *(batch[k] for k in task.model_inputs)),
-    ),
-    in_shardings=(run.initial.shardings.params, run.batch_sharding),
-    out_shardings=mesh_lib.replicated(run.mesh),
   )
 
 
@@ -161,30 +231,3 @@ def _train_dataset(features: Features, global_batch_size: int, seed: int) -> gra
   ds = ds[jax.process_index() :: jax.process_count()]
   ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
   return ds.to_iter_dataset()
-
-
-def _predict(
-  predict_step, params: Any, task: Task, batch_size: int, batch_sharding: jax.sharding.Sharding
-) -> dict[str, np.ndarray]:
-  """Model outputs for every eval feature, in order: {name: [F, ...]}."""
-  features = {k: task.eval[k] for k in task.model_inputs}
-  count = num_rows(features)
-  # Pad to whole batches with copies of row 0, marked row -1.
-  padded = -(-count // batch_size) * batch_size
-  take = np.concatenate([np.arange(count), np.zeros(padded - count, int)])
-  features = {k: v[take] for k, v in features.items()}
-  features['row'] = np.where(np.arange(padded) < count, take, -1).astype(np.int32)
-  # Process p feeds its slice of each global batch.
-  local = batch_size // jax.process_count()
-  first = jax.process_index() * local
-  rows, outputs = [], []
-  for start in range(0, padded, batch_size):
-    chunk = {k: v[start + first : start + first + local] for k, v in features.items()}
-    row, out = jax.device_get(
-      predict_step(params, pipeline.make_global_batch(chunk, batch_sharding))
-    )
-    rows.append(row)
-    outputs.append(out)
-  rows = np.concatenate(rows)
-  order = np.argsort(np.where(rows < 0, padded, rows), kind='stable')[:count]
-  return {k: np.concatenate([o[k] for o in outputs])[order] for k in outputs[0]}

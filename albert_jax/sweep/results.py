@@ -12,7 +12,7 @@ import os
 import statistics
 from typing import Any
 
-from albert_jax import evaluate, export
+from albert_jax import evaluate, model_path
 from albert_jax.data import pipeline
 from albert_jax.errors import SweepError
 from albert_jax.param_count import count_params
@@ -32,7 +32,7 @@ def final_step(workdir: str) -> int | None:
 
 def run_config(workdir: str) -> PretrainConfig | None:
   """The config the trainer saved in the run's config.json; None when none."""
-  path = os.path.join(workdir, export.RUN_CONFIG_FILE)
+  path = os.path.join(workdir, model_path.RUN_CONFIG_FILE)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
@@ -60,7 +60,7 @@ def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
   """Evaluates the latest checkpoint of the run in `workdir` on its held-out
   documents (`num_batches` per objective, 0: one pass) and writes
   sweep_result.json; returns the result."""
-  restored = export.restore_from_workdir(workdir)
+  restored = model_path.restore_run(workdir)
   pretrained, config = restored.pretrained, restored.run_config
   held_out = pipeline.load_corpus(config.data, pretrained.tokenizer).eval
   if held_out is None:

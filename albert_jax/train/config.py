@@ -7,7 +7,8 @@ records, checking every value once; the library takes only records.
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 from albert_jax.config import ModelConfig, Record, check_sequence_fits, check_types
 from albert_jax.data.config import DataConfig
@@ -25,9 +26,15 @@ class TrainConfig(Record):
   batch_size: int = 4096  # Global, over all processes.
   grad_accum_steps: int = 1  # Micro-batches per step (one update).
   num_steps: int = 125000
+  # Fine-tuning may count passes over its training data instead (num_steps
+  # 0), so that a preset fits any data size; see `fitted`. Pretraining
+  # streams its data and counts steps.
+  num_epochs: float = 0.0
   optimizer: str = 'lamb'  # 'lamb' | 'adamw'
   learning_rate: float = 0.00176
   warmup_steps: int = 3125
+  # Or warmup as a fraction of the run's steps (warmup_steps 0).
+  warmup_fraction: float = 0.0
   weight_decay: float = 0.01
   # Regexes searched in param paths ('encoder/layer/.../kernel'): matches get
   # neither weight decay nor LAMB's trust ratio (ALBERT's list).
@@ -51,7 +58,6 @@ class TrainConfig(Record):
     for name in (
       'batch_size',
       'grad_accum_steps',
-      'num_steps',
       'log_every',
       'eval_every',
       'eval_steps',
@@ -75,7 +81,33 @@ class TrainConfig(Record):
       0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0,
       'train.b1 and train.b2 must be in [0, 1) and train.eps > 0',
     )
+    _check(
+      math.isfinite(self.num_epochs) and self.num_epochs >= 0 and self.num_steps >= 0,
+      'train.num_steps and train.num_epochs must be >= 0, got '
+      f'{self.num_steps} and {self.num_epochs}',
+    )
+    _check(
+      (self.num_steps > 0) != (self.num_epochs > 0),
+      'set one of train.num_steps and train.num_epochs, the other to 0 (got '
+      f'{self.num_steps} and {self.num_epochs})',
+    )
+    _check(
+      0 <= self.warmup_fraction < 1 and not (self.warmup_steps and self.warmup_fraction),
+      'set at most one of train.warmup_steps and train.warmup_fraction (in [0, 1)), the '
+      f'other to 0 (got {self.warmup_steps} and {self.warmup_fraction})',
+    )
     _ = self.profile_range  # Refuses a malformed one.
+
+  def fitted(self, num_examples: int) -> 'TrainConfig':
+    """This config with num_epochs and warmup_fraction turned into steps
+    for `num_examples` training examples (itself when neither is set)."""
+    num_steps = self.num_steps or max(
+      1, math.ceil(self.num_epochs * num_examples / self.batch_size)
+    )
+    warmup_steps = self.warmup_steps or round(self.warmup_fraction * num_steps)
+    return dataclasses.replace(
+      self, num_steps=num_steps, warmup_steps=warmup_steps, num_epochs=0.0, warmup_fraction=0.0
+    )
 
   @property
   def profile_range(self) -> tuple[int, int] | None:
@@ -134,6 +166,11 @@ class PretrainConfig(Record):
   sharding_rules: tuple[tuple[Any, ...], ...]
   preset: str = ''
   init_from: str = ''  # A model directory to start from.
+  # Whether model.vocab_size is the vocabulary's rather than one set (0 in the
+  # config): until the trainer knows the tokenizer it holds data.vocab_size,
+  # the size of a tokenizer trained for the run, so that tools without a
+  # tokenizer (params, memory plan, benchmark) size the model as a run would.
+  vocab_from_tokenizer: bool = False
 
   # What a workdir's run is: a rerun may not change these (train/workdir.py).
   FIXED_KEYS: ClassVar[tuple[str, ...]] = (
@@ -148,9 +185,40 @@ class PretrainConfig(Record):
   )
   RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ('model.dtype', 'model.remat_policy', 'model.scan')
 
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> Self:
+    """Builds from a ConfigDict; model.vocab_size 0 becomes data.vocab_size
+    with vocab_from_tokenizer set (see `sized`)."""
+    values = dict(config.items())
+    model, data = values['model'], values['data']
+    if not isinstance(model, ModelConfig) and model.get('vocab_size') == 0:
+      data = data if isinstance(data, DataConfig) else DataConfig.from_config(data)
+      model = {**dict(model.items()), 'vocab_size': data.vocab_size}
+      values.update(model=model, data=data, vocab_from_tokenizer=True)
+    return super().from_config(values)
+
+  @property
+  def unsettled_keys(self) -> tuple[str, ...]:
+    """Keys whose value the trainer settles only once it holds the workdir
+    (from a tokenizer it may train there): workdir.claim leaves them out."""
+    return ('model.vocab_size',) if self.vocab_from_tokenizer else ()
+
+  def sized(self, vocab_size: int) -> 'PretrainConfig':
+    """This run with model.vocab_size `vocab_size` (the tokenizer's, or the
+    init_from model's) when the config leaves the size to the vocabulary;
+    itself when it sets one."""
+    if not self.vocab_from_tokenizer or self.model.vocab_size == vocab_size:
+      return self
+    return dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=vocab_size))
+
   def __post_init__(self):
     check_types(self)
     check_sequence_fits(self.data.max_seq_length, self.model)
+    _check(
+      self.train.num_steps and not self.train.warmup_fraction,
+      'pretraining counts steps: set train.num_steps and train.warmup_steps '
+      '(train.num_epochs and train.warmup_fraction are for fine-tuning)',
+    )
 
 
 def _check(condition: bool, message: str) -> None:

@@ -1,7 +1,11 @@
 """Multi-process setup: joining the other processes, and stopping together on preemption.
 
-One process runs per host (TPU VM worker, SLURM task). Each feeds its own part
-of every global batch; jax.jit programs then span the devices of all processes.
+One process runs per TPU VM worker (host): the TPU runtime gives a process all
+of its host's chips. Under SLURM one process runs per GPU (one task each, as
+`launch.cluster --target=slurm` starts them): JAX's SLURM detection gives each
+task the GPU its SLURM_LOCALID numbers, so fewer tasks would leave GPUs idle
+(albert_jax/cluster.py says more). Each process feeds its own part of every
+global batch; jax.jit programs then span the devices of all processes.
 """
 
 import signal

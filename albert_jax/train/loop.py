@@ -36,7 +36,8 @@ _DIVERGED = 'lower --config.train.learning_rate or raise --config.train.warmup_s
 
 
 class RunConfig(Protocol):
-  """What the loop reads of a pretraining or fine-tuning config record."""
+  """What the loop reads of a pretraining or fine-tuning config record (a
+  dataclass, written whole to TensorBoard)."""
 
   train: TrainConfig
   checkpoint: CheckpointConfig
@@ -72,7 +73,8 @@ def train(
   Resumes from the newest readable checkpoint (moving `train_iter` there;
   unreadable ones are moved aside) or starts from `fresh()`. Every
   train.log_every steps the mean metrics since, with throughput, go to
-  metrics.jsonl, TensorBoard and the console; every train.eval_every steps
+  metrics.jsonl, TensorBoard and the console (a line, or in a terminal the
+  progress bar, moved every step); every train.eval_every steps
   and at the last, `evaluate(params)` with 'eval_' prefixed. A checkpoint is
   saved every checkpoint.every_steps, at the last step and on a preemption
   notice; never of a state whose loss or parameters are not finite.
@@ -96,6 +98,7 @@ def train(
         )
       )
     )
+    writer.describe_run(dataclasses.asdict(config), run.num_params)
     profile_dir = os.path.join(workdir.path, PROFILE_SUBDIR)
     loop = _Loop(run, config.train, checkpointer, writer, evaluate, preemption, profile_dir)
     state = loop.steps(state, train_iter)
@@ -220,6 +223,7 @@ class _Loop:
         batch = pipeline.make_global_batch(next(train_iter), run.batch_sharding)
         state, metrics = run.train_step(state, batch)
         self.step += 1
+        self.writer.advance(self.step)  # A terminal's bar moves every step.
         step, last_step = self.step, self.step == config.num_steps
         # The previous step's numbers, while this one runs: the host stays
         # one step ahead, and a divergence is named at its own step.
@@ -284,9 +288,9 @@ class _Loop:
 
 
 def log(message: str) -> None:
-  """Prints `message` on process 0."""
+  """Prints `message` on process 0 (above the progress bar, while one shows)."""
   if jax.process_index() == 0:
-    print(message, flush=True)
+    metrics_lib.console(message)
 
 
 def _mean(records: list[Mapping[str, float]]) -> dict[str, float]:

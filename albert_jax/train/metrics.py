@@ -1,8 +1,13 @@
 """Training metrics: throughput and MFU, and one writer for console, TensorBoard and JSONL.
 
-Every logged record goes to three places with the same keys and values:
-  console             one line per record (process 0);
-  DIR/tensorboard/    TensorBoard event files (tensorboardX, no TensorFlow);
+Every logged record goes to three places with the same values (process 0):
+  console             in a terminal, a live progress bar (ETA, loss, tokens/s)
+                      with evaluations as lines above it; otherwise (a pipe,
+                      CI, a SLURM log) one line per record;
+  DIR/tensorboard/    TensorBoard event files (tensorboardX, no TensorFlow),
+                      tags grouped as train/..., eval/... and perf/..., the
+                      run's config as text and its hyperparameters for the
+                      HParams view;
   DIR/metrics.jsonl   one JSON object per record: {"step": s, key: value, ...}.
 Evaluation records carry `eval_`-prefixed keys.
 """
@@ -12,11 +17,15 @@ import datetime
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
+from typing import Any, TextIO
 
 import jax
 import tensorboardX
+import tqdm
+from tensorboardX import summary as summary_lib
 
 # Peak dense bf16 FLOP/s of one JAX device, by a substring of `device_kind`;
 # the first match wins. (TPU v2/v3 expose each core as a device.)
@@ -180,6 +189,44 @@ def format_line(
   return ' | '.join(parts)
 
 
+# TensorBoard groups tags by the part before '/': throughput and timing
+# under perf/, evaluations under eval/, the rest (loss, accuracies, learning
+# rate, norms) under train/.
+_PERF_KEYS = ('step_time', 'tokens_per_sec', 'mfu', 'eta_seconds', 'window_steps')
+
+
+def tensorboard_tag(key: str) -> str:
+  """The TensorBoard tag of a record key: 'loss' -> 'train/loss',
+  'eval_mlm_loss' -> 'eval/mlm_loss', 'mfu' -> 'perf/mfu'."""
+  if key.startswith('eval_'):
+    return 'eval/' + key.removeprefix('eval_')
+  return ('perf/' if key in _PERF_KEYS else 'train/') + key
+
+
+def interactive(stream: TextIO) -> bool:
+  """Whether `stream` is a terminal someone watches (a live bar) rather than
+  a file or pipe (CI, SLURM logs), where a bar's carriage returns would be
+  noise and plain lines are what log readers and tests parse."""
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):  # No isatty, or already closed.
+    return False
+
+
+# The bar on the console now, if any: other console lines go above it.
+_bar: tqdm.tqdm | None = None
+
+
+def console(message: str) -> None:
+  """Prints `message` as a line: above the progress bar while one shows (a
+  plain print would break it in two), else as print does."""
+  if _bar is not None:
+    _bar.write(message, file=_bar.fp)
+    _bar.fp.flush()
+  else:
+    print(message, flush=True)
+
+
 class MetricsWriter:
   """Writes metric records to console, TensorBoard and `workdir/metrics.jsonl`.
 
@@ -187,36 +234,128 @@ class MetricsWriter:
   resumed at `resume_step` appends to the existing files, first dropping the
   records of later steps (written after the checkpoint it resumes from, and
   about to be written again): from metrics.jsonl, and from TensorBoard's view
-  through its purge step.
+  through its purge step. The console is `stream` (default sys.stdout): a
+  terminal gets a progress bar of `total_steps`, anything else a line per
+  record.
   """
 
-  def __init__(self, workdir: str, *, total_steps: int | None = None, resume_step: int = 0):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    total_steps: int | None = None,
+    resume_step: int = 0,
+    stream: TextIO | None = None,
+  ):
+    global _bar
     self._active = jax.process_index() == 0
     self._total_steps = total_steps
+    self._resume_step = resume_step
+    self._stream = stream if stream is not None else sys.stdout
     self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
     self.tensorboard_dir = os.path.join(workdir, 'tensorboard')
+    self._bar: tqdm.tqdm | None = None
+    self._last_train: tuple[int, Mapping[str, float | None]] | None = None
     if self._active:
       _drop_records_after(self.jsonl_path, resume_step)
       self._jsonl = open(self.jsonl_path, 'a')
       self._tensorboard = tensorboardX.SummaryWriter(
         self.tensorboard_dir, purge_step=resume_step + 1 if resume_step else None
       )
+      if total_steps and interactive(self._stream):
+        self._bar = _bar = tqdm.tqdm(
+          total=total_steps,
+          initial=resume_step,
+          file=self._stream,
+          desc='train',
+          unit='step',
+          dynamic_ncols=True,
+        )
+
+  def describe_run(self, config: Mapping[str, Any], num_params: int) -> None:
+    """Writes the resolved `config` (nested dicts, as config.json) to
+    TensorBoard as text, and with `num_params` as the run's hyperparameters."""
+    if not self._active:
+      return
+    text = json.dumps(config, indent=2, sort_keys=True)
+    # Indented four spaces: a Markdown code block in TensorBoard's text view.
+    block = '\n'.join('    ' + line for line in text.splitlines())
+    text_summary = summary_lib.text('config', f'{num_params:,} parameters\n\n{block}')
+    text_summary.value[0].tag = 'config'  # Not add_text's 'config/text_summary'.
+    # At the step this session starts from: a resumed run's changed settings
+    # show next to the first.
+    self._tensorboard.file_writer.add_summary(text_summary, self._resume_step)
+    hparams = {'num_params': num_params, **_hparam_values(config)}
+    # Only the session's start: TensorBoard's HParams view then takes every
+    # scalar tag of the run as a metric, and compares runs of a logdir. (The
+    # experiment summary add_hparams writes would fix one metric list, and
+    # add_hparams puts it in a sub-run directory besides.)
+    _, session_start, _ = summary_lib.hparams(hparams, {})
+    self._tensorboard.file_writer.add_summary(session_start)
+    self._tensorboard.flush()
+
+  def advance(self, step: int) -> None:
+    """Moves the progress bar, if any, to `step` (call once per step)."""
+    if self._bar is not None and step > self._bar.n:
+      self._bar.update(step - self._bar.n)
 
   def write(self, step: int, metrics: Mapping[str, float | None]) -> None:
     """Writes one record; None values (unknown MFU) are skipped in TensorBoard."""
     if not self._active:
       return
-    print(format_line(step, metrics, self._total_steps), flush=True)
+    self._to_console(step, metrics)
     for key, value in metrics.items():
       if value is not None and math.isfinite(value):
-        self._tensorboard.add_scalar(key, value, step)
+        self._tensorboard.add_scalar(tensorboard_tag(key), value, step)
     self._jsonl.write(json.dumps({'step': step, **metrics}) + '\n')
     self._jsonl.flush()
 
+  def _to_console(self, step: int, metrics: Mapping[str, float | None]) -> None:
+    line = format_line(step, metrics, self._total_steps)
+    if self._bar is None:
+      print(line, flush=True)
+    elif any(key.startswith('eval_') for key in metrics):
+      console(line)  # Evaluations stay on screen, above the bar.
+    else:
+      self.advance(step)
+      self._bar.set_postfix_str(_bar_postfix(metrics), refresh=True)
+      self._last_train = (step, metrics)
+
   def close(self) -> None:
-    if self._active:
-      self._tensorboard.close()
-      self._jsonl.close()
+    global _bar
+    if not self._active:
+      return
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = _bar = None
+      if self._last_train is not None:  # The whole of the last record stays.
+        print(format_line(*self._last_train, self._total_steps), file=self._stream, flush=True)
+    self._tensorboard.close()
+    self._jsonl.close()
+
+
+def _bar_postfix(metrics: Mapping[str, float | None]) -> str:
+  """'loss 7.1234, tok/s 12,345': what the bar shows besides its count and ETA."""
+  parts = []
+  for key in ('loss', 'tokens_per_sec'):
+    if metrics.get(key) is not None:
+      label, fmt = _CONSOLE[key]
+      parts.append(f'{label} {fmt.format(metrics[key])}')
+  return ', '.join(parts)
+
+
+def _hparam_values(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """`config` flattened to 'section.key' -> a number, bool or string, the
+  types the HParams view shows (lists and None as their JSON)."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, Mapping):
+      flat.update(_hparam_values(value, f'{prefix}{key}.'))
+    elif isinstance(value, bool | int | float | str):
+      flat[f'{prefix}{key}'] = value
+    else:
+      flat[f'{prefix}{key}'] = json.dumps(value)
+  return flat
 
 
 def _drop_records_after(path: str, step: int) -> None:

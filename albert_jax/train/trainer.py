@@ -5,23 +5,31 @@ Reads top to bottom:
                           (train/run.py): every impossible setting is refused
                           here, before anything is written; then the workdir
                           is claimed (train/workdir.py: one writer, same model)
-  2. Data                 tokenizer, corpus, per-process train / eval streams
-  3. Initial params       random, or config.init_from's exported params
+  2. Data                 tokenizer, which sizes the model's vocabulary
+                          unless the config sets it (PretrainConfig.sized:
+                          the run is assembled again and the workdir's
+                          check completed for that size), corpus,
+                          per-process train / eval streams
+  3. Initial params       random, or those of config.init_from (any model
+                          path: albert_jax/model_path.py)
   4. Loop                 resume, step, log, evaluate, checkpoint, preemption
                           (train/loop.py, shared with fine-tuning)
 A workdir ends up holding:
   config.json  resumes.jsonl  lock  checkpoints/  metrics.jsonl  tensorboard/
-  vocab/ (if trained)
+  vocab/ (if trained, or config.init_from's vocabulary when data.vocab is unset)
 """
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+import os
+import shutil
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
 
-from albert_jax import flops
+from albert_jax import flops, model_path
 from albert_jax import pretrained as pretrained_lib
 from albert_jax.data import pipeline
 from albert_jax.data.config import DataConfig
@@ -56,15 +64,16 @@ def train(
   run = _run(config, devices)
   with (
     distributed.PreemptionWatcher() as preemption,
-    workdir_lib.claim(workdir, config) as claimed,
+    workdir_lib.claim(workdir, config, unsettled=config.unsettled_keys) as claimed,
   ):
     loop.log(f'mesh {mesh_lib.describe(run.mesh)}; workdir {workdir}')
 
     # ---------------------------------------------------------------- 2. Data
     data = config.data
+    init_model = functools.cache(lambda: model_path.load(config.init_from))
     if config.init_from and not data.vocab:
-      data = dataclasses.replace(data, vocab=config.init_from)  # Its own vocabulary.
-    tokenizer = _tokenizer(data, config.model.vocab_size, workdir)
+      data = dataclasses.replace(data, vocab=_own_vocab(init_model, workdir))
+    tokenizer, config, run, claimed = _vocabulary(data, config, run, claimed, devices)
     corpus = pipeline.load_corpus(data, tokenizer)
     batches = lambda documents, shuffle: pipeline.make_pretraining_dataset(
       documents, data, tokenizer, global_batch_size=config.train.batch_size, shuffle=shuffle
@@ -76,8 +85,9 @@ def train(
     def fresh() -> step_lib.TrainState:
       if not config.init_from:
         return run.initial.materialize()
-      params = _init_from(config, tokenizer, run.initial.abstract.params)
-      loop.log(f'started from the params of {config.init_from}')
+      loaded = init_model()
+      params = _init_from(config, loaded, tokenizer, run.initial.abstract.params)
+      loop.log(f'started from the params of {loaded.description}')
       return run.initial.materialize(params)
 
     def evaluate(params: Any) -> dict[str, float]:
@@ -116,9 +126,35 @@ def _run(config: PretrainConfig, devices: Sequence[jax.Device] | None) -> run_li
   )
 
 
-def _tokenizer(data: DataConfig, vocab_size: int, workdir: str) -> Tokenizer:
-  """The run's tokenizer; process 0 trains it (if needed) before the others
-  load it."""
+def _vocabulary(
+  data: DataConfig,
+  config: PretrainConfig,
+  run: run_lib.Run,
+  claimed: workdir_lib.Workdir,
+  devices: Sequence[jax.Device] | None,
+) -> tuple[Tokenizer, PretrainConfig, run_lib.Run, workdir_lib.Workdir]:
+  """The run's tokenizer, and the config, run and workdir settled for its
+  size (PretrainConfig.sized): `run` was assembled for the provisional size,
+  so that an impossible setting is refused before a tokenizer is trained; it
+  is assembled again if the size changed, and the workdir's check, which
+  left the size out, completed. DataError for a set model.vocab_size that
+  leaves ids of the tokenizer without an embedding.
+
+  (With config.init_from, a model whose embeddings have more rows than its
+  vocabulary is refused in `_init_from`, naming the size to set: its params
+  are not loaded here to find out, as a resumed run needs none.)
+  """
+  tokenizer = _load_tokenizer(data, config.model.vocab_size, claimed.path)
+  sized = config.sized(tokenizer.vocab_size)
+  pipeline.check_vocab_fits(tokenizer, sized.model.vocab_size)
+  if sized != config:
+    run = _run(sized, devices)
+  return tokenizer, sized, run, claimed.check(sized)
+
+
+def _load_tokenizer(data: DataConfig, vocab_size: int, workdir: str) -> Tokenizer:
+  """The run's tokenizer, of `vocab_size` pieces if trained for the run;
+  process 0 trains it (if needed) before the others load it."""
   if jax.process_index() == 0:
     tokenizer = pipeline.load_or_train_tokenizer(data, vocab_size=vocab_size, workdir=workdir)
   if jax.process_count() > 1:
@@ -128,16 +164,34 @@ def _tokenizer(data: DataConfig, vocab_size: int, workdir: str) -> Tokenizer:
   return tokenizer
 
 
-def _init_from(config: PretrainConfig, tokenizer: Tokenizer, abstract_params: Any) -> Any:
-  """The params of the exported model config.init_from, checked against
-  this run's model config, vocabulary and param shapes."""
-  source = config.init_from
-  pretrained = pretrained_lib.load_pretrained(source)
+def _own_vocab(init_model: Callable[[], model_path.Loaded], workdir: str) -> str:
+  """WORKDIR/vocab holding the vocabulary of config.init_from's model,
+  written by process 0 on the first start: the run keeps its vocabulary
+  whatever the model path (a workdir, a hub id) becomes."""
+  vocab = os.path.join(workdir, pipeline.WORKDIR_VOCAB)
+  if jax.process_index() == 0 and not os.path.isdir(vocab):
+    partial = f'{vocab}.partial'
+    shutil.rmtree(partial, ignore_errors=True)
+    init_model().pretrained.tokenizer.save(partial)
+    os.rename(partial, vocab)  # Whole or absent.
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('init_from_vocab')
+  return vocab
+
+
+def _init_from(
+  config: PretrainConfig, loaded: model_path.Loaded, tokenizer: Tokenizer, abstract_params: Any
+) -> Any:
+  """The params of config.init_from's model, checked against this run's
+  model config, vocabulary and param shapes (the parts the model lacks, e.g.
+  the SOP head of an AlbertForMaskedLM, come initialised from it)."""
+  source, pretrained = loaded.description, loaded.pretrained
   pretrained_lib.check_architecture(pretrained.config, config.model, source=source)
   params = pretrained_lib.matching_params(pretrained.params, abstract_params, source=source)
-  if pretrained.tokenizer.fingerprint != tokenizer.fingerprint:
+  # A vocabulary copied from the model (data.vocab unset) is the model's.
+  if config.data.vocab and pretrained.tokenizer.fingerprint != tokenizer.fingerprint:
     raise UsageError(
-      f'data.vocab is not the vocabulary of init_from {source}: '
+      f'data.vocab is not the vocabulary of init_from {config.init_from}: '
       "leave --config.data.vocab empty to use the model's own"
     )
   return params

@@ -6,7 +6,9 @@ lock           held by the running trainer (process 0 of a multi-host run)
                is never stale; the file names its holder for the message
                a second trainer gets.
 config.json    the run's origin: the config it started with, never
-               rewritten.
+               rewritten; until it is written the run has not started,
+               and a run that fails before then removes the directory if
+               it created it (a path left behind would read as a run).
 resumes.jsonl  one line per restart: the step, the time and the settings
                changed since (training settings may change between
                restarts; what defines the model may not).
@@ -19,9 +21,10 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any, Protocol
 
 import jax
@@ -56,6 +59,12 @@ class Workdir:
   changed: Mapping[str, tuple[Any, Any]]
   first_start: bool
 
+  def check(self, config: Any) -> 'Workdir':
+    """This workdir for `config`, the run's config once it has settled the
+    keys `claim` left out: UsageError if it defines another model than the
+    saved run."""
+    return _checked(self.path, config)
+
   def record_start(self, config: Any, step: int) -> None:
     """Writes config.json on the first start, else appends the restart at
     `step` to resumes.jsonl (process 0 only)."""
@@ -79,31 +88,43 @@ class Workdir:
 
 
 @contextlib.contextmanager
-def claim(path: str, config: Any) -> Iterator[Workdir]:
+def claim(path: str, config: Any, *, unsettled: Collection[str] = ()) -> Iterator[Workdir]:
   """Creates or checks `path`, locks it for this run, and refuses a config
   that defines another model than the one trained there.
+
+  Keys in `unsettled` are left out of that check: values the run settles
+  only once it holds the workdir (the pretrainer's vocabulary size, from a
+  tokenizer it may train there); `Workdir.check` compares them then.
+  A run that fails before it starts (writes config.json) removes `path` if
+  it created it; a directory that was there is left in place.
 
   Raises UsageError (one line, nothing written) for a path that is a file,
   cannot be created or written, is locked by another run, or holds another
   model's run.
   """
   with _locked(path):
-    saved = _saved_config(path)
-    now = _flatten(dataclasses.asdict(config))
-    changed = {} if saved is None else _changes(saved, now)
-    fixed = [k for k in changed if _is_fixed(k, config)]
-    if fixed:
-      raise UsageError(
-        f'{path} holds a run of another model ({_describe(changed, fixed)}); '
-        'rerun with its settings or use a new --workdir'
-      )
-    yield Workdir(path=path, changed=changed, first_start=saved is None)
+    yield _checked(path, config, unsettled)
 
 
-def _prepare(path: str) -> None:
-  """The directory exists and is writable, or one line says why not."""
+def _checked(path: str, config: Any, unsettled: Collection[str] = ()) -> Workdir:
+  saved = _saved_config(path)
+  now = _flatten(dataclasses.asdict(config))
+  changed = {} if saved is None else _changes(saved, now)
+  fixed = [k for k in changed if _is_fixed(k, config) and k not in unsettled]
+  if fixed:
+    raise UsageError(
+      f'{path} holds a run of another model ({_describe(changed, fixed)}); '
+      'rerun with its settings or use a new --workdir'
+    )
+  return Workdir(path=path, changed=changed, first_start=saved is None)
+
+
+def _prepare(path: str) -> str | None:
+  """The directory exists and is writable, or one line says why not.
+  Returns the outermost directory this created (None if `path` existed)."""
   if os.path.exists(path) and not os.path.isdir(path):
     raise UsageError(f'workdir {path} is a file, not a directory')
+  created = _outermost_missing(path)
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
@@ -112,7 +133,34 @@ def _prepare(path: str) -> None:
     with tempfile.TemporaryFile(dir=path):
       pass
   except OSError as e:
+    _remove_created(path, created)
     raise UsageError(f'cannot write to workdir {path}: {_reason(e)}') from None
+  return created
+
+
+def _outermost_missing(path: str) -> str | None:
+  """The outermost of `path` and its parents that does not exist: the
+  first directory makedirs(path) creates."""
+  missing = None
+  path = os.path.abspath(path)
+  while not os.path.lexists(path):
+    missing, path = path, os.path.dirname(path)
+  return missing
+
+
+def _remove_created(path: str, created: str | None) -> None:
+  """Removes `path` and the parents up to `created` that are left empty;
+  nothing when `created` is None (the directory was there before)."""
+  if created is None:
+    return
+  shutil.rmtree(path, ignore_errors=True)
+  parent = os.path.abspath(path)
+  while parent != created:
+    parent = os.path.dirname(parent)
+    try:
+      os.rmdir(parent)  # Only if empty: another run may have written beside.
+    except OSError:
+      return
 
 
 @contextlib.contextmanager
@@ -121,9 +169,10 @@ def _locked(path: str) -> Iterator[None]:
   learn whether it could and share the outcome."""
   error = ''
   lock_fd = None
+  created = None  # The outermost directory process 0 created for `path`.
   if jax.process_index() == 0:
     try:
-      _prepare(path)
+      created = _prepare(path)
       lock_fd = _lock(os.path.join(path, LOCK_FILE))
     except UsageError as e:
       error = str(e)
@@ -132,9 +181,16 @@ def _locked(path: str) -> Iterator[None]:
     if not taken and not error:
       error = f'{path} is in use by another run (process 0 could not lock it)'
   if error:
+    # Nothing removed: a run that could not lock the directory may have
+    # raced the one holding it to create it.
     raise UsageError(error)
   try:
     yield
+  except BaseException:
+    # Removed while still locked, so no other run can have started in it.
+    if not os.path.exists(os.path.join(path, CONFIG_FILE)):
+      _remove_created(path, created)
+    raise
   finally:
     if lock_fd is not None:
       os.ftruncate(lock_fd, 0)  # Released cleanly: nothing to report next time.

@@ -8,7 +8,8 @@ NAME is one of:
   span_qa         extractive QA from SQuAD-format JSON files
                   (--config.data.train / .eval).
 Hyperparameters follow ALBERT's run_classifier / run_squad (AdamW-style
-fine-tuning, linear warmup 10% then decay); every key can be overridden,
+fine-tuning, linear warmup then decay), with the run's length in epochs
+(train.num_epochs, warmup as train.warmup_fraction of its steps); every key can be overridden,
 e.g. `--config.train.learning_rate=1e-5 --config.data.max_seq_length=256`.
 """
 
@@ -16,12 +17,30 @@ import ml_collections
 
 from experiments.configs import pretrain
 
-# name: (task, train source, eval source, text feature, max_seq_length)
+# ALBERT's runs: SST-2 20,935 steps of 32 over 67,349 examples (~10 epochs,
+# 6 % warmup); SQuAD 1.1 3,649 steps of 48 over ~88k windows (~2 epochs, 10 %
+# warmup). In epochs, a preset fits a data set of any size.
 _PRESETS = {
-  'classification': ('classification', '', '', 'text', 128),
-  'sst2': ('classification', 'tfds:glue/sst2:train', 'tfds:glue/sst2:validation', 'sentence', 128),
-  'imdb': ('classification', 'tfds:imdb_reviews:train', 'tfds:imdb_reviews:test', 'text', 512),
-  'span_qa': ('span_qa', '', '', 'text', 384),
+  'classification': dict(task='classification', epochs=3.0, warmup=0.1, lr=2e-5),
+  'sst2': dict(
+    task='classification',
+    train='tfds:glue/sst2:train',
+    eval='tfds:glue/sst2:validation',
+    text_feature='sentence',
+    epochs=10.0,
+    warmup=0.06,
+    lr=1e-5,
+  ),
+  'imdb': dict(
+    task='classification',
+    train='tfds:imdb_reviews:train',
+    eval='tfds:imdb_reviews:test',
+    max_seq_length=512,
+    epochs=3.0,
+    warmup=0.1,
+    lr=2e-5,
+  ),
+  'span_qa': dict(task='span_qa', max_seq_length=384, epochs=2.0, warmup=0.1, lr=5e-5),
 }
 
 
@@ -29,23 +48,24 @@ def get_config(arg: str = 'classification') -> ml_collections.ConfigDict:
   """The fine-tuning config of preset `arg`."""
   if arg not in _PRESETS:
     raise ValueError(f'unknown fine-tuning task {arg!r}: choose one of {", ".join(_PRESETS)}')
-  task, train, evaluation, text_feature, max_seq_length = _PRESETS[arg]
+  preset = _PRESETS[arg]
+  task = preset['task']
   config = ml_collections.ConfigDict()
   config.preset = arg
   config.task = task  # 'classification' | 'span_qa'
 
   config.data = ml_collections.ConfigDict(
     dict(
-      train=train,
+      train=preset.get('train', ''),
       # Empty: no evaluation.
-      eval=evaluation,
+      eval=preset.get('eval', ''),
       # Classification: column / feature names (see finetune/classification.py).
-      text_feature=text_feature,
+      text_feature=preset.get('text_feature', 'text'),
       text_b_feature='',
       label_feature='label',
       # 0: from the data.
       num_labels=0,
-      max_seq_length=max_seq_length,
+      max_seq_length=preset.get('max_seq_length', 128),
       # Span QA: windows over long contexts, question and answer lengths.
       doc_stride=128,
       max_query_length=64,
@@ -65,15 +85,20 @@ def get_config(arg: str = 'classification') -> ml_collections.ConfigDict:
     )
   )
 
-  squad = task == 'span_qa'
   config.train = pretrain.train_config(
-    batch_size=48 if squad else 32,
-    num_steps=3649 if squad else 20935,
+    batch_size=48 if task == 'span_qa' else 32,
+    # 0: from num_epochs (set one of the two).
+    num_steps=0,
     optimizer='adamw',
-    learning_rate=5e-5 if squad else 1e-5,
-    warmup_steps=365 if squad else 1256,
+    learning_rate=preset['lr'],
+    # 0: from warmup_fraction (set one of the two).
+    warmup_steps=0,
     log_every=100,
     eval_every=1000,
+    # Passes over the training data; the run's steps follow the data size.
+    num_epochs=preset['epochs'],
+    # Warmup as a fraction of the run's steps.
+    warmup_fraction=preset['warmup'],
   )
   pretrain.add_run_blocks(config, checkpoint_every=1000, checkpoint_keep=1)
   return config

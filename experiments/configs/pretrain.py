@@ -29,7 +29,9 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   tiny = name == 'tiny'
   return ml_collections.ConfigDict(
     dict(
-      vocab_size=2000 if tiny else 30000,
+      # Embedding rows; 0: the run's vocabulary's size (with init_from, that
+      # model's). A size set here must hold every id of the vocabulary.
+      vocab_size=0,
       embedding_size=embedding,
       hidden_size=hidden,
       num_layers=layers,
@@ -131,6 +133,9 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       # SentencePiece model directory; empty: prepared data's own, else one
       # trained on the training documents into WORKDIR/vocab.
       vocab='',
+      # Pieces of a tokenizer trained for the run (fewer on a small corpus),
+      # when model.vocab_size is 0; a set model.vocab_size is the target then.
+      vocab_size=2000 if tiny else 30000,
       # Normalisation of a tokenizer trained here; a loaded one keeps its own.
       lowercase=True,
       max_seq_length=128 if tiny else 512,
