@@ -87,6 +87,18 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
   assert imported.tokenizer.fingerprint == ours.tokenizer.fingerprint
   _assert_same_params(imported.params, ours.params)
 
+  # Resaved by transformers 5 (tokenizer.json only, no spiece.model), the
+  # directory imports to the same params and the same ids.
+  resaved = str(tmp_path / 'resaved')
+  model.save_pretrained(resaved)
+  transformers.AutoTokenizer.from_pretrained(hf_dir).save_pretrained(resaved)
+  assert not os.path.exists(os.path.join(resaved, 'spiece.model'))
+  again = pretrained_lib.load_hf(resaved)
+  assert again.tokenizer.kind == 'tokenizer.json' and again.initialised == ()
+  _assert_same_params(again.params, ours.params)
+  for text in ('Dogs  DOGS dogs.', '猫 猫 鱼。', 'honey bees.'):
+    assert again.tokenizer.encode(text) == ours.tokenizer.encode(text)
+
 
 def test_flax_export_holds_params_only_in_the_chosen_dtype(run, tmp_path):
   out = str(tmp_path / 'flax')

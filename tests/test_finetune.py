@@ -8,6 +8,7 @@ holding one animal and one thing, asked "which animal?" / "which thing?".
 
 import dataclasses
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,9 @@ from albert_jax import pretrained as pretrained_lib
 from albert_jax.errors import DataError, ExportError, UsageError
 from albert_jax.finetune import classification, span_qa, trainer
 from albert_jax.finetune.config import FinetuneConfig
+from albert_jax.train.config import PretrainConfig
 from experiments.configs import finetune as finetune_config
+from experiments.configs import pretrain as pretrain_config
 
 import export_testing
 import train_testing
@@ -253,15 +256,15 @@ def test_classification_reaches_95_percent_from_the_command_line(tmp_path):
     f'--config.data.eval={dev}',
     '--config.data.max_seq_length=32',
     '--config.train.batch_size=32',
-    '--config.train.num_steps=60',
-    '--config.train.num_epochs=0',
-    '--config.train.warmup_steps=6',
-    '--config.train.warmup_fraction=0',
+    # The preset counts epochs: 7.5 passes over 256 rows are 60 steps of 32.
+    '--config.train.num_epochs=7.5',
+    '--config.train.warmup_fraction=0.1',
     '--config.train.learning_rate=1e-3',
     '--config.train.log_every=20',
     '--config.train.eval_every=60',
   )
   assert result.returncode == 0, result.stderr
+  assert '7.5 epochs of 256 features in batches of 32: 60 steps, 6 of warmup' in result.stdout
   records = train_testing.read_metrics(workdir)
   final = [r for r in records if 'eval_accuracy' in r][-1]
   assert final['step'] == 60 and final['eval_accuracy'] >= 0.95
@@ -273,6 +276,47 @@ def test_classification_reaches_95_percent_from_the_command_line(tmp_path):
   # The run records its model, task and classes beside the checkpoints.
   definition = pretrained_lib.load_definition(os.path.join(workdir, 'model'))
   assert (definition.task, definition.labels) == ('classification', ('animal', 'thing'))
+
+
+@pytest.mark.parametrize(
+  'preset, examples, steps, warmup',
+  [
+    ('classification', 400, 38, 4),
+    ('sst2', 67_349, 21_047, 1_263),
+    ('span_qa', 88_641, 3_694, 369),
+  ],
+)
+def test_presets_count_epochs_so_they_fit_any_data_size(preset, examples, steps, warmup):
+  train = FinetuneConfig.from_config(finetune_config.get_config(preset)).train.fitted(examples)
+  assert (train.num_steps, train.warmup_steps) == (steps, warmup)
+
+
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
+    (
+      dict(num_steps=500),
+      'set one of train.num_steps and train.num_epochs, the other to 0 (got 500 and 3.0)',
+    ),
+    (
+      dict(warmup_steps=100),
+      'set at most one of train.warmup_steps and train.warmup_fraction (in [0, 1)), the other '
+      'to 0 (got 100 and 0.1)',
+    ),
+  ],
+)
+def test_steps_and_epochs_are_one_or_the_other(overrides, message):
+  config = finetune_config.get_config('classification')
+  config.train.update(overrides)
+  with pytest.raises(UsageError, match=re.escape(message)):
+    FinetuneConfig.from_config(config)
+
+
+def test_pretraining_counts_steps_only():
+  config = pretrain_config.get_config('tiny')
+  config.train.update(num_steps=0, num_epochs=1.0)
+  with pytest.raises(UsageError, match='pretraining counts steps'):
+    PretrainConfig.from_config(config)
 
 
 def test_span_qa_reaches_90_percent_exact_match(tmp_path):

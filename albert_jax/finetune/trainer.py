@@ -72,8 +72,7 @@ def finetune(
     # ---------------------------------------------------------------- 1. Model and data
     model_config = config.model_config(pretrained.config)
     task = _task(config, pretrained, model_config)
-    # Epochs become steps once the data size is known.
-    config = dataclasses.replace(config, train=config.train.fitted(num_rows(task.train)))
+    config = _fitted(config, num_rows(task.train))
 
     # ---------------------------------------------------------------- 2. Run
     run = _run(config, task, model_config, devices)
@@ -103,6 +102,19 @@ def finetune(
         evaluate=None if task.eval is None else evaluate,
         preemption=preemption,
       )
+
+
+def _fitted(config: FinetuneConfig, num_examples: int) -> FinetuneConfig:
+  """`config` with its epochs turned into steps, now that the data size is
+  known (said in one log line)."""
+  train = config.train.fitted(num_examples)
+  if config.train.num_epochs or config.train.warmup_fraction:
+    loop.log(
+      f'{config.train.num_epochs or train.num_steps * train.batch_size / num_examples:g} '
+      f'epochs of {num_examples:,} features in batches of {train.batch_size}: '
+      f'{train.num_steps:,} steps, {train.warmup_steps:,} of warmup'
+    )
+  return dataclasses.replace(config, train=train)
 
 
 def _task(config: FinetuneConfig, pretrained: Pretrained, model_config: ModelConfig) -> Task:
