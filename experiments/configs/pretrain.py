@@ -76,6 +76,9 @@ def train_config(
       optimizer=optimizer,  # 'lamb' | 'adamw'
       learning_rate=learning_rate,
       warmup_steps=warmup_steps,
+      # True: ALBERT's schedule, linear decay to 0 counted from step 0, the
+      # warmup overriding it; False: the decay starts after warmup.
+      decay_from_step_0=True,
       weight_decay=0.01,
       # Regexes searched in param paths ('encoder/layer/.../kernel'): matches
       # get neither weight decay nor LAMB's trust ratio (ALBERT's list).
@@ -83,6 +86,8 @@ def train_config(
       b1=0.9,
       b2=0.999,
       eps=1e-6,
+      # AdamW's moments bias-corrected (optax); False: not, as ALBERT's AdamW.
+      adamw_bias_correction=False,
       clip_norm=1.0,
       seed=0,
       log_every=log_every,
