@@ -149,6 +149,15 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       short_seq_prob=0.1,
       max_ngram=3,
       sentence_objective='sop',  # 'sop' | 'nsp' | 'none'
+      # ALBERT's create_pretraining_data rules (the other value of each: this
+      # code's earlier rule): the short-sequence target drawn once per document;
+      short_seq_per_document=True,
+      # [CLS] and [SEP] counted in the masking budget;
+      num_to_predict_counts_specials=True,
+      # the 10 % random token drawn from the whole vocabulary;
+      random_token_includes_specials=True,
+      # pieces such as 's and n't start a word (True: continue the previous).
+      apostrophe_joins_word=False,
       seed=0,
       # Worker processes building batches; 0: in the training process.
       num_workers=0,
