@@ -61,7 +61,9 @@ def test_sentencepiece_ids(tokenizer):
 
 
 def test_layout_special_tokens_and_segments(many):
-  ids, mask, segments = many['input_ids'], many['input_mask'], many['segment_ids']
+  mask, segments = many['input_mask'], many['segment_ids']
+  # The random 10 % of masked tokens may be [CLS] or [SEP] (as the original).
+  ids = np.stack([unmasked(dict(zip(many, row))) for row in zip(*many.values())])
   assert len(ids) >= 10_000
   for key in examples.FEATURES:
     assert many[key].dtype == np.int32
@@ -83,10 +85,11 @@ def test_layout_special_tokens_and_segments(many):
 
 def test_masked_share_and_replacements(many, tokenizer):
   weights, positions = many['masked_lm_weights'], many['masked_lm_positions']
-  maskable = many['input_mask'].sum(1) - 3
-  uncapped = np.round(maskable * 0.15) < PRED
+  # The budget counts [CLS] and [SEP], as the original.
+  counted = many['input_mask'].sum(1)
+  uncapped = np.round(counted * 0.15) < PRED
   assert uncapped.mean() > 0.9
-  share = weights[uncapped].sum() / maskable[uncapped].sum()
+  share = weights[uncapped].sum() / counted[uncapped].sum()
   assert abs(share - 0.15) < 0.01
   count = weights.sum(1)
   assert (count >= 1).all() and (count <= PRED).all()
@@ -106,7 +109,7 @@ def test_masked_share_and_replacements(many, tokenizer):
   assert abs(kept - 0.1) < 0.02
   assert abs(random - 0.1) < 0.02
   replaced = shown[(shown != MASK_ID) & (shown != labels)]
-  assert (replaced >= 5).all() and (replaced < tokenizer.vocab_size).all()
+  assert (replaced >= 0).all() and (replaced < tokenizer.vocab_size).all()
 
 
 def test_sop_labels_balanced(many):
@@ -243,11 +246,90 @@ def test_long_sentences_are_truncated(tokenizer):
 
 
 def test_short_sequences_are_drawn(corpus, tokenizer):
-  config = examples.ExampleConfig(max_seq_length=SEQ)
+  config = examples.ExampleConfig(max_seq_length=SEQ, short_seq_per_document=False)
   instances = examples.plan_instances(corpus, config, 0)
   short = instances[:, 3] < SEQ - 3
   assert 0.05 < short.mean() < 0.15
   assert (instances[short, 3] >= 2).all()
+
+
+@pytest.mark.parametrize('per_document', [True, False])
+def test_short_target_is_drawn_once_per_document(per_document):
+  """create_instances_from_document draws target_seq_length once per
+  document; every chunk of it but the last then holds the fewest whole
+  segments reaching the target: ceil(target / 10) segments of 10 tokens."""
+  corpus = _corpus([[list(range(10 * s, 10 * s + 10)) for s in range(40)]] * 300)
+  config = examples.ExampleConfig(
+    max_seq_length=SEQ, short_seq_prob=0.5, short_seq_per_document=per_document
+  )
+  instances = examples.plan_instances(corpus, config, 0)
+  targets_per_doc = [set(instances[instances[:, 0] == d, 3].tolist()) for d in range(300)]
+  if not per_document:  # Drawn per chunk: documents mix targets.
+    assert sum(len(t) > 1 for t in targets_per_doc) > 250
+    return
+  assert all(len(t) == 1 for t in targets_per_doc)
+  short = np.mean([t != {SEQ - 3} for t in targets_per_doc])
+  assert 0.4 < short < 0.6
+  for doc, first, end, target in instances.tolist():
+    if end != corpus.document_offsets[doc + 1]:
+      assert end - first == -(-target // 10), (first, end, target)
+
+
+def _word_start_ids(tokenizer, count):
+  """`count` ids of pieces that start a word (each masked on its own)."""
+  ids = np.flatnonzero(tokenizer.is_word_start)
+  return ids[ids >= 5][:count].tolist()
+
+
+@pytest.mark.parametrize('counts_specials, want', [(True, 3), (False, 2)])
+def test_masking_budget_counts_cls_and_sep(tokenizer, counts_specials, want):
+  """7 tokens of A and B: the original's round((7 + 3) * 0.3) = 3 predictions;
+  A and B alone give round(7 * 0.3) = 2."""
+  words = _word_start_ids(tokenizer, 7)
+  corpus = _corpus([[words[:4], words[4:]]] * 20)
+  builder = make_builder(
+    corpus,
+    tokenizer,
+    masked_lm_prob=0.3,
+    max_ngram=1,
+    short_seq_prob=0.0,
+    num_to_predict_counts_specials=counts_specials,
+  )
+  for epoch in range(5):
+    for index in range(len(builder)):
+      ex = builder(epoch, index)
+      assert ex['input_mask'].sum() == 10
+      assert ex['masked_lm_weights'].sum() == want
+      positions = ex['masked_lm_positions'][ex['masked_lm_weights'] == 1]
+      assert not np.isin(unmasked(ex)[positions], [CLS_ID, SEP_ID]).any()
+
+
+@pytest.mark.parametrize('joins', [False, True])
+def test_apostrophe_pieces_are_words_of_their_own(tokenizer, joins):
+  """A piece such as 's (here one of the builtin vocabulary's quoted-code
+  pieces, which differ the same way) starts a word in the original, so it is
+  masked without the piece before it; joined to that word, never."""
+  joined = tokenizer.word_starts(apostrophe_joins_word=True)
+  piece = int(np.flatnonzero(tokenizer.word_starts() != joined)[0])
+  assert "'" in tokenizer.id_to_piece(piece)
+  w1, w2 = _word_start_ids(tokenizer, 2)
+  corpus = _corpus([[[w1, piece], [w2, piece]]] * 20)
+  builder = make_builder(
+    corpus,
+    tokenizer,
+    masked_lm_prob=0.3,
+    max_ngram=1,
+    short_seq_prob=0.0,
+    apostrophe_joins_word=joins,
+  )
+  alone = 0
+  for epoch in range(10):
+    for index in range(len(builder)):
+      ex = builder(epoch, index)
+      masked = set(ex['masked_lm_positions'][ex['masked_lm_weights'] == 1].tolist())
+      ids = unmasked(ex)
+      alone += sum(ids[p] == piece and p - 1 not in masked for p in masked)
+  assert (alone > 0) != joins
 
 
 def test_bad_configs_and_corpora(tokenizer):
@@ -261,8 +343,11 @@ def test_bad_configs_and_corpora(tokenizer):
     examples.ExampleConfig(max_seq_length=4)
 
 
-def test_wordpiece_vocabulary_ids_and_words(tmp_path):
-  """BERT's layout: specials at 0 and 100-103, '##' pieces inside words."""
+@pytest.mark.parametrize('includes_specials', [True, False])
+def test_wordpiece_vocabulary_ids_and_words(tmp_path, includes_specials):
+  """BERT's layout: specials at 0 and 100-103, '##' pieces inside words; the
+  random 10 % come from the whole vocabulary (the original's
+  vocab_words[randint]) or from its non-special pieces."""
   pieces = ['[PAD]', *[f'[unused{i}]' for i in range(99)], '[UNK]', '[CLS]', '[SEP]', '[MASK]']
   words = ['the', 'cat', 'sat', 'on', 'mat', 'play', 'walk', '.', '我', '很', '高', '兴', '。']
   pieces += words + ['##ing', '##ed', '##s']
@@ -273,10 +358,16 @@ def test_wordpiece_vocabulary_ids_and_words(tmp_path):
   text = ['The cats played on the mat.', 'The cat walked.', '我很高兴。', 'Playing cats sat.'] * 5
   documents = [text[i : i + 4] for i in range(0, len(text), 4)]
   corpus = tokenize(documents, tokenizer)
-  builder = make_builder(corpus, tokenizer, max_ngram=1, masked_lm_prob=0.5)
+  builder = make_builder(
+    corpus,
+    tokenizer,
+    max_ngram=1,
+    masked_lm_prob=0.5,
+    random_token_includes_specials=includes_specials,
+  )
   replaced = []
   for index in range(len(builder)):
-    for epoch in range(20):
+    for epoch in range(200):
       ex = builder(epoch, index)
       ids, original = ex['input_ids'], unmasked(ex)
       length = ex['input_mask'].sum()
@@ -287,7 +378,13 @@ def test_wordpiece_vocabulary_ids_and_words(tmp_path):
           assert p - 1 in masked
       shown = ids[masked]
       replaced += shown[(shown != 103) & (shown != original[masked])].tolist()
-  assert replaced and not set(replaced) & {0, 100, 101, 102, 103}
+  # ~1,300 random tokens over 120 ids: each special one is drawn ~10 times
+  # (a drawn [MASK] looks like the 80 % and is not counted here).
+  assert len(replaced) > 1000
+  if includes_specials:
+    assert set(replaced) >= {0, 100, 101, 102}
+  else:
+    assert not set(replaced) & {0, 100, 101, 102, 103}
 
 
 def unmasked(example: dict[str, np.ndarray]) -> np.ndarray:

@@ -9,7 +9,12 @@ import sys
 import pytest
 
 from albert_jax.data import sources
-from albert_jax.data.tokenizer import Normalization, Tokenizer, train_tokenizer
+from albert_jax.data.tokenizer import (
+  Normalization,
+  Tokenizer,
+  is_metaspace_word_start,
+  train_tokenizer,
+)
 from albert_jax.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +45,62 @@ def test_special_ids_and_files(vocab_dir):
   assert tokenizer.special_ids.tolist() == [0, 1, 2, 3, 4]
   assert tokenizer.vocab_size == 2000
   assert tokenizer.is_word_start.shape == (2000,)
+
+
+def _original_is_start_piece_sp(piece: str) -> bool:
+  """google-research/albert create_pretraining_data.py `_is_start_piece_sp`
+  as it runs under Python 3 (its punctuation string has \" twice and no
+  apostrophe; € and £ are added as bytes)."""
+  special_pieces = set('!"#$%&"()*+,-./:;?@[\\]^_`{|}~')
+  special_pieces |= {'€'.encode(), '£'.encode()}
+  english_chars = set('abcdefghijklmnopqrstuvwxyz')
+  return (
+    piece.startswith('\u2581')
+    or piece.startswith('<')
+    or piece in special_pieces
+    or not all(c.lower() in english_chars | special_pieces for c in piece)
+  )
+
+
+# piece: (the original: starts a word, this code's earlier rule).
+WORD_STARTS = {
+  "'s": (True, False),
+  "n't": (True, False),
+  "'ll": (True, False),
+  "s'": (True, False),
+  'a€': (True, False),
+  "'": (True, True),
+  's': (False, False),
+  'ing': (False, False),
+  'a-b': (False, False),
+  '\u2581it': (True, True),
+  '-': (True, True),
+  '1': (True, True),
+  'é': (True, True),
+  '<unk>': (True, True),
+}
+
+
+@pytest.mark.parametrize('piece', sorted(WORD_STARTS))
+def test_word_starts_are_the_originals(piece):
+  original, earlier = WORD_STARTS[piece]
+  assert _original_is_start_piece_sp(piece) == original  # The table is the original's.
+  assert is_metaspace_word_start(piece) == original
+  assert is_metaspace_word_start(piece, apostrophe_joins_word=True) == earlier
+
+
+def test_word_starts_of_a_vocabulary_follow_the_switch(vocab_dir):
+  tokenizer = Tokenizer.load(vocab_dir)
+  pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+  want = [_original_is_start_piece_sp(p) for p in pieces]
+  want[:5] = [True] * 5  # The special tokens.
+  assert tokenizer.is_word_start.tolist() == want
+  assert tokenizer.word_starts().tolist() == want
+  joined = tokenizer.word_starts(apostrophe_joins_word=True)
+  differ = [pieces[i] for i in range(len(pieces)) if joined[i] != want[i]]
+  # Pieces with an apostrophe (the builtin corpus has quoted code) and no
+  # other reason to start a word.
+  assert differ and all("'" in p and not joined[pieces.index(p)] for p in differ)
 
 
 def test_normalization_steps():

@@ -21,6 +21,12 @@ def _train_config(**overrides) -> ml_collections.ConfigDict:
   return train
 
 
+def _config(**train_overrides) -> ml_collections.ConfigDict:
+  config = pretrain.get_config('tiny')
+  config.train.update(train_overrides)
+  return config
+
+
 def _params():
   rng = np.random.default_rng(0)
   return jax.tree.map(
@@ -38,11 +44,33 @@ def _params():
   )
 
 
-def test_schedule_warms_up_then_decays_linearly_to_zero():
-  schedule = optimizer_lib.learning_rate_schedule(1.0, warmup_steps=10, total_steps=110)
+def test_schedule_is_the_originals_decay_from_step_0_with_warmup_overriding_it():
+  # optimization.py: 2 * (1 - step / 100), and 2 * step / 10 while step < 10.
+  schedule = optimizer_lib.learning_rate_schedule(2.0, warmup_steps=10, total_steps=100)
+  steps = (0, 5, 9, 10, 50, 99, 100, 150)
+  np.testing.assert_allclose(
+    [schedule(s) for s in steps], [0.0, 1.0, 1.8, 1.8, 1.0, 0.02, 0.0, 0.0], atol=1e-6
+  )
+  no_warmup = optimizer_lib.learning_rate_schedule(2.0, warmup_steps=0, total_steps=100)
+  np.testing.assert_allclose([no_warmup(s) for s in (0, 50)], [2.0, 1.0], atol=1e-6)
+
+
+def test_schedule_can_decay_after_warmup_instead():
+  schedule = optimizer_lib.learning_rate_schedule(
+    1.0, warmup_steps=10, total_steps=110, decay_from_step_0=False
+  )
   np.testing.assert_allclose(
     [schedule(s) for s in (0, 5, 10, 60, 110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6
   )
+
+
+@pytest.mark.parametrize('decay_from_step_0, at_warmup_end', [(True, 0.9), (False, 1.0)])
+def test_the_config_picks_the_schedule(decay_from_step_0, at_warmup_end):
+  train = PretrainConfig.from_config(
+    _config(learning_rate=1.0, warmup_steps=10, num_steps=100, decay_from_step_0=decay_from_step_0)
+  ).train
+  _, schedule = optimizer_lib.optimizer_and_schedule(train)
+  np.testing.assert_allclose(schedule(10), at_warmup_end, atol=1e-6)
 
 
 def test_decay_mask_excludes_layer_norm_and_biases():
@@ -143,6 +171,79 @@ def test_adamw_decays_only_masked_params():
     updates['encoder']['layer']['query']['kernel'],
     -0.1 * 0.5 * params['encoder']['layer']['query']['kernel'],
     rtol=1e-6,
+  )
+
+
+def _original_adamw(params, grads_by_step, lr, weight_decay, decayed):
+  """google-research/albert's AdamWeightDecayOptimizer, transcribed in numpy
+  (b1 0.9, b2 0.999, eps 1e-6; `decayed`: {name: whether it decays})."""
+  m = {k: np.zeros_like(v) for k, v in params.items()}
+  v = {k: np.zeros_like(x) for k, x in params.items()}
+  params = dict(params)
+  for grads in grads_by_step:
+    for k, g in grads.items():
+      m[k] = 0.9 * m[k] + 0.1 * g
+      v[k] = 0.999 * v[k] + 0.001 * g * g
+      update = m[k] / (np.sqrt(v[k]) + 1e-6)
+      if decayed[k]:
+        update += weight_decay * params[k]
+      params[k] = params[k] - lr * update
+  return params
+
+
+def _adamw_run(bias_correction, steps=3):
+  train = _train_config(
+    optimizer='adamw',
+    learning_rate=0.1,
+    warmup_steps=0,
+    weight_decay=0.1,
+    clip_norm=1e9,
+    adamw_bias_correction=bias_correction,
+  )
+  tx = optimizer_lib.make_optimizer(train, optax.constant_schedule(0.1))
+  rng = np.random.default_rng(3)
+  params = {'kernel': rng.normal(size=(4, 3)).astype(np.float32), 'bias': np.ones(3, np.float32)}
+  grads = [
+    jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    for _ in range(steps)
+  ]
+  state, ours = tx.init(params), params
+  for g in grads:
+    updates, state = tx.update(g, state, ours)
+    ours = optax.apply_updates(ours, updates)
+  return params, grads, ours
+
+
+def test_adamw_is_the_originals_without_bias_correction():
+  params, grads, ours = _adamw_run(bias_correction=False)
+  want = _original_adamw(params, grads, 0.1, 0.1, {'kernel': True, 'bias': False})
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, want)
+  # The first step of the (undecayed) bias by hand: lr m / (sqrt(v) + eps) =
+  # 0.1 * 0.1 g / (sqrt(0.001) |g| + 1e-6), ~0.316 sign(g), where
+  # bias-corrected Adam moves ~0.1.
+  _, (g, *_), first = _adamw_run(bias_correction=False, steps=1)
+  g = g['bias'].astype(np.float64)
+  step = 0.1 * 0.1 * g / (np.sqrt(0.001) * np.abs(g) + 1e-6)
+  np.testing.assert_allclose(params['bias'] - first['bias'], step, rtol=1e-5)
+
+
+def test_adamw_bias_correction_is_optax_adamw():
+  params, grads, ours = _adamw_run(bias_correction=True)
+  mask = {'kernel': True, 'bias': False}
+  tx = optax.adamw(
+    optax.constant_schedule(0.1), b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.1, mask=mask
+  )
+  state, want = tx.init(params), params
+  for g in grads:
+    updates, state = tx.update(g, state, want)
+    want = optax.apply_updates(want, updates)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, want)
+  # The state's layout is optax.adamw's either way (checkpoints fit both).
+  uncorrected = optimizer_lib.make_optimizer(
+    _train_config(optimizer='adamw'), optax.constant_schedule(0.1)
+  )
+  assert jax.tree.structure(uncorrected.init(params)) == jax.tree.structure(
+    optax.chain(optax.clip_by_global_norm(1.0), tx).init(params)
   )
 
 

@@ -35,6 +35,17 @@ class DataConfig(Record):
   short_seq_prob: float = 0.1
   max_ngram: int = 3
   sentence_objective: str = 'sop'  # 'sop' | 'nsp' | 'none'
+  # Where the original's create_pretraining_data differs from earlier
+  # versions of this code, the original by default (data/examples.py):
+  # short-sequence target drawn once per document (False: per chunk);
+  short_seq_per_document: bool = True
+  # the masking budget counts [CLS] and [SEP] (False: A and B only);
+  num_to_predict_counts_specials: bool = True
+  # the 10 % random token from the whole vocabulary (False: no special token);
+  random_token_includes_specials: bool = True
+  # SentencePiece pieces such as 's and n't start a word (True: they continue
+  # the previous one).
+  apostrophe_joins_word: bool = False
   seed: int = 0
   num_workers: int = 0  # Worker processes building batches; 0: in process.
   prefetch_buffer_size: int = 2  # Batches prepared ahead.

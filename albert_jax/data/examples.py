@@ -6,8 +6,9 @@ every epoch:
 1. `plan_instances` (once, seeded): each document is cut into chunks of
    consecutive segments (sentences) holding at least `target_length` tokens
    or ending the document; the target is max_seq_length - 3, or with
-   probability short_seq_prob uniform in [2, max_seq_length - 3]. Chunks of
-   fewer than 2 tokens are dropped.
+   probability short_seq_prob uniform in [2, max_seq_length - 3], drawn once
+   per document as the original (`short_seq_per_document=False`: per chunk).
+   Chunks of fewer than 2 tokens are dropped.
 2. `ExampleBuilder(epoch, index)` (on the fly, from an RNG seeded with
    (seed, epoch, index), never a global one):
    - A = the chunk's first k segments, B = the rest, k uniform in [1, m - 1]
@@ -25,12 +26,16 @@ every epoch:
      drawn in closed form (binomial) rather than token by token.
    - [CLS] A [SEP] B [SEP], segment ids 0 up to the first [SEP], 1 after.
    - Masking: num_to_predict = min(max_predictions_per_seq,
-     max(1, round(n * masked_lm_prob))) for the n tokens of A and B (never
-     [CLS]/[SEP]). N-grams of n <= max_ngram whole words
-     (`Tokenizer.is_word_start`; A's and B's first tokens also start words),
+     max(1, round(n * masked_lm_prob))) for the n tokens of the example,
+     [CLS] and both [SEP] included as the original counts them
+     (`num_to_predict_counts_specials=False`: A and B only); only A and B
+     are masked. N-grams of n <= max_ngram whole words
+     (`Tokenizer.word_starts`; A's and B's first tokens also start words),
      p(n) ∝ 1/n, are placed without overlap until the budget is spent
      (`select_ngram_spans`). Each chosen token becomes [MASK] (80%), a random
-     non-special token (10%, `Tokenizer.special_ids` excluded) or stays (10%).
+     token of the whole vocabulary as the original (10%;
+     `random_token_includes_specials=False`: `Tokenizer.special_ids`
+     excluded) or stays (10%).
 
 Features, fixed shapes, int32 (S = max_seq_length, P = max_predictions_per_seq):
   input_ids [S], input_mask [S], segment_ids [S], masked_lm_positions [P],
@@ -67,6 +72,11 @@ class ExampleConfig:
   short_seq_prob: float = 0.1
   max_ngram: int = 3
   sentence_objective: str = 'sop'
+  # Fidelity switches (see module docstring); the defaults are the original's.
+  short_seq_per_document: bool = True
+  num_to_predict_counts_specials: bool = True
+  random_token_includes_specials: bool = True
+  apostrophe_joins_word: bool = False
 
   def __post_init__(self):
     if self.max_seq_length < 5:
@@ -102,12 +112,19 @@ def plan_instances(documents: Documents, config: ExampleConfig, seed: int) -> np
   token_ends = np.concatenate([[0], np.cumsum(documents.segment_lengths, dtype=np.int64)])
   offsets = documents.document_offsets.tolist()
   instances = []
+
+  def draw_target():
+    if rng.random() < config.short_seq_prob:
+      return int(rng.integers(2, max_tokens + 1))
+    return max_tokens
+
   for doc in range(len(offsets) - 1):
     first, doc_end = offsets[doc], offsets[doc + 1]
+    if config.short_seq_per_document:
+      target = draw_target()
     while first < doc_end:
-      target = max_tokens
-      if rng.random() < config.short_seq_prob:
-        target = int(rng.integers(2, max_tokens + 1))
+      if not config.short_seq_per_document:
+        target = draw_target()
       base = token_ends[first]
       end = int(np.searchsorted(token_ends, base + target))
       end = min(max(end, first + 1), doc_end)
@@ -204,11 +221,10 @@ class ExampleBuilder:
     self.config = config
     # Only ids and arrays are kept: the builder is pickled into grain's workers.
     self.cls_id, self.sep_id, self.mask_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id
-    self.is_word_start = tokenizer.is_word_start
-    # Random replacements are drawn from the non-special ids.
-    self.replacement_ids = np.setdiff1d(
-      np.arange(tokenizer.vocab_size, dtype=np.int32), tokenizer.special_ids
-    )
+    self.is_word_start = tokenizer.word_starts(apostrophe_joins_word=config.apostrophe_joins_word)
+    self.replacement_ids = np.arange(tokenizer.vocab_size, dtype=np.int32)
+    if not config.random_token_includes_specials:
+      self.replacement_ids = np.setdiff1d(self.replacement_ids, tokenizer.special_ids)
     self.seed = seed
     lengths = documents.segment_lengths.astype(np.int64)
     token_starts = np.cumsum(lengths) - lengths
@@ -293,7 +309,8 @@ class ExampleBuilder:
     starts[0] = starts[la] = True
     word_starts = np.flatnonzero(starts)
     word_ends = np.append(word_starts[1:], n)
-    num_to_predict = min(max_pred, max(1, round(n * cfg.masked_lm_prob)))
+    counted = n + 3 if cfg.num_to_predict_counts_specials else n
+    num_to_predict = min(max_pred, max(1, round(counted * cfg.masked_lm_prob)))
     spans = select_ngram_spans(
       rng, word_starts.tolist(), word_ends.tolist(), num_to_predict, cfg.max_ngram
     )

@@ -90,7 +90,7 @@ class HFTokenizer(Tokenizer):
     model = backend.model
     if isinstance(model, models.WordPiece):
       prefix = model.continuing_subword_prefix
-      word_start = lambda piece: not piece.startswith(prefix)
+      word_start = lambda piece, apostrophe_joins_word: not piece.startswith(prefix)
     else:
       word_start = base.is_metaspace_word_start
     self._set_vocabulary(pieces, tokens, specials, word_start)

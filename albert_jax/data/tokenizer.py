@@ -48,10 +48,17 @@ SPECIAL_TOKENS_MAP = 'special_tokens_map.json'
 ROLES = ('pad', 'unk', 'cls', 'sep', 'mask')
 MODEL_TYPES = ('unigram', 'wordpiece')
 
-# ALBERT's `_is_start_piece`: punctuation and any piece with a character
-# outside a-z starts a new word (foreign scripts count as whole pieces).
-_PUNCTUATION = frozenset('!"#$%&\'()*+,-./:;?@[\\]^_`{|}~€£')
+# ALBERT's `_is_start_piece_sp`: punctuation and any piece with a character
+# outside a-z and its punctuation list starts a new word (foreign scripts
+# count as whole pieces). The list lacks the apostrophe (its author wrote \"
+# twice), so pieces such as 's and n't start words; its € and £ are added as
+# bytes and never match a character, so they start words too.
+_PUNCTUATION = frozenset('!"#$%&()*+,-./:;?@[\\]^_`{|}~')
 _WORD_CHARS = frozenset('abcdefghijklmnopqrstuvwxyz') | _PUNCTUATION
+# This code's earlier rule (data.apostrophe_joins_word): the apostrophe, €
+# and £ as punctuation, so 's and n't continue the previous word.
+_JOINING_PUNCTUATION = _PUNCTUATION | frozenset("'€£")
+_JOINING_WORD_CHARS = _WORD_CHARS | _JOINING_PUNCTUATION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +83,16 @@ class Normalization:
     return text
 
 
-def is_metaspace_word_start(piece: str) -> bool:
-  """ALBERT's word-start rule for '▁'-prefixed (SentencePiece) pieces."""
+def is_metaspace_word_start(piece: str, *, apostrophe_joins_word: bool = False) -> bool:
+  """ALBERT's word-start rule for '▁'-prefixed (SentencePiece) pieces;
+  `apostrophe_joins_word`: this code's earlier rule (see _PUNCTUATION)."""
+  punctuation = _JOINING_PUNCTUATION if apostrophe_joins_word else _PUNCTUATION
+  word_chars = _JOINING_WORD_CHARS if apostrophe_joins_word else _WORD_CHARS
   return (
     piece.startswith('\u2581')
     or piece.startswith('<')
-    or piece in _PUNCTUATION
-    or not all(c.lower() in _WORD_CHARS for c in piece)
+    or piece in punctuation
+    or not all(c.lower() in word_chars for c in piece)
   )
 
 
@@ -96,7 +106,8 @@ class Tokenizer(abc.ABC):
     mask_token: the mask token's text, e.g. '[MASK]'.
     special_ids: int32 [K], sorted ids of all special / control tokens.
     is_word_start: bool [vocab_size], pieces that begin a word (whole-word
-      masking); special tokens count as words.
+      masking, the original's rule); special tokens count as words. See
+      `word_starts` for the other rule.
     fingerprint: sha256 of the vocabulary (the same after save and load), to
       recognise data made with it.
   """
@@ -118,10 +129,11 @@ class Tokenizer(abc.ABC):
     pieces: Sequence[str],
     tokens: dict[str, str],
     special_ids: Iterable[int],
-    word_start: Callable[[str], bool],
+    word_start: Callable[..., bool],
   ) -> None:
     """Sets the attributes above from the pieces by id, the special tokens'
-    names by role (all present: `special_tokens` checks) and a word-start rule."""
+    names by role (all present: `special_tokens` checks) and a word-start rule
+    (piece, *, apostrophe_joins_word) -> bool."""
     index = {}
     for i, piece in enumerate(pieces):
       index.setdefault(piece, i)
@@ -130,8 +142,18 @@ class Tokenizer(abc.ABC):
     self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (ids[r] for r in ROLES)
     self.mask_token = tokens['mask']
     self.special_ids = np.unique(np.array([*special_ids, *ids.values()], np.int32))
-    self.is_word_start = np.array([bool(p) and word_start(p) for p in pieces], bool)
-    self.is_word_start[self.special_ids] = True
+    self._word_starts = {}
+    for joins in (False, True):
+      starts = np.array([bool(p) and word_start(p, apostrophe_joins_word=joins) for p in pieces])
+      starts[self.special_ids] = True
+      self._word_starts[joins] = starts.astype(bool)
+    self.is_word_start = self._word_starts[False]
+
+  def word_starts(self, *, apostrophe_joins_word: bool = False) -> np.ndarray:
+    """`is_word_start`, or with `apostrophe_joins_word` this code's earlier
+    rule, under which SentencePiece pieces such as 's and n't continue the
+    previous word (a WordPiece vocabulary has one rule: '##' continues)."""
+    return self._word_starts[apostrophe_joins_word]
 
   @abc.abstractmethod
   def encode(self, text: str) -> list[int]:

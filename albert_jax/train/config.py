@@ -35,6 +35,9 @@ class TrainConfig(Record):
   warmup_steps: int = 3125
   # Or warmup as a fraction of the run's steps (warmup_steps 0).
   warmup_fraction: float = 0.0
+  # True: the original's schedule, a linear decay to 0 counted from step 0
+  # with warmup overriding it; False: the decay starts after warmup.
+  decay_from_step_0: bool = True
   weight_decay: float = 0.01
   # Regexes searched in param paths ('encoder/layer/.../kernel'): matches get
   # neither weight decay nor LAMB's trust ratio (ALBERT's list).
@@ -42,6 +45,9 @@ class TrainConfig(Record):
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-6
+  # AdamW's Adam moments bias-corrected (optax.adamw); False: not, as the
+  # original's AdamWeightDecayOptimizer. LAMB's always are.
+  adamw_bias_correction: bool = False
   clip_norm: float = 1.0
   seed: int = 0
   log_every: int = 100

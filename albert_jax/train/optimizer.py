@@ -1,5 +1,11 @@
 """Optimizer: ALBERT's LAMB (or AdamW), warmup + linear decay, decay mask as data.
 
+The learning rate is the original's (`optimization.py`): a linear (power 1
+polynomial) decay from the peak at step 0 to 0 at num_steps, overridden by the
+linear warmup peak * step / warmup_steps while step < warmup_steps; so the
+peak is never quite reached. `train.decay_from_step_0=False` starts the decay
+after warmup instead (peak at the end of warmup), as this code used to.
+
 ALBERT pretrains with LAMB (You et al. 2019) as in google-research/albert
 `optimization.py`: gradients clipped to global norm 1.0, Adam moments with
 beta1 0.9, beta2 0.999, eps 1e-6, weight decay 0.01, and parameters whose name
@@ -26,14 +32,33 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from albert_jax import tree_paths
 from albert_jax.train.config import TrainConfig
 
 
-def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
-  """Linear warmup 0 -> `peak` over `warmup_steps`, then linear decay to 0 at `total_steps`."""
+def learning_rate_schedule(
+  peak: float, warmup_steps: int, total_steps: int, *, decay_from_step_0: bool = True
+) -> optax.Schedule:
+  """The learning rate at each step (see module docstring).
+
+  decay_from_step_0: the original's peak * (1 - step / total_steps) (clamped
+  at 0), with peak * step / warmup_steps while step < warmup_steps. False:
+  linear warmup 0 -> `peak` over `warmup_steps`, then linear decay to 0 at
+  `total_steps`.
+  """
+  if decay_from_step_0:
+
+    def schedule(step):
+      step = jnp.asarray(step, jnp.float32)
+      decay = peak * (1.0 - jnp.minimum(step, total_steps) / total_steps)
+      if not warmup_steps:
+        return decay
+      return jnp.where(step < warmup_steps, peak * step / warmup_steps, decay)
+
+    return schedule
   warmup_steps = min(warmup_steps, total_steps)
   return optax.join_schedules(
     [
@@ -42,6 +67,29 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> 
     ],
     boundaries=[warmup_steps],
   )
+
+
+def scale_by_adam_uncorrected(
+  b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
+) -> optax.GradientTransformation:
+  """Adam's direction m / (sqrt(v) + eps) without bias correction, as the
+  original's AdamWeightDecayOptimizer: m and v are the plain moving averages
+  (from zeros) of the gradient and its square. Its state is optax's
+  ScaleByAdamState, so checkpoints fit either setting."""
+
+  def init_fn(params):
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+    count = optax.safe_increment(state.count)
+    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def weight_decay_mask(params: Any, exclude: Sequence[str]) -> Any:
@@ -166,16 +214,21 @@ def scale_by_layerwise_trust_ratio(
 def optimizer_and_schedule(
   train: TrainConfig, *, param_axes: ParamAxes | None = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer of `config.train` and its learning rate schedule (warmup
-  to train.learning_rate over train.warmup_steps, then decay to 0 at
-  train.num_steps).
+  """The optimizer of `config.train` and its learning rate schedule (linear
+  warmup over train.warmup_steps, linear decay to 0 at train.num_steps; see
+  `learning_rate_schedule`).
 
   `param_axes`: the logical axis names of the params to train (see
   `model_param_axes` / `logical_axes`), from which LAMB learns which params
   are stacked layers; None treats every param as one variable, which is only
   right when no layer is stacked (sharing 'all', one group, one inner layer).
   """
-  schedule = learning_rate_schedule(train.learning_rate, train.warmup_steps, train.num_steps)
+  schedule = learning_rate_schedule(
+    train.learning_rate,
+    train.warmup_steps,
+    train.num_steps,
+    decay_from_step_0=train.decay_from_step_0,
+  )
   return make_optimizer(train, schedule, param_axes=param_axes), schedule
 
 
@@ -196,16 +249,15 @@ def make_optimizer(
       optax.scale_by_learning_rate(schedule),
     )
   if train.optimizer == 'adamw':
-    # Elementwise: stacked layers need nothing of their own.
+    # Elementwise: stacked layers need nothing of their own. The same chain
+    # as optax.adamw (one state layout for both settings).
+    adam = optax.scale_by_adam if train.adamw_bias_correction else scale_by_adam_uncorrected
     return optax.chain(
       clip,
-      optax.adamw(
-        schedule,
-        b1=train.b1,
-        b2=train.b2,
-        eps=train.eps,
-        weight_decay=train.weight_decay,
-        mask=mask,
+      optax.chain(
+        adam(b1=train.b1, b2=train.b2, eps=train.eps),
+        optax.add_decayed_weights(train.weight_decay, mask),
+        optax.scale_by_learning_rate(schedule),
       ),
     )
   raise ValueError(

@@ -76,6 +76,9 @@ def train_config(
       optimizer=optimizer,  # 'lamb' | 'adamw'
       learning_rate=learning_rate,
       warmup_steps=warmup_steps,
+      # True: ALBERT's schedule, linear decay to 0 counted from step 0, the
+      # warmup overriding it; False: the decay starts after warmup.
+      decay_from_step_0=True,
       weight_decay=0.01,
       # Regexes searched in param paths ('encoder/layer/.../kernel'): matches
       # get neither weight decay nor LAMB's trust ratio (ALBERT's list).
@@ -83,6 +86,8 @@ def train_config(
       b1=0.9,
       b2=0.999,
       eps=1e-6,
+      # AdamW's moments bias-corrected (optax); False: not, as ALBERT's AdamW.
+      adamw_bias_correction=False,
       clip_norm=1.0,
       seed=0,
       log_every=log_every,
@@ -144,6 +149,15 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       short_seq_prob=0.1,
       max_ngram=3,
       sentence_objective='sop',  # 'sop' | 'nsp' | 'none'
+      # ALBERT's create_pretraining_data rules (the other value of each: this
+      # code's earlier rule): the short-sequence target drawn once per document;
+      short_seq_per_document=True,
+      # [CLS] and [SEP] counted in the masking budget;
+      num_to_predict_counts_specials=True,
+      # the 10 % random token drawn from the whole vocabulary;
+      random_token_includes_specials=True,
+      # pieces such as 's and n't start a word (True: continue the previous).
+      apostrophe_joins_word=False,
       seed=0,
       # Worker processes building batches; 0: in the training process.
       num_workers=0,
