@@ -139,14 +139,18 @@ def sbatch_script(
   account: str | None,
   job_name: str,
   repo_dir: str,
-  command: Sequence[str],
+  command: Sequence[str] = (),
   setup: str | None = None,
   cpus_per_task: int | None = None,
   exclusive: bool = False,
+  array: Sequence[Sequence[str]] = (),
 ) -> str:
   """An sbatch script running one process per GPU (see the module's
   docstring); `setup` (a shell line) runs first, and every task inherits
-  its environment."""
+  its environment. With `array` instead of `command`, a job array: array
+  task i runs `array[i]` (SLURM_ARRAY_TASK_ID), each task a job as above."""
+  if bool(command) == bool(array):
+    raise ValueError('give sbatch_script a command or an array of commands')
   options = [
     f'--job-name={job_name}',
     f'--nodes={nodes}',
@@ -156,8 +160,10 @@ def sbatch_script(
     '--signal=TERM@120',
     '--requeue',
     '--open-mode=append',
-    '--output=%x-%j.out',
+    # Array tasks: ARRAY-JOB_TASK, one log each.
+    '--output=%x-%A_%a.out' if array else '--output=%x-%j.out',
   ]
+  options += [f'--array=0-{len(array) - 1}'] if array else []
   options += [f'--cpus-per-task={cpus_per_task}'] if cpus_per_task else []
   options += ['--exclusive'] if exclusive else []
   options += [f'--partition={partition}'] if partition else []
@@ -179,5 +185,10 @@ def sbatch_script(
   if setup:
     # Unset variables allowed here: activation scripts (conda's) read some.
     lines += ['set +u', setup, 'set -u']
-  lines += [f'srun --kill-on-bad-exit=1 {shlex.join(command)}', '']
+  srun = lambda argv: f'srun --kill-on-bad-exit=1 {shlex.join(argv)}'
+  if not array:
+    return '\n'.join([*lines, srun(command), ''])
+  lines.append('case "$SLURM_ARRAY_TASK_ID" in')
+  lines += [f'  {i}) {srun(argv)} ;;' for i, argv in enumerate(array)]
+  lines += ['  *) echo "no command for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', 'esac', '']
   return '\n'.join(lines)

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 
 from albert_jax.config import check_sequence_fits
 from albert_jax.data import examples, pipeline
@@ -40,6 +41,7 @@ def evaluate(
   mesh: jax.sharding.Mesh,
   rules: mesh_lib.LogicalRules,
   objectives: Sequence[str] = OBJECTIVES,
+  outcomes: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, float]]:
   """Metrics per sentence objective over `num_batches` batches.
 
@@ -52,6 +54,9 @@ def evaluate(
     num_batches: batches per objective; 0: one pass over the examples
       (at least one batch).
     mesh, rules: where to run; params are placed by the logical rules.
+    outcomes: a dict to fill with each objective's per-example outcomes
+      (train_step.example_outcomes: mlm_correct, mlm_weight,
+      sentence_correct, each [examples]), for resampling examples.
   """
   check_sequence_fits(data.max_seq_length, pretrained.config)
   shards = mesh_lib.batch_shards(mesh, rules)
@@ -86,7 +91,10 @@ def evaluate(
       shuffle=False,
     )
     batches = iter(dataset)
-    metrics = run.evaluate(params, (next(batches) for _ in range(num_batches)))
+    per_example = None if outcomes is None else {}
+    metrics = run.evaluate(params, (next(batches) for _ in range(num_batches)), per_example)
+    if outcomes is not None:
+      outcomes[objective] = {k: np.concatenate(v) for k, v in per_example.items()}
     metrics['mlm_perplexity'] = math.exp(min(metrics['mlm_loss'], 700.0))
     results[objective] = metrics
   return results

@@ -4,12 +4,16 @@ its own sub-workdir, evaluated on held-out NSP and SOP examples, tabulated.
   python -m launch.sweep --sweep=experiments/ablations/sharing.py:tiny \
       --workdir=runs/sharing --config.train.num_steps=1200 --seeds=0,1
   python -m launch.sweep --report=runs/sharing        # rebuild the report
+  python -m launch.sweep --sweep=experiments/ablations/sharing.py:tiny \
+      --workdir=runs/sharing --seeds=0,1,2 --only=E64-all,E64-none
   python -m launch.sweep --sweep=experiments/ablations/sharing.py:base \
       --workdir=/shared/sharing --emit=slurm --nodes=4 > submit.sh
 
---config.KEY=VALUE applies to every run. Rerunning skips finished runs and
-resumes the others; a failed run is reported and the others still run.
-Writes DIR/results.csv, results.md, mlm_accuracy.png and params.png.
+--config.KEY=VALUE applies to every run; --only=VARIANT,... runs or emits
+those variants' runs (the report still lists the whole sweep). Rerunning
+skips finished runs and resumes the others; a failed run is reported and the
+others still run. Writes DIR/results.csv, results.md (with the paired
+comparisons of the paper's findings), mlm_accuracy.png and params.png.
 """
 
 import os
@@ -37,8 +41,9 @@ _SEEDS = flags.DEFINE_list(
 _EVAL_BATCHES = flags.DEFINE_integer(
   'eval_batches',
   0,
-  'Batches per objective of the final evaluation; 0: one pass over the held-out examples.',
+  "Batches per objective of the final evaluation; 0: the run's train.eval_steps.",
 )
+_ONLY = flags.DEFINE_list('only', [], 'Run or emit only these variants (default: all).')
 _EMIT = flags.DEFINE_enum(
   'emit', None, emit.TARGETS, 'Print a bash script of launch commands instead of running.'
 )
@@ -70,13 +75,14 @@ def _main() -> int:
   if not all(seed.isdigit() for seed in _SEEDS.value):
     raise SweepError(f'--seeds={",".join(_SEEDS.value)}: give integers, e.g. 0,1,2')
   overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
-  plan = plan_lib.make_plan(
+  whole = plan_lib.make_plan(
     variants.load_sweep(_SWEEP.value),
     _SWEEP.value,
     overrides,
     [int(s) for s in _SEEDS.value],
     config_file=_CONFIG_FILE,
   )
+  plan = whole.only(_ONLY.value)
   if _EMIT.value:
     script = emit.emit(
       plan,
@@ -85,16 +91,18 @@ def _main() -> int:
       emit.Cluster(
         _NODES.value, _GPUS.value, _TIME.value, _PARTITION.value, _TPU.value, _ZONE.value
       ),
+      eval_batches=_EVAL_BATCHES.value,
     )
-    plan.save(_WORKDIR.value)  # For --report.
+    whole.save(_WORKDIR.value)  # For --report.
     print(script, end='')
     return 0
   root = os.path.abspath(_WORKDIR.value)
+  whole.save(root)
   outcomes = runner.run_plan(
     plan, root, flags.FLAGS.config, pretrain=_PRETRAIN, cwd=_REPO, eval_batches=_EVAL_BATCHES.value
   )
-  if report.collect(plan, root):
-    print('\n'.join(report.write_report(plan, root)))
+  if report.collect(whole, root):
+    print('\n'.join(report.write_report(whole, root)))
   bad = [o for o in outcomes if o.status in ('failed', 'stopped')]
   print(
     f'{len(outcomes) - len(bad)} of {len(plan.runs)} runs finished'

@@ -15,7 +15,7 @@ from typing import Any
 
 from albert_jax.cluster import pretrain_command
 from albert_jax.errors import SweepError
-from albert_jax.sweep.variants import Sweep
+from albert_jax.sweep.variants import Comparison, Sweep
 
 PLAN_FILE = 'sweep.json'
 
@@ -38,6 +38,21 @@ class Plan:
   config: str  # 'experiments/configs/pretrain.py:PRESET'.
   base_overrides: tuple[str, ...]  # '--config.train.num_steps=20', ...
   runs: tuple[Run, ...]
+  comparisons: tuple[Comparison, ...] = ()  # The sweep's, for the report.
+
+  def only(self, variants: Sequence[str]) -> 'Plan':
+    """The plan of the runs of `variants` (all when empty), e.g. to run or
+    emit part of a sweep; unknown names are refused."""
+    known = list(dict.fromkeys(run.variant for run in self.runs))
+    unknown = [v for v in variants if v not in known]
+    if unknown:
+      raise SweepError(
+        f'--only: no variant {unknown[0]!r} in the {self.name} sweep: '
+        f'choose from {", ".join(known)}'
+      )
+    if not variants:
+      return self
+    return dataclasses.replace(self, runs=tuple(r for r in self.runs if r.variant in variants))
 
   def command(self, run: Run, root: str, *, distributed: bool = False) -> list[str]:
     """`python -m launch.pretrain ...` of `run`, working in `root`/RUN: what
@@ -112,6 +127,7 @@ def make_plan(
     config=f'{config_file}:{sweep.preset}',
     base_overrides=tuple(base_overrides),
     runs=tuple(runs),
+    comparisons=sweep.comparisons,
   )
 
 
@@ -126,7 +142,13 @@ def load_plan(root: str) -> Plan:
     with open(path) as f:
       saved = json.load(f)
     runs = tuple(Run(**run) for run in saved.pop('runs'))
-    return Plan(**{**saved, 'base_overrides': tuple(saved['base_overrides'])}, runs=runs)
+    # Absent from the plans of sweeps before the report compared variants.
+    comparisons = tuple(Comparison(**c) for c in saved.pop('comparisons', ()))
+    return Plan(
+      **{**saved, 'base_overrides': tuple(saved['base_overrides'])},
+      runs=runs,
+      comparisons=comparisons,
+    )
   except (ValueError, TypeError, KeyError) as e:
     raise SweepError(
       f'{path} is not a sweep plan ({e}): rerun the sweep with --workdir=' + root

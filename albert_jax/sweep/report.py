@@ -2,14 +2,22 @@
 
   results.csv       one row per finished run
   results.md        the paper's table layout: row groups and rows per
-                    variant, mean ± standard deviation over seeds
-  mlm_accuracy.png  held-out MLM accuracy against steps, per finished run
-                    (the trainer's eval_ records of metrics.jsonl: examples
-                    of the run's own sentence objective)
-  params.png        final held-out MLM accuracy against backbone parameters
+                    variant, mean ± standard deviation over seeds; then each
+                    finding of the paper the sweep tests (variants.Comparison)
+                    as a paired difference with its 95 % confidence interval
+                    (albert_jax.sweep.stats) and a verdict
+  mlm_accuracy.png  held-out MLM accuracy against steps, per variant: the
+                    mean over seeds, a band from the lowest to the highest
+                    seed, a marker at every evaluation
+  params.png        final held-out MLM accuracy against backbone parameters,
+                    per variant: the mean over seeds, bars from lowest to
+                    highest
 
 The MLM columns are measured on the SOP examples (both segments from one
-document) for every run, so that runs of any sentence objective compare.
+document) for every run, so that runs of any sentence objective compare. The
+table, the comparisons and the last point of every curve read one number per
+run, `results.mlm_accuracy` (the earlier points of a curve are the trainer's
+evaluations: see albert_jax.sweep.results).
 """
 
 import csv
@@ -18,10 +26,12 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from albert_jax.errors import SweepError
-from albert_jax.sweep import results
+from albert_jax.sweep import results, stats, variants
 from albert_jax.sweep.plan import Plan
 
 COLUMNS = (
@@ -72,7 +82,7 @@ def collect(plan: Plan, root: str) -> list[dict[str, Any]]:
         steps=result['step'],
         params=result['params'],
         mlm_loss=sop['mlm_loss'],
-        mlm_accuracy=sop['mlm_accuracy'],
+        mlm_accuracy=results.mlm_accuracy(result),
         nsp_accuracy=nsp['nsp_accuracy'],
         sop_accuracy=sop['sop_accuracy'],
         eval_examples=int(sop['examples']),
@@ -98,6 +108,7 @@ def write_report(plan: Plan, root: str) -> list[str]:
     writer.writerows(rows)
   with open(paths[1], 'w') as f:
     f.write(markdown_table(plan, rows))
+    f.write(comparison_table(plan, root))
   _plot_curves(plan, root, {row['run'] for row in rows}, paths[2])
   _plot_params(plan, rows, paths[3])
   return paths
@@ -157,54 +168,174 @@ def _cell(values: list[Any], fmt: str | None) -> str:
   return f'{mean} ± {fmt.format(statistics.stdev(values) * scale)}'
 
 
+_METRIC_NAMES = {
+  'mlm': 'MLM acc. (SOP examples)',
+  'sop': 'sentence head on SOP',
+  'nsp': 'sentence head on NSP',
+}
+
+
+def comparison_table(plan: Plan, root: str) -> str:
+  """The sweep's comparisons, one row each: the paired difference of the
+  finished, evaluated runs of the two variants (points), its interval, the
+  seeds it pairs and the verdict on the paper's direction; '' without any."""
+  if not plan.comparisons:
+    return ''
+  lines = [
+    '',
+    f"#### The paper's findings: paired differences, {stats.CONFIDENCE:.0%} CI",
+    '',
+    'Each difference is first variant minus second, in accuracy points, over the seeds '
+    'both have finished (same seed: same data order and held-out examples); its interval '
+    "is a bootstrap over seeds and held-out examples. Verdict on the paper's direction "
+    f'(first ahead): reproduced / not reproduced / inconclusive (CI spans 0, or fewer than '
+    f'{stats.MIN_SEEDS} seeds).',
+    '',
+    '| comparison | measured | paper | difference | CI | seeds × examples | verdict |',
+    '|---|---|---|---:|---:|---:|---|',
+  ]
+  by_variant = {run.variant: run for run in plan.runs}
+  for comparison in plan.comparisons:
+    ahead, behind = by_variant.get(comparison.ahead), by_variant.get(comparison.behind)
+    if ahead is None or behind is None:
+      continue  # Not in this plan (e.g. an older sweep.json).
+    if ahead.group == behind.group:
+      name = f'{ahead.label} − {behind.label} ({ahead.group})'
+    else:
+      name = f'{ahead.group} {ahead.label} − {behind.group} {behind.label}'
+    cells = [name, _METRIC_NAMES[comparison.metric], comparison.paper]
+    try:
+      paired = _paired(plan, root, comparison)
+    except SweepError as e:
+      cells += ['n/a', '', '', str(e)]
+    else:
+      cells += [
+        f'{100 * paired.difference:+.2f}',
+        f'[{100 * paired.low:+.2f}, {100 * paired.high:+.2f}]',
+        f'{paired.seeds} × {paired.examples}',
+        stats.verdict(paired),
+      ]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def _paired(plan: Plan, root: str, comparison: variants.Comparison) -> stats.Paired:
+  """The comparison's paired difference over the seeds whose runs of both
+  variants have per-example outcomes; SweepError (a table cell) when none."""
+  objective, kind = variants.METRICS[comparison.metric]
+  runs = {(run.variant, run.seed): run.name for run in plan.runs}
+  correct_a, correct_b, weights = [], [], []
+  for (variant, seed), name in runs.items():
+    other = runs.get((comparison.behind, seed))
+    if variant != comparison.ahead or other is None:
+      continue
+    a, b = (results.read_outcomes(os.path.join(root, n)) for n in (name, other))
+    if a is None or b is None:
+      continue
+    if kind == 'mlm':
+      weight = a[f'{objective}_mlm_weight']
+      # The same masks in both runs, or the pairing is broken.
+      if not np.array_equal(weight, b[f'{objective}_mlm_weight']):
+        raise SweepError(f'not paired: {name} and {other} were evaluated on different examples')
+    else:
+      weight = np.ones_like(a[f'{objective}_sentence_correct'])
+    correct_a.append(a[f'{objective}_{kind}_correct'])
+    correct_b.append(b[f'{objective}_{kind}_correct'])
+    weights.append(weight)
+  if not weights:
+    raise SweepError('no seed with both runs evaluated')
+  try:
+    return stats.paired_difference(correct_a, correct_b, weights)
+  except ValueError:
+    raise SweepError('not paired: the runs were evaluated on different examples') from None
+
+
+def _variant_runs(plan: Plan, finished: set[str]) -> dict[str, list[Any]]:
+  """The finished runs of each variant, variants in the plan's order."""
+  by_variant = {}
+  for run in plan.runs:
+    if run.name in finished:
+      by_variant.setdefault(run.variant, []).append(run)
+  return by_variant
+
+
 def _plot_curves(plan: Plan, root: str, finished: set[str], path: str) -> None:
-  figure = Figure(figsize=(7, 4.5), layout='constrained')
+  figure = Figure(figsize=(8, 5), layout='constrained')
   axes = figure.subplots()
   colors = _colors(plan)
-  labelled = set()
-  for run in plan.runs:
-    if run.name not in finished:
-      continue
-    records = [
-      r for r in results.read_metrics(os.path.join(root, run.name)) if 'eval_mlm_accuracy' in r
-    ]
-    if not records:
-      continue
-    label = None if run.variant in labelled else f'{run.group} {run.label}'
-    labelled.add(run.variant)
+  steps_seen = set()
+  for variant, runs in _variant_runs(plan, finished).items():
+    curves = []
+    for run in runs:
+      workdir = os.path.join(root, run.name)
+      curves.append(dict(results.mlm_curve(workdir, results.read_result(workdir))))
+    # The steps every seed evaluated at, so that mean and band are over all.
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    values = 100 * np.array([[c[step] for step in steps] for c in curves])
+    steps_seen.update(steps)
     axes.plot(
-      [r['step'] for r in records],
-      [100 * r['eval_mlm_accuracy'] for r in records],
-      color=colors[run.variant],
-      label=label,
-      alpha=0.8,
+      steps,
+      values.mean(0),
+      marker='o',
+      color=colors[variant],
+      label=f'{runs[0].group} {runs[0].label}' + _seeds(len(runs)),
     )
-  axes.set(xlabel='step', ylabel='held-out MLM accuracy (%)', title=f'{plan.name}: {plan.title}')
-  if labelled:
-    axes.legend(fontsize='small')
+    if len(runs) > 1:
+      axes.fill_between(steps, values.min(0), values.max(0), color=colors[variant], alpha=0.15)
+  axes.set(
+    xlabel='step',
+    ylabel='held-out MLM accuracy (%)',
+    title=f'{plan.name}: {plan.title}',
+  )
+  if 0 < len(steps_seen) <= 12:
+    axes.set_xticks(sorted(steps_seen))
+  else:
+    axes.xaxis.set_major_locator(ticker.MaxNLocator(10, integer=True))
+  _finish(axes, 'mean over seeds; band: lowest to highest seed')
   figure.savefig(path, dpi=100)
 
 
 def _plot_params(plan: Plan, rows: Sequence[dict[str, Any]], path: str) -> None:
-  figure = Figure(figsize=(7, 4.5), layout='constrained')
+  figure = Figure(figsize=(8, 5), layout='constrained')
   axes = figure.subplots()
   colors = _colors(plan)
   for variant in dict.fromkeys(row['variant'] for row in rows):
     mine = [row for row in rows if row['variant'] == variant]
-    axes.scatter(
-      [row['params'] for row in mine],
-      [100 * row['mlm_accuracy'] for row in mine],
+    accuracy = 100 * np.array([row['mlm_accuracy'] for row in mine])
+    mean = accuracy.mean()
+    axes.errorbar(
+      [mine[0]['params']],
+      [mean],
+      yerr=[[mean - accuracy.min()], [accuracy.max() - mean]],
+      fmt='o',
+      capsize=4,
       color=colors[variant],
-      label=f'{mine[0]["group"]} {mine[0]["label"]}',
+      label=f'{mine[0]["group"]} {mine[0]["label"]}' + _seeds(len(mine)),
     )
   axes.set_xscale('log')
+  # Parameter counts as '0.25M' on major and minor ticks: a sweep spans
+  # less than a decade, where a log axis has one labelled tick or none.
+  millions = ticker.FuncFormatter(lambda x, _: f'{x / 1e6:.3g}M')
+  axes.xaxis.set_major_formatter(millions)
+  axes.xaxis.set_minor_formatter(millions)
+  axes.tick_params(axis='x', which='minor', labelsize='small')
   axes.set(
     xlabel='backbone parameters',
     ylabel='held-out MLM accuracy (%)',
     title=f'{plan.name}: accuracy against parameters',
   )
-  axes.legend(fontsize='small')
+  _finish(axes, 'mean over seeds; bars: lowest to highest seed')
   figure.savefig(path, dpi=100)
+
+
+def _seeds(count: int) -> str:
+  return f' ({count} seeds)' if count > 1 else ''
+
+
+def _finish(axes: Any, band: str) -> None:
+  axes.yaxis.set_major_formatter(ticker.FormatStrFormatter('%.1f'))
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize='small', title=band, title_fontsize='small')
 
 
 def _colors(plan: Plan) -> dict[str, Any]:

@@ -5,12 +5,25 @@ sweep_result.json so that reports rebuild from the sub-workdirs alone.
   eval           held-out metrics of albert_jax.evaluate, on SOP examples and
                  on NSP examples, whatever the run trained on
   step_time, tokens_per_sec   medians over the run's logged training records
+
+and beside it sweep_outcomes.npz, the per-example outcomes of that
+evaluation ('sop_mlm_correct', 'sop_mlm_weight', 'sop_sentence_correct',
+'nsp_...'), from which the report's confidence intervals resample examples.
+
+The held-out MLM accuracy of a run is the final evaluation's, on the SOP
+examples: the report's table and the last point of its curve both read it
+(`mlm_curve`). By default the evaluation takes the run's train.eval_steps
+batches, the examples of the trainer's own evaluation, so that for a SOP run
+the curve's earlier points (the trainer's eval_ records) measure the same
+examples.
 """
 
 import json
 import os
 import statistics
 from typing import Any
+
+import numpy as np
 
 from albert_jax import evaluate, model_path
 from albert_jax.data import pipeline
@@ -21,6 +34,7 @@ from albert_jax.train import mesh as mesh_lib
 from albert_jax.train.config import PretrainConfig
 
 RESULT_FILE = 'sweep_result.json'
+OUTCOMES_FILE = 'sweep_outcomes.npz'
 METRICS_FILE = 'metrics.jsonl'
 
 
@@ -56,10 +70,37 @@ def read_result(workdir: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
+def read_outcomes(workdir: str) -> dict[str, np.ndarray] | None:
+  """The per-example outcomes of the run's final evaluation; None when the
+  run has none (not evaluated, or evaluated before they were kept)."""
+  path = os.path.join(workdir, OUTCOMES_FILE)
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as saved:
+    return dict(saved)
+
+
+def mlm_accuracy(result: dict[str, Any]) -> float:
+  """The run's held-out MLM accuracy: the final evaluation's, on the SOP
+  examples (those of every run, whatever its objective)."""
+  return result['eval']['sop']['mlm_accuracy']
+
+
+def mlm_curve(workdir: str, result: dict[str, Any]) -> list[tuple[int, float]]:
+  """(step, held-out MLM accuracy) of every evaluation of the run: the
+  trainer's eval_ records before the final step, then `mlm_accuracy` at it."""
+  curve = [
+    (r['step'], r['eval_mlm_accuracy'])
+    for r in read_metrics(workdir)
+    if 'eval_mlm_accuracy' in r and r['step'] < result['step']
+  ]
+  return [*dict(curve).items(), (result['step'], mlm_accuracy(result))]
+
+
 def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
   """Evaluates the latest checkpoint of the run in `workdir` on its held-out
-  documents (`num_batches` per objective, 0: one pass) and writes
-  sweep_result.json; returns the result."""
+  documents (`num_batches` per objective, 0: the run's train.eval_steps) and
+  writes sweep_outcomes.npz and sweep_result.json; returns the result."""
   restored = model_path.restore_run(workdir)
   pretrained, config = restored.pretrained, restored.run_config
   held_out = pipeline.load_corpus(config.data, pretrained.tokenizer).eval
@@ -68,14 +109,21 @@ def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
       f'{workdir} holds no held-out documents to evaluate on: '
       'keep data.eval_documents > 0 or set data.eval_source'
     )
+  outcomes = {}
   metrics = evaluate.evaluate(
     pretrained,
     held_out,
     config.data,
     batch_size=config.train.batch_size,
-    num_batches=num_batches,
+    num_batches=num_batches or config.train.eval_steps,
     mesh=mesh_lib.make_mesh({'data': -1}),
     rules=config.sharding_rules,
+    outcomes=outcomes,
+  )
+  # Before the result, which marks the run evaluated.
+  np.savez(
+    os.path.join(workdir, OUTCOMES_FILE),
+    **{f'{objective}_{key}': v for objective, o in outcomes.items() for key, v in o.items()},
   )
   records = [r for r in read_metrics(workdir) if r.get('step_time')]
   result = {

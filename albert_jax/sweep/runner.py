@@ -46,19 +46,19 @@ def run_plan(
   """Runs every run of `plan` not finished yet in `root`/RUN.
 
   Args:
-    plan: the sweep's runs; saved to `root`/sweep.json first.
+    plan: the runs to run (the caller saves the whole sweep's plan to
+      `root`/sweep.json first: see `Plan.only`).
     root: absolute sweep directory.
     base_config: the preset with the base overrides applied (each run's
       config is it with the run's overrides).
     pretrain: the command starting a pretraining process, to which each
       run's flags are added (e.g. [sys.executable, '-m', 'launch.pretrain']).
     cwd: where it runs (the plan's config path is relative to it).
-    eval_batches: batches per objective of the final evaluation, 0: one pass
-      over the held-out examples.
+    eval_batches: batches per objective of the final evaluation, 0: the
+      run's train.eval_steps.
     echo: where the runs' console lines go.
   Returns: one outcome per run, up to the first 'stopped' (after a SIGTERM).
   """
-  plan.save(root)
   stop = _StopOnSigterm(cwd)
   outcomes = []
   try:
@@ -116,8 +116,9 @@ def _run_one(
 
 def evaluate_unevaluated(plan: Plan, root: str, *, eval_batches: int) -> None:
   """Evaluates each finished run of `plan` (its checkpoint at the step its
-  config.json ends at) that has no result of that step yet: runs launched by
-  `--emit` commands."""
+  config.json ends at) that has no result of that step yet (runs launched by
+  `--emit` commands), or no per-example outcomes (evaluated before they were
+  kept)."""
   for run in plan.runs:
     workdir = os.path.join(root, run.name)
     step, result = results.final_step(workdir), results.read_result(workdir)
@@ -126,7 +127,7 @@ def evaluate_unevaluated(plan: Plan, root: str, *, eval_batches: int) -> None:
       step is not None
       and config is not None
       and step == config.train.num_steps
-      and (result is None or result['step'] != step)
+      and (result is None or result['step'] != step or results.read_outcomes(workdir) is None)
     ):
       try:
         results.evaluate_run(workdir, num_batches=eval_batches)

@@ -13,8 +13,18 @@ from typing import Any
 
 from albert_jax.errors import SweepError
 
-# The scales a sweep file answers: this CPU, and the paper's ALBERT-base.
-SCALES = ('tiny', 'base')
+# The scales a sweep file answers, presets of experiments/configs/pretrain.py:
+# tiny and mini for this CPU (H = 64, a few minutes a run; H = 256, <= 15
+# minutes a run), and the paper's ALBERT-base for accelerators.
+SCALES = ('tiny', 'mini', 'base')
+# What a comparison measures, on the held-out examples of albert_jax.evaluate:
+# MLM accuracy on the SOP examples (every run, whatever its objective), or the
+# sentence head's accuracy on the SOP or the NSP examples.
+METRICS = {
+  'mlm': ('sop', 'mlm'),
+  'sop': ('sop', 'sentence'),
+  'nsp': ('nsp', 'sentence'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +38,24 @@ class Variant:
 
 
 @dataclasses.dataclass(frozen=True)
+class Comparison:
+  """A finding of the paper as a paired difference between two variants:
+  `ahead` minus `behind` on `metric` (a key of METRICS), which the paper
+  finds positive."""
+
+  ahead: str  # Variant names.
+  behind: str
+  metric: str
+  paper: str  # What the paper reports, e.g. 'Table 4: not-shared ahead'.
+
+
+@dataclasses.dataclass(frozen=True)
 class Sweep:
   name: str  # e.g. 'sharing'.
   title: str  # The paper's table it follows.
   preset: str  # Of experiments/configs/pretrain.py: the scale.
   variants: tuple[Variant, ...]
+  comparisons: tuple[Comparison, ...] = ()
 
 
 def check_scale(scale: str) -> None:
@@ -61,4 +84,11 @@ def load_sweep(spec: str) -> Sweep:
   names = [v.name for v in sweep.variants]
   if len(set(names)) != len(names):
     raise SweepError(f'{path}: variant names repeat: {", ".join(names)}')
+  for comparison in sweep.comparisons:
+    unknown = {comparison.ahead, comparison.behind} - set(names)
+    if unknown or comparison.metric not in METRICS:
+      raise SweepError(
+        f'{path}: comparison {comparison.ahead} vs {comparison.behind} on '
+        f'{comparison.metric!r} names no variant or metric of the sweep'
+      )
   return sweep

@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from albert_jax.data import pipeline
@@ -40,6 +41,9 @@ class Run:
   train_step: Callable[..., tuple[step_lib.TrainState, step_lib.Metrics]] | None
   # (params, global batch) -> the objective's float32 sums.
   eval_step: Callable[[Any, step_lib.Batch], step_lib.Metrics]
+  # (params, global batch) -> (eval_step's sums, per-example outcomes [B]);
+  # None when the objective defines no outcomes.
+  outcome_step: Callable[[Any, step_lib.Batch], tuple[step_lib.Metrics, step_lib.Metrics]] | None
   flops_per_example: float  # Model FLOPs of one example's train step.
   tokens_per_example: int
 
@@ -51,12 +55,25 @@ class Run:
     """`params` (host or device arrays) laid out on the mesh as the run's."""
     return jax.device_put(params, self.initial.shardings.params)
 
-  def evaluate(self, params: Any, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """The objective's metrics summed over this process's `batches`."""
+  def evaluate(
+    self,
+    params: Any,
+    batches: Iterable[dict[str, Any]],
+    outcomes: dict[str, list[np.ndarray]] | None = None,
+  ) -> dict[str, float]:
+    """The objective's metrics summed over this process's `batches`; with
+    `outcomes` (a dict, filled), also each global batch's per-example
+    outcomes, appended per key as host arrays."""
     sums = None
     with mesh_lib.activate(self.mesh, self.rules):
       for local in batches:
-        batch_sums = self.eval_step(params, pipeline.make_global_batch(local, self.batch_sharding))
+        batch = pipeline.make_global_batch(local, self.batch_sharding)
+        if outcomes is None:
+          batch_sums = self.eval_step(params, batch)
+        else:
+          batch_sums, per_example = self.outcome_step(params, batch)
+          for key, value in jax.device_get(per_example).items():
+            outcomes.setdefault(key, []).append(np.asarray(value))
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     metrics = jax.device_get(self.objective.summarize(sums))
     return {**{k: float(v) for k, v in metrics.items()}, 'examples': float(sums['examples'])}
@@ -106,11 +123,7 @@ def assemble(
       out_shardings=(initial.shardings, replicated),
       donate_argnums=0,
     )
-  eval_step = jax.jit(
-    functools.partial(step_lib.eval_step, objective=objective),
-    in_shardings=(initial.shardings.params, batch_sharding),
-    out_shardings=replicated,
-  )
+  eval_step, outcome_step = _eval_steps(objective, initial, batch_sharding, replicated)
   return Run(
     mesh=mesh,
     rules=rules,
@@ -119,9 +132,34 @@ def assemble(
     initial=initial,
     train_step=train_step,
     eval_step=eval_step,
+    outcome_step=outcome_step,
     flops_per_example=flops_per_example,
     tokens_per_example=tokens_per_example,
   )
+
+
+def _eval_steps(
+  objective: step_lib.Objective,
+  initial: state_lib.InitialState,
+  batch_sharding: jax.sharding.NamedSharding,
+  replicated: jax.sharding.NamedSharding,
+) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+  """The jitted eval step, and the outcome step of an objective with outcomes."""
+  in_shardings = (initial.shardings.params, batch_sharding)
+  eval_step = jax.jit(
+    functools.partial(step_lib.eval_step, objective=objective),
+    in_shardings=in_shardings,
+    out_shardings=replicated,
+  )
+  if not hasattr(objective, 'outcomes'):
+    return eval_step, None
+  # Replicated: every process gets all of a batch's outcomes.
+  outcome_step = jax.jit(
+    functools.partial(step_lib.outcome_step, objective=objective),
+    in_shardings=in_shardings,
+    out_shardings=(replicated, replicated),
+  )
+  return eval_step, outcome_step
 
 
 def _optimizer(

@@ -71,6 +71,20 @@ def loss_sums(outputs: Mapping[str, jax.Array], batch: Batch) -> Metrics:
   }
 
 
+def example_outcomes(outputs: Mapping[str, jax.Array], batch: Batch) -> Metrics:
+  """Per-example [B] float32 outcomes of `loss_sums`' hits: mlm_correct and
+  mlm_weight (its real predictions) and sentence_correct (0 or 1), from which
+  a report resamples examples (albert_jax.sweep.stats)."""
+  weights = batch['masked_lm_weights'].astype(jnp.float32)
+  mlm_hit = jnp.argmax(outputs['mlm_logits'], -1) == batch['masked_lm_ids']
+  sentence_hit = jnp.argmax(outputs['sentence_logits'], -1) == batch['sentence_order_label']
+  return {
+    'mlm_correct': jnp.sum(weights * mlm_hit, -1),
+    'mlm_weight': jnp.sum(weights, -1),
+    'sentence_correct': sentence_hit.astype(jnp.float32),
+  }
+
+
 def summarize(sums: Mapping[str, jax.Array], sentence_objective: str) -> Metrics:
   """Losses and accuracies from `loss_sums` (summed over any number of batches).
 
@@ -92,7 +106,9 @@ def summarize(sums: Mapping[str, jax.Array], sentence_objective: str) -> Metrics
 
 
 class Objective(Protocol):
-  """A model and its loss, as the train and eval steps see them."""
+  """A model and its loss, as the train and eval steps see them. One may also
+  define `outcomes(params, batch)`: `sums(params, batch, None)` and per-example
+  [B] outcomes from one forward pass, for `outcome_step`."""
 
   def sums(self, params: Any, batch: Batch, dropout_rng: jax.Array | None) -> Metrics:
     """Float32 scalar sums over the examples of `batch` (None: no dropout)."""
@@ -115,7 +131,14 @@ class PretrainingObjective:
   sentence_objective: str
 
   def sums(self, params: Any, batch: Batch, dropout_rng: jax.Array | None) -> Metrics:
-    outputs = self.model.apply(
+    return loss_sums(self._outputs(params, batch, dropout_rng), batch)
+
+  def outcomes(self, params: Any, batch: Batch) -> tuple[Metrics, Metrics]:
+    outputs = self._outputs(params, batch, None)
+    return loss_sums(outputs, batch), example_outcomes(outputs, batch)
+
+  def _outputs(self, params: Any, batch: Batch, dropout_rng: jax.Array | None) -> Metrics:
+    return self.model.apply(
       {'params': params},
       batch['input_ids'],
       batch['input_mask'],
@@ -124,7 +147,6 @@ class PretrainingObjective:
       deterministic=dropout_rng is None,
       rngs=None if dropout_rng is None else {'dropout': dropout_rng},
     )
-    return loss_sums(outputs, batch)
 
   def normalizers(self, batch: Batch) -> Metrics:
     return {
@@ -213,3 +235,9 @@ def train_step(
 def eval_step(params: Any, batch: Batch, *, objective: Objective) -> Metrics:
   """`objective.sums` of one global eval batch (deterministic, no dropout)."""
   return objective.sums(params, batch, None)
+
+
+def outcome_step(params: Any, batch: Batch, *, objective: Objective) -> tuple[Metrics, Metrics]:
+  """`eval_step`'s sums and the per-example outcomes of one global eval batch,
+  for objectives that define `outcomes` (pretraining)."""
+  return objective.outcomes(params, batch)

@@ -1,6 +1,7 @@
 """Pretraining presets: `--config=experiments/configs/pretrain.py:NAME`.
 
-NAME is one of: tiny (a few minutes on a 2-core CPU), base, large, xlarge,
+NAME is one of: tiny (a few minutes on a 2-core CPU), mini (the ablations'
+CPU scale: H = 256, about 15 minutes on a 2-core CPU), base, large, xlarge,
 xxlarge (ALBERT v2 shapes), bert_base, bert_large (E = H, nothing shared; for
 comparison).
 Every key can be overridden on the command line, e.g.
@@ -14,6 +15,7 @@ from albert_jax.train import mesh as mesh_lib
 # name: (hidden, layers, heads, intermediate, embedding, sharing)
 _SIZES = {
   'tiny': (64, 4, 4, 256, 32, 'all'),
+  'mini': (256, 4, 4, 1024, 128, 'all'),
   'base': (768, 12, 12, 3072, 128, 'all'),
   'large': (1024, 24, 16, 4096, 128, 'all'),
   'xlarge': (2048, 24, 16, 8192, 128, 'all'),
@@ -23,10 +25,27 @@ _SIZES = {
 }
 
 
+# The run settings of the CPU presets; every other preset takes ALBERT's
+# (sequence 512, batch 4096, 125k steps). mini is sized to one run of <= 15
+# minutes on a 2-core CPU: its worst sweep variant (E = 256) is ~1.8e13
+# training + evaluation FLOPs (albert_jax.flops), which at the ~2.2e10 FLOP/s
+# the tiny preset reaches on that CPU is ~790 s, less at H = 256's larger
+# matmuls, leaving ~100 s to start and compile (tests/test_sweep.py checks).
+# Fields: held-out documents, vocabulary pieces, batch, steps, LAMB learning
+# rate, warmup, log_every, eval_every, eval_steps, checkpoint_every.
+_SMALL = {
+  'tiny': (16, 2000, 16, 600, 2e-2, 60, 20, 200, 4, 200),
+  # Over a real corpus (thousands of documents): more held-out documents, so
+  # that the evaluation's 256 examples per objective are mostly distinct.
+  'mini': (100, 8000, 32, 180, 1e-2, 20, 10, 60, 8, 60),
+}
+_LARGE = (10000, 30000, 4096, 125000, 0.00176, 3125, 100, 5000, 50, 5000)
+
+
 def model_config(name: str) -> ml_collections.ConfigDict:
   """The `config.model` block of preset `name`."""
   hidden, layers, heads, ffn, embedding, sharing = _SIZES[name]
-  tiny = name == 'tiny'
+  small = name in _SMALL
   return ml_collections.ConfigDict(
     dict(
       # Embedding rows; 0: the run's vocabulary's size (with init_from, that
@@ -43,7 +62,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
       hidden_act='gelu_new',
       hidden_dropout_prob=0.0,
       attention_dropout_prob=0.0,
-      max_position_embeddings=128 if tiny else 512,
+      max_position_embeddings=128 if small else 512,
       type_vocab_size=2,
       layer_norm_eps=1e-12,
       initializer_range=0.02,
@@ -121,7 +140,19 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   """Returns the full pretraining config of preset `arg`."""
   if arg not in _SIZES:
     raise ValueError(f'unknown preset {arg!r}: choose one of {", ".join(_SIZES)}')
-  tiny = arg == 'tiny'
+  small = arg in _SMALL
+  (
+    eval_documents,
+    vocab_size,
+    batch_size,
+    num_steps,
+    learning_rate,
+    warmup_steps,
+    log_every,
+    eval_every,
+    eval_steps,
+    checkpoint_every,
+  ) = _SMALL.get(arg, _LARGE)
   config = ml_collections.ConfigDict()
   config.preset = arg
   config.model = model_config(arg)
@@ -134,16 +165,16 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       # Held-out data for evaluation; empty: the last `eval_documents` documents
       # of `source` are held out and never trained on (0: no evaluation).
       eval_source='',
-      eval_documents=16 if tiny else 10000,
+      eval_documents=eval_documents,
       # SentencePiece model directory; empty: prepared data's own, else one
       # trained on the training documents into WORKDIR/vocab.
       vocab='',
       # Pieces of a tokenizer trained for the run (fewer on a small corpus),
       # when model.vocab_size is 0; a set model.vocab_size is the target then.
-      vocab_size=2000 if tiny else 30000,
+      vocab_size=vocab_size,
       # Normalisation of a tokenizer trained here; a loaded one keeps its own.
       lowercase=True,
-      max_seq_length=128 if tiny else 512,
+      max_seq_length=128 if small else 512,
       max_predictions_per_seq=20,
       masked_lm_prob=0.15,
       short_seq_prob=0.1,
@@ -167,17 +198,17 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   )
 
   config.train = train_config(
-    batch_size=16 if tiny else 4096,
-    num_steps=600 if tiny else 125000,
+    batch_size=batch_size,
+    num_steps=num_steps,
     optimizer='lamb',
-    # LAMB's step is relative to each weight's norm: a tiny model takes a large one.
-    learning_rate=2e-2 if tiny else 0.00176,
-    warmup_steps=60 if tiny else 3125,
-    log_every=20 if tiny else 100,
-    eval_every=200 if tiny else 5000,
-    eval_steps=4 if tiny else 50,
+    # LAMB's step is relative to each weight's norm: a small model takes a large one.
+    learning_rate=learning_rate,
+    warmup_steps=warmup_steps,
+    log_every=log_every,
+    eval_every=eval_every,
+    eval_steps=eval_steps,
   )
-  add_run_blocks(config, checkpoint_every=200 if tiny else 5000, checkpoint_keep=3)
+  add_run_blocks(config, checkpoint_every=checkpoint_every, checkpoint_keep=3)
 
   # A directory written by `launch.export` (flax format): start from its params.
   config.init_from = ''
