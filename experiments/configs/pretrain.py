@@ -166,8 +166,9 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       # of `source` are held out and never trained on (0: no evaluation).
       eval_source='',
       eval_documents=eval_documents,
-      # SentencePiece model directory; empty: prepared data's own, else one
-      # trained on the training documents into WORKDIR/vocab.
+      # Tokenizer directory (spiece.model, tokenizer.json or vocab.txt); empty:
+      # prepared data's own, else one trained on the training documents into
+      # WORKDIR/vocab.
       vocab='',
       # Pieces of a tokenizer trained for the run (fewer on a small corpus),
       # when model.vocab_size is 0; a set model.vocab_size is the target then.
@@ -210,6 +211,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   )
   add_run_blocks(config, checkpoint_every=checkpoint_every, checkpoint_keep=3)
 
-  # A directory written by `launch.export` (flax format): start from its params.
+  # A model path to start from (albert_jax/model_path.py): a flax export, a
+  # Hugging Face directory or cached hub id, a pretraining or fine-tuning run.
   config.init_from = ''
   return config
