@@ -38,6 +38,7 @@ from albert_jax.finetune import classification, span_qa
 from albert_jax.finetune import predict as predict_lib
 from albert_jax.finetune.config import TASKS
 from albert_jax.train import mesh as mesh_lib
+from experiments.configs import finetune as finetune_presets
 from launch import command_line
 
 _MODEL = flags.DEFINE_string(
@@ -48,7 +49,7 @@ _TASK = flags.DEFINE_enum('task', None, list(TASKS), "Default: the model's head'
 _INPUT = flags.DEFINE_string('input', None, '.tsv / .csv (classification) or SQuAD JSON.')
 _OUTPUT = flags.DEFINE_string('output', None, 'New file: JSON lines, or predictions.json.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Examples (windows) per batch.')
-# Defaults: a fine-tuning run's config, else fine-tuning's presets.
+# Defaults: a fine-tuning run's config, else the task's fine-tuning preset.
 _MAX_SEQ_LENGTH = flags.DEFINE_integer('max_seq_length', None, 'Tokens per example.')
 _DOC_STRIDE = flags.DEFINE_integer('doc_stride', None, 'Span QA: tokens between windows.')
 _MAX_QUERY_LENGTH = flags.DEFINE_integer('max_query_length', None, 'Span QA: question tokens.')
@@ -56,15 +57,6 @@ _MAX_ANSWER_LENGTH = flags.DEFINE_integer('max_answer_length', None, 'Span QA: a
 _TEXT_FEATURE = flags.DEFINE_string('text_feature', None, 'Classification: text column.')
 _TEXT_B_FEATURE = flags.DEFINE_string('text_b_feature', None, 'Classification: second text.')
 _LABEL_FEATURE = flags.DEFINE_string('label_feature', None, 'Classification: label column.')
-_DEFAULTS = {
-  'max_seq_length': {'classification': 128, 'span_qa': 384},
-  'doc_stride': 128,
-  'max_query_length': 64,
-  'max_answer_length': 30,
-  'text_feature': 'text',
-  'text_b_feature': '',
-  'label_feature': 'label',
-}
 
 
 def main(argv: Sequence[str]) -> None:
@@ -124,11 +116,12 @@ def _settings(loaded: model_path.Loaded, task: str) -> dict[str, Any]:
     'text_b_feature': _TEXT_B_FEATURE.value,
     'label_feature': _LABEL_FEATURE.value,
   }
+  preset = finetune_presets.get_config(task).data
   settings = {}
   for name, value in flag_values.items():
-    default = _DEFAULTS[name]
-    if isinstance(default, dict):
-      default = min(default[task], loaded.pretrained.config.max_position_embeddings)
+    default = preset[name]
+    if name == 'max_seq_length':
+      default = min(default, loaded.pretrained.config.max_position_embeddings)
     settings[name] = value if value is not None else data.get(name, default)
   return settings
 
