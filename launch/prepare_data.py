@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from albert_jax.data import prepared
+from albert_jax.data import prepared, sources
 from launch import command_line
 
 _SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to tokenize.')
@@ -34,7 +34,7 @@ def main(argv: Sequence[str]) -> None:
     _SOURCE.value,
     _VOCAB.value,
     _OUTPUT.value,
-    text_feature=_TEXT_FEATURE.value,
+    options=sources.SourceOptions(text_feature=_TEXT_FEATURE.value),
     num_workers=_NUM_WORKERS.value,
     documents_per_shard=_DOCUMENTS_PER_SHARD.value,
     progress=True,

@@ -47,7 +47,7 @@ _MAX_SENTENCES = flags.DEFINE_integer(
 def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
   train_tokenizer(  # Prints what it trained, in one line.
-    sources.read_sentences(_SOURCE.value, text_feature=_TEXT_FEATURE.value),
+    sources.read_sentences(_SOURCE.value, sources.SourceOptions(text_feature=_TEXT_FEATURE.value)),
     _OUTPUT.value,
     vocab_size=_VOCAB_SIZE.value,
     model_type=_MODEL_TYPE.value,

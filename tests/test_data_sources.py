@@ -88,6 +88,6 @@ def test_tfds_mock_data():
       assert len(documents) == 5
       assert all(isinstance(s, str) and s for d in documents for s in d)
     with pytest.raises(DataError, match="no feature 'body'.*one of text"):
-      list(sources.read_documents('tfds:lm1b', text_feature='body'))
+      list(sources.read_documents('tfds:lm1b', sources.SourceOptions(text_feature='body')))
   with pytest.raises(DataError, match='cannot read tfds:no_such_dataset'):
     list(sources.read_documents('tfds:no_such_dataset'))

@@ -80,7 +80,7 @@ def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer
   elif has_tokenizer(os.path.join(workdir, WORKDIR_VOCAB)):
     tokenizer = Tokenizer.load(os.path.join(workdir, WORKDIR_VOCAB))
   else:
-    documents = list(sources.read_documents(data.source, text_feature=data.text_feature))
+    documents = list(sources.read_documents(data.source, sources.SourceOptions.of(data)))
     if not data.eval_source:
       documents = documents[: _train_split(len(documents), data)]
     tokenizer = train_tokenizer(
@@ -226,5 +226,5 @@ def _train_split(num_documents: int, data) -> int:
 def _load_documents(source: str, data, tokenizer: Tokenizer) -> Documents:
   if source.startswith('prepared:'):
     return prepared.PreparedCorpus(source[len('prepared:') :], tokenizer)
-  documents = sources.read_documents(source, text_feature=data.text_feature)
+  documents = sources.read_documents(source, sources.SourceOptions.of(data))
   return tokenize(documents, tokenizer)

@@ -44,7 +44,7 @@ def prepare(
   tokenizer_dir: str,
   output_dir: str,
   *,
-  text_feature: str = 'text',
+  options: sources.SourceOptions | None = None,
   num_workers: int | None = None,
   documents_per_shard: int = 100_000,
   progress: bool = False,
@@ -67,7 +67,7 @@ def prepare(
       tokenizer,
       tokenizer_dir,
       partial,
-      text_feature=text_feature,
+      options=options or sources.SourceOptions(),
       num_workers=num_workers,
       documents_per_shard=documents_per_shard,
       progress=progress,
@@ -87,13 +87,13 @@ def _write(
   tokenizer_dir,
   directory,
   *,
-  text_feature,
+  options,
   num_workers,
   documents_per_shard,
   progress,
 ) -> dict:
   tokenizer.save(os.path.join(directory, VOCAB_DIR))
-  documents = sources.read_documents(source, text_feature=text_feature)
+  documents = sources.read_documents(source, options)
   # Fail on a bad source here, before starting workers.
   documents = itertools.chain([next(documents)], documents)
   tasks = iter(lambda: list(itertools.islice(documents, _DOCUMENTS_PER_TASK)), [])

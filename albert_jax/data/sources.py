@@ -12,6 +12,11 @@
                               `launch.prepare_data` (read by prepared.py, not
                               here).
 
+A source is read as a list of independent parts (`parts`): one per file, or
+one range of records of a tfds split, so that `launch.prepare_data` can
+tokenize parts in parallel and resume after the last finished one. Reading
+the parts in order (`read_part`) gives the documents of `read_documents`.
+
 Undecodable lines of a mostly-good text file are skipped and counted (one
 warning per file); a binary file, a missing path or a corpus without text
 raises DataError.
@@ -19,6 +24,7 @@ raises DataError.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import gzip
 import logging
@@ -33,39 +39,89 @@ from albert_jax.errors import DataError
 _MAX_BAD_LINE_SHARE = 0.1
 
 
-def read_documents(source: str, *, text_feature: str = 'text') -> Iterator[list[str]]:
+# Records of a tfds split per part.
+_TFDS_RECORDS_PER_PART = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+  """How a source's records become documents; each field is a `data.` config key."""
+
+  text_feature: str = 'text'  # The text feature of a tfds record.
+
+  @classmethod
+  def of(cls, data) -> SourceOptions:
+    """The options set in a data config (DataConfig or its ConfigDict)."""
+    return cls(**{f.name: getattr(data, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """One independently readable piece of a source: a file or a record range."""
+
+  name: str  # Stable across runs: a file path, or 'NAME:SPLIT[START:STOP]'.
+  path: str = ''  # The file, for file-based sources.
+  start: int = 0  # Record range [start, stop), for tfds.
+  stop: int = 0
+
+
+def read_documents(source: str, options: SourceOptions = SourceOptions()) -> Iterator[list[str]]:
   """Yields the documents of `source`; raises DataError if there are none."""
   found = False
-  for document in _documents(source, text_feature):
-    if document:
+  for part in parts(source, options):
+    for document in read_part(source, part, options):
       found = True
       yield document
   if not found:
     raise DataError(f'source {source!r} has no text')
 
 
-def read_sentences(source: str, *, text_feature: str = 'text') -> Iterator[str]:
+def read_sentences(source: str, options: SourceOptions = SourceOptions()) -> Iterator[str]:
   """Yields every sentence of `source` (e.g. to train a tokenizer)."""
-  for document in read_documents(source, text_feature=text_feature):
+  for document in read_documents(source, options):
     yield from document
 
 
-def _documents(source: str, text_feature: str) -> Iterator[list[str]]:
+def parts(source: str, options: SourceOptions = SourceOptions()) -> list[Part]:
+  """The parts of `source`, in reading order; DataError for a bad source."""
   if source == 'builtin':
-    yield from builtin_corpus.documents()
-  elif source.startswith('text:'):
-    yield from _text_documents(source[len('text:') :])
-  elif source.startswith('tfds:'):
-    yield from _tfds_documents(source[len('tfds:') :], text_feature)
-  elif source.startswith('prepared:'):
+    return [Part(name='builtin')]
+  if source.startswith('text:'):
+    return [Part(name=path, path=path) for path in text_files(source[len('text:') :])]
+  if source.startswith('tfds:'):
+    spec = source[len('tfds:') :]
+    size = len(_tfds_records(spec))
+    return [
+      Part(
+        name=f'{spec}[{start}:{min(start + _TFDS_RECORDS_PER_PART, size)}]',
+        start=start,
+        stop=min(start + _TFDS_RECORDS_PER_PART, size),
+      )
+      for start in range(0, size, _TFDS_RECORDS_PER_PART)
+    ]
+  if source.startswith('prepared:'):
     raise DataError(
       f'{source!r} holds tokenized documents, not text: use the raw source it was prepared from'
     )
+  raise DataError(
+    f'unknown data source {source!r}: use builtin, text:GLOB, '
+    'tfds:NAME[/CONFIG][:SPLIT] or prepared:DIR'
+  )
+
+
+def read_part(
+  source: str, part: Part, options: SourceOptions = SourceOptions()
+) -> Iterator[list[str]]:
+  """Yields the non-empty documents of one part of `source`."""
+  if source == 'builtin':
+    documents = builtin_corpus.documents()
+  elif source.startswith('text:'):
+    documents = _text_documents(part.path)
   else:
-    raise DataError(
-      f'unknown data source {source!r}: use builtin, text:GLOB, '
-      'tfds:NAME[/CONFIG][:SPLIT] or prepared:DIR'
-    )
+    documents = _tfds_documents(source[len('tfds:') :], part, options.text_feature)
+  for document in documents:
+    if document:
+      yield document
 
 
 def text_files(pattern: str) -> list[str]:
@@ -76,18 +132,17 @@ def text_files(pattern: str) -> list[str]:
   return files
 
 
-def _text_documents(pattern: str) -> Iterator[list[str]]:
-  for path in text_files(pattern):
-    document = []
-    for line in _text_lines(path):
-      line = line.strip()
-      if line:
-        document.append(line)
-      elif document:
-        yield document
-        document = []
-    if document:
+def _text_documents(path: str) -> Iterator[list[str]]:
+  document = []
+  for line in _text_lines(path):
+    line = line.strip()
+    if line:
+      document.append(line)
+    elif document:
       yield document
+      document = []
+  if document:
+    yield document
 
 
 def _text_lines(path: str) -> Iterator[str]:
@@ -120,16 +175,20 @@ def parse_tfds(spec: str) -> tuple[str, str]:
   return name, split or 'train'
 
 
-def _tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
+def _tfds_records(spec: str):
   import tensorflow_datasets as tfds  # Heavy import, only when used.
 
   name, split = parse_tfds(spec)
   try:
-    records = tfds.data_source(name, split=split)
+    return tfds.data_source(name, split=split)
   except Exception as e:  # tfds raises many types; all mean "not readable".
     message = (str(e).strip() or type(e).__name__).splitlines()[0]
     raise DataError(f'cannot read tfds:{spec}: {message}') from None
-  for i in range(len(records)):
+
+
+def _tfds_documents(spec: str, part: Part, text_feature: str) -> Iterator[list[str]]:
+  records = _tfds_records(spec)
+  for i in range(part.start, part.stop):
     record = records[i]
     if text_feature not in record:
       raise DataError(
