@@ -83,6 +83,8 @@ class CompiledStep:
   rules: mesh_lib.LogicalRules
   lower_s: float  # Tracing and lowering to StableHLO.
   compile_s: float  # XLA compilation.
+  grad_accum_steps: int  # As run (the config's, or the backend's choice).
+  layer_unroll: int  # Likewise.
 
 
 def compile_train_step(
@@ -107,6 +109,7 @@ def compile_train_step(
     mesh=mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices),
     rules=config.sharding_rules,
     train=config.train,
+    tokens_per_example=data.max_seq_length,
   )
   abstract_batch = {
     k: jax.ShapeDtypeStruct(
@@ -135,6 +138,8 @@ def compile_train_step(
     rules=run.rules,
     lower_s=lowered_at - start,
     compile_s=compiled_at - lowered_at,
+    grad_accum_steps=run.train.grad_accum_steps,
+    layer_unroll=run.layer_unroll,
   )
 
 

@@ -59,11 +59,14 @@ class Record:
   """
 
   block: ClassVar[str]  # Its name in the config: 'model', 'train', ...
+  # Keys of earlier versions that only changed speed: dropped when read, so
+  # saved configs and workdirs keep loading.
+  retired: ClassVar[tuple[str, ...]] = ()
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> Self:
     """Builds from a ConfigDict block (or any mapping)."""
-    values = dict(config.items())
+    values = {k: v for k, v in config.items() if k not in cls.retired}
     known = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -110,6 +113,8 @@ class ModelConfig(Record):
   """ALBERT hyperparameters. Defaults: ALBERT-base v2."""
 
   block: ClassVar[str] = 'model'
+  auto: ClassVar[tuple[str, ...]] = ('unroll',)  # 0: chosen where the model runs.
+  retired: ClassVar[tuple[str, ...]] = ('scan',)  # Became `unroll`.
 
   vocab_size: int = 30000
   embedding_size: int = 128  # E: width of the factorized embeddings.
@@ -130,17 +135,21 @@ class ModelConfig(Record):
   dtype: str = 'float32'  # Computation.
   param_dtype: str = 'float32'  # Storage of the parameters.
   remat_policy: str = 'none'
-  # False unrolls the layer loop into straight-line code with the same params:
-  # XLA can then fuse and schedule across layers, often a faster step on GPUs
-  # and CPUs at moderate depth, but the program and its compile time grow with
-  # depth. True (the default) keeps them flat in depth.
-  scan: bool = True
+  # Layers per iteration of the layer loop, same params whatever the value:
+  # 1 keeps the program and its compile time flat in depth; the depth unrolls
+  # it into straight-line code, which XLA fuses and schedules across layers.
+  # 0: the backend's choice (backend_defaults.py).
+  unroll: int = 0
 
   def __post_init__(self):
     check_types(self)
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      _check(field.type is not int or value >= 1, f'model.{field.name} must be >= 1, got {value}')
+      least = 0 if field.name in self.auto else 1
+      _check(
+        field.type is not int or value >= least,
+        f'model.{field.name} must be >= {least}, got {value}',
+      )
     _check(
       self.sharing in SHARING_MODES,
       f'unknown model.sharing {self.sharing!r}: choose one of {", ".join(SHARING_MODES)}',

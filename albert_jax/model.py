@@ -10,10 +10,12 @@ Modules, outermost first:
       Encoder      E -> H projection (only when E != H), then L post-LN layers
       pooler       dense + tanh on the first ([CLS]) token
 
-The encoder runs its layers with `nn.scan` in every sharing mode, so the
-compiled program does not grow with depth (`scan=False` unrolls the same
-scans into straight-line code, same params). Layer weights live in one module,
-`encoder/layer`, whose params carry a leading axis per stacked scan level:
+The encoder runs its layers with `nn.scan` in every sharing mode; how many
+layers one loop iteration holds (`model.unroll`; 0: the backend's choice,
+backend_defaults.py) changes the program, never the params: 1 keeps the
+program flat in depth, the depth unrolls it into straight-line code. Layer
+weights live in one module, `encoder/layer`, whose params carry a leading
+axis per stacked scan level:
   * groups: G distinct groups, stacked (sharing 'none' is G = L);
   * repeats: each group is applied L / G times in a row, weights broadcast;
   * inner: each group holds I distinct layers applied in sequence, stacked.
@@ -39,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from albert_jax import backend_defaults
 from albert_jax.config import REMAT_POLICIES, ModelConfig, check_sequence_fits
 
 Array = jax.Array
@@ -292,11 +295,12 @@ def _sublayer_params(config: ModelConfig, name: str, rng: Array) -> Params:
   return _SUBLAYERS[name](config).init(rng, *args)['params']
 
 
-def _layer_loop(config: ModelConfig) -> Callable[..., tuple[Array, None]]:
+def _layer_loop(config: ModelConfig, unroll: int) -> Callable[..., tuple[Array, None]]:
   """(layer, x, lengths, shared) -> (x, None), running the layer L * I times.
 
   Nested nn.scan over the levels (groups: stacked, repeats: broadcast,
-  inner: stacked), outermost last; levels of length 1 are skipped.
+  inner: stacked), outermost last; levels of length 1 are skipped. Each
+  level runs up to `unroll` of its iterations per loop iteration.
   """
 
   def body(layer, x, lengths, shared):
@@ -322,7 +326,7 @@ def _layer_loop(config: ModelConfig) -> Callable[..., tuple[Array, None]]:
       split_rngs={'params': stacked, 'dropout': True},
       in_axes=nn.broadcast,
       metadata_params={nn.PARTITION_NAME: axis_name},
-      unroll=1 if config.scan else length,
+      unroll=min(unroll, length),
     )
   return loop
 
@@ -348,14 +352,17 @@ class Encoder(nn.Module):
       name = cfg.shared_sublayer
       shared[name] = self.param(f'shared_{name}', functools.partial(_sublayer_params, cfg, name))
 
+    depth = cfg.num_layer_applications
+    unroll = backend_defaults.layer_unroll(cfg.unroll, depth, jax.default_backend())
     layer_type = EncoderLayer
     if cfg.remat_policy != 'none':
-      # Inside a scan, common-subexpression elimination cannot undo remat.
+      # Inside a loop, common-subexpression elimination cannot undo remat; in
+      # straight-line code it could.
       layer_type = nn.remat(
-        layer_type, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan
+        layer_type, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=unroll >= depth
       )
     layer = layer_type(cfg, deterministic, name='layer')
-    x, _ = _layer_loop(cfg)(layer, x, lengths, shared)
+    x, _ = _layer_loop(cfg, unroll)(layer, x, lengths, shared)
     return x
 
 

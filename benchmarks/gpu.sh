@@ -33,21 +33,22 @@ export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
 # Let XLA take the memory it needs up front rather than grow.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
 
-# (remat policy, scan): the scanned layer loop compiles once per model; the
-# unrolled one (scan=False) lets XLA fuse across layers, faster on GPUs.
+# (remat policy, unroll): a loop of one layer (unroll=1) compiles once per
+# model; the default (0: unrolled at these depths) lets XLA fuse across
+# layers, faster on GPUs.
 for preset in base large; do
-  for variant in none:True dots_with_no_batch_dims_saveable:True none:False \
-                 dots_with_no_batch_dims_saveable:False; do
+  for variant in none:1 dots_with_no_batch_dims_saveable:1 none:0 \
+                 dots_with_no_batch_dims_saveable:0; do
     remat="${variant%:*}"
-    scan="${variant#*:}"
+    unroll="${variant#*:}"
     "${PYTHON}" -m launch.benchmark \
       --config="experiments/configs/pretrain.py:${preset}" \
       --batch_size="${BATCH_SIZE}" --max_seq_length="${SEQ_LEN}" \
       --steps="${STEPS}" --rounds="${ROUNDS}" \
       --config.model.dtype=bfloat16 \
       --config.model.remat_policy="${remat}" \
-      --config.model.scan="${scan}" \
-      --json | tee "${OUT}/${preset}_${remat}_scan${scan}.json"
+      --config.model.unroll="${unroll}" \
+      --json | tee "${OUT}/${preset}_${remat}_unroll${unroll}.json"
   done
 done
 
@@ -60,7 +61,7 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], '*.json'))):
   r = json.load(open(path))
   mfu = f'{r["mfu"]:.1%}' if r['mfu'] is not None else 'n/a'
   memory = r['device_peak_bytes'] or r['memory_per_device_bytes']
-  layers = 'scan' if r['scan'] else 'unrolled'
+  layers = 'loop' if r['unroll'] == 1 else 'unrolled'
   print(f'| {r["preset"]} | {r["remat_policy"]} | {layers} | '
         f'{r["batch_size"]} x {r["seq_len"]} | {r["step_time_s"] * 1e3:.1f} | '
         f'{r["tokens_per_sec"]:,.0f} | {mfu} | {r["fused_attention_calls"]} | '

@@ -149,10 +149,10 @@ def _time_step(config: PretrainConfig) -> dict:
     'batch_size': train.batch_size,
     'seq_len': data.max_seq_length,
     'num_masked': num_masked,
-    'grad_accum_steps': train.grad_accum_steps,
+    'grad_accum_steps': step.grad_accum_steps,
     'dtype': config.model.dtype,
     'remat_policy': config.model.remat_policy,
-    'scan': config.model.scan,
+    'unroll': step.layer_unroll,
     'optimizer': train.optimizer,
     'steps': _STEPS.value,
     'rounds': _ROUNDS.value,
@@ -194,12 +194,12 @@ def _time_step(config: PretrainConfig) -> dict:
 
 
 def _compile_depths(config, depths: list[int]) -> None:
-  """Compile time of the step at each depth, scanned and unrolled."""
+  """Compile time of the step at each depth, as a loop and unrolled."""
   records = []
   for scan in (True, False):
     for depth in depths:
       config.model.num_layers = depth
-      config.model.scan = scan
+      config.model.unroll = 1 if scan else depth
       step = benchmark.compile_train_step(PretrainConfig.from_config(config))
       records.append(
         {

@@ -107,6 +107,9 @@ def _plan(config, num_devices: int, layout: str, policy: str) -> dict:
   """Compiles `config` for one (devices, mesh, policy); its memory record."""
   config.mesh = mesh_config(layout, num_devices)
   config.model.remat_policy = policy
+  # The CPU compiler plans here, and would choose the CPU's unrolled layers:
+  # plan the loop, whose memory accelerators' compilers follow most closely.
+  config.model.unroll = config.model.unroll or 1
   shape = dict(zip(mesh_lib.MESH_AXES, mesh_lib.mesh_shape(config.mesh, num_devices)))
   batch_shards = shape['data'] * shape['fsdp']
   micro = _MICRO_BATCH.value * batch_shards

@@ -54,7 +54,7 @@ def test_forward_third_agrees_with_xla_cost_analysis():
   # Wide enough for matmuls to dominate the elementwise work.
   config = dataclasses.replace(
     TINY,
-    scan=False,
+    unroll=2,  # num_layers: no loop.
     hidden_size=256,
     intermediate_size=1024,
     embedding_size=64,

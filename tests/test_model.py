@@ -90,7 +90,8 @@ def _apply(config, variables, batch, positions, rngs=None, deterministic=True):
     (dict(sharing='ffn', inner_group_num=2), 'inner_group_num=2 needs sharing'),
     (dict(num_layers=0), 'model.num_layers must be >= 1'),
     (dict(hidden_size=32.0), 'model.hidden_size must be int'),
-    (dict(scan=1), 'model.scan must be bool'),
+    (dict(unroll=-1), 'model.unroll must be >= 0'),
+    (dict(unroll=True), 'model.unroll must be int'),
     (dict(hidden_dropout_prob=1.0), 'hidden_dropout_prob must be in [0, 1)'),
   ],
 )
@@ -260,13 +261,21 @@ def test_partial_sharing_is_none_with_one_half_copied(sharing):
   np.testing.assert_allclose(a['mlm_logits'], b['mlm_logits'], atol=1e-5)
 
 
-def test_unrolled_matches_scan():
-  config = dataclasses.replace(TINY, num_layers=2, num_hidden_groups=2, inner_group_num=2)
-  unrolled = dataclasses.replace(config, scan=False)
+@pytest.mark.parametrize('unroll', [2, 4])
+def test_unrolled_matches_the_loop(unroll):
+  """Partly (2) and fully (4 = L * I) unrolled: the same params, the same numbers."""
+  config = dataclasses.replace(TINY, num_layers=2, num_hidden_groups=2, inner_group_num=2, unroll=1)
+  unrolled = dataclasses.replace(config, unroll=unroll)
   variables = _init(config)
   a = _apply(config, variables, BATCH, None)
   b = _apply(unrolled, variables, BATCH, None)
   np.testing.assert_allclose(a['mlm_logits'], b['mlm_logits'], atol=1e-5)
+
+
+def test_saved_configs_with_the_retired_scan_key_load():
+  saved = dict(dataclasses.asdict(TINY), scan=False)
+  del saved['unroll']
+  assert ModelConfig.from_config(saved) == dataclasses.replace(TINY, unroll=0)
 
 
 # -- Remat, dtypes, dropout -------------------------------------------------

@@ -2,7 +2,7 @@
 
 The lowered HLO of a training step (forward + backward of the pretraining
 model) has the same number of instructions at 2 (or 4) layers and at 24;
-the unrolled option (scan=False) shows the contrast.
+an unrolled loop (model.unroll >= depth) shows the contrast.
 """
 
 import dataclasses
@@ -23,6 +23,7 @@ TINY = ModelConfig(
   num_heads=4,
   intermediate_size=64,
   max_position_embeddings=16,
+  unroll=1,  # A loop, whatever the backend would choose.
 )
 
 
@@ -60,6 +61,6 @@ def test_depth_does_not_grow_the_program(mode):
 
 @pytest.mark.parametrize('mode', ['all', 'none'])
 def test_unrolled_program_grows_with_depth(mode):
-  shallow = dataclasses.replace(TINY, scan=False, **MODES[mode])
+  shallow = dataclasses.replace(TINY, unroll=24, **MODES[mode])
   deep = dataclasses.replace(shallow, num_layers=24)
   assert _num_instructions(deep) > _num_instructions(shallow)

@@ -67,7 +67,7 @@ class FinetuneConfig(Record):
     'data.label_feature',
     'data.num_labels',
   )
-  RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ('model.dtype', 'model.remat_policy')
+  RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ('model.dtype', 'model.remat_policy', 'model.unroll')
 
   def __post_init__(self):
     check_types(self)

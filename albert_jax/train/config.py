@@ -24,7 +24,9 @@ class TrainConfig(Record):
   block: ClassVar[str] = 'train'
 
   batch_size: int = 4096  # Global, over all processes.
-  grad_accum_steps: int = 1  # Micro-batches per step (one update).
+  # Micro-batches per step (one update); 0: the backend's choice
+  # (backend_defaults.py), made where the run is assembled (train/run.py).
+  grad_accum_steps: int = 0
   num_steps: int = 125000
   # Fine-tuning may count passes over its training data instead (num_steps
   # 0), so that a preset fits any data size; see `fitted`. Pretraining
@@ -61,9 +63,13 @@ class TrainConfig(Record):
 
   def __post_init__(self):
     check_types(self)
+    _check(
+      self.grad_accum_steps >= 0,
+      f'train.grad_accum_steps must be >= 0 (0: chosen for the backend), got '
+      f'{self.grad_accum_steps}',
+    )
     for name in (
       'batch_size',
-      'grad_accum_steps',
       'log_every',
       'eval_every',
       'eval_steps',
@@ -189,7 +195,13 @@ class PretrainConfig(Record):
     'data.lowercase',
     'init_from',
   )
-  RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ('model.dtype', 'model.remat_policy', 'model.scan')
+  # ('model.scan': retired, so that workdirs that recorded it resume.)
+  RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
+    'model.dtype',
+    'model.remat_policy',
+    'model.unroll',
+    'model.scan',
+  )
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> Self:

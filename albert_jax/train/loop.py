@@ -89,6 +89,7 @@ def train(
     )
     cleanup.callback(checkpointer.close)
     cleanup.callback(checkpointer.wait)  # Runs first: pending saves land.
+    log(f'step: {run.step_settings}')
     state = _start_or_resume(run, checkpointer, train_iter, fresh)
     workdir.record_start(config, int(state.step))
     writer = cleanup.enter_context(

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from albert_jax import backend_defaults
 from albert_jax.data import pipeline
 from albert_jax.errors import UsageError
 from albert_jax.train import mesh as mesh_lib
@@ -46,6 +47,18 @@ class Run:
   outcome_step: Callable[[Any, step_lib.Batch], tuple[step_lib.Metrics, step_lib.Metrics]] | None
   flops_per_example: float  # Model FLOPs of one example's train step.
   tokens_per_example: int
+  # The train config the step runs, with its "auto" (0) settings chosen for
+  # the backend; None for an evaluation-only run.
+  train: TrainConfig | None
+  layer_unroll: int  # Layers per iteration of the model's layer loop.
+  depth: int  # Layer applications per forward pass.
+
+  @property
+  def step_settings(self) -> str:
+    """How the step runs, e.g. '2 micro-batches per step; 12 of 12 layers
+    per loop iteration'."""
+    micro = f'{self.train.grad_accum_steps} micro-batches per step; ' if self.train else ''
+    return f'{micro}{self.layer_unroll} of {self.depth} layers per loop iteration'
 
   @property
   def num_params(self) -> int:
@@ -102,6 +115,8 @@ def assemble(
       feeds each process an equal share of every micro-batch).
   Raises UsageError for a batch or a parameter that does not split.
   """
+  if train is not None:
+    train = _for_backend(train, mesh, rules, batch_factor, tokens_per_example)
   optimizer, schedule = _optimizer(model, init_inputs, train, mesh, rules, batch_factor)
   initial = state_lib.initial_state(
     model, init_inputs, optimizer=optimizer, seed=train.seed if train else 0, mesh=mesh, rules=rules
@@ -135,7 +150,33 @@ def assemble(
     outcome_step=outcome_step,
     flops_per_example=flops_per_example,
     tokens_per_example=tokens_per_example,
+    train=train,
+    # As the model chooses it (model.py, Encoder).
+    layer_unroll=backend_defaults.layer_unroll(
+      model.config.unroll, model.config.num_layer_applications, jax.default_backend()
+    ),
+    depth=model.config.num_layer_applications,
   )
+
+
+def _for_backend(
+  train: TrainConfig,
+  mesh: jax.sharding.Mesh,
+  rules: mesh_lib.LogicalRules,
+  batch_factor: int,
+  tokens_per_example: int,
+) -> TrainConfig:
+  """`train` with grad_accum_steps 0 replaced by the backend's choice."""
+  shards = mesh_lib.batch_shards(mesh, rules)
+  splits_into, rest = divmod(train.batch_size, shards * batch_factor)
+  steps = backend_defaults.grad_accum_steps(
+    train.grad_accum_steps,
+    examples_per_device=train.batch_size // shards,
+    splits_into=0 if rest else splits_into,
+    tokens_per_example=tokens_per_example,
+    backend=mesh.devices.flat[0].platform,
+  )
+  return dataclasses.replace(train, grad_accum_steps=steps)
 
 
 def _eval_steps(

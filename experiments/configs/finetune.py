@@ -85,6 +85,7 @@ def get_config(arg: str = 'classification') -> ml_collections.ConfigDict:
     dict(
       dtype='float32',
       remat_policy='none',
+      unroll=0,  # Layers per loop iteration; 0: the backend's choice.
     )
   )
 

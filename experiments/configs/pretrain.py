@@ -69,7 +69,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
       dtype='float32',
       param_dtype='float32',
       remat_policy='none',
-      scan=True,
+      unroll=0,  # Layers per loop iteration; 0: the backend's choice.
     )
   )
 
@@ -90,7 +90,8 @@ def train_config(
   return ml_collections.ConfigDict(
     dict(
       batch_size=batch_size,  # global, over all processes
-      grad_accum_steps=1,
+      # Micro-batches per step (one update); 0: the backend's choice.
+      grad_accum_steps=0,
       num_steps=num_steps,
       optimizer=optimizer,  # 'lamb' | 'adamw'
       learning_rate=learning_rate,

@@ -1,0 +1,54 @@
+"""Speed settings a config leaves at 0 ("auto"), chosen for the backend.
+
+Each choice changes how the step is computed, never what: the params, the
+update and the losses are the same (tests/test_backend_defaults.py). Each
+rests on measurements on the reference machines, in
+benchmarks/results/README.md; setting the key overrides it.
+"""
+
+import math
+
+# Unrolling the layer loop into straight-line code (nn.scan's `unroll`; the
+# params keep their scanned layout) lets XLA fuse and schedule across layers:
+# the fastest step on CPUs and GPUs at every depth measured, but the program
+# and its compile time grow with depth (CPU, base: 5.2 s at 12 layers, 11.6 s
+# at 48). Deeper than this, a loop. TPUs keep the loop (not measured).
+MAX_UNROLLED_LAYERS = 24
+
+# On CPUs, a micro-batch of about this many tokens per device keeps the
+# step's temporaries (attention scores, FFN activations) in the caches.
+CPU_MICRO_BATCH_TOKENS = 512
+
+
+def layer_unroll(configured: int, depth: int, backend: str) -> int:
+  """Layer applications per loop iteration: model.unroll, or for 0 the
+  backend's choice (`depth`, i.e. no loop, or 1)."""
+  if configured:
+    return configured
+  return 1 if backend == 'tpu' or depth > MAX_UNROLLED_LAYERS else depth
+
+
+def grad_accum_steps(
+  configured: int,
+  *,
+  examples_per_device: int,
+  splits_into: int,
+  tokens_per_example: int,
+  backend: str,
+) -> int:
+  """Micro-batches per step: train.grad_accum_steps, or for 0 the backend's
+  choice. On CPUs, the fewest micro-batches of at most
+  CPU_MICRO_BATCH_TOKENS tokens per device, a divisor of `splits_into` (the
+  batch's equal shares per device and process); elsewhere one."""
+  if configured:
+    return configured
+  if backend != 'cpu' or splits_into < 1 or tokens_per_example < 1:
+    return 1
+  budget = max(1, CPU_MICRO_BATCH_TOKENS // tokens_per_example)  # Examples per micro-batch.
+  fitting = [k for k in _divisors(splits_into) if examples_per_device // k <= budget]
+  return min(fitting, default=splits_into)
+
+
+def _divisors(n: int) -> list[int]:
+  small = [k for k in range(1, math.isqrt(n) + 1) if n % k == 0]
+  return sorted(set(small + [n // k for k in small]))
