@@ -139,8 +139,12 @@ Back to prose. It goes on.
 
    int main(void) { return 0; }
 
+.. _a-target:
+
 .. note::
-   A note's body goes with it.
+   :class: aside
+
+   A note's body stays.
 
 +-----+-----+
 | a   | b   |
@@ -149,6 +153,10 @@ Back to prose. It goes on.
 ```python
 import os
 ```
+
+<!-- YAML
+added: v1.0
+-->
 
 >>> 1 + 1
 2
@@ -170,6 +178,7 @@ def test_markup_filter_keeps_prose_only():
     'Some prose here,',
     'wrapped over lines. An example:',
     'Back to prose. It goes on.',
+    "A note's body stays.",
     'perlfunc - Perl builtin functions',
     'Numbers alone go:',
   ]
@@ -189,6 +198,7 @@ def test_text_document_format_with_and_without_markup(tmp_path):
     'An example:',
     'Back to prose.',
     'It goes on.',
+    "A note's body stays.",
     'perlfunc - Perl builtin functions',
     'Numbers alone go:',
   ]

@@ -5,12 +5,15 @@ and tables, which are no sentences to pretrain on. Rules, line by line; blank
 lines are always kept, since they separate paragraphs and documents:
 
   fences         A line starting with ``` or ~~~ opens or closes a code block;
-                 both fences and all between them go.
-  rst blocks     After explicit markup (a line starting with '.. ': a
-                 directive such as `.. code-block:: c`, a comment, a target) or
-                 a line ending in '::' (a literal block follows), the more
-                 indented block that follows goes (code, or a directive's body).
-                 Explicit markup lines go; prose ending in '::' keeps one ':'.
+                 both fences and all between them go. So do HTML comments,
+                 from '<!--' to '-->' (Markdown's hidden metadata).
+  rst blocks     Explicit markup lines (starting with '.. ': directives,
+                 comments, targets) go, and so does the more indented block
+                 after them, except the body of a prose directive (a note, a
+                 version note, a Sphinx description of a function, class ...).
+                 After a line ending in '::' its literal block goes; the prose
+                 before the '::' stays, with one ':'. Directive options
+                 (':maxdepth: 2') go.
   POD            Command lines (`=head1`, `=item`, `=over`, `=cut` ...) go, and
                  once one was seen, so do indented paragraphs (POD's verbatim
                  code).
@@ -26,13 +29,23 @@ import re
 from collections.abc import Iterable, Iterator
 
 _FENCE = ('```', '~~~')
+_DIRECTIVE = re.compile(r'\.\.\s+([\w:.-]+)::')
+_OPTION = re.compile(r':[\w-]+:(\s+\S+)?')
+# Directives whose body is prose (its domain prefix, as 'py:' or 'c:', aside).
+_PROSE_DIRECTIVES = frozenset(
+  'admonition attention caution danger error hint important note seealso tip warning '
+  'versionadded versionchanged deprecated deprecated-removed '
+  'attribute class classmethod coroutinefunction coroutinemethod data decorator '
+  'decoratormethod describe envvar exception function macro member method module '
+  'option staticmethod struct type var'.split()
+)
 _POD_COMMAND = re.compile(r'=[a-zA-Z]\w*')
 _MIN_LETTER_SHARE = 0.5
 
 
 def drop_markup(lines: Iterable[str]) -> Iterator[str]:
   """Yields the lines of `lines` that are not markup, stripped ('' for blank)."""
-  in_fence = pod = skip_paragraph = False
+  in_fence = in_comment = pod = skip_paragraph = False
   paragraph_start = True  # The previous line was blank.
   block_indent = -1  # Lines indented more than this (>= 0) are a dropped block.
   for line in lines:
@@ -42,6 +55,9 @@ def drop_markup(lines: Iterable[str]) -> Iterator[str]:
       in_fence = not in_fence
       continue
     if in_fence:
+      continue
+    if text.startswith('<!--') or in_comment:
+      in_comment = not text.endswith('-->')
       continue
     if not text:
       skip_paragraph = False
@@ -53,7 +69,9 @@ def drop_markup(lines: Iterable[str]) -> Iterator[str]:
         continue
       block_indent = -1
     if text.startswith('.. ') or text == '..':
-      block_indent = indent
+      directive = _DIRECTIVE.match(text)
+      if not (directive and directive.group(1).split(':')[-1] in _PROSE_DIRECTIVES):
+        block_indent = indent
       continue
     if text.endswith('::'):
       block_indent = indent
@@ -66,7 +84,9 @@ def drop_markup(lines: Iterable[str]) -> Iterator[str]:
       continue
     if first and (text.startswith('>>>') or (pod and indent > 0)):
       skip_paragraph = True
-    if skip_paragraph or _is_table_row(text) or _letter_share(text) < _MIN_LETTER_SHARE:
+    if skip_paragraph or _OPTION.fullmatch(text) or _is_table_row(text):
+      continue
+    if _letter_share(text) < _MIN_LETTER_SHARE:
       continue
     yield text
 
