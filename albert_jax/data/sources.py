@@ -306,7 +306,8 @@ def _line_blocks(path: str, f) -> Iterator[bytes]:
 def _missing_field(path: str, field: str) -> str:
   """The error for a field that no record of a file's first block has."""
   with _open(path) as f:
-    record = json.loads(f.readline())  # pyarrow has parsed it: valid JSON.
+    first = next(line for line in f if line.strip())
+  record = json.loads(first)  # pyarrow has parsed it: a JSON object.
   names = ', '.join(sorted(record)) or '(none)'
   return f'{path} has no field {field!r}: set data.text_feature to one of {names}'
 
