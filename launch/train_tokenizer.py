@@ -5,7 +5,9 @@ r"""Trains an ALBERT tokenizer: SentencePiece unigram or BERT WordPiece.
   python -m launch.train_tokenizer --model_type=wordpiece \
       --source=text:zh/*.txt --vocab_size=21128 --output=vocab_zh/
 
---source is any data source (builtin, text:GLOB, tfds:NAME[/CONFIG][:SPLIT]).
+--source is any raw data source (builtin, text:GLOB, parquet:GLOB, jsonl:GLOB,
+tfds:NAME[/CONFIG][:SPLIT]); --text_format, --drop_markup and --language shape
+its reading as the data.* keys of the same names.
 --model_type=unigram (the default) writes OUTPUT/spiece.model (loadable by
 Hugging Face's AlbertTokenizer) and OUTPUT/normalization.json (the
 normalisation, reapplied on load). --model_type=wordpiece writes a BERT
@@ -28,7 +30,19 @@ _MODEL_TYPE = flags.DEFINE_enum(
   'model_type', 'unigram', MODEL_TYPES, 'SentencePiece unigram, or BERT WordPiece.'
 )
 _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 30000, 'Pieces, at most.')
-_TEXT_FEATURE = flags.DEFINE_string('text_feature', 'text', 'Text feature of a tfds: source.')
+_TEXT_FEATURE = flags.DEFINE_string(
+  'text_feature', 'text', 'Text column, field or feature of a parquet:, jsonl: or tfds: source.'
+)
+_TEXT_FORMAT = flags.DEFINE_enum(
+  'text_format',
+  'lines',
+  sources.TEXT_FORMATS,
+  "text: files: a sentence per line ('lines') or each file one document of prose paragraphs.",
+)
+_DROP_MARKUP = flags.DEFINE_bool(
+  'drop_markup', False, 'Drop code and table lines (albert_jax/data/markup.py).'
+)
+_LANGUAGE = flags.DEFINE_string('language', 'en', "The sentence splitter's language (ISO 639).")
 _LOWERCASE = flags.DEFINE_bool('lowercase', True, 'Lowercase text.')
 _STRIP_ACCENTS = flags.DEFINE_bool('strip_accents', True, 'NFKD, then drop combining accents.')
 _COLLAPSE_WHITESPACE = flags.DEFINE_bool(
@@ -47,7 +61,15 @@ _MAX_SENTENCES = flags.DEFINE_integer(
 def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
   train_tokenizer(  # Prints what it trained, in one line.
-    sources.read_sentences(_SOURCE.value, sources.SourceOptions(text_feature=_TEXT_FEATURE.value)),
+    sources.read_sentences(
+      _SOURCE.value,
+      sources.SourceOptions(
+        text_feature=_TEXT_FEATURE.value,
+        text_format=_TEXT_FORMAT.value,
+        drop_markup=_DROP_MARKUP.value,
+        language=_LANGUAGE.value,
+      ),
+    ),
     _OUTPUT.value,
     vocab_size=_VOCAB_SIZE.value,
     model_type=_MODEL_TYPE.value,

@@ -4,7 +4,7 @@ import dataclasses
 from typing import ClassVar
 
 from albert_jax.config import Record, check_types
-from albert_jax.data import examples
+from albert_jax.data import examples, sources
 from albert_jax.errors import DataError
 
 
@@ -14,9 +14,16 @@ class DataConfig(Record):
 
   block: ClassVar[str] = 'data'
 
-  # 'builtin' | 'text:GLOB' | 'tfds:NAME[/CONFIG][:SPLIT]' | 'prepared:DIR'.
+  # 'builtin' | 'text:GLOB' | 'parquet:GLOB' | 'jsonl:GLOB' |
+  # 'tfds:NAME[/CONFIG][:SPLIT]' | 'prepared:DIR' (data/sources.py).
   source: str = 'builtin'
-  text_feature: str = 'text'  # The text feature of a tfds source.
+  # The text column, field or feature of a parquet, jsonl or tfds record.
+  text_feature: str = 'text'
+  # text: files: 'lines' (a sentence per line, a blank line between
+  # documents) | 'document' (each file one document of prose paragraphs).
+  text_format: str = 'lines'
+  drop_markup: bool = False  # Drop code and table lines (data/markup.py).
+  language: str = 'en'  # ISO 639 code: the sentence splitter's rules.
   # Held-out data for evaluation; empty: the last `eval_documents` documents of
   # `source` are held out and never trained on (0: no evaluation).
   eval_source: str = ''
@@ -53,6 +60,7 @@ class DataConfig(Record):
   def __post_init__(self):
     check_types(self)
     examples.ExampleConfig.from_config(self)  # Checks the example settings.
+    sources.SourceOptions.of(self)  # Checks the reading settings.
     for name in ('eval_documents', 'vocab_size', 'num_workers', 'prefetch_buffer_size'):
       if getattr(self, name) < 0:
         raise DataError(f'data.{name} must be >= 0, got {getattr(self, name)}')

@@ -1,25 +1,39 @@
-"""Sentence splitting of raw text records (tfds records, builtin paragraphs).
+"""Sentence splitting of prose, by sentencex (Wikimedia's splitter, made for
+Wikipedia's languages: abbreviations such as 'Dr.' and 'p.m.', CJK full
+stops '。！？' with no space after them).
 
-The rule, deliberately simple: every line is split after a sentence end,
-i.e. '.', '!' or '?' (optionally followed by closing quotes or brackets)
-followed by whitespace, or a CJK full stop '。', '！', '？' (no space
-needed).
-Empty pieces are dropped. Text in BERT format (one sentence per line) is not
-split further.
+Every line is a hard break (a paragraph of a record, or a joined paragraph
+of a document), split further by the library. One correction: a boundary with
+no space after it is kept only after a non-ASCII character (a CJK stop), since
+sentencex also splits identifiers such as 'object.__slots__' after the dot.
+A quoted or bracketed span is never split, so an unbalanced quote can keep a
+paragraph whole. Empty pieces are dropped.
 """
 
-import re
+from collections.abc import Iterator
 
-_SENTENCE_END = re.compile(r'[.!?]["\')\]]*(?=\s)|[。！？]["\')\]」』]*')
+import sentencex
 
 
-def split_sentences(text: str) -> list[str]:
-  """Returns the sentences of `text`, stripped, in order."""
+def split_sentences(text: str, language: str = 'en') -> list[str]:
+  """Returns the sentences of `text`, stripped, in order.
+
+  `language` is an ISO 639 code choosing sentencex's abbreviation rules
+  (e.g. German's 'z.B.' and '3. Mai'); unknown codes fall back to English's.
+  """
   sentences = []
   for line in text.splitlines():
-    start = 0
-    for end in _SENTENCE_END.finditer(line):
-      sentences.append(line[start : end.end()].strip())
-      start = end.end()
-    sentences.append(line[start:].strip())
+    sentences.extend(piece.strip() for piece in _pieces(line, language))
   return [s for s in sentences if s]
+
+
+def _pieces(line: str, language: str) -> Iterator[str]:
+  piece = ''
+  for segment in sentencex.segment(language, line):
+    piece += segment
+    last = segment[-1:]
+    if last.isspace() or not last.isascii():
+      yield piece
+      piece = ''
+  if piece:
+    yield piece

@@ -160,9 +160,18 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict(
     dict(
-      # 'builtin' | 'text:GLOB' | 'tfds:NAME[/CONFIG][:SPLIT]' | 'prepared:DIR'.
+      # 'builtin' | 'text:GLOB' | 'parquet:GLOB' | 'jsonl:GLOB' |
+      # 'tfds:NAME[/CONFIG][:SPLIT]' | 'prepared:DIR' (data/sources.py).
       source='builtin',
+      # The text column, field or feature of a parquet, jsonl or tfds record.
       text_feature='text',
+      # text: files: 'lines' (a sentence per line, a blank line between
+      # documents) | 'document' (each file one document of prose paragraphs).
+      text_format='lines',
+      # Drop code and table lines (data/markup.py), e.g. from documentation.
+      drop_markup=False,
+      # ISO 639 code: the sentence splitter's abbreviation rules.
+      language='en',
       # Held-out data for evaluation; empty: the last `eval_documents` documents
       # of `source` are held out and never trained on (0: no evaluation).
       eval_source='',
