@@ -187,13 +187,14 @@ def test_cpu_peak_from_cpuinfo():
 
 
 def _launch(module, *args):
+  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
   return subprocess.run(
     [sys.executable, '-m', module, *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=300,
-    env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
+    env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
   )
 
 
@@ -228,6 +229,8 @@ def test_launch_benchmark_prints_one_json_line_with_sane_values(tmp_path):
   assert record['max_rss_bytes'] > 0
   assert 0 < record['mfu'] == pytest.approx(record['flops_per_sec'] / record['peak_flops_per_sec'])
   assert 'peer_tokens_per_sec' not in record
+  # Started without GLIBC_TUNABLES, the launcher restarted itself with them (launch/__init__.py).
+  assert record['glibc_tunables'] == 'glibc.malloc.hugetlb=1'
 
 
 def test_launch_benchmark_rejects_bad_input_in_one_line():
