@@ -4,8 +4,12 @@ r"""Tokenizes a corpus once into ArrayRecord shards, for `prepared:DIR`.
       --vocab=vocab/ --output=prepared/
 
 Then train with --config.data.source=prepared:prepared/ (the vocabulary is
-read from prepared/vocab/). Documents are tokenized in --num_workers
-processes; masks are drawn on the fly at training time, fresh each epoch.
+read from prepared/vocab/). The source's parts (its files, or ranges of tfds
+records) are read, tokenized and written in --num_workers processes, one part
+per process at a time; masks are drawn on the fly at training time, fresh
+each epoch. Writing goes into prepared.partial/, renamed to prepared/ at the
+end: after a crash or a kill, the same command resumes there, keeping the
+finished parts.
 """
 
 import os
