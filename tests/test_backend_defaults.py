@@ -29,8 +29,8 @@ def test_layer_unroll(configured, depth, backend, expected):
   'configured, examples, splits, tokens, backend, expected',
   [
     (0, 8, 8, 128, 'cpu', 2),  # 4 examples of 128 = 512 tokens each.
-    (0, 8, 8, 512, 'cpu', 8),  # One example per micro-batch.
-    (0, 8, 8, 1024, 'cpu', 8),  # Longer than the budget: still one example.
+    (0, 8, 8, 512, 'cpu', 4),  # At least 2 examples, over the token budget.
+    (0, 1, 1, 512, 'cpu', 1),  # A single example.
     (0, 6, 6, 128, 'cpu', 2),  # 6 = 2 x 3, the fewest that fit.
     (0, 8, 4, 128, 'cpu', 2),  # 2 processes: micro-batches split 4 ways.
     (0, 8, 0, 128, 'cpu', 1),  # The batch does not split: the check says so.
