@@ -18,6 +18,7 @@ LAYERS = (
     'albert_jax',
     'albert_jax.errors',
     'albert_jax.config',
+    'albert_jax.backend_defaults',
     'albert_jax.model',
     'albert_jax.flops',
     'albert_jax.param_count',

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from albert_jax import backend_defaults
+from albert_jax.config import ModelConfig
 from albert_jax.data import pipeline
 from albert_jax.errors import UsageError
 from albert_jax.train import mesh as mesh_lib
@@ -50,15 +51,24 @@ class Run:
   # The train config the step runs, with its "auto" (0) settings chosen for
   # the backend; None for an evaluation-only run.
   train: TrainConfig | None
-  layer_unroll: int  # Layers per iteration of the model's layer loop.
-  depth: int  # Layer applications per forward pass.
+  model_config: ModelConfig
+
+  @property
+  def layer_unroll(self) -> int:
+    """Layers per iteration of the model's layer loop, as the model chooses
+    them (model.py, Encoder)."""
+    config = self.model_config
+    return backend_defaults.layer_unroll(
+      config.unroll, config.num_layer_applications, jax.default_backend()
+    )
 
   @property
   def step_settings(self) -> str:
     """How the step runs, e.g. '2 micro-batches per step; 12 of 12 layers
     per loop iteration'."""
     micro = f'{self.train.grad_accum_steps} micro-batches per step; ' if self.train else ''
-    return f'{micro}{self.layer_unroll} of {self.depth} layers per loop iteration'
+    depth = self.model_config.num_layer_applications
+    return f'{micro}{self.layer_unroll} of {depth} layers per loop iteration'
 
   @property
   def num_params(self) -> int:
@@ -115,8 +125,7 @@ def assemble(
       feeds each process an equal share of every micro-batch).
   Raises UsageError for a batch or a parameter that does not split.
   """
-  if train is not None:
-    train = _for_backend(train, mesh, rules, batch_factor, tokens_per_example)
+  train = _for_backend(train, mesh, rules, batch_factor, tokens_per_example)
   optimizer, schedule = _optimizer(model, init_inputs, train, mesh, rules, batch_factor)
   initial = state_lib.initial_state(
     model, init_inputs, optimizer=optimizer, seed=train.seed if train else 0, mesh=mesh, rules=rules
@@ -151,22 +160,20 @@ def assemble(
     flops_per_example=flops_per_example,
     tokens_per_example=tokens_per_example,
     train=train,
-    # As the model chooses it (model.py, Encoder).
-    layer_unroll=backend_defaults.layer_unroll(
-      model.config.unroll, model.config.num_layer_applications, jax.default_backend()
-    ),
-    depth=model.config.num_layer_applications,
+    model_config=model.config,
   )
 
 
 def _for_backend(
-  train: TrainConfig,
+  train: TrainConfig | None,
   mesh: jax.sharding.Mesh,
   rules: mesh_lib.LogicalRules,
   batch_factor: int,
   tokens_per_example: int,
-) -> TrainConfig:
+) -> TrainConfig | None:
   """`train` with grad_accum_steps 0 replaced by the backend's choice."""
+  if train is None:
+    return None
   shards = mesh_lib.batch_shards(mesh, rules)
   splits_into, rest = divmod(train.batch_size, shards * batch_factor)
   steps = backend_defaults.grad_accum_steps(
