@@ -244,7 +244,7 @@ def test_parquet_and_jsonl_records_are_documents(tmp_path, name):
     _write_jsonl(tmp_path / name, RECORDS)
   kind = name.split('.')[1]
   source = f'{kind}:{tmp_path}/*.{kind}*'
-  assert [p.path for p in sources.parts(source)] == [str(tmp_path / name)]
+  assert [p.paths for p in sources.parts(source)] == [(str(tmp_path / name),)]
   with_markup = list(sources.read_documents(source))
   assert with_markup[0] == DOCUMENTS[0] and '| a | b |' in with_markup[1]
   assert list(sources.read_documents(source, sources.SourceOptions(drop_markup=True))) == DOCUMENTS

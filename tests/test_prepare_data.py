@@ -1,6 +1,7 @@
 """launch.prepare_data's engine: parts in parallel, order, resume, lock, memory."""
 
 import fcntl
+import functools
 import os
 import tracemalloc
 
@@ -13,6 +14,8 @@ from albert_jax.data.tokenizer import Tokenizer, train_tokenizer
 from albert_jax.errors import DataError, UsageError
 
 BINARY = b'\0\1\2 not text' * 100
+# A part per file (the small files here would otherwise make one part).
+prepare = functools.partial(prepared.prepare, part_bytes=1)
 
 
 @pytest.fixture(scope='module')
@@ -55,7 +58,7 @@ def test_parts_prepared_in_parallel_keep_the_source_order(tmp_path, small_vocab)
   source = write_corpus(str(tmp_path / 'corpus'), [30, 3, 0, 61, 17])
   output = str(tmp_path / 'prepared')
   tokenizer = Tokenizer.load(small_vocab)
-  metadata = prepared.prepare(source, small_vocab, output, num_workers=2, documents_per_shard=8)
+  metadata = prepare(source, small_vocab, output, num_workers=2, documents_per_shard=8)
   want = tokenize(sources.read_documents(source), tokenizer)
   assert metadata['num_documents'] == want.num_documents == 111
   assert metadata['shards'][:5] == [f'documents-00000-0000{k}.array_record' for k in range(4)] + [
@@ -78,7 +81,7 @@ def test_a_bad_part_stops_the_run_and_a_rerun_resumes_after_the_fix(tmp_path, sm
   output = str(tmp_path / 'prepared')
   partial = output + '.partial'
   with pytest.raises(DataError) as failed:
-    prepared.prepare(source, small_vocab, output, num_workers=1, documents_per_shard=8)
+    prepare(source, small_vocab, output, num_workers=1, documents_per_shard=8)
   assert str(failed.value) == f'{bad} looks binary (NUL bytes): expected UTF-8 text'
   assert not os.path.exists(output)
   finished = [f'documents-0000{p}-0000{k}.array_record' for p in (0, 1) for k in range(3)]
@@ -90,13 +93,11 @@ def test_a_bad_part_stops_the_run_and_a_rerun_resumes_after_the_fix(tmp_path, sm
   with open(bad, 'wb') as f:
     f.write(good_text)
   capsys.readouterr()
-  metadata = prepared.prepare(source, small_vocab, output, num_workers=2, documents_per_shard=8)
+  metadata = prepare(source, small_vocab, output, num_workers=2, documents_per_shard=8)
   assert f'resuming {partial}: 2 of 4 parts done' in capsys.readouterr().out
   assert stats(output, finished[:-2]) == {k: v for k, v in before.items() if 'part-' not in k}
   clean = str(tmp_path / 'clean')
-  assert prepared.prepare(source, small_vocab, clean, num_workers=2, documents_per_shard=8) == (
-    metadata
-  )
+  assert prepare(source, small_vocab, clean, num_workers=2, documents_per_shard=8) == (metadata)
   tokenizer = Tokenizer.load(small_vocab)
   assert_same_documents(output, prepared.PreparedCorpus(clean, tokenizer), tokenizer)
 
@@ -108,10 +109,10 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, small_vocab):
   output = str(tmp_path / 'prepared')
   partial = output + '.partial'
   with pytest.raises(DataError, match='looks binary'):
-    prepared.prepare(f'text:{corpus}/*.txt', small_vocab, output, num_workers=1)
+    prepare(f'text:{corpus}/*.txt', small_vocab, output, num_workers=1)
   manifest = open(os.path.join(partial, 'manifest.json')).read()
   with pytest.raises(DataError) as refused:
-    prepared.prepare(f'text:{corpus}/*.txt', small_vocab, output, documents_per_shard=5)
+    prepare(f'text:{corpus}/*.txt', small_vocab, output, documents_per_shard=5)
   assert str(refused.value) == (
     f'{partial} holds an unfinished run with another documents_per_shard: '
     f'delete {partial} to start over or choose another --output'
@@ -119,7 +120,7 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, small_vocab):
   other = str(tmp_path / 'other_vocab')
   train_tokenizer(['other words entirely.'] * 20, other, vocab_size=30)
   with pytest.raises(DataError, match='another vocabulary: delete'):
-    prepared.prepare(f'text:{corpus}/*.txt', other, output)
+    prepare(f'text:{corpus}/*.txt', other, output)
   assert open(os.path.join(partial, 'manifest.json')).read() == manifest
 
 
@@ -129,14 +130,14 @@ def test_a_second_run_on_the_same_output_and_bad_flags_are_refused(tmp_path, sma
   with open(os.path.join(output + '.partial', 'lock'), 'a') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # As a first run would.
     with pytest.raises(DataError) as refused:
-      prepared.prepare('builtin', small_vocab, output)
+      prepare('builtin', small_vocab, output)
   assert str(refused.value) == (
     f'{output}.partial is in use by another prepare_data run: '
     'wait for it or choose another --output'
   )
   assert os.listdir(output + '.partial') == ['lock']
   with pytest.raises(UsageError, match='^documents_per_shard is 0: use 1 or more$'):
-    prepared.prepare('builtin', small_vocab, str(tmp_path / 'other'), documents_per_shard=0)
+    prepare('builtin', small_vocab, str(tmp_path / 'other'), documents_per_shard=0)
 
 
 def worker_peak(tmp_path, small_vocab, documents: int) -> tuple[int, int]:
@@ -162,3 +163,14 @@ def test_a_worker_holds_one_document_and_4_bytes_per_segment(tmp_path, small_voc
   # About 5 (array('i') with its spare room); a list of ints would cost 8 or
   # more (a pointer each), holding the tokens 100 or more.
   assert (large - small) / (large_segments - small_segments) < 8
+
+
+def test_small_files_are_grouped_into_parts(tmp_path, small_vocab):
+  """Thousands of one-document files must not become thousands of shards."""
+  source = write_corpus(str(tmp_path / 'corpus'), [2, 3, 1, 4])
+  sizes = [os.path.getsize(p) for p in sorted((tmp_path / 'corpus').iterdir())]
+  grouped = sources.parts(source, part_bytes=sizes[0] + sizes[1])
+  assert [len(part.paths) for part in grouped] == [2, 2]
+  assert [len(part.paths) for part in sources.parts(source)] == [4]
+  metadata = prepared.prepare(source, small_vocab, str(tmp_path / 'prepared'), num_workers=2)
+  assert len(metadata['shards']) == 1 and metadata['num_documents'] == 10

@@ -1,7 +1,8 @@
 """Offline-tokenized documents in ArrayRecord shards (`prepared:DIR`).
 
 `prepare(...)` (run by `python -m launch.prepare_data`) tokenizes a source
-part by part (sources.parts: a file, or a range of tfds records): each worker
+part by part (sources.parts: consecutive files up to 64 MiB, or a range of
+tfds records): each worker
 process reads, splits, tokenizes and writes one whole part at a time. DIR/:
   documents-PPPPP-KKKKK.array_record  part P's documents, a new shard K
                                 every documents_per_shard; one record per
@@ -65,6 +66,7 @@ def prepare(
   options: sources.SourceOptions | None = None,
   num_workers: int | None = None,
   documents_per_shard: int = 100_000,
+  part_bytes: int = sources.PART_BYTES,
   progress: bool = False,
 ) -> dict:
   """Tokenizes `source` into `output_dir`; returns its metadata.
@@ -80,7 +82,7 @@ def prepare(
   tokenizer = Tokenizer.load(tokenizer_dir)
   options = options or sources.SourceOptions()
   # A bad source fails here, before anything is written.
-  part_list = sources.parts(source, options)
+  part_list = sources.parts(source, options, part_bytes=part_bytes)
   manifest = dict(
     source=source,
     options=dataclasses.asdict(options),

@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import gzip
+import itertools
 import json
 import logging
 import os
@@ -90,12 +91,18 @@ class SourceOptions:
     return cls(**{f.name: getattr(data, f.name) for f in dataclasses.fields(cls)})
 
 
+# Consecutive files are read as one part up to this many bytes: a corpus of
+# thousands of small files (documentation, one document a file) becomes a
+# few parts, hence a few shards, while a large export keeps a part per file.
+PART_BYTES = 64 << 20
+
+
 @dataclasses.dataclass(frozen=True)
 class Part:
-  """One independently readable piece of a source: a file or a record range."""
+  """One independently readable piece of a source: files or a record range."""
 
-  name: str  # Stable across runs: a file path, or 'NAME:SPLIT[START:STOP]'.
-  path: str = ''  # The file, for file-based sources.
+  name: str  # Stable across runs: the first file's path, or 'NAME:SPLIT[START:STOP]'.
+  paths: tuple[str, ...] = ()  # Consecutive files, for file-based sources.
   start: int = 0  # Record range [start, stop), for tfds.
   stop: int = 0
 
@@ -117,15 +124,19 @@ def read_sentences(source: str, options: SourceOptions = SourceOptions()) -> Ite
     yield from document
 
 
-def parts(source: str, options: SourceOptions = SourceOptions()) -> list[Part]:
-  """The parts of `source`, in reading order; DataError for a bad source."""
+def parts(
+  source: str, options: SourceOptions = SourceOptions(), *, part_bytes: int = PART_BYTES
+) -> list[Part]:
+  """The parts of `source`, in reading order; DataError for a bad source.
+
+  Files are grouped into parts of consecutive files up to `part_bytes`
+  (a larger file is a part of its own).
+  """
   kind, _, spec = source.partition(':')
   if source == 'builtin':
     return [Part(name='builtin')]
   if kind in _FILE_KINDS:
-    # One part per file: a Hugging Face export has dozens of files, enough
-    # for the parallel workers of prepare_data.
-    return [Part(name=path, path=path) for path in files(kind, spec)]
+    return [Part(name=group[0], paths=group) for group in _grouped(files(kind, spec), part_bytes)]
   if kind == 'tfds':
     size = len(_tfds_records(spec))
     return [
@@ -146,6 +157,18 @@ def parts(source: str, options: SourceOptions = SourceOptions()) -> list[Part]:
   )
 
 
+def _grouped(paths: list[str], part_bytes: int) -> list[tuple[str, ...]]:
+  groups, group, size = [], [], 0
+  for path in paths:
+    length = os.path.getsize(path)
+    if group and size + length > part_bytes:
+      groups.append(tuple(group))
+      group, size = [], 0
+    group.append(path)
+    size += length
+  return groups + [tuple(group)] if group else groups
+
+
 def read_part(
   source: str, part: Part, options: SourceOptions = SourceOptions()
 ) -> Iterator[list[str]]:
@@ -153,19 +176,23 @@ def read_part(
   kind, _, spec = source.partition(':')
   if source == 'builtin':
     documents = builtin_corpus.documents()
-  elif kind == 'text' and options.text_format == 'document':
-    documents = [_prose_document(_text_lines(part.path), options)]
-  elif kind == 'text':
-    documents = _lines_documents(_text_lines(part.path), options)
-  elif kind == 'parquet':
-    documents = _record_documents(_parquet_texts(part.path, options.text_feature), options)
-  elif kind == 'jsonl':
-    documents = _record_documents(_jsonl_texts(part.path, options.text_feature), options)
+  elif kind in _FILE_KINDS:
+    documents = itertools.chain.from_iterable(_file_documents(kind, p, options) for p in part.paths)
   else:
     documents = _record_documents(_tfds_texts(spec, part, options.text_feature), options)
   for document in documents:
     if document:
       yield document
+
+
+def _file_documents(kind: str, path: str, options: SourceOptions) -> Iterable[list[str]]:
+  if kind == 'text' and options.text_format == 'document':
+    return [_prose_document(_text_lines(path), options)]
+  if kind == 'text':
+    return _lines_documents(_text_lines(path), options)
+  if kind == 'parquet':
+    return _record_documents(_parquet_texts(path, options.text_feature), options)
+  return _record_documents(_jsonl_texts(path, options.text_feature), options)
 
 
 def files(kind: str, pattern: str) -> list[str]:
