@@ -22,17 +22,18 @@ step. Other example settings (masking rate, n-grams) are the pretraining
 defaults of experiments/configs/pretrain.py.
 """
 
+import dataclasses
 import json
 from collections.abc import Sequence
 
 from absl import flags, logging
 
 from albert_jax import evaluate, model_path
-from albert_jax.data import pipeline, sources
+from albert_jax.data import pipeline
 from albert_jax.data.config import DataConfig
 from albert_jax.errors import UsageError
 from albert_jax.train import mesh as mesh_lib
-from launch import command_line
+from launch import command_line, source_flags
 
 _MODEL = flags.DEFINE_string(
   'model', None, 'Flax export, Hugging Face directory or hub id, or training workdir.'
@@ -41,19 +42,6 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step of a workdir; defaul
 _SOURCE = flags.DEFINE_string(
   'source', None, 'Held-out text: builtin, text:GLOB, tfds:NAME[/CONFIG][:SPLIT] or prepared:DIR.'
 )
-_TEXT_FEATURE = flags.DEFINE_string(
-  'text_feature', 'text', 'Text column, field or feature of a parquet:, jsonl: or tfds: source.'
-)
-_TEXT_FORMAT = flags.DEFINE_enum(
-  'text_format',
-  'lines',
-  sources.TEXT_FORMATS,
-  "text: files: a sentence per line ('lines') or each file one document of prose paragraphs.",
-)
-_DROP_MARKUP = flags.DEFINE_bool(
-  'drop_markup', False, 'Drop code and table lines (albert_jax/data/markup.py).'
-)
-_LANGUAGE = flags.DEFINE_string('language', 'en', "The sentence splitter's language (ISO 639).")
 _MAX_SEQ_LENGTH = flags.DEFINE_integer(
   'max_seq_length',
   None,
@@ -107,10 +95,7 @@ def _evaluate() -> dict[str, dict[str, float]]:
     )
   data = DataConfig(
     source=_SOURCE.value,
-    text_feature=_TEXT_FEATURE.value,
-    text_format=_TEXT_FORMAT.value,
-    drop_markup=_DROP_MARKUP.value,
-    language=_LANGUAGE.value,
+    **dataclasses.asdict(source_flags.options()),
     eval_documents=0,  # All of --source is held out.
     max_seq_length=_MAX_SEQ_LENGTH.value or min(512, pretrained.config.max_position_embeddings),
     max_predictions_per_seq=_MAX_PREDICTIONS.value,

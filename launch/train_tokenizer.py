@@ -22,7 +22,7 @@ from absl import flags
 
 from albert_jax.data import sources
 from albert_jax.data.tokenizer import MODEL_TYPES, Normalization, train_tokenizer
-from launch import command_line
+from launch import command_line, source_flags
 
 _SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to train on.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory to write.', required=True)
@@ -30,19 +30,6 @@ _MODEL_TYPE = flags.DEFINE_enum(
   'model_type', 'unigram', MODEL_TYPES, 'SentencePiece unigram, or BERT WordPiece.'
 )
 _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 30000, 'Pieces, at most.')
-_TEXT_FEATURE = flags.DEFINE_string(
-  'text_feature', 'text', 'Text column, field or feature of a parquet:, jsonl: or tfds: source.'
-)
-_TEXT_FORMAT = flags.DEFINE_enum(
-  'text_format',
-  'lines',
-  sources.TEXT_FORMATS,
-  "text: files: a sentence per line ('lines') or each file one document of prose paragraphs.",
-)
-_DROP_MARKUP = flags.DEFINE_bool(
-  'drop_markup', False, 'Drop code and table lines (albert_jax/data/markup.py).'
-)
-_LANGUAGE = flags.DEFINE_string('language', 'en', "The sentence splitter's language (ISO 639).")
 _LOWERCASE = flags.DEFINE_bool('lowercase', True, 'Lowercase text.')
 _STRIP_ACCENTS = flags.DEFINE_bool('strip_accents', True, 'NFKD, then drop combining accents.')
 _COLLAPSE_WHITESPACE = flags.DEFINE_bool(
@@ -63,12 +50,7 @@ def main(argv: Sequence[str]) -> None:
   train_tokenizer(  # Prints what it trained, in one line.
     sources.read_sentences(
       _SOURCE.value,
-      sources.SourceOptions(
-        text_feature=_TEXT_FEATURE.value,
-        text_format=_TEXT_FORMAT.value,
-        drop_markup=_DROP_MARKUP.value,
-        language=_LANGUAGE.value,
-      ),
+      source_flags.options(),
     ),
     _OUTPUT.value,
     vocab_size=_VOCAB_SIZE.value,
