@@ -2,8 +2,8 @@
 
 `prepare(...)` (run by `python -m launch.prepare_data`) tokenizes a source
 part by part (sources.parts: consecutive files up to 64 MiB, or a range of
-tfds records): each worker
-process reads, splits, tokenizes and writes one whole part at a time. DIR/:
+tfds records): each worker process reads, splits, tokenizes and writes one
+whole part at a time. DIR/:
   documents-PPPPP-KKKKK.array_record  part P's documents, a new shard K
                                 every documents_per_shard; one record per
                                 document, little-endian int32
