@@ -24,8 +24,8 @@ split into sentences (sentences.py). With `data.drop_markup`, markup-heavy
 lines (code, tables: markup.py) of text:, parquet:, jsonl: and tfds: are
 dropped before that.
 
-A source is read as a list of independent parts (`parts`): one per file, or
-one range of records of a tfds split, so that `launch.prepare_data` can
+A source is read as a list of independent parts (`parts`): consecutive files
+up to PART_BYTES, or one range of records of a tfds split, so that `launch.prepare_data` can
 tokenize parts in parallel and resume after the last finished one. Reading
 the parts in order (`read_part`) gives the documents of `read_documents`;
 files are streamed, never held whole.
