@@ -30,8 +30,7 @@ from albert_jax import model_path
 from albert_jax.errors import UsageError
 from albert_jax.finetune import trainer
 from albert_jax.finetune.config import FinetuneConfig
-from albert_jax.train import distributed
-from launch import command_line
+from launch import command_line, process_flags
 
 _CONFIG_FILE = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -51,16 +50,6 @@ _TASK = flags.DEFINE_string(
 _WORKDIR = flags.DEFINE_string(
   'workdir', None, 'Run directory (checkpoints, metrics); default runs/finetune_TASK.'
 )
-_DISTRIBUTED = flags.DEFINE_bool(
-  'distributed',
-  False,
-  'Join the other processes of a Cloud TPU pod / SLURM job (found from the environment).',
-)
-_COORDINATOR_ADDRESS = flags.DEFINE_string(
-  'coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run.'
-)
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -69,9 +58,7 @@ def main(argv: Sequence[str]) -> None:
     raise UsageError('pass --model=PATH: a model directory, a hub id or a training workdir')
   config = FinetuneConfig.from_config(flags.FLAGS.config)
   workdir = _WORKDIR.value or os.path.join('runs', f'finetune_{_TASK.value}')
-  distributed.initialize(
-    _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value, cluster=_DISTRIBUTED.value
-  )
+  process_flags.join()
   loaded = model_path.load(_MODEL.value, step=_STEP.value)
   result = trainer.finetune(config, loaded.pretrained, workdir, source=loaded.description)
   if jax.process_index() != 0:

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import jax
 from absl import flags
 
-from albert_jax.train import distributed, trainer
+from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
-from launch import command_line
+from launch import command_line, process_flags
 
 _DEFAULT_CONFIG = (
   os.path.join(
@@ -38,25 +38,13 @@ _DEFAULT_CONFIG = (
 _WORKDIR = flags.DEFINE_string(
   'workdir', None, 'Run directory (checkpoints, metrics, config); default runs/PRESET.'
 )
-_DISTRIBUTED = flags.DEFINE_bool(
-  'distributed',
-  False,
-  'Join the other processes of a Cloud TPU pod / SLURM job (found from the environment).',
-)
-_COORDINATOR_ADDRESS = flags.DEFINE_string(
-  'coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run.'
-)
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 
 
 def main(argv: Sequence[str]) -> None:
   del argv  # Flags only.
   config = PretrainConfig.from_config(flags.FLAGS.config)
   workdir = _WORKDIR.value or os.path.join('runs', config.preset or 'run')
-  distributed.initialize(
-    _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value, cluster=_DISTRIBUTED.value
-  )
+  process_flags.join()
   result = trainer.train(config, workdir)
   if jax.process_index() != 0:
     return
