@@ -485,13 +485,10 @@ class AlbertForSequenceClassification(nn.Module):
     self, input_ids: Array, input_mask: Array, segment_ids: Array, *, deterministic: bool = True
   ) -> dict[str, Array]:
     """[batch, seq] int32 inputs -> {'logits': [batch, num_labels] float32}."""
-    cfg = self.config
-    _, pooled = AlbertModel(cfg, name='albert')(
+    _, pooled = AlbertModel(self.config, name='albert')(
       input_ids, input_mask, segment_ids, deterministic=deterministic
     )
-    pooled = nn.Dropout(self.classifier_dropout_prob)(pooled, deterministic)
-    logits = _dense(cfg, self.num_labels, ('hidden', 'classes'), 'classifier')(pooled)
-    return {'logits': logits.astype(jnp.float32)}
+    return {'logits': _classify(self, pooled, deterministic)}
 
 
 class AlbertForTokenClassification(nn.Module):
@@ -510,13 +507,22 @@ class AlbertForTokenClassification(nn.Module):
     self, input_ids: Array, input_mask: Array, segment_ids: Array, *, deterministic: bool = True
   ) -> dict[str, Array]:
     """[batch, seq] int32 inputs -> {'logits': [batch, seq, num_labels] float32}."""
-    cfg = self.config
-    sequence, _ = AlbertModel(cfg, name='albert')(
+    sequence, _ = AlbertModel(self.config, name='albert')(
       input_ids, input_mask, segment_ids, deterministic=deterministic
     )
-    sequence = nn.Dropout(self.classifier_dropout_prob)(sequence, deterministic)
-    logits = _dense(cfg, self.num_labels, ('hidden', 'classes'), 'classifier')(sequence)
-    return {'logits': logits.astype(jnp.float32)}
+    return {'logits': _classify(self, sequence, deterministic)}
+
+
+def _classify(
+  head: AlbertForSequenceClassification | AlbertForTokenClassification,
+  features: Array,
+  deterministic: bool,
+) -> Array:
+  """The classifier of `head` (called in its compact __call__): dropout, then
+  the 'classifier' projection; [..., H] -> [..., num_labels] float32."""
+  features = nn.Dropout(head.classifier_dropout_prob)(features, deterministic)
+  logits = _dense(head.config, head.num_labels, ('hidden', 'classes'), 'classifier')(features)
+  return logits.astype(jnp.float32)
 
 
 class AlbertForQuestionAnswering(nn.Module):
