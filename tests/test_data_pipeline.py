@@ -9,12 +9,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tokenizers
 from absl import flags
 
 from albert_jax.data import examples, pipeline, prepared, sources
 from albert_jax.data.tokenizer import Tokenizer, train_tokenizer
 from albert_jax.errors import DataError, UsageError
 from experiments.configs import pretrain
+
+import train_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 16
@@ -255,25 +258,6 @@ def test_prepared_data_gives_the_in_memory_batches(tmp_path, workdir, corpus, to
     pipeline.load_corpus(tiny_data(source=f'prepared:{tmp_path}'), tokenizer)
 
 
-def unigram_tokenizer_json(directory: str) -> None:
-  """A tokenizer.json only (no config): a Unigram trained with `tokenizers`."""
-  import tokenizers
-
-  backend = tokenizers.Tokenizer(tokenizers.models.Unigram())
-  backend.normalizer = tokenizers.normalizers.Lowercase()
-  backend.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
-  backend.decoder = tokenizers.decoders.Metaspace()
-  trainer = tokenizers.trainers.UnigramTrainer(
-    vocab_size=600,
-    special_tokens=['<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]'],
-    unk_token='<unk>',
-    show_progress=False,
-  )
-  backend.train_from_iterator(sources.read_sentences('builtin'), trainer)
-  os.makedirs(directory)
-  backend.save(os.path.join(directory, 'tokenizer.json'))
-
-
 @pytest.mark.parametrize('kind', ['vocab.txt', 'tokenizer.json'])
 def test_prepared_data_with_each_vocabulary_kind(tmp_path, kind):
   vocab = str(tmp_path / 'chosen_vocab')
@@ -282,7 +266,12 @@ def test_prepared_data_with_each_vocabulary_kind(tmp_path, kind):
       sources.read_sentences('builtin'), vocab, vocab_size=800, model_type='wordpiece'
     )
   else:
-    unigram_tokenizer_json(vocab)
+    train_testing.unigram_tokenizer_json(
+      vocab,
+      sources.read_sentences('builtin'),
+      vocab_size=600,
+      normalizer=tokenizers.normalizers.Lowercase(),
+    )
   tokenizer = Tokenizer.load(vocab)
   assert tokenizer.kind == kind
   in_memory = tiny_data(vocab=vocab)

@@ -5,22 +5,14 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import model_testing
 import numpy as np
 
-from albert_jax.config import ModelConfig
 from albert_jax.flops import train_flops_per_example
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.param_count import count_params
 
-TINY = ModelConfig(
-  vocab_size=99,
-  embedding_size=16,
-  hidden_size=32,
-  num_layers=3,
-  num_heads=4,
-  intermediate_size=64,
-  max_position_embeddings=16,
-)
+TINY = dataclasses.replace(model_testing.TINY, num_layers=3)
 
 
 def test_matmul_flops_are_six_per_param_per_token():

@@ -8,10 +8,12 @@ with padding); the parts it lacks are named; `save_hf` writes what
 keeps the head.
 """
 
+import dataclasses
 import logging
 import os
 import sys
 
+import model_testing
 import numpy as np
 import pytest
 import torch
@@ -20,20 +22,11 @@ import transformers
 from albert_jax import hf
 from albert_jax import model as albert
 from albert_jax import pretrained as pretrained_lib
-from albert_jax.config import ModelConfig
 from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import ExportError
 
 TOL = 1e-5
-TINY = ModelConfig(
-  vocab_size=256,
-  embedding_size=16,
-  hidden_size=32,
-  num_layers=2,
-  num_heads=4,
-  intermediate_size=64,
-  max_position_embeddings=16,
-)
+TINY = dataclasses.replace(model_testing.TINY, vocab_size=256, num_layers=2)
 LABELS = {
   'AlbertForSequenceClassification': ('negative', 'neutral', 'positive'),
   'AlbertForTokenClassification': ('O', 'B-PER', 'I-PER', 'B-LOC', 'I-LOC'),

@@ -8,6 +8,7 @@ with padding.
 import dataclasses
 
 import jax
+import model_testing
 import numpy as np
 import pytest
 import torch
@@ -20,15 +21,7 @@ from albert_jax.model import AlbertForPreTraining
 from albert_jax.param_count import param_shapes
 
 TOL = 1e-5
-TINY = ModelConfig(
-  vocab_size=99,
-  embedding_size=16,
-  hidden_size=32,
-  num_layers=4,
-  num_heads=4,
-  intermediate_size=64,
-  max_position_embeddings=16,
-)
+TINY = model_testing.TINY
 CASES = {
   'all': TINY,
   'none': dataclasses.replace(TINY, sharing='none'),

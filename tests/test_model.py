@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.ad_checkpoint
 import jax.numpy as jnp
+import model_testing
 import numpy as np
 import pytest
 
@@ -17,15 +18,7 @@ from albert_jax.train.config import PretrainConfig
 from albert_jax.train.mesh import DEFAULT_RULES
 from experiments.configs import pretrain
 
-TINY = ModelConfig(
-  vocab_size=99,
-  embedding_size=16,
-  hidden_size=32,
-  num_layers=4,
-  num_heads=4,
-  intermediate_size=64,
-  max_position_embeddings=16,
-)
+TINY = model_testing.TINY
 B, S, P = 2, 12, 3
 
 

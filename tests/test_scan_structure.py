@@ -9,22 +9,15 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import model_testing
 import pytest
 
 from albert_jax.config import ModelConfig
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.param_count import param_shapes
 
-TINY = ModelConfig(
-  vocab_size=99,
-  embedding_size=16,
-  hidden_size=32,
-  num_layers=2,
-  num_heads=4,
-  intermediate_size=64,
-  max_position_embeddings=16,
-  unroll=1,  # A loop, whatever the backend would choose.
-)
+# A loop of two layers, whatever the backend would choose.
+TINY = dataclasses.replace(model_testing.TINY, num_layers=2, unroll=1)
 
 
 def _num_instructions(config: ModelConfig) -> int:

@@ -18,6 +18,8 @@ import pytest
 from albert_jax.data.tokenizer import Normalization, Tokenizer, train_tokenizer
 from albert_jax.errors import DataError
 
+import train_testing
+
 transformers = pytest.importorskip('transformers')
 tokenizers = pytest.importorskip('tokenizers')
 
@@ -112,19 +114,9 @@ def build(root, name: str) -> str:
     config = json.load(open(f'{directory}/tokenizer_config.json'))
     write_json(f'{directory}/tokenizer_config.json', {**config, 'keep_accents': True})
   elif name == 'unigram_json':
-    backend = tokenizers.Tokenizer(tokenizers.models.Unigram())
-    backend.normalizer = tokenizers.normalizers.NFKC()
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
-    backend.decoder = tokenizers.decoders.Metaspace()
-    trainer = tokenizers.trainers.UnigramTrainer(
-      vocab_size=150,
-      special_tokens=['<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]'],
-      unk_token='<unk>',
-      show_progress=False,
+    train_testing.unigram_tokenizer_json(
+      directory, CORPUS, vocab_size=150, normalizer=tokenizers.normalizers.NFKC()
     )
-    backend.train_from_iterator(CORPUS, trainer)
-    os.makedirs(directory)
-    backend.save(f'{directory}/tokenizer.json')
     write_json(f'{directory}/tokenizer_config.json', {'tokenizer_class': 'PreTrainedTokenizerFast'})
   return directory
 

@@ -1,7 +1,9 @@
-"""Shared by tests/test_train_*.py: a tiny pretraining config, in-process or as flags."""
+"""Shared by tests/test_train_*.py and others: a tiny pretraining config,
+in-process or as flags, and the tests' vocabularies."""
 
 import json
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import ml_collections
@@ -39,6 +41,30 @@ TINY = {
 def train_vocab(directory: str) -> str:
   """Trains the tests' SentencePiece vocabulary into `directory`."""
   train_tokenizer(sources.read_sentences('builtin'), directory, vocab_size=VOCAB_SIZE)
+  return directory
+
+
+def unigram_tokenizer_json(
+  directory: str, sentences: Iterable[str], *, vocab_size: int, normalizer: Any
+) -> str:
+  """Writes a tokenizer.json only (no config) into `directory`: a Unigram
+  model trained on `sentences` with `tokenizers`, after `normalizer` (a
+  tokenizers.normalizers object)."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+
+  backend = tokenizers.Tokenizer(tokenizers.models.Unigram())
+  backend.normalizer = normalizer
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+  backend.decoder = tokenizers.decoders.Metaspace()
+  trainer = tokenizers.trainers.UnigramTrainer(
+    vocab_size=vocab_size,
+    special_tokens=['<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]'],
+    unk_token='<unk>',
+    show_progress=False,
+  )
+  backend.train_from_iterator(sentences, trainer)
+  os.makedirs(directory)
+  backend.save(os.path.join(directory, 'tokenizer.json'))
   return directory
 
 
