@@ -6,6 +6,8 @@ its own sub-workdir, evaluated on held-out NSP and SOP examples, tabulated.
   python -m launch.sweep --report=runs/sharing        # rebuild the report
   python -m launch.sweep --sweep=experiments/ablations/sharing.py:tiny \
       --workdir=runs/sharing --seeds=0,1,2 --only=E64-all,E64-none
+  python -m launch.sweep --sweep=experiments/ablations/sharing.py:mini \
+      --workdir=runs/sharing --seeds=0,1,2 --parallel=8   # 8 runs share a GPU
   python -m launch.sweep --sweep=experiments/ablations/sharing.py:base \
       --workdir=/shared/sharing --emit=slurm --nodes=4 > submit.sh
 
@@ -44,6 +46,9 @@ _EVAL_BATCHES = flags.DEFINE_integer(
   "Batches per objective of the final evaluation; 0: the run's train.eval_steps.",
 )
 _ONLY = flags.DEFINE_list('only', [], 'Run or emit only these variants (default: all).')
+_PARALLEL = flags.DEFINE_integer(
+  'parallel', 1, 'Runs training at a time on this machine (small runs sharing an accelerator).'
+)
 _EMIT = flags.DEFINE_enum(
   'emit', None, emit.TARGETS, 'Print a bash script of launch commands instead of running.'
 )
@@ -98,8 +103,17 @@ def _main() -> int:
     return 0
   root = os.path.abspath(_WORKDIR.value)
   whole.save(root)
+  if _PARALLEL.value > 1:
+    # Each process takes the accelerator memory it uses, not 75 % of it.
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   outcomes = runner.run_plan(
-    plan, root, flags.FLAGS.config, pretrain=_PRETRAIN, cwd=_REPO, eval_batches=_EVAL_BATCHES.value
+    plan,
+    root,
+    flags.FLAGS.config,
+    pretrain=_PRETRAIN,
+    cwd=_REPO,
+    eval_batches=_EVAL_BATCHES.value,
+    parallel=_PARALLEL.value,
   )
   if report.collect(whole, root):
     print('\n'.join(report.write_report(whole, root)))

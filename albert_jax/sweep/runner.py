@@ -1,4 +1,4 @@
-"""Runs a plan on this machine, one run at a time.
+"""Runs a plan on this machine, one run or several at a time.
 
 Each run is a pretraining process (the caller says how to start one, e.g.
 `python -m launch.pretrain` from the repository root) with the flags that
@@ -7,15 +7,17 @@ sweep_result.json is at the final step is skipped; one whose final checkpoint
 exists is only evaluated; any other is (re)started by its command, which
 resumes from the run's latest checkpoint. A run that fails is reported and
 the next one starts. SIGTERM stops the sweep: it is passed on to the running
-trainer, which checkpoints and exits, so that rerunning the sweep resumes.
+trainers, which checkpoint and exit, so that rerunning the sweep resumes.
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import os
 import shlex
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -41,6 +43,7 @@ def run_plan(
   pretrain: Sequence[str],
   cwd: str,
   eval_batches: int,
+  parallel: int = 1,
   echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
   """Runs every run of `plan` not finished yet in `root`/RUN.
@@ -56,35 +59,60 @@ def run_plan(
     cwd: where it runs (the plan's config path is relative to it).
     eval_batches: batches per objective of the final evaluation, 0: the
       run's train.eval_steps.
+    parallel: runs at a time, each training in its own process (runs too
+      small to fill an accelerator share it); the evaluations run here, one
+      at a time, as the runs finish.
     echo: where the runs' console lines go.
-  Returns: one outcome per run, up to the first 'stopped' (after a SIGTERM).
+  Returns: one outcome per run, in the plan's order.
   """
+  if parallel < 1:
+    raise SweepError(f'--parallel={parallel}: give a number of runs >= 1')
   stop = _StopOnSigterm(cwd)
-  outcomes = []
+  # A run holds its slot until it is evaluated and reported: with one slot,
+  # runs go strictly one after another.
+  slots = threading.Semaphore(parallel)
+
+  def train(run: Run) -> Outcome:
+    slots.acquire()
+    return _train(plan, run, root, base_config, list(pretrain), echo, stop)
+
+  outcomes = {}
   try:
-    for run in plan.runs:
-      if stop.requested:
-        break
-      outcome = _run_one(plan, run, root, base_config, list(pretrain), eval_batches, echo, stop)
-      echo(f'[{run.name}] {outcome.status}' + (f': {outcome.message}' if outcome.message else ''))
-      outcomes.append(outcome)
-      if outcome.status == 'stopped':
-        break
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+      runs = {pool.submit(train, run): run for run in plan.runs}
+      try:
+        for training in concurrent.futures.as_completed(runs):
+          run, outcome = runs[training], training.result()
+          if outcome.status in ('trained', 'evaluated'):
+            outcome = _evaluate(run, root, outcome.status, eval_batches)
+          message = f': {outcome.message}' if outcome.message else ''
+          echo(f'[{run.name}] {outcome.status}{message}')
+          outcomes[run.name] = outcome
+          slots.release()
+      except BaseException:
+        stop.requested = True  # The runs not started yet return at once.
+        for _ in plan.runs:
+          slots.release()
+        raise
   finally:
     stop.close()
-  return outcomes
+  return [outcomes[run.name] for run in plan.runs]
 
 
-def _run_one(
+def _train(
   plan: Plan,
   run: Run,
   root: str,
   base_config: ml_collections.ConfigDict,
   pretrain: list[str],
-  eval_batches: int,
   echo: Callable[[str], None],
   stop: '_StopOnSigterm',
 ) -> Outcome:
+  """Trains `run` to its final step unless done before: status 'finished
+  before', 'failed' or 'stopped', or 'trained' / 'evaluated' (left to
+  evaluate)."""
+  if stop.requested:
+    return Outcome(run.name, 'stopped', 'rerun the sweep to resume')
   workdir = os.path.join(root, run.name)
   config = base_config.copy_and_resolve_references()
   config.update_from_flattened_dict(dict(run.overrides))
@@ -92,23 +120,26 @@ def _run_one(
   result = results.read_result(workdir)
   if result is not None and result['step'] == num_steps:
     return Outcome(run.name, 'finished before')
-  status = 'evaluated'
-  if results.final_step(workdir) != num_steps:
-    command = [*pretrain, *plan.arguments(run, root)]
-    echo(f'$ {shlex.join(command)}')
-    returncode, last_line = stop.run(command, prefix=f'[{run.name}] ', echo=echo)
-    if stop.requested:
-      return Outcome(run.name, 'stopped', 'rerun the sweep to resume')
-    if returncode:
-      return Outcome(run.name, 'failed', f'exit status {returncode}: {last_line}')
-    step = results.final_step(workdir)
-    if step != num_steps:
-      return Outcome(
-        run.name, 'failed', f'stopped at step {step} of {num_steps}: rerun the sweep to resume'
-      )
-    status = 'trained'
+  if results.final_step(workdir) == num_steps:
+    return Outcome(run.name, 'evaluated')
+  command = [*pretrain, *plan.arguments(run, root)]
+  echo(f'$ {shlex.join(command)}')
+  returncode, last_line = stop.run(command, prefix=f'[{run.name}] ', echo=echo)
+  if stop.requested:
+    return Outcome(run.name, 'stopped', 'rerun the sweep to resume')
+  if returncode:
+    return Outcome(run.name, 'failed', f'exit status {returncode}: {last_line}')
+  step = results.final_step(workdir)
+  if step != num_steps:
+    return Outcome(
+      run.name, 'failed', f'stopped at step {step} of {num_steps}: rerun the sweep to resume'
+    )
+  return Outcome(run.name, 'trained')
+
+
+def _evaluate(run: Run, root: str, status: str, eval_batches: int) -> Outcome:
   try:
-    results.evaluate_run(workdir, num_batches=eval_batches)
+    results.evaluate_run(os.path.join(root, run.name), num_batches=eval_batches)
   except (ExportError, DataError, SweepError) as e:
     return Outcome(run.name, 'failed', f'evaluation: {e}')
   return Outcome(run.name, status)
@@ -136,37 +167,44 @@ def evaluate_unevaluated(plan: Plan, root: str, *, eval_batches: int) -> None:
 
 
 class _StopOnSigterm:
-  """Runs subprocesses in `cwd`; on SIGTERM passes it to the running one and
-  records that the sweep must stop."""
+  """Runs subprocesses in `cwd`, from any thread; on SIGTERM passes it to the
+  running ones and records that the sweep must stop."""
 
   def __init__(self, cwd: str):
     self.requested = False
     self._cwd = cwd
-    self._process: subprocess.Popen | None = None
+    self._processes: set[subprocess.Popen] = set()
+    self._lock = threading.Lock()
     self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame) -> None:
     del signum, frame
-    self.requested = True
-    if self._process is not None:
-      self._process.terminate()
+    with self._lock:
+      self.requested = True
+      for process in self._processes:
+        process.terminate()
 
   def run(self, command: list[str], *, prefix: str, echo: Callable[[str], None]) -> tuple[int, str]:
     """Runs `command`, echoing its output; returns the exit status and the
     last line of output."""
     tail = collections.deque(maxlen=1)
-    self._process = subprocess.Popen(
-      command, cwd=self._cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    with self._lock:
+      if self.requested:
+        return -signal.SIGTERM, 'not started: the sweep is stopping'
+      process = subprocess.Popen(
+        command, cwd=self._cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+      )
+      self._processes.add(process)
     try:
-      for line in self._process.stdout:
+      for line in process.stdout:
         line = line.rstrip()
         if line:
           echo(prefix + line)
           tail.append(line)
-      returncode = self._process.wait()
+      returncode = process.wait()
     finally:
-      self._process = None
+      with self._lock:
+        self._processes.discard(process)
     return returncode, tail[0] if tail else ''
 
   def close(self) -> None:
