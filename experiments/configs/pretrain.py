@@ -27,17 +27,18 @@ _SIZES = {
 
 # The run settings of the CPU presets; every other preset takes ALBERT's
 # (sequence 512, batch 4096, 125k steps). mini is sized to one run of <= 15
-# minutes on a 2-core CPU: its worst sweep variant (E = 256) is ~1.8e13
-# training + evaluation FLOPs (albert_jax.flops), which at the ~2.2e10 FLOP/s
-# the tiny preset reaches on that CPU is ~790 s, less at H = 256's larger
-# matmuls, leaving ~100 s to start and compile (tests/test_sweep.py checks).
+# minutes on a 2-core CPU: its worst sweep variant (E = 256) is ~9.4e13
+# training + evaluation FLOPs (albert_jax.flops), which at the ~1.2e11 FLOP/s
+# mini's step reaches on that CPU at the backend's defaults (0.65-0.75 s per
+# step) is ~13 minutes, leaving time to start and compile
+# (tests/test_sweep.py checks).
 # Fields: held-out documents, vocabulary pieces, batch, steps, LAMB learning
 # rate, warmup, log_every, eval_every, eval_steps, checkpoint_every.
 _SMALL = {
   'tiny': (16, 2000, 16, 600, 2e-2, 60, 20, 200, 4, 200),
   # Over a real corpus (thousands of documents): more held-out documents, so
   # that the evaluation's 256 examples per objective are mostly distinct.
-  'mini': (100, 8000, 32, 180, 1e-2, 20, 10, 60, 8, 60),
+  'mini': (100, 8000, 32, 1000, 1e-2, 100, 50, 200, 8, 200),
 }
 _LARGE = (10000, 30000, 4096, 125000, 0.00176, 3125, 100, 5000, 50, 5000)
 
