@@ -6,6 +6,7 @@ import json
 import os
 import re
 import struct
+import subprocess
 import sys
 
 import jax
@@ -284,3 +285,18 @@ def test_objective_none_trains_mlm_only():
   metrics = step_lib.summarize(step_lib.loss_sums(outputs, batch), 'none')
   assert set(metrics) == {'mlm_loss', 'mlm_accuracy', 'loss'}
   assert metrics['loss'] == metrics['mlm_loss']
+
+
+@pytest.mark.parametrize('launcher', ['pretrain', 'finetune'])
+def test_the_trainers_do_not_import_torch(launcher):
+  # tensorboardX would import torch whenever it is installed (as it is for
+  # these tests): seconds of every trainer's start, and its thread pools.
+  code = f'import sys, launch.{launcher}; print("torch" in sys.modules)'
+  out = subprocess.run(
+    [sys.executable, '-c', code],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
+  assert out.strip() == 'False'

@@ -12,6 +12,7 @@ Every logged record goes to three places with the same values (process 0):
 Evaluation records carry `eval_`-prefixed keys.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -19,13 +20,32 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 import jax
-import tensorboardX
 import tqdm
-from tensorboardX import summary as summary_lib
+
+
+@contextlib.contextmanager
+def _hidden(module: str) -> Iterator[None]:
+  """Inside the block `import module` fails, unless it was imported before."""
+  if module in sys.modules:
+    yield
+    return
+  sys.modules[module] = None
+  try:
+    yield
+  finally:
+    del sys.modules[module]
+
+
+# tensorboardX imports torch whenever it is installed, only to accept torch
+# tensors, which this writer never passes: 1.5 s of every trainer's start, and
+# torch's thread pools in a JAX process.
+with _hidden('torch'):
+  import tensorboardX  # noqa: E402
+  from tensorboardX import summary as summary_lib  # noqa: E402
 
 # Peak dense bf16 FLOP/s of one JAX device, by a substring of `device_kind`;
 # the first match wins. (TPU v2/v3 expose each core as a device.)
