@@ -562,6 +562,19 @@ def test_verdicts(low, high, seeds, verdict):
   assert stats.verdict(paired) == verdict
 
 
+@pytest.mark.parametrize(
+  'low, high, verdict',
+  [
+    (-0.009, 0.02, 'reproduced'),
+    (-0.03, -0.011, 'not reproduced (more than 1 point behind)'),
+    (-0.02, 0.01, 'inconclusive (CI spans −1 point)'),
+  ],
+)
+def test_verdicts_of_no_worse_by_more_than_a_margin(low, high, verdict):
+  paired = stats.Paired(difference=(low + high) / 2, low=low, high=high, seeds=3, examples=9)
+  assert stats.verdict(paired, margin=0.01) == verdict
+
+
 def test_example_outcomes_add_up_to_the_evaluation_sums():
   keys = jax.random.split(jax.random.key(0), 5)
   batch = {

@@ -188,8 +188,9 @@ def comparison_table(plan: Plan, root: str) -> str:
     'Each difference is first variant minus second, in accuracy points, over the seeds '
     'both have finished (same seed: same data order and held-out examples); its interval '
     "is a bootstrap over seeds and held-out examples. Verdict on the paper's direction "
-    f'(first ahead): reproduced / not reproduced / inconclusive (CI spans 0, or fewer than '
-    f'{stats.MIN_SEEDS} seeds).',
+    '(first ahead; or, where the paper finds the two alike, first no more than a margin '
+    'behind): reproduced / not reproduced / inconclusive (CI spans 0 or the margin, or '
+    f'fewer than {stats.MIN_SEEDS} seeds).',
     '',
     '| comparison | measured | paper | difference | CI | seeds × examples | verdict |',
     '|---|---|---|---:|---:|---:|---|',
@@ -213,7 +214,7 @@ def comparison_table(plan: Plan, root: str) -> str:
         f'{100 * paired.difference:+.2f}',
         f'[{100 * paired.low:+.2f}, {100 * paired.high:+.2f}]',
         f'{paired.seeds} × {paired.examples}',
-        stats.verdict(paired),
+        stats.verdict(paired, comparison.margin),
       ]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'

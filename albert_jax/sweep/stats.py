@@ -91,14 +91,21 @@ def paired_difference(
   )
 
 
-def verdict(paired: Paired) -> str:
-  """Whether the paper's direction (a ahead of b: a positive difference)
-  shows: 'reproduced' when the whole interval is above 0, 'not reproduced'
-  when it is below, 'inconclusive' when it spans 0 or seeds are too few."""
+def verdict(paired: Paired, margin: float = 0.0) -> str:
+  """Whether the paper's finding shows: a ahead of b (a difference above 0),
+  or with a `margin`, a no worse than b by more than it (a difference above
+  -margin). 'reproduced' when the whole interval is above that bound, 'not
+  reproduced' when it is below, 'inconclusive' when it spans it or seeds are
+  too few."""
   if paired.seeds < MIN_SEEDS:
     return f'inconclusive ({paired.seeds} seed{"s" * (paired.seeds > 1)}; {MIN_SEEDS} needed)'
-  if paired.low > 0:
+  if paired.low > -margin:
     return 'reproduced'
-  if paired.high < 0:
-    return 'not reproduced (the opposite direction)'
-  return 'inconclusive (CI spans 0)'
+  if not margin:
+    return (
+      'not reproduced (the opposite direction)' if paired.high < 0 else 'inconclusive (CI spans 0)'
+    )
+  points = f'{100 * margin:g} point' + 's' * (round(100 * margin, 9) != 1)
+  if paired.high < -margin:
+    return f'not reproduced (more than {points} behind)'
+  return f'inconclusive (CI spans −{points})'

@@ -41,12 +41,14 @@ class Variant:
 class Comparison:
   """A finding of the paper as a paired difference between two variants:
   `ahead` minus `behind` on `metric` (a key of METRICS), which the paper
-  finds positive."""
+  finds positive, or with a `margin` above -margin (`ahead` no worse than
+  `behind` by more than margin, in accuracy)."""
 
   ahead: str  # Variant names.
   behind: str
   metric: str
   paper: str  # What the paper reports, e.g. 'Table 4: not-shared ahead'.
+  margin: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
