@@ -19,7 +19,7 @@ from albert_jax import flops
 from albert_jax.config import ModelConfig
 from albert_jax.errors import SweepError
 from albert_jax.param_count import count_params
-from albert_jax.sweep import emit, report, results, stats, variants
+from albert_jax.sweep import emit, report, results, runner, stats, variants
 from albert_jax.sweep import plan as plan_lib
 from albert_jax.train import train_step as step_lib
 
@@ -170,6 +170,16 @@ def test_every_variant_is_trained_evaluated_and_reported(swept, vocab, name):
   starts = [i for i, line in enumerate(lines) if line.startswith('$ ')]
   first_reported = lines.index(f'[{sweep.variants[0].name}] trained')
   assert (starts[1] < first_reported) == (name == PARALLEL_SWEEP)
+  if name == PARALLEL_SWEEP and len(os.sched_getaffinity(0)) >= 2:
+    # Each of the two at a time on its own share of the cores.
+    first, second = (set(lines[i].rsplit('# cores ', 1)[1].split(',')) for i in starts[:2])
+    assert first and second and not first & second
+
+
+def test_parallel_runs_take_equal_disjoint_shares_of_the_cores():
+  assert [runner.cores(slot, 2, [0, 1, 2, 3]) for slot in range(2)] == [[0, 1], [2, 3]]
+  assert [runner.cores(slot, 3, [4, 5, 6, 7]) for slot in range(3)] == [[4], [5], [6]]
+  assert [runner.cores(slot, 3, [0, 1]) for slot in range(3)] == [[0], [1], [0]]
 
 
 def test_emit_shell_writes_the_commands_the_sweep_ran(swept, vocab):

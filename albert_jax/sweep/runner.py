@@ -14,6 +14,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import queue
 import shlex
 import signal
 import subprocess
@@ -59,9 +60,11 @@ def run_plan(
     cwd: where it runs (the plan's config path is relative to it).
     eval_batches: batches per objective of the final evaluation, 0: the
       run's train.eval_steps.
-    parallel: runs at a time, each training in its own process (runs too
-      small to fill an accelerator share it); the evaluations run here, one
-      at a time, as the runs finish.
+    parallel: runs at a time, each training in its own process on its share
+      of this process's CPU cores (`cores`): runs too small to fill an
+      accelerator share it, and on a CPU, runs on a core each outpace one
+      run on all (mini on 2 cores: 1.27x the steps per second). The
+      evaluations run here, one at a time, as the runs finish.
     echo: where the runs' console lines go.
   Returns: one outcome per run, in the plan's order.
   """
@@ -70,11 +73,15 @@ def run_plan(
   stop = _StopOnSigterm(cwd)
   # A run holds its slot until it is evaluated and reported: with one slot,
   # runs go strictly one after another.
-  slots = threading.Semaphore(parallel)
+  slots = queue.SimpleQueue()
+  for slot in range(parallel):
+    slots.put(slot)
+  available = sorted(os.sched_getaffinity(0))
 
-  def train(run: Run) -> Outcome:
-    slots.acquire()
-    return _train(plan, run, root, base_config, list(pretrain), echo, stop)
+  def train(run: Run) -> tuple[int, Outcome]:
+    slot = slots.get()
+    pinned = cores(slot, parallel, available) if parallel > 1 else None
+    return slot, _train(plan, run, root, base_config, list(pretrain), echo, stop, pinned)
 
   outcomes = {}
   try:
@@ -82,17 +89,17 @@ def run_plan(
       runs = {pool.submit(train, run): run for run in plan.runs}
       try:
         for training in concurrent.futures.as_completed(runs):
-          run, outcome = runs[training], training.result()
+          run, (slot, outcome) = runs[training], training.result()
           if outcome.status in ('trained', 'evaluated'):
             outcome = _evaluate(run, root, outcome.status, eval_batches)
           message = f': {outcome.message}' if outcome.message else ''
           echo(f'[{run.name}] {outcome.status}{message}')
           outcomes[run.name] = outcome
-          slots.release()
+          slots.put(slot)
       except BaseException:
         stop.requested = True  # The runs not started yet return at once.
-        for _ in plan.runs:
-          slots.release()
+        for slot in range(len(plan.runs)):
+          slots.put(slot)
         raise
   finally:
     stop.close()
@@ -107,10 +114,11 @@ def _train(
   pretrain: list[str],
   echo: Callable[[str], None],
   stop: '_StopOnSigterm',
+  pinned: list[int] | None,
 ) -> Outcome:
-  """Trains `run` to its final step unless done before: status 'finished
-  before', 'failed' or 'stopped', or 'trained' / 'evaluated' (left to
-  evaluate)."""
+  """Trains `run` to its final step unless done before, on the CPU cores
+  `pinned` (None: all): status 'finished before', 'failed' or 'stopped', or
+  'trained' / 'evaluated' (left to evaluate)."""
   if stop.requested:
     return Outcome(run.name, 'stopped', 'rerun the sweep to resume')
   workdir = os.path.join(root, run.name)
@@ -123,8 +131,8 @@ def _train(
   if results.final_step(workdir) == num_steps:
     return Outcome(run.name, 'evaluated')
   command = [*pretrain, *plan.arguments(run, root)]
-  echo(f'$ {shlex.join(command)}')
-  returncode, last_line = stop.run(command, prefix=f'[{run.name}] ', echo=echo)
+  echo(f'$ {shlex.join(command)}' + (f'  # cores {",".join(map(str, pinned))}' if pinned else ''))
+  returncode, last_line = stop.run(command, prefix=f'[{run.name}] ', echo=echo, cores=pinned)
   if stop.requested:
     return Outcome(run.name, 'stopped', 'rerun the sweep to resume')
   if returncode:
@@ -135,6 +143,15 @@ def _train(
       run.name, 'failed', f'stopped at step {step} of {num_steps}: rerun the sweep to resume'
     )
   return Outcome(run.name, 'trained')
+
+
+def cores(slot: int, parallel: int, available: list[int]) -> list[int]:
+  """The CPU cores of slot `slot` of `parallel`: an equal share of
+  `available`, disjoint from the other slots' while there are enough."""
+  if len(available) < parallel:
+    return [available[slot % len(available)]]
+  share = len(available) // parallel
+  return available[slot * share : (slot + 1) * share]
 
 
 def _evaluate(run: Run, root: str, status: str, eval_batches: int) -> Outcome:
@@ -184,9 +201,16 @@ class _StopOnSigterm:
       for process in self._processes:
         process.terminate()
 
-  def run(self, command: list[str], *, prefix: str, echo: Callable[[str], None]) -> tuple[int, str]:
-    """Runs `command`, echoing its output; returns the exit status and the
-    last line of output."""
+  def run(
+    self,
+    command: list[str],
+    *,
+    prefix: str,
+    echo: Callable[[str], None],
+    cores: list[int] | None = None,
+  ) -> tuple[int, str]:
+    """Runs `command` (on the CPU cores `cores`; None: all), echoing its
+    output; returns the exit status and the last line of output."""
     tail = collections.deque(maxlen=1)
     with self._lock:
       if self.requested:
@@ -194,6 +218,10 @@ class _StopOnSigterm:
       process = subprocess.Popen(
         command, cwd=self._cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
       )
+      if cores:
+        # Before the child has started a thread (an interpreter is still
+        # loading): every thread it starts, XLA's pool sized to them, inherits.
+        os.sched_setaffinity(process.pid, cores)
       self._processes.add(process)
     try:
       for line in process.stdout:
