@@ -15,7 +15,8 @@ its own sub-workdir, evaluated on held-out NSP and SOP examples, tabulated.
 those variants' runs (the report still lists the whole sweep). Rerunning
 skips finished runs and resumes the others; a failed run is reported and the
 others still run. Writes DIR/results.csv, results.md (with the paired
-comparisons of the paper's findings), mlm_accuracy.png and params.png.
+comparisons of the paper's findings), mlm_accuracy.png, params.png and
+sentence_accuracy.png (when runs train a sentence objective).
 """
 
 import os

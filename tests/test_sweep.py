@@ -29,7 +29,13 @@ import train_testing
 REPO = export_testing.REPO
 SWEEPS = ('embedding_size', 'sharing', 'sentence_objective')
 PARALLEL_SWEEP = 'embedding_size'  # Run by the fixture two runs at a time.
-REPORT_FILES = ('results.csv', 'results.md', 'mlm_accuracy.png', 'params.png')
+REPORT_FILES = (
+  'results.csv',
+  'results.md',
+  'mlm_accuracy.png',
+  'params.png',
+  'sentence_accuracy.png',
+)
 
 
 def _spec(name: str) -> str:
@@ -144,6 +150,13 @@ def test_every_variant_is_trained_evaluated_and_reported(swept, vocab, name):
     for objective in ('sop', 'nsp'):
       accuracy = outcomes[f'{objective}_sentence_correct'].mean()
       assert accuracy == pytest.approx(float(row[f'{objective}_accuracy']))
+    if name == 'sentence_objective':
+      # The sentence head's curve: the trained objective's, none for 'none'.
+      curve = results.sentence_curve(run_dir, results.read_result(run_dir))
+      objective = row['objective']
+      assert [step for step, _ in curve] == ([] if objective == 'none' else [1, 2])
+      if curve:
+        assert curve[-1][1] == pytest.approx(float(row[f'{objective}_accuracy']))
     if row['objective'] == 'sop' and name == 'sentence_objective':
       # The trainer's last evaluation measured the same examples: the
       # curve's points before the last are the same measurement.
@@ -605,7 +618,15 @@ def test_example_outcomes_add_up_to_the_evaluation_sums():
 
 
 def _fake_run(
-  root, run: plan_lib.Run, mlm_correct, weight, sentence, *, steps=(200, 400), outcomes=True
+  root,
+  run: plan_lib.Run,
+  mlm_correct,
+  weight,
+  sentence,
+  *,
+  steps=(200, 400),
+  outcomes=True,
+  objective='sop',
 ):
   """A finished, evaluated run: its result, the trainer's eval records at
   `steps` and the final step 600, and its per-example outcomes."""
@@ -621,7 +642,7 @@ def _fake_run(
   sentence_accuracy = float(sentence.mean())
   result = {
     'step': 600,
-    'objective': 'sop',
+    'objective': objective,
     'params': 1000,
     'eval': {
       'sop': {**metrics, 'sop_accuracy': sentence_accuracy, 'examples': len(weight)},
@@ -636,7 +657,8 @@ def _fake_run(
     # The trainer's own final evaluation (other examples) is not what the
     # table reports: the report's curve ends at the table's number.
     for step in (*steps, 600):
-      f.write(json.dumps({'step': step, 'eval_mlm_accuracy': step / 10000}) + '\n')
+      record = {'step': step, 'eval_mlm_accuracy': step / 10000, 'eval_sop_accuracy': step / 1000}
+      f.write(json.dumps(record) + '\n')
 
 
 def test_report_compares_the_paper_findings_with_intervals(tmp_path):
@@ -688,11 +710,30 @@ def test_report_compares_the_paper_findings_with_intervals(tmp_path):
   workdir = os.path.join(tmp_path, row['run'])
   curve = results.mlm_curve(workdir, results.read_result(workdir))
   assert curve == [(200, 0.02), (400, 0.04), (600, pytest.approx(float(row['mlm_accuracy'])))]
+  # So do the sentence head's curve and the table.
+  curve = results.sentence_curve(workdir, results.read_result(workdir))
+  assert curve == [(200, 0.2), (400, 0.4), (600, pytest.approx(float(row['sop_accuracy'])))]
   # A run with only its final evaluation still has a point to plot.
   workdir = os.path.join(tmp_path, 'E32-all-seed0')
-  assert [step for step, _ in results.mlm_curve(workdir, results.read_result(workdir))] == [600]
+  result = results.read_result(workdir)
+  for curve in (results.mlm_curve, results.sentence_curve):
+    assert [step for step, _ in curve(workdir, result)] == [600]
   for png in REPORT_FILES[2:]:
     assert (tmp_path / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_sentence_plot_only_when_a_run_trains_a_sentence_objective(tmp_path):
+  plan = _plan('sentence_objective', seeds=(0,))
+  runs = {run.variant: run for run in plan.runs}
+  ones = np.ones(10)
+  _fake_run(tmp_path, runs['none'], ones, ones, ones, objective='none')
+  paths = report.write_report(plan, str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == list(REPORT_FILES[:4])
+  assert not (tmp_path / 'sentence_accuracy.png').exists()
+  _fake_run(tmp_path, runs['nsp'], ones, ones, ones, objective='nsp')
+  paths = report.write_report(plan, str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == list(REPORT_FILES)
+  assert (tmp_path / 'sentence_accuracy.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 def test_report_refuses_to_pair_runs_evaluated_on_other_examples(tmp_path):

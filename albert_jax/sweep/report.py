@@ -12,6 +12,10 @@
   params.png        final held-out MLM accuracy against backbone parameters,
                     per variant: the mean over seeds, bars from lowest to
                     highest
+  sentence_accuracy.png  held-out accuracy of the sentence head on the
+                    objective each variant trains (NSP or SOP) against steps,
+                    as mlm_accuracy.png, with chance (50 %) marked; written
+                    when a finished run trains one
 
 The MLM columns are measured on the SOP examples (both segments from one
 document) for every run, so that runs of any sentence objective compare. The
@@ -23,7 +27,7 @@ evaluations: see albert_jax.sweep.results).
 import csv
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -109,8 +113,20 @@ def write_report(plan: Plan, root: str) -> list[str]:
   with open(paths[1], 'w') as f:
     f.write(markdown_table(plan, rows))
     f.write(comparison_table(plan, root))
-  _plot_curves(plan, root, {row['run'] for row in rows}, paths[2])
+  finished = {row['run'] for row in rows}
+  _plot_curves(plan, root, finished, paths[2], results.mlm_curve, 'MLM accuracy')
   _plot_params(plan, rows, paths[3])
+  if any(row['objective'] != 'none' for row in rows):
+    paths.append(os.path.join(root, 'sentence_accuracy.png'))
+    _plot_curves(
+      plan,
+      root,
+      finished,
+      paths[-1],
+      results.sentence_curve,
+      'accuracy on its sentence objective',
+      chance=50,
+    )
   return paths
 
 
@@ -260,7 +276,18 @@ def _variant_runs(plan: Plan, finished: set[str]) -> dict[str, list[Any]]:
   return by_variant
 
 
-def _plot_curves(plan: Plan, root: str, finished: set[str], path: str) -> None:
+def _plot_curves(
+  plan: Plan,
+  root: str,
+  finished: set[str],
+  path: str,
+  curve: Callable[[str, dict[str, Any]], list[tuple[int, float]]],
+  measured: str,
+  chance: float | None = None,
+) -> None:
+  """Plots `curve` (results.mlm_curve or results.sentence_curve) of the
+  finished runs against steps, and `chance` (%) as a line; a variant with
+  an empty curve is left out."""
   figure = Figure(figsize=(8, 5), layout='constrained')
   axes = figure.subplots()
   colors = _colors(plan)
@@ -269,7 +296,9 @@ def _plot_curves(plan: Plan, root: str, finished: set[str], path: str) -> None:
     curves = []
     for run in runs:
       workdir = os.path.join(root, run.name)
-      curves.append(dict(results.mlm_curve(workdir, results.read_result(workdir))))
+      curves.append(dict(curve(workdir, results.read_result(workdir))))
+    if not all(curves):
+      continue
     # The steps every seed evaluated at, so that mean and band are over all.
     steps = sorted(set.intersection(*(set(c) for c in curves)))
     values = 100 * np.array([[c[step] for step in steps] for c in curves])
@@ -283,9 +312,11 @@ def _plot_curves(plan: Plan, root: str, finished: set[str], path: str) -> None:
     )
     if len(runs) > 1:
       axes.fill_between(steps, values.min(0), values.max(0), color=colors[variant], alpha=0.15)
+  if chance is not None:
+    axes.axhline(chance, color='gray', linestyle='--', linewidth=1, label='chance')
   axes.set(
     xlabel='step',
-    ylabel='held-out MLM accuracy (%)',
+    ylabel=f'held-out {measured} (%)',
     title=f'{plan.name}: {plan.title}',
   )
   if 0 < len(steps_seen) <= 12:

@@ -89,12 +89,24 @@ def mlm_accuracy(result: dict[str, Any]) -> float:
 def mlm_curve(workdir: str, result: dict[str, Any]) -> list[tuple[int, float]]:
   """(step, held-out MLM accuracy) of every evaluation of the run: the
   trainer's eval_ records before the final step, then `mlm_accuracy` at it."""
+  return _curve(workdir, result, 'eval_mlm_accuracy', mlm_accuracy(result))
+
+
+def sentence_curve(workdir: str, result: dict[str, Any]) -> list[tuple[int, float]]:
+  """(step, held-out accuracy of the sentence head on the objective the run
+  trained) of every evaluation, as `mlm_curve`; [] for objective 'none'."""
+  objective = result['objective']
+  if objective == 'none':
+    return []
+  key = f'{objective}_accuracy'
+  return _curve(workdir, result, f'eval_{key}', result['eval'][objective][key])
+
+
+def _curve(workdir: str, result: dict[str, Any], key: str, final: float) -> list[tuple[int, float]]:
   curve = [
-    (r['step'], r['eval_mlm_accuracy'])
-    for r in read_metrics(workdir)
-    if 'eval_mlm_accuracy' in r and r['step'] < result['step']
+    (r['step'], r[key]) for r in read_metrics(workdir) if key in r and r['step'] < result['step']
   ]
-  return [*dict(curve).items(), (result['step'], mlm_accuracy(result))]
+  return [*dict(curve).items(), (result['step'], final)]
 
 
 def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
