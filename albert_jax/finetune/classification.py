@@ -44,9 +44,9 @@ from albert_jax.config import ModelConfig
 from albert_jax.data import sources
 from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import DataError
-from albert_jax.finetune.task import Features, Task
+from albert_jax.finetune.task import MODEL_INPUTS, Features, Task
 from albert_jax.model import AlbertForSequenceClassification
-from albert_jax.train.train_step import Batch, Metrics
+from albert_jax.train.train_step import Batch, Metrics, apply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,14 +243,7 @@ class ClassificationObjective:
   model: AlbertForSequenceClassification
 
   def sums(self, params, batch: Batch, dropout_rng) -> Metrics:
-    logits = self.model.apply(
-      {'params': params},
-      batch['input_ids'],
-      batch['input_mask'],
-      batch['segment_ids'],
-      deterministic=dropout_rng is None,
-      rngs=None if dropout_rng is None else {'dropout': dropout_rng},
-    )['logits']
+    logits = apply(self.model, params, batch, MODEL_INPUTS, dropout_rng)['logits']
     labels = batch['label']
     return {
       'loss': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels)),

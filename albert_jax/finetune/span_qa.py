@@ -41,9 +41,9 @@ import optax
 from albert_jax.config import ModelConfig
 from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import DataError
-from albert_jax.finetune.task import Features, Task
+from albert_jax.finetune.task import MODEL_INPUTS, Features, Task
 from albert_jax.model import AlbertForQuestionAnswering
-from albert_jax.train.train_step import Batch, Metrics
+from albert_jax.train.train_step import Batch, Metrics, apply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,14 +225,7 @@ class SpanObjective:
   model: AlbertForQuestionAnswering
 
   def sums(self, params, batch: Batch, dropout_rng) -> Metrics:
-    outputs = self.model.apply(
-      {'params': params},
-      batch['input_ids'],
-      batch['input_mask'],
-      batch['segment_ids'],
-      deterministic=dropout_rng is None,
-      rngs=None if dropout_rng is None else {'dropout': dropout_rng},
-    )
+    outputs = apply(self.model, params, batch, MODEL_INPUTS, dropout_rng)
     start, end = batch['start_positions'], batch['end_positions']
     ce = optax.softmax_cross_entropy_with_integer_labels
     hit = (jnp.argmax(outputs['start_logits'], -1) == start) & (

@@ -43,6 +43,23 @@ class TrainState:
   rng: jax.Array  # [2] uint32 raw key; dropout key of step s: fold_in(rng, s).
 
 
+def apply(
+  model: nn.Module,
+  params: Any,
+  batch: Batch,
+  inputs: tuple[str, ...],
+  dropout_rng: jax.Array | None,
+) -> Metrics:
+  """`model`'s outputs on `batch`'s `inputs` (in the model's call order), with
+  dropout from `dropout_rng`; none when it is None (evaluation)."""
+  return model.apply(
+    {'params': params},
+    *(batch[name] for name in inputs),
+    deterministic=dropout_rng is None,
+    rngs=None if dropout_rng is None else {'dropout': dropout_rng},
+  )
+
+
 def loss_sums(outputs: Mapping[str, jax.Array], batch: Batch) -> Metrics:
   """Per-batch float32 sums from which losses and accuracies are ratios.
 
@@ -138,15 +155,8 @@ class PretrainingObjective:
     return loss_sums(outputs, batch), example_outcomes(outputs, batch)
 
   def _outputs(self, params: Any, batch: Batch, dropout_rng: jax.Array | None) -> Metrics:
-    return self.model.apply(
-      {'params': params},
-      batch['input_ids'],
-      batch['input_mask'],
-      batch['segment_ids'],
-      batch['masked_lm_positions'],
-      deterministic=dropout_rng is None,
-      rngs=None if dropout_rng is None else {'dropout': dropout_rng},
-    )
+    inputs = ('input_ids', 'input_mask', 'segment_ids', 'masked_lm_positions')
+    return apply(self.model, params, batch, inputs, dropout_rng)
 
   def normalizers(self, batch: Batch) -> Metrics:
     return {
