@@ -1,5 +1,7 @@
 """Checkpoints: exact resume (restart, SIGTERM), another mesh, another model refused."""
 
+import dataclasses
+import json
 import os
 import re
 import shutil
@@ -14,6 +16,7 @@ import pytest
 
 from albert_jax.errors import UsageError
 from albert_jax.train import trainer
+from albert_jax.train import workdir as workdir_lib
 from albert_jax.train.config import PretrainConfig
 
 import train_testing
@@ -150,6 +153,25 @@ def test_workdir_of_another_model_is_refused_untouched(vocab, straight, tmp_path
     stderr[0],
   )
   assert train_testing.snapshot(workdir) == before
+
+
+def test_run_saved_before_a_fixed_key_existed_resumes_at_its_default(vocab, tmp_path):
+  """An older version's config.json lacks the keys added since (here two that
+  define the training text): at their defaults the run resumes, recording
+  them; set otherwise, they make another run."""
+  config = PretrainConfig.from_config(train_testing.tiny_config(vocab))
+  with workdir_lib.claim(str(tmp_path), config) as claimed:
+    claimed.record_start(config, step=0)
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  del saved['data']['language'], saved['data']['drop_markup']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+
+  with workdir_lib.claim(str(tmp_path), config) as claimed:
+    assert claimed.changed == {'data.drop_markup': (None, False), 'data.language': (None, 'en')}
+  markup_dropped = dataclasses.replace(config.data, drop_markup=True)
+  with pytest.raises(UsageError, match=r'another model \(data.drop_markup None -> True\);'):
+    with workdir_lib.claim(str(tmp_path), dataclasses.replace(config, data=markup_dropped)):
+      pass
 
 
 def test_checkpoint_of_other_shapes_is_refused_without_its_config(vocab, straight, tmp_path):

@@ -43,7 +43,9 @@ class RunConfig(Protocol):
   """A config record (PretrainConfig, FinetuneConfig) as the workdir sees it."""
 
   # Dotted keys, or block prefixes ending in '.', that define what is trained;
-  # a workdir refuses a rerun that changes one of them.
+  # a workdir refuses a rerun that changes one of them. A key added to the
+  # code later defaults to what the code did before it: runs saved without
+  # it resume at that default.
   FIXED_KEYS: tuple[str, ...]
   # Keys under FIXED_KEYS that may change all the same (compute settings).
   RUNTIME_KEYS: tuple[str, ...]
@@ -110,7 +112,11 @@ def _checked(path: str, config: Any, unsettled: Collection[str] = ()) -> Workdir
   saved = _saved_config(path)
   now = _flatten(dataclasses.asdict(config))
   changed = {} if saved is None else _changes(saved, now)
-  fixed = [k for k in changed if _is_fixed(k, config) and k not in unsettled]
+  defaults = _defaults(config)
+  # A key the saved config lacks came into the code after the run started:
+  # at its default it is what the code did before (new FIXED_KEYS keep that).
+  added = {k for k in changed if k not in saved and k in defaults and now[k] == defaults[k]}
+  fixed = [k for k in changed if _is_fixed(k, config) and k not in unsettled and k not in added]
   if fixed:
     raise UsageError(
       f'{path} holds a run of another model ({_describe(changed, fixed)}); '
@@ -273,6 +279,18 @@ def _is_fixed(key: str, config: RunConfig) -> bool:
 
 def _describe(changed: Mapping[str, tuple[Any, Any]], keys: Any) -> str:
   return ', '.join(f'{k} {changed[k][0]} -> {changed[k][1]}' for k in keys)
+
+
+def _defaults(config: Any, prefix: str = '') -> dict[str, Any]:
+  """The flattened defaults of a config record's fields, blocks included."""
+  flat = {}
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value):
+      flat.update(_defaults(value, f'{prefix}{field.name}.'))
+    elif field.default is not dataclasses.MISSING:
+      flat[f'{prefix}{field.name}'] = _jsonable(field.default)
+  return flat
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
