@@ -13,6 +13,7 @@ import tokenizers
 from absl import flags
 
 from albert_jax.data import examples, pipeline, prepared, sources
+from albert_jax.data.config import DataConfig
 from albert_jax.data.tokenizer import Tokenizer, train_tokenizer
 from albert_jax.errors import DataError, UsageError
 from experiments.configs import pretrain
@@ -99,6 +100,29 @@ def test_eval_documents_are_held_out(corpus, tokenizer):
   assert not train_docs & eval_docs
   with pytest.raises(DataError, match='holds out all of them'):
     pipeline.load_corpus(tiny_data(eval_documents=10_000), tokenizer)
+
+
+def test_spread_split_holds_out_documents_from_every_part_of_the_source(
+  tmp_path, workdir, tokenizer
+):
+  whole = pipeline.load_corpus(tiny_data(eval_documents=0), tokenizer).train
+  assert whole.num_documents == 169
+  held = [28, 84, 140]  # floor((i + 1/2) * 169 / 3): the middles of 3 equal parts.
+  kept = [d for d in range(169) if d not in held]
+  output = str(tmp_path / 'prepared')
+  prepared.prepare('builtin', f'{workdir}/vocab', output, num_workers=1, documents_per_shard=50)
+  for source in ('builtin', f'prepared:{output}'):
+    data = tiny_data(source=source, eval_documents=3, eval_split='spread')
+    corpus = pipeline.load_corpus(data, tokenizer)
+    for part, documents in ((corpus.eval, held), (corpus.train, kept)):
+      assert [part.tokens(d).tolist() for d in range(part.num_documents)] == [
+        whole.tokens(d).tolist() for d in documents
+      ]
+      # The segment index agrees with the tokens of each document.
+      lengths = np.add.reduceat(part.segment_lengths, part.document_offsets[:-1])
+      assert lengths.tolist() == [len(part.tokens(d)) for d in range(part.num_documents)]
+  with pytest.raises(DataError, match=r"data.eval_split must be 'last' or 'spread', got 'random'"):
+    DataConfig(eval_split='random')
 
 
 def test_eval_source(tmp_path, tokenizer):

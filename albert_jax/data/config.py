@@ -24,10 +24,12 @@ class DataConfig(Record):
   text_format: str = 'lines'
   drop_markup: bool = False  # Drop code and table lines (data/markup.py).
   language: str = 'en'  # ISO 639 code: the sentence splitter's rules.
-  # Held-out data for evaluation; empty: the last `eval_documents` documents of
-  # `source` are held out and never trained on (0: no evaluation).
+  # Held-out data for evaluation; empty: `eval_documents` documents of
+  # `source` are held out and never trained on (0: no evaluation), its last
+  # ones (eval_split 'last') or ones spread evenly through it ('spread').
   eval_source: str = ''
   eval_documents: int = 10000
+  eval_split: str = 'last'
   # Tokenizer directory; empty: prepared data's own, else one trained on the
   # training documents into WORKDIR/vocab.
   vocab: str = ''
@@ -61,6 +63,8 @@ class DataConfig(Record):
     check_types(self)
     examples.ExampleConfig.from_config(self)  # Checks the example settings.
     sources.SourceOptions.of(self)  # Checks the reading settings.
+    if self.eval_split not in ('last', 'spread'):
+      raise DataError(f"data.eval_split must be 'last' or 'spread', got {self.eval_split!r}")
     for name in ('eval_documents', 'vocab_size', 'num_workers', 'prefetch_buffer_size'):
       if getattr(self, name) < 0:
         raise DataError(f'data.{name} must be >= 0, got {getattr(self, name)}')

@@ -32,7 +32,9 @@ class Documents(Protocol):
 
   def tokens(self, document: int) -> np.ndarray: ...
 
-  def select(self, start: int, stop: int) -> Documents: ...
+  def take(self, documents: np.ndarray) -> Documents:
+    """These documents (ascending indices) as a corpus of their own."""
+    ...
 
 
 class TokenizedCorpus:
@@ -55,15 +57,31 @@ class TokenizedCorpus:
     first, end = self.document_offsets[document : document + 2]
     return self.token_ids[offsets[first] : offsets[end]]
 
-  def select(self, start: int, stop: int) -> TokenizedCorpus:
-    """Documents [start, stop) as a corpus of their own."""
-    first, end = self.document_offsets[start], self.document_offsets[stop]
-    offsets = self._token_offsets
+  def take(self, documents: np.ndarray) -> TokenizedCorpus:
+    first, end = self.document_offsets[documents], self.document_offsets[documents + 1]
+    tokens = ranges(self._token_offsets[first], self._token_offsets[end])
     return TokenizedCorpus(
-      token_ids=self.token_ids[offsets[first] : offsets[end]],
-      segment_lengths=self.segment_lengths[first:end],
-      document_offsets=self.document_offsets[start : stop + 1] - first,
+      token_ids=self.token_ids[tokens],
+      segment_lengths=self.segment_lengths[ranges(first, end)],
+      document_offsets=offsets_of(end - first),
     )
+
+
+def ranges(starts: np.ndarray, stops: np.ndarray) -> slice | np.ndarray:
+  """An index of [starts[0], stops[0]) + [starts[1], stops[1]) + ...: a slice
+  (a view, no copy) where each range starts where the one before stops."""
+  if len(starts) == 0:
+    return slice(0, 0)
+  if np.array_equal(starts[1:], stops[:-1]):
+    return slice(int(starts[0]), int(stops[-1]))
+  lengths = stops - starts
+  ends = np.cumsum(lengths)
+  return np.arange(ends[-1]) + np.repeat(starts - (ends - lengths), lengths)
+
+
+def offsets_of(counts: np.ndarray) -> np.ndarray:
+  """int64 [len(counts) + 1] offsets of consecutive groups of `counts` items."""
+  return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
 
 
 def tokenize_document(tokenizer: Tokenizer, sentences: list[str]) -> list[list[int]]:

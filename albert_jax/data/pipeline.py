@@ -82,7 +82,8 @@ def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer
   else:
     documents = list(sources.read_documents(data.source, sources.SourceOptions.of(data)))
     if not data.eval_source:
-      documents = documents[: _train_split(len(documents), data)]
+      held_out = set(held_out_documents(len(documents), data).tolist())
+      documents = [d for i, d in enumerate(documents) if i not in held_out]
     tokenizer = train_tokenizer(
       (s for d in documents for s in d),
       os.path.join(workdir, WORKDIR_VOCAB),
@@ -106,17 +107,18 @@ def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
 def load_corpus(data, tokenizer: Tokenizer) -> Corpus:
   """Reads and tokenizes data.source (and data.eval_source) once.
 
-  Without data.eval_source the last data.eval_documents documents of the
-  source are held out for evaluation and never trained on.
+  Without data.eval_source data.eval_documents documents of the source
+  (data.eval_split: its last ones, or ones spread evenly through it) are
+  held out for evaluation and never trained on.
   """
   documents = _load_documents(data.source, data, tokenizer)
   if data.eval_source:
     return Corpus(documents, _load_documents(data.eval_source, data, tokenizer))
-  split = _train_split(documents.num_documents, data)
-  held_out = None
-  if split < documents.num_documents:
-    held_out = documents.select(split, documents.num_documents)
-  return Corpus(documents.select(0, split), held_out)
+  held_out = held_out_documents(documents.num_documents, data)
+  if not len(held_out):
+    return Corpus(documents, None)
+  train = np.setdiff1d(np.arange(documents.num_documents), held_out, assume_unique=True)
+  return Corpus(documents.take(train), documents.take(held_out))
 
 
 def make_pretraining_dataset(
@@ -211,16 +213,22 @@ class _EpochExample:
     return self.builder(epoch, instance)
 
 
-def _train_split(num_documents: int, data) -> int:
-  """Number of leading documents kept for training."""
-  split = num_documents - data.eval_documents
-  if split < 1:
+def held_out_documents(num_documents: int, data) -> np.ndarray:
+  """int64 [data.eval_documents] ascending indices of the documents held out:
+  the last ones ('last'), or the middle one of each of eval_documents equal
+  parts of the source ('spread': for a source in topic order, such as files
+  sorted by path, a held-out set of every topic)."""
+  count = data.eval_documents
+  if count >= num_documents:
     raise DataError(
       f'the source has {num_documents} documents and data.eval_documents='
-      f'{data.eval_documents} holds out all of them: lower '
+      f'{count} holds out all of them: lower '
       'data.eval_documents or set data.eval_source'
     )
-  return split
+  if data.eval_split == 'last':
+    return np.arange(num_documents - count, num_documents)
+  # floor((i + 1/2) * num_documents / count), in integers.
+  return (2 * np.arange(count) + 1) * num_documents // (2 * count)
 
 
 def _load_documents(source: str, data, tokenizer: Tokenizer) -> Documents:

@@ -45,8 +45,7 @@ import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from albert_jax.data import sources
-from albert_jax.data.corpus import tokenize_document
+from albert_jax.data import corpus, sources
 from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import AlbertError, DataError, UsageError
 
@@ -253,7 +252,7 @@ def _prepare_part(job: _Job, part: sources.Part, k: int) -> int:
   writer = None
   try:
     for sentences in sources.read_part(job.source, part, job.options):
-      segments = tokenize_document(_worker_tokenizer, sentences)
+      segments = corpus.tokenize_document(_worker_tokenizer, sentences)
       if not segments:
         continue
       if len(document_sizes) % job.documents_per_shard == 0:
@@ -340,11 +339,10 @@ def load_tokenizer(directory: str) -> Tokenizer:
 
 
 class PreparedCorpus:
-  """Documents [start, stop) of prepared data, read with random access."""
+  """Documents of prepared data (all, or those of `documents`: ascending
+  indices), read with random access."""
 
-  def __init__(
-    self, directory: str, tokenizer: Tokenizer, *, start: int = 0, stop: int | None = None
-  ):
+  def __init__(self, directory: str, tokenizer: Tokenizer, *, documents: np.ndarray | None = None):
     metadata = _read_metadata(directory)
     if metadata['vocab_fingerprint'] != tokenizer.fingerprint:
       raise DataError(
@@ -354,26 +352,25 @@ class PreparedCorpus:
       )
     self.directory = directory
     self._tokenizer = tokenizer
-    self._start = start
-    self._stop = metadata['num_documents'] if stop is None else stop
+    if documents is None:
+      documents = np.arange(metadata['num_documents'])
+    self._documents = documents  # int64 [num_documents], record indices.
     with np.load(os.path.join(directory, INDEX_FILE)) as index:
       offsets = index['document_offsets']
-      first, end = offsets[self._start], offsets[self._stop]
-      self.segment_lengths = index['segment_lengths'][first:end]
-      self.document_offsets = offsets[self._start : self._stop + 1] - first
+      first, end = offsets[documents], offsets[documents + 1]
+      self.segment_lengths = index['segment_lengths'][corpus.ranges(first, end)]
+      self.document_offsets = corpus.offsets_of(end - first)
     self._records = grain.sources.ArrayRecordDataSource(
       [os.path.join(directory, s) for s in metadata['shards']]
     )
 
   @property
   def num_documents(self) -> int:
-    return self._stop - self._start
+    return len(self._documents)
 
   def tokens(self, document: int) -> np.ndarray:
-    record = np.frombuffer(self._records[self._start + document], '<i4')
+    record = np.frombuffer(self._records[int(self._documents[document])], '<i4')
     return record[1 + record[0] :]
 
-  def select(self, start: int, stop: int) -> PreparedCorpus:
-    return PreparedCorpus(
-      self.directory, self._tokenizer, start=self._start + start, stop=self._start + stop
-    )
+  def take(self, documents: np.ndarray) -> PreparedCorpus:
+    return PreparedCorpus(self.directory, self._tokenizer, documents=self._documents[documents])

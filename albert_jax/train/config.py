@@ -195,6 +195,7 @@ class PretrainConfig(Record):
     'data.language',
     'data.eval_source',
     'data.eval_documents',
+    'data.eval_split',
     'data.vocab',
     'data.lowercase',
     'init_from',

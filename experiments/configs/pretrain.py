@@ -173,10 +173,13 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       drop_markup=False,
       # ISO 639 code: the sentence splitter's abbreviation rules.
       language='en',
-      # Held-out data for evaluation; empty: the last `eval_documents` documents
-      # of `source` are held out and never trained on (0: no evaluation).
+      # Held-out data for evaluation; empty: `eval_documents` documents of
+      # `source` are held out and never trained on (0: no evaluation): its last
+      # ones ('last'), or ones spread evenly through it ('spread', for a source
+      # in topic order such as files sorted by path).
       eval_source='',
       eval_documents=eval_documents,
+      eval_split='last',
       # Tokenizer directory (spiece.model, tokenizer.json or vocab.txt); empty:
       # prepared data's own, else one trained on the training documents into
       # WORKDIR/vocab.
