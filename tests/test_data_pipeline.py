@@ -125,6 +125,19 @@ def test_spread_split_holds_out_documents_from_every_part_of_the_source(
     DataConfig(eval_split='random')
 
 
+def test_a_tokenizer_trained_for_the_run_never_sees_the_held_out_documents(tmp_path):
+  words = ('apple', 'brick', 'cloud', 'drums', 'eagle', 'flute')
+  sentence = lambda word: ' '.join([word] * 20) + '.'
+  text = ''.join(f'{sentence(w)}\n{sentence(w)}\n\n' for w in words)
+  (tmp_path / 'corpus.txt').write_text(text)
+  data = tiny_data(source=f'text:{tmp_path}/corpus.txt', eval_documents=2, eval_split='spread')
+  tokenizer = pipeline.load_or_train_tokenizer(data, vocab_size=60, workdir=str(tmp_path))
+  pieces = {tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)}
+  # Held out: floor((2i + 1) * 6 / 4) = documents 1 and 4, brick and eagle.
+  assert {'▁apple', '▁cloud', '▁drums', '▁flute'} <= pieces
+  assert not {'▁brick', '▁eagle'} & pieces
+
+
 def test_eval_source(tmp_path, tokenizer):
   (tmp_path / 'eval.txt').write_text('Held out text.\nMore of it here.\n')
   corpus = pipeline.load_corpus(tiny_data(eval_source=f'text:{tmp_path}/eval.txt'), tokenizer)

@@ -69,9 +69,8 @@ class TokenizedCorpus:
 
 def ranges(starts: np.ndarray, stops: np.ndarray) -> slice | np.ndarray:
   """An index of [starts[0], stops[0]) + [starts[1], stops[1]) + ...: a slice
-  (a view, no copy) where each range starts where the one before stops."""
-  if len(starts) == 0:
-    return slice(0, 0)
+  (a view, no copy) where each range starts where the one before stops.
+  At least one range."""
   if np.array_equal(starts[1:], stops[:-1]):
     return slice(int(starts[0]), int(stops[-1]))
   lengths = stops - starts

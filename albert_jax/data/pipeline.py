@@ -82,8 +82,8 @@ def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer
   else:
     documents = list(sources.read_documents(data.source, sources.SourceOptions.of(data)))
     if not data.eval_source:
-      held_out = set(held_out_documents(len(documents), data).tolist())
-      documents = [d for i, d in enumerate(documents) if i not in held_out]
+      train, _ = split_documents(len(documents), data)
+      documents = [documents[i] for i in train]
     tokenizer = train_tokenizer(
       (s for d in documents for s in d),
       os.path.join(workdir, WORKDIR_VOCAB),
@@ -114,11 +114,8 @@ def load_corpus(data, tokenizer: Tokenizer) -> Corpus:
   documents = _load_documents(data.source, data, tokenizer)
   if data.eval_source:
     return Corpus(documents, _load_documents(data.eval_source, data, tokenizer))
-  held_out = held_out_documents(documents.num_documents, data)
-  if not len(held_out):
-    return Corpus(documents, None)
-  train = np.setdiff1d(np.arange(documents.num_documents), held_out, assume_unique=True)
-  return Corpus(documents.take(train), documents.take(held_out))
+  train, held_out = split_documents(documents.num_documents, data)
+  return Corpus(documents.take(train), documents.take(held_out) if len(held_out) else None)
 
 
 def make_pretraining_dataset(
@@ -213,11 +210,11 @@ class _EpochExample:
     return self.builder(epoch, instance)
 
 
-def held_out_documents(num_documents: int, data) -> np.ndarray:
-  """int64 [data.eval_documents] ascending indices of the documents held out:
-  the last ones ('last'), or the middle one of each of eval_documents equal
-  parts of the source ('spread': for a source in topic order, such as files
-  sorted by path, a held-out set of every topic)."""
+def split_documents(num_documents: int, data) -> tuple[np.ndarray, np.ndarray]:
+  """Ascending indices of the documents trained on and of the
+  data.eval_documents held out: the last ones ('last'), or the middle one of
+  each of eval_documents equal parts of the source ('spread': for a source in
+  topic order, such as files sorted by path, a held-out set of every topic)."""
   count = data.eval_documents
   if count >= num_documents:
     raise DataError(
@@ -226,9 +223,11 @@ def held_out_documents(num_documents: int, data) -> np.ndarray:
       'data.eval_documents or set data.eval_source'
     )
   if data.eval_split == 'last':
-    return np.arange(num_documents - count, num_documents)
-  # floor((i + 1/2) * num_documents / count), in integers.
-  return (2 * np.arange(count) + 1) * num_documents // (2 * count)
+    held_out = np.arange(num_documents - count, num_documents)
+  else:
+    # floor((i + 1/2) * num_documents / count), in integers.
+    held_out = (2 * np.arange(count) + 1) * num_documents // (2 * count)
+  return np.setdiff1d(np.arange(num_documents), held_out, assume_unique=True), held_out
 
 
 def _load_documents(source: str, data, tokenizer: Tokenizer) -> Documents:
