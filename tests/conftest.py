@@ -3,10 +3,7 @@
 - 8 simulated CPU devices, so sharded code runs on one machine;
 - a persistent compilation cache for the session, shared with the launcher
   subprocesses through the environment: many tests compile the same step;
-- `vocab`: the tiny training runs' SentencePiece vocabulary (train_testing);
-- under pytest-xdist (pyproject's `-n auto --dist=loadgroup`), each test file
-  in one worker, so that its module fixtures (most of them tiny training
-  runs) are built once.
+- `vocab`: the tiny training runs' SentencePiece vocabulary (train_testing).
 """
 
 import atexit
@@ -29,11 +26,3 @@ def vocab(tmp_path_factory) -> str:
   import train_testing  # pylint: disable=g-import-not-at-top  (imports jax)
 
   return train_testing.train_vocab(str(tmp_path_factory.mktemp('vocab')))
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-  """Groups each test with its file for --dist=loadgroup, unless the file
-  names a group of its own (`pytestmark = pytest.mark.xdist_group(...)`)."""
-  for item in items:
-    if item.get_closest_marker('xdist_group') is None:
-      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
