@@ -53,6 +53,7 @@ from flax import traverse_util
 
 from albert_jax import hf, tree_paths
 from albert_jax.config import ModelConfig
+from albert_jax.data import vocabulary
 from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import DataError, ExportError, UsageError
 from albert_jax.model import AlbertForPreTraining
@@ -225,7 +226,7 @@ def load_definition(directory: str) -> Definition:
     task, labels = head.get('task'), tuple(head.get('labels', ()))
     if task not in HEAD_MODULES:
       raise ExportError(f'{head_path}: unknown task {task!r} (one of {", ".join(HEAD_MODULES)})')
-  return Definition(config, Tokenizer.load(directory), task, labels)
+  return Definition(config, vocabulary.load(directory), task, labels)
 
 
 def save_flax(pretrained: Pretrained, directory: str, *, dtype: str | None = None) -> None:
@@ -373,7 +374,7 @@ def load_hf(directory: str) -> Pretrained:
       ', '.join(initialised),
     )
   try:
-    tokenizer = Tokenizer.load(directory)
+    tokenizer = vocabulary.load(directory)
   except DataError as e:
     raise ExportError(str(e)) from None
   return Pretrained(config, params, tokenizer, head, initialised)

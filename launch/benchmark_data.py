@@ -22,7 +22,7 @@ from absl import flags
 
 from albert_jax.data import pipeline, prepared, sources
 from albert_jax.data.config import DataConfig
-from albert_jax.data.tokenizer import train_tokenizer
+from albert_jax.data.vocabulary import train_tokenizer
 from albert_jax.errors import UsageError
 from launch import command_line
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import jax
 from absl import flags
 
-from albert_jax.train import trainer
+from albert_jax import pretraining
 from albert_jax.train.config import PretrainConfig
 from launch import command_line, process_flags
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str]) -> None:
   config = PretrainConfig.from_config(flags.FLAGS.config)
   workdir = _WORKDIR.value or os.path.join('runs', config.preset or 'run')
   process_flags.join()
-  result = trainer.train(config, workdir)
+  result = pretraining.train(config, workdir)
   if jax.process_index() != 0:
     return
   if result.train_metrics and not result.preempted:

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from absl import flags
 
 from albert_jax.data import sources
-from albert_jax.data.tokenizer import MODEL_TYPES, Normalization, train_tokenizer
+from albert_jax.data.tokenizer import MODEL_TYPES, Normalization
+from albert_jax.data.vocabulary import train_tokenizer
 from launch import command_line, source_flags
 
 _SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to train on.')

@@ -27,11 +27,10 @@ from typing import Any
 
 import jax
 
-from albert_jax import model_path
+from albert_jax import model_path, pretraining
 from albert_jax import pretrained as pretrained_lib
 from albert_jax.finetune import trainer as finetune_trainer
 from albert_jax.finetune.config import FinetuneConfig
-from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
 from experiments.configs import finetune, pretrain
 
@@ -98,7 +97,7 @@ def pretrained_run() -> tuple[str, Any]:
     section, name = key.split('.')
     config[section][name] = value
   workdir = os.path.join(root, 'run')
-  trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
+  pretraining.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
   return workdir, config
 
 

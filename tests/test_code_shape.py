@@ -22,7 +22,7 @@ def test_no_long_functions_in_the_trainers():
 def test_trainers_assemble_their_run_in_one_place():
   """Pretraining, fine-tuning, benchmark and evaluation call run.assemble;
   none builds its own optimizer, initial state or jitted step."""
-  for name in ('train/trainer.py', 'finetune/trainer.py', 'benchmark.py', 'evaluate.py'):
+  for name in ('pretraining.py', 'finetune/trainer.py', 'benchmark.py', 'evaluate.py'):
     source = (ROOT / 'albert_jax' / name).read_text()
     assert 'run_lib.assemble(' in source, name
     for private in ('optimizer_and_schedule', 'initial_state(', 'jax.jit(functools'):

@@ -5,9 +5,9 @@ import collections
 import numpy as np
 import pytest
 
-from albert_jax.data import examples, sources
+from albert_jax.data import examples, sources, vocabulary
 from albert_jax.data.corpus import TokenizedCorpus, tokenize
-from albert_jax.data.tokenizer import Tokenizer, train_tokenizer
+from albert_jax.data.vocabulary import train_tokenizer
 from albert_jax.errors import DataError
 
 SEQ, PRED = 128, 20
@@ -352,7 +352,7 @@ def test_wordpiece_vocabulary_ids_and_words(tmp_path, includes_specials):
   words = ['the', 'cat', 'sat', 'on', 'mat', 'play', 'walk', '.', '我', '很', '高', '兴', '。']
   pieces += words + ['##ing', '##ed', '##s']
   (tmp_path / 'vocab.txt').write_text('\n'.join(pieces) + '\n', encoding='utf-8')
-  tokenizer = Tokenizer.load(str(tmp_path))
+  tokenizer = vocabulary.load(str(tmp_path))
   assert (tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id) == (101, 102, 103)
   assert tokenizer.special_ids.tolist() == [0, 100, 101, 102, 103]
   text = ['The cats played on the mat.', 'The cat walked.', '我很高兴。', 'Playing cats sat.'] * 5

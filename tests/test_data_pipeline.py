@@ -12,9 +12,9 @@ import pytest
 import tokenizers
 from absl import flags
 
-from albert_jax.data import examples, pipeline, prepared, sources
+from albert_jax.data import examples, pipeline, prepared, sources, vocabulary
 from albert_jax.data.config import DataConfig
-from albert_jax.data.tokenizer import Tokenizer, train_tokenizer
+from albert_jax.data.vocabulary import train_tokenizer
 from albert_jax.errors import DataError, UsageError
 from experiments.configs import pretrain
 
@@ -309,7 +309,7 @@ def test_prepared_data_with_each_vocabulary_kind(tmp_path, kind):
       vocab_size=600,
       normalizer=tokenizers.normalizers.Lowercase(),
     )
-  tokenizer = Tokenizer.load(vocab)
+  tokenizer = vocabulary.load(vocab)
   assert tokenizer.kind == kind
   in_memory = tiny_data(vocab=vocab)
   workdir = str(tmp_path / 'workdir')
@@ -322,9 +322,9 @@ def test_prepared_data_with_each_vocabulary_kind(tmp_path, kind):
   from_disk = pipeline.load_or_train_tokenizer(data, vocab_size=2000, workdir=workdir)
   assert from_disk.fingerprint == tokenizer.fingerprint
   batches = []
-  for config, vocabulary in ((in_memory, loaded), (data, from_disk)):
-    corpus = pipeline.load_corpus(config, vocabulary)
-    batches.append(take(iter(dataset(corpus, vocabulary)), 2))
+  for config, vocab_tokenizer in ((in_memory, loaded), (data, from_disk)):
+    corpus = pipeline.load_corpus(config, vocab_tokenizer)
+    batches.append(take(iter(dataset(corpus, vocab_tokenizer)), 2))
   assert_same(*batches)
   ids = batches[0][0]['input_ids']
   assert (ids[:, 0] == tokenizer.cls_id).all()

@@ -8,13 +8,12 @@ import sys
 
 import pytest
 
-from albert_jax.data import sources
+from albert_jax.data import sources, vocabulary
 from albert_jax.data.tokenizer import (
   Normalization,
-  Tokenizer,
   is_metaspace_word_start,
-  train_tokenizer,
 )
+from albert_jax.data.vocabulary import train_tokenizer
 from albert_jax.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +34,7 @@ def vocab_dir(tmp_path_factory):
 
 
 def test_special_ids_and_files(vocab_dir):
-  tokenizer = Tokenizer.load(vocab_dir)
+  tokenizer = vocabulary.load(vocab_dir)
   assert os.path.isfile(os.path.join(vocab_dir, 'spiece.model'))
   pieces = [tokenizer.id_to_piece(i) for i in range(5)]
   assert pieces == ['<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]']
@@ -90,7 +89,7 @@ def test_word_starts_are_the_originals(piece):
 
 
 def test_word_starts_of_a_vocabulary_follow_the_switch(vocab_dir):
-  tokenizer = Tokenizer.load(vocab_dir)
+  tokenizer = vocabulary.load(vocab_dir)
   pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
   want = [_original_is_start_piece_sp(p) for p in pieces]
   want[:5] = [True] * 5  # The special tokens.
@@ -112,7 +111,7 @@ def test_normalization_steps():
 
 
 def test_encode_decode_round_trip(vocab_dir):
-  tokenizer = Tokenizer.load(vocab_dir)
+  tokenizer = vocabulary.load(vocab_dir)
   ids = tokenizer.encode('The  "if" statement is used for CONDITIONAL execution.')
   assert all(5 <= i < tokenizer.vocab_size for i in ids)
   assert tokenizer.decode(ids) == ('the "if" statement is used for conditional execution.')
@@ -128,7 +127,7 @@ def test_saved_normalization_is_reapplied(tmp_path):
     vocab_size=60,
     normalization=Normalization(lowercase=False, strip_accents=False),
   )
-  tokenizer = Tokenizer.load(directory)
+  tokenizer = vocabulary.load(directory)
   assert tokenizer.normalization == Normalization(lowercase=False, strip_accents=False)
   assert tokenizer.decode(tokenizer.encode('Hello   World.')) == 'Hello World.'
   assert 'û' in tokenizer.decode(tokenizer.encode('Brûlée'))
@@ -140,7 +139,7 @@ def test_chinese_round_trip(tmp_path):
   for text in ['我很高兴', '今天天气很好']:
     ids = tokenizer.encode(text)
     assert tokenizer.unk_id not in ids
-    assert Tokenizer.load(directory).decode(ids) == text
+    assert vocabulary.load(directory).decode(ids) == text
 
 
 def test_training_is_quiet_but_for_one_summary_line(tmp_path, capfd):
@@ -171,7 +170,7 @@ def test_vocab_size_too_large_gives_smaller_vocab(tmp_path, caplog):
 
 def test_matches_hugging_face_albert_tokenizer(vocab_dir):
   transformers = pytest.importorskip('transformers')
-  ours = Tokenizer.load(vocab_dir)
+  ours = vocabulary.load(vocab_dir)
   theirs = transformers.AlbertTokenizer.from_pretrained(vocab_dir)
   for text in [
     'The "if" statement is used for conditional execution.',
@@ -188,7 +187,7 @@ def test_matches_hugging_face_albert_tokenizer(vocab_dir):
 
 def test_bad_vocabularies(tmp_path, vocab_dir):
   with pytest.raises(DataError, match='no tokenizer at .*the directory does not exist'):
-    Tokenizer.load(str(tmp_path / 'missing'))
+    vocabulary.load(str(tmp_path / 'missing'))
   # A SentencePiece model with SentencePiece's default ids, not ALBERT's.
   import sentencepiece as spm
 
@@ -201,13 +200,13 @@ def test_bad_vocabularies(tmp_path, vocab_dir):
     minloglevel=2,
   )
   with pytest.raises(DataError) as error:
-    Tokenizer.load(str(plain))
+    vocabulary.load(str(plain))
   assert 'not an ALBERT vocabulary: it has no <pad> piece' in str(error.value)
   assert '\n' not in str(error.value)
   (tmp_path / 'junk').mkdir()
   (tmp_path / 'junk' / 'spiece.model').write_bytes(b'\x00junk' * 10)
   with pytest.raises(DataError, match='not a SentencePiece model'):
-    Tokenizer.load(str(tmp_path / 'junk'))
+    vocabulary.load(str(tmp_path / 'junk'))
   with pytest.raises(DataError, match='already holds a tokenizer'):
     train_tokenizer(['x y z.'], vocab_dir, vocab_size=30)
   with pytest.raises(DataError, match='corpus has no text'):
@@ -233,7 +232,7 @@ def test_train_tokenizer_launcher(tmp_path):
     done.stdout.strip(),
   ), done.stdout
   assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
-  assert Tokenizer.load(f'{tmp_path}/v').vocab_size <= 40
+  assert vocabulary.load(f'{tmp_path}/v').vocab_size <= 40
   failed = run(f'--source=text:{tmp_path}/nothing*.txt', f'--output={tmp_path}/w')
   assert failed.returncode != 0
   assert failed.stderr.strip().splitlines()[-1].startswith('error: text:')

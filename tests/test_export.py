@@ -19,16 +19,15 @@ import safetensors.numpy
 import torch
 import transformers
 
-from albert_jax import model_path
+from albert_jax import model_path, pretraining
 from albert_jax import pretrained as pretrained_lib
-from albert_jax.data.tokenizer import Tokenizer
+from albert_jax.data import vocabulary
 from albert_jax.errors import ExportError
 from albert_jax.fill_mask import encode_with_masks
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.param_count import param_shapes
 from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
 
 import export_testing
@@ -236,7 +235,7 @@ def test_init_from_starts_pretraining_from_the_exported_params(tmp_path):
   config.init_from = flax_dir
   config.train.num_steps = 1  # Its update has learning rate 0 (warmup).
   config.checkpoint.every_steps = 1
-  trainer.train(
+  pretraining.train(
     PretrainConfig.from_config(config), str(tmp_path / 'run'), devices=jax.devices()[:1]
   )
   started = ocp.StandardCheckpointer().restore(
@@ -245,11 +244,11 @@ def test_init_from_starts_pretraining_from_the_exported_params(tmp_path):
   _assert_same_params(jax.tree.map(np.asarray, started), pretrained_lib.load_flax(flax_dir).params)
   # The vocabulary came with the model (none was trained) and stays with the run.
   model_vocab = pretrained_lib.load_flax(flax_dir).tokenizer.fingerprint
-  assert Tokenizer.load(str(tmp_path / 'run' / 'vocab')).fingerprint == model_vocab
+  assert vocabulary.load(str(tmp_path / 'run' / 'vocab')).fingerprint == model_vocab
 
   # A training workdir is a model path too: its latest checkpoint.
   config.init_from = export_testing.pretrained_run()[0]
-  trainer.train(
+  pretraining.train(
     PretrainConfig.from_config(config), str(tmp_path / 'from_run'), devices=jax.devices()[:1]
   )
   started = ocp.StandardCheckpointer().restore(
@@ -265,6 +264,6 @@ def test_init_from_starts_pretraining_from_the_exported_params(tmp_path):
     ExportError,
     match='has model.hidden_size=48 but the config says 64: set --config.model.hidden_size=48',
   ):
-    trainer.train(
+    pretraining.train(
       PretrainConfig.from_config(config), str(tmp_path / 'other'), devices=jax.devices()[:1]
     )

@@ -25,10 +25,9 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax import model_path
+from albert_jax import model_path, pretraining
 from albert_jax import pretrained as pretrained_lib
 from albert_jax.train import checkpoint as checkpoint_lib
-from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
 
 import faults_testing as ft
@@ -85,7 +84,7 @@ def reference(vocab, tmp_path_factory) -> str:
   minimum = jax.config.jax_persistent_cache_min_compile_time_secs
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   try:
-    trainer.train(config, workdir)
+    pretraining.train(config, workdir)
   finally:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', minimum)
   assert ft.steps(workdir) == list(range(1, NUM_STEPS + 1))

@@ -22,7 +22,7 @@ import transformers
 from albert_jax import hf
 from albert_jax import model as albert
 from albert_jax import pretrained as pretrained_lib
-from albert_jax.data.tokenizer import Tokenizer
+from albert_jax.data import vocabulary
 from albert_jax.errors import ExportError
 
 TOL = 1e-5
@@ -81,7 +81,7 @@ def _save(model: torch.nn.Module, directory: str, storage: str, vocab: str) -> N
     torch.save(model.state_dict(), os.path.join(directory, storage))
   else:
     model.save_pretrained(directory, max_shard_size='20KB' if storage == 'sharded' else '50GB')
-  Tokenizer.load(vocab).save_hf(directory, model_max_length=TINY.max_position_embeddings)
+  vocabulary.load(vocab).save_hf(directory, model_max_length=TINY.max_position_embeddings)
 
 
 def _hf_outputs(model: torch.nn.Module, batch) -> dict[str, np.ndarray]:
@@ -188,7 +188,7 @@ def _leaves(params):
 
 
 def test_definition_round_trip(vocab, tmp_path):
-  definition = pretrained_lib.Definition(TINY, Tokenizer.load(vocab), 'classification', ('a', 'b'))
+  definition = pretrained_lib.Definition(TINY, vocabulary.load(vocab), 'classification', ('a', 'b'))
   pretrained_lib.save_definition(definition, str(tmp_path / 'model'))
   loaded = pretrained_lib.load_definition(str(tmp_path / 'model'))
   assert (loaded.config, loaded.task, loaded.labels) == (TINY, 'classification', ('a', 'b'))

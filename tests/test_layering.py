@@ -27,10 +27,10 @@ LAYERS = (
   ),
   ('albert_jax.data',),
   ('albert_jax.pretrained',),  # Exported models: read and written.
-  # model_path reads training workdirs (train/checkpoint.py) and
-  # train/trainer.py starts from any model path.
-  ('albert_jax.train', 'albert_jax.model_path'),
-  ('albert_jax.finetune',),
+  ('albert_jax.train',),  # The engine: mesh, state, steps, loop, checkpoints, workdirs.
+  ('albert_jax.model_path',),  # Any model: an export, a Hugging Face directory, a workdir.
+  # The trainers, which start from any model path.
+  ('albert_jax.pretraining', 'albert_jax.finetune'),
   (
     'albert_jax.evaluate',
     'albert_jax.fill_mask',
@@ -126,3 +126,44 @@ def test_the_checker_sees_upward_and_outside_imports(tmp_path):
     (3, 'experiments.configs'),
   ]
   assert _layer('albert_jax.train.mesh') > _layer('albert_jax.data.module')
+
+
+def _import_graph() -> dict[str, set[str]]:
+  """Module -> the package's modules it imports (function-level ones too)."""
+  return {
+    module: {imported for _, imported in _imports(module, path) if imported in MODULES} - {module}
+    for module, path in MODULES.items()
+  }
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+  """One import cycle of `graph` (its modules in order), [] when none."""
+  done, stack = set(), []
+
+  def visit(module: str) -> list[str]:
+    if module in stack:
+      return stack[stack.index(module) :] + [module]
+    if module in done:
+      return []
+    stack.append(module)
+    for imported in sorted(graph[module]):
+      if found := visit(imported):
+        return found
+    stack.pop()
+    done.add(module)
+    return []
+
+  for module in sorted(graph):
+    if found := visit(module):
+      return found
+  return []
+
+
+def test_no_module_imports_one_that_imports_it_back():
+  cycle = _cycle(_import_graph())
+  assert not cycle, 'import cycle: ' + ' -> '.join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+  assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': set()}) == ['a', 'b', 'c', 'a']
+  assert _cycle({'a': {'b'}, 'b': set()}) == []

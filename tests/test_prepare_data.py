@@ -8,9 +8,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from albert_jax.data import builtin_corpus, prepared, sources
+from albert_jax.data import builtin_corpus, prepared, sources, vocabulary
 from albert_jax.data.corpus import tokenize
-from albert_jax.data.tokenizer import Tokenizer, train_tokenizer
+from albert_jax.data.vocabulary import train_tokenizer
 from albert_jax.errors import DataError, UsageError
 
 BINARY = b'\0\1\2 not text' * 100
@@ -57,7 +57,7 @@ def test_parts_prepared_in_parallel_keep_the_source_order(tmp_path, small_vocab)
   # Uneven parts, one of them empty, several shards each.
   source = write_corpus(str(tmp_path / 'corpus'), [30, 3, 0, 61, 17])
   output = str(tmp_path / 'prepared')
-  tokenizer = Tokenizer.load(small_vocab)
+  tokenizer = vocabulary.load(small_vocab)
   metadata = prepare(source, small_vocab, output, num_workers=2, documents_per_shard=8)
   want = tokenize(sources.read_documents(source), tokenizer)
   assert metadata['num_documents'] == want.num_documents == 111
@@ -98,7 +98,7 @@ def test_a_bad_part_stops_the_run_and_a_rerun_resumes_after_the_fix(tmp_path, sm
   assert stats(output, finished[:-2]) == {k: v for k, v in before.items() if 'part-' not in k}
   clean = str(tmp_path / 'clean')
   assert prepare(source, small_vocab, clean, num_workers=2, documents_per_shard=8) == (metadata)
-  tokenizer = Tokenizer.load(small_vocab)
+  tokenizer = vocabulary.load(small_vocab)
   assert_same_documents(output, prepared.PreparedCorpus(clean, tokenizer), tokenizer)
 
 
@@ -156,7 +156,7 @@ def worker_peak(tmp_path, small_vocab, documents: int) -> tuple[int, int]:
 
 
 def test_a_worker_holds_one_document_and_4_bytes_per_segment(tmp_path, small_vocab, monkeypatch):
-  monkeypatch.setattr(prepared, '_worker_tokenizer', Tokenizer.load(small_vocab))
+  monkeypatch.setattr(prepared, '_worker_tokenizer', vocabulary.load(small_vocab))
   small, small_segments = worker_peak(tmp_path, small_vocab, 150)
   large, large_segments = worker_peak(tmp_path, small_vocab, 1500)
   assert large_segments > 9 * small_segments

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax.train import trainer
+from albert_jax import pretraining
 from albert_jax.train.config import PretrainConfig
 
 import train_testing
@@ -383,7 +383,7 @@ def test_slurm_job_requeued_mid_run_ends_on_the_one_process_losses(cluster, voca
   assert re.search(rf'^resumed from \S+ at step {step}$', text, re.MULTILINE), describe()
 
   one = str(tmp_path / 'one')
-  trainer.train(
+  pretraining.train(
     PretrainConfig.from_config(train_testing.tiny_config(vocab, **SETTINGS)),
     one,
     devices=jax.devices()[:1],

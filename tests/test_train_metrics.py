@@ -16,9 +16,9 @@ import pytest
 from google.protobuf import json_format
 from tensorboardX.proto import event_pb2, plugin_hparams_pb2
 
+from albert_jax import pretraining
 from albert_jax.train import metrics as metrics_lib
 from albert_jax.train import train_step as step_lib
-from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
 
 import train_testing
@@ -227,7 +227,7 @@ def test_training_in_a_terminal_shows_the_bar_and_tensorboard_reads_well(
   monkeypatch.setattr(sys, 'stdout', terminal)
   config = train_testing.tiny_config(vocab, **{'train.eval_every': 4})
   workdir = str(tmp_path)
-  trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
+  pretraining.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
   screen = terminal.getvalue()
   counts = re.findall(r'\| (\d)/4 \[', screen)
   assert counts[0] == '0' and sorted(set(counts)) == ['0', '1', '2', '3', '4'], screen

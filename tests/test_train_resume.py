@@ -14,8 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from albert_jax import pretraining
 from albert_jax.errors import UsageError
-from albert_jax.train import trainer
 from albert_jax.train import workdir as workdir_lib
 from albert_jax.train.config import PretrainConfig
 
@@ -30,7 +30,9 @@ SETTINGS = {'checkpoint.every_steps': 2, 'checkpoint.keep': 10}
 def straight(vocab, tmp_path_factory):
   """NUM_STEPS uninterrupted steps on all 8 devices (data=8), checkpoints every 2."""
   workdir = str(tmp_path_factory.mktemp('straight'))
-  trainer.train(PretrainConfig.from_config(train_testing.tiny_config(vocab, **SETTINGS)), workdir)
+  pretraining.train(
+    PretrainConfig.from_config(train_testing.tiny_config(vocab, **SETTINGS)), workdir
+  )
   return workdir
 
 
@@ -62,7 +64,7 @@ def _copy_checkpoint(reference: str, step: int, workdir: str) -> None:
 
 def test_restart_from_a_periodic_checkpoint_is_exact(vocab, straight, tmp_path):
   _copy_checkpoint(straight, 2, tmp_path)  # As if the run died after step 2.
-  result = trainer.train(
+  result = pretraining.train(
     PretrainConfig.from_config(train_testing.tiny_config(vocab, **SETTINGS)), str(tmp_path)
   )
   assert result.step == NUM_STEPS and not result.preempted
@@ -99,7 +101,7 @@ def test_sigterm_saves_exits_0_and_resume_is_exact(vocab, straight, tmp_path):
   assert [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()] == ['1']
 
   # Resumed keeping the last 2 checkpoints: 1 (the preemption's) goes.
-  result = trainer.train(
+  result = pretraining.train(
     PretrainConfig.from_config(
       train_testing.tiny_config(vocab, **{**SETTINGS, 'checkpoint.keep': 2})
     ),
@@ -117,7 +119,7 @@ def test_checkpoint_of_data_mesh_restores_under_fsdp(vocab, straight, tmp_path):
   _copy_checkpoint(straight, 2, tmp_path)
   config = train_testing.tiny_config(vocab, **SETTINGS)
   config.mesh.update(data=1, fsdp=8)
-  result = trainer.train(PretrainConfig.from_config(config), str(tmp_path))
+  result = pretraining.train(PretrainConfig.from_config(config), str(tmp_path))
   assert result.step == NUM_STEPS
   got, expected = (train_testing.train_losses(w) for w in (str(tmp_path), straight))
   after = range(3, NUM_STEPS + 1)
@@ -181,4 +183,4 @@ def test_checkpoint_of_other_shapes_is_refused_without_its_config(vocab, straigh
   os.remove(os.path.join(workdir, 'config.json'))
   config = train_testing.tiny_config(vocab, **SETTINGS, **{'model.hidden_size': 64})
   with pytest.raises(UsageError, match=r'holds a checkpoint \(step 4\) of another model'):
-    trainer.train(PretrainConfig.from_config(config), workdir)
+    pretraining.train(PretrainConfig.from_config(config), workdir)

@@ -7,11 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax import model_path
+from albert_jax import model_path, pretraining
 from albert_jax.data import prepared, sources
-from albert_jax.data.tokenizer import train_tokenizer
+from albert_jax.data.vocabulary import train_tokenizer
 from albert_jax.errors import DataError, UsageError
-from albert_jax.train import trainer
 from albert_jax.train.config import PretrainConfig
 
 import train_testing
@@ -24,7 +23,7 @@ def one_device_run(vocab, tmp_path_factory):
   config = train_testing.tiny_config(
     vocab, **{'train.eval_every': 4, 'train.peak_flops_per_device': 1e9}
   )
-  result = trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
+  result = pretraining.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
   return result, workdir
 
 
@@ -40,7 +39,7 @@ def one_device_run(vocab, tmp_path_factory):
 def test_sharded_losses_match_one_device(mesh, vocab, one_device_run, tmp_path):
   config = train_testing.tiny_config(vocab)
   config.mesh.update(mesh)
-  trainer.train(PretrainConfig.from_config(config), str(tmp_path))
+  pretraining.train(PretrainConfig.from_config(config), str(tmp_path))
   expected = train_testing.train_losses(one_device_run[1])
   got = train_testing.train_losses(str(tmp_path))
   assert sorted(got) == [1, 2, 3, 4]
@@ -51,7 +50,7 @@ def test_sharded_losses_match_one_device(mesh, vocab, one_device_run, tmp_path):
 
 def test_gradient_accumulation_matches_the_full_batch(vocab, one_device_run, tmp_path):
   config = train_testing.tiny_config(vocab, **{'train.grad_accum_steps': 4})
-  trainer.train(PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1])
+  pretraining.train(PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1])
   expected = train_testing.train_losses(one_device_run[1])
   got = train_testing.train_losses(str(tmp_path))
   np.testing.assert_allclose(
@@ -106,7 +105,7 @@ def test_non_finite_loss_stops_naming_the_step(vocab, tmp_path):
     UsageError,
     match=r'training diverged at step 2 \(loss [\d.]+, parameter norm (nan|inf)\): lower ',
   ):
-    trainer.train(PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1])
+    pretraining.train(PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1])
   assert not os.listdir(os.path.join(tmp_path, 'checkpoints'))
 
 
@@ -128,13 +127,13 @@ def test_impossible_config_is_one_clear_error(overrides, message, vocab, tmp_pat
     section, name = key.split('.')
     config[section][name] = value
   with pytest.raises(UsageError, match=message) as error:
-    trainer.train(PretrainConfig.from_config(config), str(tmp_path))
+    pretraining.train(PretrainConfig.from_config(config), str(tmp_path))
   assert '\n' not in str(error.value)
 
 
 def test_profile_steps_write_a_trace_and_mfu_is_known_on_cpu(vocab, tmp_path):
   config = train_testing.tiny_config(vocab, **{'train.num_steps': 4, 'train.profile_steps': '2:3'})
-  result = trainer.train(
+  result = pretraining.train(
     PretrainConfig.from_config(config), str(tmp_path), devices=jax.devices()[:1]
   )
   traces = list((tmp_path / 'profile' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
@@ -169,7 +168,7 @@ def test_the_model_takes_the_vocabulary_size_of_prepared_data(vocab_300, tmp_pat
     **{'model.vocab_size': 0, 'data.source': f'prepared:{vocab_300[1]}', 'train.num_steps': 2},
   )
   workdir = str(tmp_path / 'run')
-  trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
+  pretraining.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
   with open(os.path.join(workdir, 'config.json')) as f:
     saved = json.load(f)
   assert (saved['model']['vocab_size'], saved['vocab_from_tokenizer']) == (300, True)
@@ -178,7 +177,7 @@ def test_the_model_takes_the_vocabulary_size_of_prepared_data(vocab_300, tmp_pat
   # A rerun as given resumes: the saved 300 is compared with the tokenizer's
   # size, not with the 2000 of a tokenizer the run would train.
   config.train.num_steps = 3
-  result = trainer.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
+  result = pretraining.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
   assert (result.first_step, result.step) == (2, 3)
   with open(os.path.join(workdir, 'resumes.jsonl')) as f:
     assert json.loads(f.read())['changed'] == {'train.num_steps': [2, 3]}
@@ -188,7 +187,7 @@ def test_a_set_vocab_size_must_hold_every_id_of_the_vocabulary(vocab_300, tmp_pa
   config = train_testing.tiny_config(vocab_300[0], **{'train.num_steps': 1})  # Size 256.
   workdir = tmp_path / 'runs' / 'small'
   with pytest.raises(DataError) as error:
-    trainer.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
+    pretraining.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
   assert str(error.value) == (
     'the vocabulary has 300 pieces but model.vocab_size=256: set '
     "--config.model.vocab_size=300, or 0 for the vocabulary's size"
@@ -196,7 +195,7 @@ def test_a_set_vocab_size_must_hold_every_id_of_the_vocabulary(vocab_300, tmp_pa
   assert not os.listdir(tmp_path)  # The run created runs/small: it is gone.
   # A larger size is kept (rows no id uses), as set.
   config.model.vocab_size = 320
-  trainer.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
+  pretraining.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
   with open(workdir / 'config.json') as f:
     saved = json.load(f)
   assert (saved['model']['vocab_size'], saved['vocab_from_tokenizer']) == (320, False)
@@ -209,11 +208,11 @@ def test_a_run_that_fails_before_it_starts_leaves_no_directory_it_created(vocab,
   for vocabulary in (vocab, ''):
     config = train_testing.tiny_config(vocabulary, **{'data.source': missing})
     with pytest.raises(DataError, match='matches no files'):
-      trainer.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
+      pretraining.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
     assert not os.listdir(tmp_path)
   # A directory that was there stays, with what it held.
   workdir.mkdir(parents=True)
   (workdir / 'notes.txt').write_text('mine')
   with pytest.raises(DataError, match='matches no files'):
-    trainer.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
+    pretraining.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
   assert (workdir / 'notes.txt').read_text() == 'mine'

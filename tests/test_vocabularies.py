@@ -15,7 +15,9 @@ import sys
 
 import pytest
 
-from albert_jax.data.tokenizer import Normalization, Tokenizer, train_tokenizer
+from albert_jax.data import vocabulary
+from albert_jax.data.tokenizer import Normalization
+from albert_jax.data.vocabulary import train_tokenizer
 from albert_jax.errors import DataError
 
 import train_testing
@@ -144,7 +146,7 @@ def assert_same_ids(ours, theirs):
 @pytest.mark.parametrize('name', KINDS)
 def test_ids_and_decode_match_transformers(root, name):
   directory = build(root, name)
-  ours, theirs = Tokenizer.load(directory), theirs_of(directory)
+  ours, theirs = vocabulary.load(directory), theirs_of(directory)
   assert ours.kind == KINDS[name]
   assert ours.vocab_size == len(theirs)
   assert_same_ids(ours, theirs)
@@ -158,14 +160,14 @@ def test_ids_and_decode_match_transformers(root, name):
 
 @pytest.mark.parametrize('name', KINDS)
 def test_save_hf_gives_transformers_the_same_ids(root, tmp_path, name):
-  ours = Tokenizer.load(build(root, name))
+  ours = vocabulary.load(build(root, name))
   out = str(tmp_path / 'hf')
   ours.save_hf(out, model_max_length=128)
   assert {'tokenizer_config.json', 'special_tokens_map.json'} <= set(os.listdir(out))
   theirs = transformers.AutoTokenizer.from_pretrained(out)
   assert_same_ids(ours, theirs)
   assert theirs.model_max_length == 128 and theirs.mask_token == ours.mask_token
-  again = Tokenizer.load(out)
+  again = vocabulary.load(out)
   assert again.kind == ours.kind and again.fingerprint == ours.fingerprint
   assert [again.encode(t) for t in TEXTS] == [ours.encode(t) for t in TEXTS]
 
@@ -173,11 +175,11 @@ def test_save_hf_gives_transformers_the_same_ids(root, tmp_path, name):
 @pytest.mark.parametrize('name', KINDS)
 def test_transformers_save_pretrained_loads_with_the_same_ids(root, tmp_path, name):
   directory = build(root, name)
-  ours = Tokenizer.load(directory)
+  ours = vocabulary.load(directory)
   out = str(tmp_path / 'saved')
   theirs_of(directory).save_pretrained(out)
   assert not {'spiece.model', 'vocab.txt'} & set(os.listdir(out))
-  loaded = Tokenizer.load(out)
+  loaded = vocabulary.load(out)
   assert loaded.kind == 'tokenizer.json'
   assert [loaded.encode(t) for t in TEXTS] == [ours.encode(t) for t in TEXTS]
   assert (loaded.cls_id, loaded.sep_id, loaded.mask_id) == (ours.cls_id, ours.sep_id, ours.mask_id)
@@ -185,9 +187,9 @@ def test_transformers_save_pretrained_loads_with_the_same_ids(root, tmp_path, na
 
 @pytest.mark.parametrize('name', KINDS)
 def test_save_and_load_keep_ids_and_fingerprint(root, tmp_path, name):
-  ours = Tokenizer.load(build(root, name))
+  ours = vocabulary.load(build(root, name))
   ours.save(str(tmp_path / 'copy'))
-  again = Tokenizer.load(str(tmp_path / 'copy'))
+  again = vocabulary.load(str(tmp_path / 'copy'))
   assert again.kind == ours.kind and again.fingerprint == ours.fingerprint
   assert [again.encode(t) for t in TEXTS] == [ours.encode(t) for t in TEXTS]
   assert (again.is_word_start == ours.is_word_start).all()
@@ -195,14 +197,14 @@ def test_save_and_load_keep_ids_and_fingerprint(root, tmp_path, name):
 
 
 def test_special_ids_and_word_starts_come_from_the_vocabulary(root):
-  ours = Tokenizer.load(build(root, 'vocab_uncased'))
+  ours = vocabulary.load(build(root, 'vocab_uncased'))
   assert (ours.pad_id, ours.unk_id, ours.cls_id, ours.sep_id, ours.mask_id) == (0, 3, 4, 5, 6)
   assert ours.special_ids.tolist() == [0, 3, 4, 5, 6] and ours.mask_token == '[MASK]'
   piece = {p: i for i, p in enumerate(BERT_PIECES)}
   assert not ours.is_word_start[[piece['##s'], piece['##ing']]].any()
   assert ours.is_word_start[[piece['hello'], piece['我'], piece['。'], 6]].all()
   assert ours.encode('[MASK]我') == [6, piece['我']]  # Special tokens are matched, as in HF.
-  unigram = Tokenizer.load(build(root, 'unigram_json'))
+  unigram = vocabulary.load(build(root, 'unigram_json'))
   starts = [unigram.is_word_start[i] for i in unigram.encode('hello playing')]
   assert starts[0] and starts.count(True) == 2
 
@@ -211,17 +213,17 @@ def test_precedence_of_vocabulary_files(root, tmp_path):
   both = tmp_path / 'both'
   shutil.copytree(build(root, 'spiece'), both)
   shutil.copy(f'{build(root, "vocab_uncased")}/vocab.txt', both)
-  assert Tokenizer.load(str(both)).kind == 'sentencepiece'
+  assert vocabulary.load(str(both)).kind == 'sentencepiece'
   json_and_txt = tmp_path / 'json_and_txt'
   shutil.copytree(build(root, 'bert_json'), json_and_txt)
   shutil.copy(f'{build(root, "vocab_uncased")}/vocab.txt', json_and_txt)
-  assert Tokenizer.load(str(json_and_txt)).kind == 'tokenizer.json'
+  assert vocabulary.load(str(json_and_txt)).kind == 'tokenizer.json'
 
 
 def test_bad_directories(root, tmp_path):
   def error(directory) -> str:
     with pytest.raises(DataError) as caught:
-      Tokenizer.load(str(directory))
+      vocabulary.load(str(directory))
     assert '\n' not in str(caught.value)
     return str(caught.value)
 
@@ -240,7 +242,7 @@ def test_bad_directories(root, tmp_path):
   (no_mask / 'vocab.txt').write_text('[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n')
   assert re.search(r"no_mask/vocab.txt has no mask token \('\[MASK\]' not in", error(no_mask))
   (no_mask / 'tokenizer_config.json').write_text('{"mask_token": "hello"}')
-  assert Tokenizer.load(str(no_mask)).mask_id == 4
+  assert vocabulary.load(str(no_mask)).mask_id == 4
   (no_mask / 'tokenizer_config.json').write_text('{"mask_token": ')
   assert 'cannot read' in error(no_mask) and 'tokenizer_config.json' in error(no_mask)
 
@@ -312,4 +314,4 @@ def test_train_tokenizer_launcher_wordpiece(tmp_path):
     rf'trained a \d+-piece WordPiece tokenizer on [\d,]+ characters in \d+\.\d s: {tmp_path}/v',
     done.stdout.strip(),
   ), done.stdout
-  assert Tokenizer.load(f'{tmp_path}/v').kind == 'vocab.txt'
+  assert vocabulary.load(f'{tmp_path}/v').kind == 'vocab.txt'

@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 
 from albert_jax.data import sources
-from albert_jax.data.tokenizer import train_tokenizer
+from albert_jax.data.vocabulary import train_tokenizer
 from experiments.configs import pretrain
 
 VOCAB_SIZE = 256

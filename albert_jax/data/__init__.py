@@ -1,11 +1,12 @@
 """Pretraining data: tokenizer, sources, SOP/NSP examples, input pipeline.
 
 errors.py          DataError, the one exception type (one-line messages).
-tokenizer.py       the Tokenizer interface: Tokenizer.load(dir) of a
-                   spiece.model, tokenizer.json or vocab.txt directory,
-                   train_tokenizer(..., model_type='unigram'|'wordpiece').
+tokenizer.py       the Tokenizer interface.
 sentencepiece_tokenizer.py  spiece.model with ALBERT's normalisation.
 hf_tokenizer.py    tokenizer.json and BERT vocab.txt, via `tokenizers`.
+vocabulary.py      load(dir) of a spiece.model, tokenizer.json or vocab.txt
+                   directory; train_tokenizer(..., model_type='unigram'|
+                   'wordpiece').
 sources.py         'builtin' | 'text:GLOB' | 'tfds:NAME[/CONFIG][:SPLIT]'
                    -> documents (lists of sentences).
 builtin_corpus.py  the default corpus: Python's documentation prose.

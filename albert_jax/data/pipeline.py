@@ -51,9 +51,10 @@ import jax
 import numpy as np
 from absl import flags
 
-from albert_jax.data import examples, prepared, sources
+from albert_jax.data import examples, prepared, sources, vocabulary
 from albert_jax.data.corpus import Documents, tokenize
-from albert_jax.data.tokenizer import Normalization, Tokenizer, has_tokenizer, train_tokenizer
+from albert_jax.data.tokenizer import Normalization, Tokenizer, has_tokenizer
+from albert_jax.data.vocabulary import train_tokenizer
 from albert_jax.errors import DataError, UsageError
 
 # Where a tokenizer trained for a run lives, inside its workdir.
@@ -74,11 +75,11 @@ def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer
   training documents of data.source (deterministic, so every process of a
   multi-host run trains the same one)."""
   if data.vocab:
-    tokenizer = Tokenizer.load(data.vocab)
+    tokenizer = vocabulary.load(data.vocab)
   elif data.source.startswith('prepared:'):
     tokenizer = prepared.load_tokenizer(data.source[len('prepared:') :])
   elif has_tokenizer(os.path.join(workdir, WORKDIR_VOCAB)):
-    tokenizer = Tokenizer.load(os.path.join(workdir, WORKDIR_VOCAB))
+    tokenizer = vocabulary.load(os.path.join(workdir, WORKDIR_VOCAB))
   else:
     documents = list(sources.read_documents(data.source, sources.SourceOptions.of(data)))
     if not data.eval_source:

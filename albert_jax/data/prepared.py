@@ -45,7 +45,7 @@ import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from albert_jax.data import corpus, sources
+from albert_jax.data import corpus, sources, vocabulary
 from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import AlbertError, DataError, UsageError
 
@@ -78,7 +78,7 @@ def prepare(
     raise UsageError(f'documents_per_shard is {documents_per_shard}: use 1 or more')
   if os.path.exists(output_dir) and os.listdir(output_dir):
     raise DataError(f'{output_dir} exists and is not empty: choose a new output directory')
-  tokenizer = Tokenizer.load(tokenizer_dir)
+  tokenizer = vocabulary.load(tokenizer_dir)
   options = options or sources.SourceOptions()
   # A bad source fails here, before anything is written.
   part_list = sources.parts(source, options, part_bytes=part_bytes)
@@ -239,7 +239,7 @@ _worker_tokenizer: Tokenizer | None = None
 
 def _init_worker(tokenizer_dir: str) -> None:
   global _worker_tokenizer
-  _worker_tokenizer = Tokenizer.load(tokenizer_dir)
+  _worker_tokenizer = vocabulary.load(tokenizer_dir)
 
 
 def _prepare_part(job: _Job, part: sources.Part, k: int) -> int:
@@ -335,7 +335,7 @@ def _read_metadata(directory: str) -> dict:
 def load_tokenizer(directory: str) -> Tokenizer:
   """The tokenizer prepared data in `directory` was made with."""
   _read_metadata(directory)
-  return Tokenizer.load(os.path.join(directory, VOCAB_DIR))
+  return vocabulary.load(os.path.join(directory, VOCAB_DIR))
 
 
 class PreparedCorpus:

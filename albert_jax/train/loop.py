@@ -3,7 +3,7 @@
   train   the latest checkpoint of the workdir (refusing one of another
           model), else a fresh state; then step, log, evaluate, checkpoint
           and handle preemption until train.num_steps
-Each trainer (albert_jax/train/trainer.py, albert_jax/finetune/trainer.py)
+Each trainer (albert_jax/pretraining.py, albert_jax/finetune/trainer.py)
 assembles its `Run` (train/run.py) and brings its own data, initial params and
 evaluation.
 """
