@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Self
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from albert_jax.errors import UsageError
 
@@ -75,6 +76,47 @@ class Record:
       )
     types = {field.name: field.type for field in dataclasses.fields(cls)}
     return cls(**{k: _value(types[k], v) for k, v in values.items()})
+
+  @classmethod
+  def defaults(cls) -> ml_collections.ConfigDict:
+    """Every key of this record at its default, nested records as blocks:
+    what a preset (experiments/configs/) starts from and overrides."""
+    config = ml_collections.ConfigDict()
+    for field in dataclasses.fields(cls):
+      if field.metadata.get('derived'):
+        continue
+      if field.default is not dataclasses.MISSING:
+        value = field.default
+      elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+      else:
+        raise TypeError(f'{cls.__name__}.{field.name} has no default')
+      config[field.name] = _config_value(value)
+    return config
+
+
+def _config_value(value: Any) -> Any:
+  """A default as a config holds it: a record (a block's default may be one
+  with settings of its own, e.g. fine-tuning's train block) as a block."""
+  if not isinstance(value, Record):
+    return value
+  return ml_collections.ConfigDict(
+    {f.name: _config_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+  )
+
+
+def overrides(config: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
+  """Sets each dotted key of `values` ('model.hidden_size': 64) in `config`,
+  refusing (KeyError) one that `config` lacks: a preset's way to say only
+  what differs from the records' defaults."""
+  for key, value in values.items():
+    *blocks, name = key.split('.')
+    block = config
+    for part in blocks:
+      block = block[part]
+    if name not in block:
+      raise KeyError(f'{key}: no such config key')
+    block[name] = value
 
 
 def check_types(record: Record) -> None:

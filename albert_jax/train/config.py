@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Self
 from albert_jax.config import ModelConfig, Record, check_sequence_fits, check_types
 from albert_jax.data.config import DataConfig
 from albert_jax.errors import UsageError
+from albert_jax.train import mesh as mesh_lib
 
 OPTIMIZERS = ('lamb', 'adamw')
 
@@ -169,20 +170,21 @@ class PretrainConfig(Record):
 
   block: ClassVar[str] = 'config'
 
-  model: ModelConfig
-  data: DataConfig
-  train: TrainConfig
-  checkpoint: CheckpointConfig
-  mesh: MeshConfig
-  # Logical axis name -> mesh axes (None: replicated).
-  sharding_rules: tuple[tuple[Any, ...], ...]
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  # Logical axis name -> mesh axes (None: replicated), train/mesh.py.
+  sharding_rules: tuple[tuple[Any, ...], ...] = mesh_lib.DEFAULT_RULES
   preset: str = ''
   init_from: str = ''  # A model directory to start from.
   # Whether model.vocab_size is the vocabulary's rather than one set (0 in the
   # config): until the trainer knows the tokenizer it holds data.vocab_size,
   # the size of a tokenizer trained for the run, so that tools without a
   # tokenizer (params, memory plan, benchmark) size the model as a run would.
-  vocab_from_tokenizer: bool = False
+  # Set by from_config, never by a preset (Record.defaults leaves it out).
+  vocab_from_tokenizer: bool = dataclasses.field(default=False, metadata={'derived': True})
 
   # What a workdir's run is: a rerun may not change these (train/workdir.py).
   FIXED_KEYS: ClassVar[tuple[str, ...]] = (
