@@ -67,7 +67,7 @@ def evaluate(
     )
   if not num_batches:
     instances = examples.plan_instances(
-      documents, examples.ExampleConfig.from_config(data), data.seed
+      documents, data, data.seed
     )
     num_batches = max(1, len(instances) // batch_size)
   model = AlbertForPreTraining(pretrained.config)

@@ -24,10 +24,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 16
 
 
-def tiny_data(**overrides):
+def tiny_data(**overrides) -> DataConfig:
   data = pretrain.get_config('tiny').data
   data.update(overrides)
-  return data
+  return DataConfig.from_config(data)
 
 
 @pytest.fixture(scope='module')
@@ -177,7 +177,7 @@ def test_orbax_checkpoint_round_trip(tmp_path, corpus, tokenizer):
 
 def test_processes_read_disjoint_parts_of_one_stream(corpus, tokenizer):
   num_instances = len(
-    examples.plan_instances(corpus.train, examples.ExampleConfig.from_config(tiny_data()), 0)
+    examples.plan_instances(corpus.train, tiny_data(), 0)
   )
   num_batches = num_instances // BATCH + 2  # Into the second epoch.
   whole = take(iter(dataset(corpus, tokenizer)), num_batches)

@@ -64,18 +64,27 @@ FEATURES = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExampleConfig:
+  """How examples are cut from documents; each field is a `data.` config key
+  (DataConfig, data/config.py, is one)."""
+
   max_seq_length: int = 512
   max_predictions_per_seq: int = 20
   masked_lm_prob: float = 0.15
   short_seq_prob: float = 0.1
   max_ngram: int = 3
-  sentence_objective: str = 'sop'
-  # Fidelity switches (see module docstring); the defaults are the original's.
+  sentence_objective: str = 'sop'  # 'sop' | 'nsp' | 'none'
+  # Where the original's create_pretraining_data differs from earlier
+  # versions of this code, the original by default (module docstring):
+  # short-sequence target drawn once per document (False: per chunk);
   short_seq_per_document: bool = True
+  # the masking budget counts [CLS] and [SEP] (False: A and B only);
   num_to_predict_counts_specials: bool = True
+  # the 10 % random token from the whole vocabulary (False: no special token);
   random_token_includes_specials: bool = True
+  # SentencePiece pieces such as 's and n't start a word (True: they continue
+  # the previous one).
   apostrophe_joins_word: bool = False
 
   def __post_init__(self):
@@ -98,11 +107,6 @@ class ExampleConfig:
       raise DataError(
         f'data.sentence_objective={self.sentence_objective!r}: use one of {", ".join(OBJECTIVES)}'
       )
-
-  @classmethod
-  def from_config(cls, data) -> ExampleConfig:
-    """Reads the example fields of `config.data`."""
-    return cls(**{f.name: getattr(data, f.name) for f in dataclasses.fields(cls)})
 
 
 def plan_instances(documents: Documents, config: ExampleConfig, seed: int) -> np.ndarray:

@@ -1,11 +1,11 @@
 """Input pipeline: per-process grain datasets of pretraining batches.
 
-How the trainer uses it (`config` = experiments/configs/pretrain.py, `record`
-= PretrainConfig.from_config(config)):
+How the trainer uses it (`config` = PretrainConfig.from_config(preset): the
+library takes records, never ConfigDicts):
 
   from albert_jax.data import pipeline
   tokenizer = pipeline.load_or_train_tokenizer(
-      config.data, vocab_size=record.model.vocab_size, workdir=workdir)
+      config.data, vocab_size=config.model.vocab_size, workdir=workdir)
   # The model: tokenizer.vocab_size embedding rows, or a size the config
   # sets, checked with pipeline.check_vocab_fits(tokenizer, size).
   corpus = pipeline.load_corpus(config.data, tokenizer)
@@ -52,6 +52,7 @@ import numpy as np
 from absl import flags
 
 from albert_jax.data import examples, prepared, sources, vocabulary
+from albert_jax.data.config import DataConfig
 from albert_jax.data.corpus import Documents, tokenize
 from albert_jax.data.tokenizer import Normalization, Tokenizer, has_tokenizer
 from albert_jax.data.vocabulary import train_tokenizer
@@ -68,7 +69,7 @@ class Corpus:
   eval: Documents | None
 
 
-def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer:
+def load_or_train_tokenizer(data: DataConfig, *, vocab_size: int, workdir: str) -> Tokenizer:
   """The run's tokenizer: data.vocab, the one prepared data was made with,
   the one already in `workdir`/vocab (a resumed run), or a new one of
   `vocab_size` pieces (fewer on a small corpus) trained there on the
@@ -81,7 +82,7 @@ def load_or_train_tokenizer(data, *, vocab_size: int, workdir: str) -> Tokenizer
   elif has_tokenizer(os.path.join(workdir, WORKDIR_VOCAB)):
     tokenizer = vocabulary.load(os.path.join(workdir, WORKDIR_VOCAB))
   else:
-    documents = list(sources.read_documents(data.source, sources.SourceOptions.of(data)))
+    documents = list(sources.read_documents(data.source, data))
     if not data.eval_source:
       train, _ = split_documents(len(documents), data)
       documents = [documents[i] for i in train]
@@ -105,7 +106,7 @@ def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
     )
 
 
-def load_corpus(data, tokenizer: Tokenizer) -> Corpus:
+def load_corpus(data: DataConfig, tokenizer: Tokenizer) -> Corpus:
   """Reads and tokenizes data.source (and data.eval_source) once.
 
   Without data.eval_source data.eval_documents documents of the source
@@ -121,7 +122,7 @@ def load_corpus(data, tokenizer: Tokenizer) -> Corpus:
 
 def make_pretraining_dataset(
   documents: Documents,
-  data,
+  data: DataConfig,
   tokenizer: Tokenizer,
   *,
   global_batch_size: int,
@@ -140,12 +141,11 @@ def make_pretraining_dataset(
       f'{process_count} processes: use a multiple of '
       f'{process_count}'
     )
-  config = examples.ExampleConfig.from_config(data)
-  instances = examples.plan_instances(documents, config, data.seed)
+  instances = examples.plan_instances(documents, data, data.seed)
   builder = examples.ExampleBuilder(
     documents,
     instances,
-    config,
+    data,
     tokenizer=tokenizer,
     seed=data.seed,
   )
@@ -211,7 +211,7 @@ class _EpochExample:
     return self.builder(epoch, instance)
 
 
-def split_documents(num_documents: int, data) -> tuple[np.ndarray, np.ndarray]:
+def split_documents(num_documents: int, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
   """Ascending indices of the documents trained on and of the
   data.eval_documents held out: the last ones ('last'), or the middle one of
   each of eval_documents equal parts of the source ('spread': for a source in
@@ -231,8 +231,8 @@ def split_documents(num_documents: int, data) -> tuple[np.ndarray, np.ndarray]:
   return np.setdiff1d(np.arange(num_documents), held_out, assume_unique=True), held_out
 
 
-def _load_documents(source: str, data, tokenizer: Tokenizer) -> Documents:
+def _load_documents(source: str, data: DataConfig, tokenizer: Tokenizer) -> Documents:
   if source.startswith('prepared:'):
     return prepared.PreparedCorpus(source[len('prepared:') :], tokenizer)
-  documents = sources.read_documents(source, sources.SourceOptions.of(data))
+  documents = sources.read_documents(source, data)
   return tokenize(documents, tokenizer)

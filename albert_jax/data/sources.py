@@ -70,25 +70,24 @@ TEXT_FORMATS = ('lines', 'document')
 _FILE_KINDS = ('text', 'parquet', 'jsonl')
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SourceOptions:
-  """How a source's records become documents; each field is a `data.` config key."""
+  """How a source's records become documents; each field is a `data.` config
+  key (DataConfig, data/config.py, is one)."""
 
-  text_feature: str = 'text'  # The text of a tfds, parquet or jsonl record.
-  text_format: str = 'lines'  # Of text: files; one of TEXT_FORMATS.
+  # The text column, field or feature of a parquet, jsonl or tfds record.
+  text_feature: str = 'text'
+  # text: files: 'lines' (a sentence per line, a blank line between
+  # documents) | 'document' (each file one document of prose paragraphs).
+  text_format: str = 'lines'
   drop_markup: bool = False  # Drop code and table lines (markup.py).
-  language: str = 'en'  # ISO 639 code of the sentence splitter's rules.
+  language: str = 'en'  # ISO 639 code: the sentence splitter's rules.
 
   def __post_init__(self):
     if self.text_format not in TEXT_FORMATS:
       raise DataError(
         f'data.text_format must be one of {", ".join(TEXT_FORMATS)}, got {self.text_format!r}'
       )
-
-  @classmethod
-  def of(cls, data) -> SourceOptions:
-    """The options set in a data config (DataConfig or its ConfigDict)."""
-    return cls(**{f.name: getattr(data, f.name) for f in dataclasses.fields(cls)})
 
 
 # Consecutive files are read as one part up to this many bytes: a corpus of
