@@ -66,9 +66,7 @@ def evaluate(
       f'{shards} devices: use a multiple of {shards}'
     )
   if not num_batches:
-    instances = examples.plan_instances(
-      documents, data, data.seed
-    )
+    instances = examples.plan_instances(documents, data, data.seed)
     num_batches = max(1, len(instances) // batch_size)
   model = AlbertForPreTraining(pretrained.config)
   inputs = state_lib.pretraining_inputs(data.max_seq_length, data.max_predictions_per_seq)
