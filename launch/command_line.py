@@ -18,23 +18,34 @@ A launcher given a `Config` takes --config=FILE:PRESET, overrides
 line and exit status 1, as is an `AlbertError` raised by main (or by the
 library under it); the deprecated flag names of DEPRECATED_FLAGS still work,
 with a warning.
+
+This is the one boundary where errors become lines (`one_line`): ours, and
+the operating system's and the file readers' (OSError, JSON, csv,
+safetensors), each as one line naming the path and the cause, exit status 1,
+no traceback. Anything else is a bug and keeps its traceback. Ctrl-C is exit
+status 130; a run stopped by a signal it handled (errors.Interrupted) exits
+128 + the signal's number, as the shell reports one.
 """
 
+import csv
 import dataclasses
 import errno
+import json
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import safetensors
 import yaml
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from albert_jax.errors import AlbertError, UsageError
+from albert_jax.errors import AlbertError, Interrupted, UsageError
 
 # Old flag name -> (its name now, a prefix its value gains). One name per idea
 # across the launchers; the old names go after one release.
@@ -44,6 +55,8 @@ DEPRECATED_FLAGS: dict[str, tuple[str, str]] = {
   'prepared': ('source', 'prepared:'),  # launch.benchmark_data
   'seq_len': ('max_seq_length', ''),  # launch.benchmark, launch.benchmark_data
   'max_predictions': ('max_predictions_per_seq', ''),  # launch.benchmark_data
+  'workdir': ('model', ''),  # launch.export (the launchers that train keep --workdir)
+  'from_hf': ('model', ''),  # launch.export
 }
 
 
@@ -210,6 +223,7 @@ def _main(
       logging.set_verbosity(logging.WARNING)
       logging.get_absl_handler().addFilter(_not_orbax)
     if config is not None:
+      _check_config_loads()
       if flags.FLAGS.config is not None and config.resolve is not None:
         config.resolve(flags.FLAGS.config)
       if flags.FLAGS.print_config:
@@ -218,12 +232,76 @@ def _main(
         print(format_config(flags.FLAGS.config), end='')
         return 0
     return main(argv)
-  except AlbertError as e:
-    _exit(str(e))
-  except OSError as e:
-    if e.errno != errno.ENOSPC:
+  except Interrupted as e:
+    # It said what it kept; the exit status says which signal stopped it.
+    if str(e):
+      print(str(e), file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
+  except Exception as e:
+    message = one_line(e)
+    if message is None:
       raise
-    _exit(f'no space left on device: {e.filename or e}')
+    _exit(message)
+  except KeyboardInterrupt:
+    # Ctrl-C where no handler saves anything (see distributed.PreemptionWatcher).
+    _exit('interrupted (Ctrl-C): nothing was being saved', status=128 + signal.SIGINT)
+
+
+def _check_config_loads() -> None:
+  """UsageError naming the --config file that cannot be loaded (config_flags
+  defers the failure to the first use, as a many-line OSError)."""
+  loaded = flags.FLAGS.config
+  if loaded is None:
+    return
+  try:
+    loaded.keys  # noqa: B018 (one that failed to load raises on any use)
+  except OSError as e:
+    spec = flags.FLAGS['config'].serialize().partition('=')[2]
+    path = spec.partition(':')[0]
+    if not os.path.isfile(path):
+      raise UsageError(f'--config={spec}: no config file {path}; pass FILE:PRESET') from None
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    raise UsageError(f'--config={spec}: cannot load it ({lines[-1]})') from None
+
+
+def one_line(error: Exception) -> str | None:
+  """The one line that says what `error` means to the user, and what to do;
+  None for an error that is a bug (its traceback is wanted).
+
+  Ours (AlbertError) say it themselves. An OSError or a reading library's own
+  error type (JSON, csv, safetensors) is an operating-system or file
+  problem at the edge of a run, named with its path.
+  """
+  if isinstance(error, AlbertError):
+    return str(error)
+  if isinstance(error, OSError):
+    return _os_error(error)
+  if isinstance(error, json.JSONDecodeError):
+    return f'invalid JSON at line {error.lineno} column {error.colno}: {error.msg}'
+  if isinstance(error, csv.Error):
+    return f'unreadable CSV/TSV data: {error}'
+  if isinstance(error, safetensors.SafetensorError):
+    return f'unreadable safetensors file: {error}'
+  return None
+
+
+def _os_error(error: OSError) -> str:
+  """'no space left on device: PATH', or 'PATH: permission denied'."""
+  path = error.filename or ''
+  if error.filename2:
+    path = f'{path} -> {error.filename2}'
+  if error.errno == errno.ENOSPC:
+    return f'no space left on device: {path or error}'
+  reason = (error.strerror or str(error)).lower()
+  if not path:
+    return reason
+  hint = {
+    errno.EROFS: ': choose a writable path',
+    errno.EACCES: ': check its permissions',
+    errno.ENOTDIR: ': a part of the path is a file',
+    errno.ENOENT: ': check the path',
+  }.get(error.errno, '')
+  return f'{path}: {reason}{hint}'
 
 
 def _parse(argv: list[str], config: Config | None) -> list[str]:
@@ -303,6 +381,10 @@ def _rewrite_deprecated(argv: list[str]) -> list[str]:
   return rewritten
 
 
-def _exit(message: str) -> NoReturn:
-  """Exits with status 1 and `message` as one line on stderr."""
-  sys.exit('error: ' + ' '.join(line.strip() for line in message.splitlines() if line.strip()))
+def _exit(message: str, status: int = 1) -> NoReturn:
+  """Exits with `status` and `message` as one line on stderr."""
+  print(
+    'error: ' + ' '.join(line.strip() for line in message.splitlines() if line.strip()),
+    file=sys.stderr,
+  )
+  sys.exit(status)

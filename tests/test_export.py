@@ -50,7 +50,7 @@ def _assert_same_params(got, expected):
 
 def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path):
   hf_dir, flax_dir = str(tmp_path / 'hf'), str(tmp_path / 'flax')
-  result = export_testing.launch('export', f'--workdir={run}', '--format=hf', f'--output={hf_dir}')
+  result = export_testing.launch('export', f'--model={run}', '--format=hf', f'--output={hf_dir}')
   assert result.returncode == 0, result.stderr
   # The latest checkpoint, named in one line.
   assert result.stdout.strip() == f'wrote step 400 of {run} (pretraining run) to {hf_dir} (hf)'
@@ -78,8 +78,10 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
   np.testing.assert_allclose(jax_out['mlm_logits'], theirs.prediction_logits.numpy(), **TOL)
   np.testing.assert_allclose(jax_out['sentence_logits'], theirs.sop_logits.numpy(), **TOL)
 
+  # --from_hf, the flag's earlier name, still works, with a one-line notice.
   result = export_testing.launch('export', f'--from_hf={hf_dir}', f'--output={flax_dir}')
   assert result.returncode == 0, result.stderr
+  assert result.stderr.strip() == 'warning: --from_hf is deprecated; use --model'
   assert result.stdout.strip() == f'wrote the Hugging Face model {hf_dir} to {flax_dir} (flax)'
   imported = pretrained_lib.load_flax(flax_dir)
   assert imported.config == ours.config
@@ -102,7 +104,7 @@ def test_hf_export_loads_in_transformers_and_imports_back_exactly(run, tmp_path)
 def test_flax_export_holds_params_only_in_the_chosen_dtype(run, tmp_path):
   out = str(tmp_path / 'flax')
   result = export_testing.launch(
-    'export', f'--workdir={run}', '--step=200', '--dtype=bfloat16', f'--output={out}'
+    'export', f'--model={run}', '--step=200', '--dtype=bfloat16', f'--output={out}'
   )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == f'wrote step 200 of {run} (pretraining run) to {out} (flax)'
@@ -162,25 +164,25 @@ def test_existing_output_and_bad_runs_are_one_line_errors(run, tmp_path):
   out.mkdir()
   (out / 'keep.txt').write_text('mine')
   export_testing.assert_one_line_error(
-    export_testing.launch('export', f'--workdir={run}', f'--output={out}'),
+    export_testing.launch('export', f'--model={run}', f'--output={out}'),
     'already exists and is not empty',
   )
   assert os.listdir(out) == ['keep.txt'] and (out / 'keep.txt').read_text() == 'mine'
   export_testing.assert_one_line_error(
-    export_testing.launch('export', f'--workdir={run}', '--step=7', f'--output={tmp_path / "new"}'),
+    export_testing.launch('export', f'--model={run}', '--step=7', f'--output={tmp_path / "new"}'),
     'no checkpoint at step 7: choose one of 200, 400',
   )
   export_testing.assert_one_line_error(
     export_testing.launch(
       'export',
-      f'--from_hf={export_testing.exported("hf")}',
+      f'--model={export_testing.exported("hf")}',
       '--step=200',
       f'--output={tmp_path / "new"}',
     ),
     '--step chooses a checkpoint of a training workdir; the Hugging Face model .* has none',
   )
   export_testing.assert_one_line_error(
-    export_testing.launch('export', f'--workdir={tmp_path}', f'--output={tmp_path / "new"}'),
+    export_testing.launch('export', f'--model={tmp_path}', f'--output={tmp_path / "new"}'),
     f'{tmp_path} holds no model: expected .*; found taken',
   )
   assert not os.path.exists(tmp_path / 'new')
@@ -215,7 +217,7 @@ def test_import_names_the_first_offending_parameter(tmp_path):
   state_dict[name] = state_dict[name][:, :-1].copy()
   safetensors.numpy.save_file(state_dict, weights)
   export_testing.assert_one_line_error(
-    export_testing.launch('export', f'--from_hf={hf_dir}', f'--output={tmp_path / "out"}'),
+    export_testing.launch('export', f'--model={hf_dir}', f'--output={tmp_path / "out"}'),
     f'{name} has shape \\(96, 47\\), expected \\(96, 48\\)',
   )
 
