@@ -17,6 +17,7 @@ launch/cluster.py), or anywhere with --coordinator_address=HOST:PORT
 """
 
 import os
+import shlex
 from collections.abc import Sequence
 
 import jax
@@ -53,7 +54,7 @@ def main(argv: Sequence[str]) -> None:
   print(
     f'checkpoints: {result.checkpoint_dir}\n'
     f'metrics:     {result.metrics_path}\n'
-    f'tensorboard: tensorboard --logdir {result.tensorboard_dir}'
+    f'tensorboard: tensorboard --logdir {shlex.quote(result.tensorboard_dir)}'
   )
 
 

@@ -25,6 +25,9 @@ from albert_jax.data.tokenizer import MODEL_TYPES, Normalization
 from albert_jax.data.vocabulary import train_tokenizer
 from launch import command_line, source_flags
 
+# The data-reading flags are this launcher's own: listed by --help.
+flags.adopt_module_key_flags(source_flags)
+
 _SOURCE = flags.DEFINE_string('source', 'builtin', 'Data source to train on.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory to write.', required=True)
 _MODEL_TYPE = flags.DEFINE_enum(

@@ -66,7 +66,8 @@ class Run:
   def step_settings(self) -> str:
     """How the step runs, e.g. '2 micro-batches per step; 12 of 12 layers
     per loop iteration'."""
-    micro = f'{self.train.grad_accum_steps} micro-batches per step; ' if self.train else ''
+    steps = self.train.grad_accum_steps if self.train else 0
+    micro = f'{steps} micro-batch{"es" if steps > 1 else ""} per step; ' if steps else ''
     depth = self.model_config.num_layer_applications
     return f'{micro}{self.layer_unroll} of {depth} layers per loop iteration'
 
