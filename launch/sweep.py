@@ -12,11 +12,12 @@ its own sub-workdir, evaluated on held-out NSP and SOP examples, tabulated.
       --workdir=/shared/sharing --emit=slurm --nodes=4 > submit.sh
 
 --config.KEY=VALUE applies to every run; --only=VARIANT,... runs or emits
-those variants' runs (the report still lists the whole sweep). Rerunning
-skips finished runs and resumes the others; a failed run is reported and the
-others still run. Writes DIR/results.csv, results.md (with the paired
-comparisons of the paper's findings), mlm_accuracy.png, params.png and
-sentence_accuracy.png (when runs train a sentence objective).
+those variants' runs (the report lists the whole sweep, marking the variants
+no --only chose as not run). Rerunning skips finished runs and resumes the
+others; a failed run is reported and the others still run. Writes
+DIR/results.csv, results.md (with the paired comparisons of the paper's
+findings), mlm_accuracy.png, params.png and sentence_accuracy.png (when runs
+train a sentence objective); docs/sweeps.md is the manual.
 """
 
 import os
@@ -99,11 +100,11 @@ def _main() -> int:
       ),
       eval_batches=_EVAL_BATCHES.value,
     )
-    whole.save(_WORKDIR.value)  # For --report.
+    whole.save(_WORKDIR.value, only=_ONLY.value)  # For --report.
     print(script, end='')
     return 0
   root = os.path.abspath(_WORKDIR.value)
-  whole.save(root)
+  whole.save(root, only=_ONLY.value)
   if _PARALLEL.value > 1:
     # Each process takes the accelerator memory it uses, not 75 % of it.
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')

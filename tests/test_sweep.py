@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from albert_jax import flops
 from albert_jax.config import ModelConfig
@@ -187,7 +188,9 @@ def test_the_variants_run_are_trained_evaluated_and_reported(swept, vocab, name)
   groups = [line.split(' | ')[0].removeprefix('| ') for line in body]
   assert [g for g in groups if g] == list(dict.fromkeys(v.group for v in trained))
   untrained = [v.name for v in sweep.variants if v not in trained]
-  assert (f'Not finished: {", ".join(untrained)}.' in table) == bool(untrained)
+  # The variants --only left out are marked so, not as unfinished.
+  assert (f'Not run (no --only chose them): {", ".join(untrained)}.' in table) == bool(untrained)
+  assert 'Not finished' not in table
   # One seed: each of the paper's findings between trained variants gets its
   # difference, no verdict.
   verdicts = [line for line in comparisons.splitlines() if ' − ' in line]
@@ -196,7 +199,7 @@ def test_the_variants_run_are_trained_evaluated_and_reported(swept, vocab, name)
     if {comparison.ahead, comparison.behind} <= set(TRAINED[name]):
       assert line.endswith('| 1 × 16 | inconclusive (1 seed; 3 needed) |'), line
     else:
-      assert line.endswith('| no seed with both runs evaluated |'), line
+      assert ' | not run: no --only chose ' in line, line
   assert sum('| 1 × 16 |' in line for line in verdicts) >= 1
   for png in REPORT_FILES[2:]:
     with open(os.path.join(workdir, png), 'rb') as f:
@@ -554,37 +557,27 @@ def test_a_directory_of_another_sweep_is_refused(tmp_path):
 
 
 def test_paired_difference_against_hand_computed_cases():
-  # One seed, two examples whose differences are 1 and 0: a resample holds
-  # both zeros (p 1/4), one of each (1/2) or both ones (1/4), so the
-  # resampled difference is 0, 0.5 or 1 and the 2.5 % / 97.5 % quantiles are
-  # 0 and 1.
-  paired = stats.paired_difference([np.array([1, 0])], [np.array([0, 0])], [np.ones(2)])
-  assert (paired.difference, paired.low, paired.high) == (0.5, 0.0, 1.0)
-  assert (paired.seeds, paired.examples) == (1, 2)
-  # Two seeds whose every example has the same ratio: MLM hits out of 5
-  # masked tokens, 0.2 and 0.6 better. Only the seeds vary: a resample of
-  # them averages to 0.2, 0.4 or 0.6.
+  # Three seeds, examples averaged within each: MLM hits out of 5 masked
+  # tokens per example, differences 0.2, 0.6 and 0.4. Mean 0.4, sd 0.2, so
+  # the interval is 0.4 ± t(2, 0.975) · 0.2 / sqrt(3) = 0.4 ± 0.4968.
   paired = stats.paired_difference(
-    [np.array([3, 2]), np.array([4, 4, 3])],
-    [np.array([2, 1]), np.array([1, 1, 0])],
-    [np.array([5, 5]), np.array([5, 5, 5])],
+    [np.array([3, 2]), np.array([4, 4, 3]), np.array([3, 3])],
+    [np.array([2, 1]), np.array([1, 1, 0]), np.array([1, 1])],
+    [np.array([5, 5]), np.array([5, 5, 5]), np.array([5, 5])],
   )
+  half = 4.302652729911275 * 0.2 / np.sqrt(3)
   assert paired.difference == pytest.approx(0.4)
-  assert (paired.low, paired.high) == pytest.approx((0.2, 0.6))
-  assert paired.examples == 2
-
-
-def test_paired_difference_of_many_examples_is_the_normal_interval():
-  rng = np.random.default_rng(7)
-  a, b = rng.binomial(1, 0.6, 4000), rng.binomial(1, 0.5, 4000)
-  paired = stats.paired_difference([a], [b], [np.ones(4000)])
-  d = a - b
-  half = 1.96 * d.std() / np.sqrt(d.size)
-  assert paired.difference == pytest.approx(d.mean())
-  assert paired.low == pytest.approx(d.mean() - half, abs=0.1 * half)
-  assert paired.high == pytest.approx(d.mean() + half, abs=0.1 * half)
-  # Seeded: the same interval on every call.
-  assert stats.paired_difference([a], [b], [np.ones(4000)]) == paired
+  assert (paired.low, paired.high) == pytest.approx((0.4 - half, 0.4 + half))
+  assert (paired.seeds, paired.examples) == (3, 2)
+  assert paired.standard_error == pytest.approx(0.2 / np.sqrt(3))
+  # p of a difference of 0: the t statistic 0.4 / (0.2 / sqrt 3) = 3.46 on 2
+  # degrees of freedom.
+  assert stats.p_value(paired) == pytest.approx(0.0742, abs=1e-4)
+  # Against a margin of 0.1 (is it above -0.1?): t = 4.33.
+  assert stats.p_value(paired, margin=0.1) == pytest.approx(0.0494, abs=1e-4)
+  # One seed: a difference, no interval.
+  one = stats.paired_difference([np.array([1, 0])], [np.array([0, 0])], [np.ones(2)])
+  assert one.difference == 0.5 and np.isnan(one.low) and np.isnan(stats.p_value(one))
 
 
 def test_paired_difference_refuses_unpaired_outcomes():
@@ -592,6 +585,51 @@ def test_paired_difference_refuses_unpaired_outcomes():
     stats.paired_difference([np.ones(3)], [np.ones(4)], [np.ones(3)])
   with pytest.raises(ValueError, match='same seeds'):
     stats.paired_difference([np.ones(3)], [], [np.ones(3)])
+
+
+@pytest.mark.parametrize('seeds', [3, 5])
+def test_the_interval_holds_its_coverage_at_the_seeds_used(seeds):
+  """Sweeps simulated at the committed tables' noise: each seed's training
+  noise (sd 0.2 or 1.0 point between seeds) and each example's (sd 0.07 or
+  0.14 point once averaged over a seed's examples), through the report's own
+  functions: examples averaged within a seed, the t interval over seeds."""
+  rng = np.random.default_rng(seeds)
+  trials, examples, margin = 4000, 64, 0.01
+  for seed_sd in (0.002, 0.01):
+    for example_sd in (0.0007, 0.0014):
+      for truth in (0.0, 0.004, -margin):
+        shape = (trials, seeds, examples)
+        # Each example's paired difference, correct_a - correct_b.
+        per_example = (
+          truth
+          + rng.normal(0, seed_sd, (trials, seeds, 1))
+          + rng.normal(0, example_sd * np.sqrt(examples), shape)
+        )
+        d = stats.seed_difference(per_example, np.zeros(shape), np.ones(shape))
+        _, low, high = stats.t_interval(d)
+        covered = np.mean((low <= truth) & (truth <= high))
+        assert covered >= 0.93, (seed_sd, example_sd, truth, covered)
+        if truth == 0:
+          # 'reproduced' (a ahead) when the whole interval is above 0.
+          assert np.mean(low > 0) <= 0.05, (seed_sd, example_sd)
+        if truth == -margin:
+          # 'reproduced' (no worse by more than the margin) when the whole
+          # interval is above -margin, at a true difference of -margin.
+          assert np.mean(low > -margin) <= 0.05, (seed_sd, example_sd)
+
+
+def test_holm_adjusts_a_family_of_p_values():
+  # Sorted 0.01, 0.03, 0.04, 0.2: times 4, 3, 2, 1, never below the one before.
+  assert stats.holm([0.04, 0.01, 0.2, 0.03]) == pytest.approx([0.09, 0.04, 0.2, 0.09])
+  assert stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+  assert stats.holm([]) == []
+
+
+def _paired_of(low, high, seeds):
+  """A Paired whose t interval over `seeds` is [low, high]."""
+  half = (high - low) / 2
+  t = float(scipy_stats.t.ppf(0.975, max(seeds - 1, 1)))
+  return stats.Paired((low + high) / 2, low, high, seeds, 9, half / t)
 
 
 @pytest.mark.parametrize(
@@ -604,8 +642,17 @@ def test_paired_difference_refuses_unpaired_outcomes():
   ],
 )
 def test_verdicts(low, high, seeds, verdict):
-  paired = stats.Paired(difference=(low + high) / 2, low=low, high=high, seeds=seeds, examples=9)
+  paired = _paired_of(low, high, seeds)
   assert stats.verdict(paired) == verdict
+  # The interval excludes 0 exactly when the test of 0 rejects.
+  if seeds >= 3:
+    assert (stats.p_value(paired) < 0.05) == (verdict != 'inconclusive (CI spans 0)')
+
+
+def test_a_corrected_verdict_needs_the_adjusted_p_value():
+  paired = _paired_of(0.01, 0.03, 3)
+  assert stats.verdict(paired, adjusted_p=0.04) == 'reproduced'
+  assert stats.verdict(paired, adjusted_p=0.08) == 'inconclusive (Holm-adjusted p = 0.08)'
 
 
 @pytest.mark.parametrize(
@@ -617,20 +664,28 @@ def test_verdicts(low, high, seeds, verdict):
   ],
 )
 def test_verdicts_of_no_worse_by_more_than_a_margin(low, high, verdict):
-  paired = stats.Paired(difference=(low + high) / 2, low=low, high=high, seeds=3, examples=9)
-  assert stats.verdict(paired, margin=0.01) == verdict
+  assert stats.verdict(_paired_of(low, high, 3), margin=0.01) == verdict
+
+
+def _batch(keys, size=6, predictions=5):
+  return {
+    'input_ids': jax.random.randint(keys[0], (size, 8), 0, 4),
+    'segment_ids': jnp.zeros((size, 8), jnp.int32),
+    'masked_lm_positions': jnp.tile(jnp.arange(predictions), (size, 1)),
+    'masked_lm_ids': jax.random.randint(keys[1], (size, predictions), 0, 4),
+    'masked_lm_weights': (jax.random.uniform(keys[2], (size, predictions)) < 0.7).astype(
+      jnp.float32
+    ),
+    'sentence_order_label': jax.random.randint(keys[3], (size,), 0, 2),
+  }
 
 
 def test_example_outcomes_add_up_to_the_evaluation_sums():
-  keys = jax.random.split(jax.random.key(0), 5)
-  batch = {
-    'masked_lm_ids': jax.random.randint(keys[0], (6, 5), 0, 4),
-    'masked_lm_weights': (jax.random.uniform(keys[1], (6, 5)) < 0.7).astype(jnp.float32),
-    'sentence_order_label': jax.random.randint(keys[2], (6,), 0, 2),
-  }
+  keys = jax.random.split(jax.random.key(0), 6)
+  batch = _batch(keys)
   outputs = {
-    'mlm_logits': jax.random.normal(keys[3], (6, 5, 4)),
-    'sentence_logits': jax.random.normal(keys[4], (6, 2)),
+    'mlm_logits': jax.random.normal(keys[4], (6, 5, 4)),
+    'sentence_logits': jax.random.normal(keys[5], (6, 2)),
   }
   sums = step_lib.loss_sums(outputs, batch)
   per_example = step_lib.example_outcomes(outputs, batch)
@@ -638,6 +693,58 @@ def test_example_outcomes_add_up_to_the_evaluation_sums():
     assert per_example[key].shape == (6,)
     assert float(per_example[key].sum()) == pytest.approx(float(sums[key])), key
   assert 0 < float(sums['mlm_correct']) < float(sums['mlm_weight'])
+  # The predictions and targets behind the hits, -1 where no real prediction.
+  predicted, target = np.asarray(per_example['mlm_predicted']), per_example['mlm_target']
+  real = np.asarray(batch['masked_lm_weights']) > 0
+  assert ((predicted >= 0) == real).all() and ((np.asarray(target) >= 0) == real).all()
+  hits = ((predicted == np.asarray(target)) & real).sum(1)
+  np.testing.assert_array_equal(hits, per_example['mlm_correct'])
+  np.testing.assert_array_equal(per_example['sentence_label'], batch['sentence_order_label'])
+
+
+def test_example_ids_tell_examples_apart():
+  batch = _batch(jax.random.split(jax.random.key(1), 4), size=64)
+  batch['input_ids'] = batch['input_ids'].at[3, :2].set(jnp.array([1, 2]))
+  ids = np.asarray(step_lib.example_id(batch))
+  assert ids.dtype == np.uint32 and ids.shape == (64,)
+  np.testing.assert_array_equal(ids, step_lib.example_id(dict(batch)))
+  # Any one changed field of an example, or its order, changes its id alone.
+  for key, change in (
+    ('input_ids', lambda x: x.at[3, 2].add(1)),
+    ('input_ids', lambda x: x.at[3, :2].set(jnp.array([2, 1]))),
+    ('segment_ids', lambda x: x.at[3, 5].set(1)),
+    ('masked_lm_positions', lambda x: x.at[3, 0].set(7)),
+    ('masked_lm_ids', lambda x: x.at[3, 4].add(1)),
+    ('sentence_order_label', lambda x: x.at[3].set(1 - x[3])),
+  ):
+    changed = np.asarray(step_lib.example_id({**batch, key: change(batch[key])}))
+    assert (changed != ids).tolist() == [i == 3 for i in range(64)], key
+
+
+VOCAB = 50  # Of the fake runs' masked tokens.
+
+
+def _fake_outcomes(mlm_correct, weight, sentence, *, seed, ids=None, predicted=None):
+  """One objective's per-example outcomes (train_step.example_outcomes) of
+  the examples of `seed` (their targets, labels and ids): the first
+  `mlm_correct` real predictions of an example hit, the others miss;
+  `predicted` (a token), every prediction that token instead."""
+  rng = np.random.default_rng(1000 + seed)
+  size, width = len(weight), int(np.max(weight))
+  real = np.arange(width) < np.asarray(weight)[:, None]
+  target = np.where(real, rng.integers(0, VOCAB, (size, width)), -1)
+  hit = np.arange(width) < np.asarray(mlm_correct)[:, None]
+  guess = np.where(hit, target, (target + 1) % VOCAB) if predicted is None else predicted
+  label = rng.integers(0, 2, size)
+  return dict(
+    mlm_correct=np.asarray(mlm_correct, np.float32),
+    mlm_weight=np.asarray(weight, np.float32),
+    sentence_correct=np.asarray(sentence, np.float32),
+    mlm_predicted=np.where(real, guess, -1).astype(np.int32),
+    mlm_target=target.astype(np.int32),
+    sentence_label=label.astype(np.int32),
+    example_id=(np.arange(size) + 1000 * seed if ids is None else ids).astype(np.uint32),
+  )
 
 
 def _fake_run(
@@ -650,19 +757,23 @@ def _fake_run(
   steps=(200, 400),
   outcomes=True,
   objective='sop',
+  **fake,
 ):
   """A finished, evaluated run: its result, the trainer's eval records at
-  `steps` and the final step 600, and its per-example outcomes."""
+  `steps` and the final step 600, and its per-example outcomes
+  (`_fake_outcomes` with `fake`)."""
   workdir = os.path.join(root, run.name)
   os.makedirs(workdir)
-  per_example = dict(mlm_correct=mlm_correct, mlm_weight=weight, sentence_correct=sentence)
+  per_example = _fake_outcomes(mlm_correct, weight, sentence, seed=run.seed or 0, **fake)
   if outcomes:
-    np.savez(
+    np.savez_compressed(
       os.path.join(workdir, 'sweep_outcomes.npz'),
       **{f'{o}_{k}': v for o in ('sop', 'nsp') for k, v in per_example.items()},
     )
-  metrics = {'mlm_loss': 5.0, 'mlm_accuracy': float(mlm_correct.sum() / weight.sum())}
-  sentence_accuracy = float(sentence.mean())
+  hits = per_example['mlm_predicted'] == per_example['mlm_target']
+  accuracy = float((hits & (per_example['mlm_target'] >= 0)).sum() / np.sum(weight))
+  metrics = {'mlm_loss': 5.0, 'mlm_accuracy': accuracy}
+  sentence_accuracy = float(np.mean(sentence))
   result = {
     'step': 600,
     'objective': objective,
@@ -710,20 +821,31 @@ def test_report_compares_the_paper_findings_with_intervals(tmp_path):
   }
   none_all = rows['not-shared − all-shared (ALBERT tiny E=64)']
   assert none_all[1] == 'MLM acc. (SOP examples)'
-  assert float(none_all[3]) == pytest.approx(20, abs=2) and none_all[5] == '3 × 300'
+  assert float(none_all[3]) == pytest.approx(20, abs=2) and none_all[6] == '3 × 300'
   low, high = (float(x) for x in none_all[4].strip('[]').split(', '))
   assert 15 < low < float(none_all[3]) < high < 25
-  assert none_all[6] == 'reproduced |'
+  assert none_all[7] == 'reproduced |'
+  # The interval: Student-t over the seeds' differences of the table's runs.
+  seeds = {}
+  for row in _rows(str(tmp_path)):
+    seeds.setdefault(row['seed'], {})[row['variant']] = float(row['mlm_accuracy'])
+  d = [100 * (v['E64-none'] - v['E64-all']) for v in seeds.values()]
+  assert (low, high) == pytest.approx(tuple(stats.t_interval(np.array(d))[1:]), abs=0.006)
+  # Corrected together: the two comparisons with a verdict, Holm-adjusted.
+  p = stats.p_value(stats.paired(np.array(d) / 100, 300))
   attention_ffn = rows['shared-attention − shared-FFN (ALBERT tiny E=64)']
-  assert attention_ffn[6] == 'inconclusive (CI spans 0) |'
-  # Two seeds paired: however clear, no verdict.
+  assert attention_ffn[7] == 'inconclusive (CI spans 0) |'
+  assert float(none_all[5]) == pytest.approx(2 * p, rel=0.01)
+  # Two seeds paired: however clear, no verdict, and out of the family.
   assert rows['not-shared − all-shared (ALBERT tiny E=32)'][5:] == [
+    '',
     '2 × 300',
     'inconclusive (2 seeds; 3 needed) |',
   ]
   # A variant without outcomes (evaluated before they were kept).
   assert rows['shared-attention − shared-FFN (ALBERT tiny E=32)'][3:] == [
     'n/a',
+    '',
     '',
     '',
     'no seed with both runs evaluated |',
@@ -760,22 +882,163 @@ def test_sentence_plot_only_when_a_run_trains_a_sentence_objective(tmp_path):
 
 
 def test_report_refuses_to_pair_runs_evaluated_on_other_examples(tmp_path):
-  # Sentence heads: 10, 11 and 12 examples.
+  # 10, 11 and 12 examples.
   plan = _plan('sentence_objective', seeds=(0,))
   for i, run in enumerate(plan.runs):
-    _fake_run(tmp_path / 'so', run, np.ones(10), np.ones(10), np.ones(10 + i))
+    ones = np.ones(10 + i)
+    _fake_run(tmp_path / 'so', run, ones, ones, ones)
   table = report.comparison_table(plan, str(tmp_path / 'so'))
-  assert table.count('| not paired: the runs were evaluated on different examples |') == 4
-  # MLM: other masks (weights) in one run.
+  # Every comparison, on the MLM of the same runs too.
+  assert table.count('were evaluated on different examples |') == 5
+  # MLM: as many examples, other ones (other example ids) in one run.
   plan = _plan('sharing', seeds=(0,))
   for run in plan.runs:
-    weight = np.full(10, 4.0 if run.variant == 'E64-none' else 3.0)
-    _fake_run(tmp_path / 'sharing', run, np.ones(10), weight, np.ones(10))
+    ids = np.arange(10) + (500 if run.variant == 'E64-none' else 0)
+    _fake_run(tmp_path / 'sharing', run, np.ones(10), np.full(10, 3.0), np.ones(10), ids=ids)
   table = report.comparison_table(plan, str(tmp_path / 'sharing'))
   assert (
     '| not paired: E64-none-seed0 and E64-all-seed0 were evaluated on different examples |' in table
   )
   assert table.count('| not paired') == 1
+
+
+def test_runs_stuck_at_constant_predictions_carry_no_verdict(tmp_path):
+  plan = _plan('sharing', seeds=(0, 1, 2))
+  rng = np.random.default_rng(3)
+  weight = np.full(200, 10.0)
+  for run in plan.runs:
+    if not run.variant.startswith('E64'):
+      continue
+    p = {'E64-none': 0.4, 'E64-attention': 0.3}.get(run.variant, 0.2)
+    correct = rng.binomial(10, p, 200)
+    fake = {}
+    if run.variant == 'E64-all' and run.seed == 0:
+      fake = {'predicted': 7}  # Every masked prediction one token.
+    _fake_run(tmp_path, run, correct, weight, rng.integers(0, 2, 200), **fake)
+  # Seed 1's shared-FFN run answers every example as its shared-attention run.
+  twin = results.read_outcomes(os.path.join(tmp_path, 'E64-attention-seed1'))
+  np.savez_compressed(os.path.join(tmp_path, 'E64-ffn-seed1', 'sweep_outcomes.npz'), **twin)
+  text = report.markdown_table(plan, report.collect(plan, str(tmp_path)), str(tmp_path))
+  assert (
+    'Not trained (stuck at constant predictions; their comparisons carry no verdict): '
+    'E64-all-seed0 (100% of its masked predictions are one token); '
+    'E64-attention-seed1 (the same outcome on every example as E64-ffn-seed1); '
+    'E64-ffn-seed1 (the same outcome on every example as E64-attention-seed1).'
+  ) in text
+  rows = {
+    line.split(' | ')[0].removeprefix('| '): line.split(' | ')
+    for line in report.comparison_table(plan, str(tmp_path)).splitlines()
+    if 'E=64' in line
+  }
+  # A clear difference, but no verdict, and no place in the family.
+  none_all = rows['not-shared − all-shared (ALBERT tiny E=64)']
+  assert float(none_all[3]) > 10 and none_all[5] == ''
+  assert none_all[7] == 'no verdict: E64-all-seed0 not trained |'
+  assert rows['shared-attention − shared-FFN (ALBERT tiny E=64)'][7] == (
+    'no verdict: E64-attention-seed1, E64-ffn-seed1 not trained |'
+  )
+  # No better than always answering the commonest masked token: stuck too.
+  target = np.tile(np.arange(4, 8), (50, 1)) + np.arange(50)[:, None] * 4
+  target[:, 0] = 3  # A quarter of the masked tokens; the others all distinct.
+  outcomes = {'sop_mlm_target': target, 'sop_mlm_predicted': np.where(target == 3, 3, 0)}
+  assert results.untrained(outcomes) == (
+    'MLM accuracy 25.00%, no better than always the commonest token (25.00%)'
+  )
+  outcomes['sop_mlm_predicted'][:, 1] = outcomes['sop_mlm_target'][:, 1]
+  assert results.untrained(outcomes) is None
+
+
+def test_a_constant_sentence_head_ahead_carries_no_verdict(tmp_path):
+  plan = _plan('sentence_objective', seeds=(0, 1, 2))
+  rng = np.random.default_rng(4)
+  ones = np.full(300, 10.0)
+  for run in plan.runs:
+    label = _fake_outcomes(ones, ones, ones, seed=run.seed)['sentence_label']
+    # NSP's head says 1 to every example: right where the label is 1.
+    sentence = label if run.variant == 'nsp' else rng.integers(0, 2, 300)
+    _fake_run(tmp_path, run, rng.binomial(10, 0.3, 300), ones, sentence)
+  table = report.comparison_table(plan, str(tmp_path))
+  nsp_none = [line for line in table.splitlines() if line.startswith('| NSP − None')]
+  assert nsp_none[0].endswith(
+    '| no verdict: the head of nsp-seed0, nsp-seed1, nsp-seed2 gives one answer to every example |'
+  )
+  # The behind run's constant head is the chance a head is compared with.
+  sop_nsp = [line for line in table.splitlines() if 'SOP − NSP' in line and 'sentence' in line]
+  assert 'no verdict' not in sop_nsp[0]
+
+
+def test_the_report_draws_chance_at_the_majority_class(tmp_path):
+  plan = _plan('sentence_objective', seeds=(0,))
+  for run in plan.runs:
+    weight = np.full(64, 5.0)
+    _fake_run(tmp_path / 'small', run, np.full(64, 2.0), weight, np.ones(64))
+  outcomes = _fake_outcomes(weight, weight, weight, seed=0)
+  rates = [results.majority_rate({'sop_sentence_label': outcomes['sentence_label']}, 'sop')]
+  finished = {run.name for run in plan.runs}
+  assert report.chance(plan, str(tmp_path / 'small'), finished) == {
+    'nsp': pytest.approx(rates[0]),
+    'sop': pytest.approx(rates[0]),
+  }
+  rows = report.collect(plan, str(tmp_path / 'small'))
+  text = report.markdown_table(plan, rows, str(tmp_path / 'small'))
+  half = 100 * 1.96 * np.sqrt(rates[0] * (1 - rates[0]) / 64)
+  assert (
+    f"Sentence heads: chance is the eval set's majority class, NSP {100 * rates[0]:.1f} %, "
+    f'SOP {100 * rates[0]:.1f} %; over 64 examples a head is within ±{half:.1f} points of it '
+    'by luck (95 %). Too few examples to tell a head from chance: evaluate more than 384 '
+    '(--eval_batches).'
+  ) in text
+  assert rates[0] > 0.5  # 64 random labels: rarely exactly balanced.
+  for run in plan.runs:
+    weight = np.full(1024, 5.0)
+    _fake_run(tmp_path / 'large', run, np.full(1024, 2.0), weight, np.ones(1024))
+  rows = report.collect(plan, str(tmp_path / 'large'))
+  assert 'Too few' not in report.markdown_table(plan, rows, str(tmp_path / 'large'))
+
+
+def test_only_marks_the_variants_no_run_chose(tmp_path):
+  whole = _plan('sentence_objective', seeds=(0,))
+  whole.save(str(tmp_path), only=['none'])
+  whole.save(str(tmp_path), only=['nsp'])
+  plan = plan_lib.load_plan(str(tmp_path))
+  assert plan.selected == ('none', 'nsp')
+  ones = np.ones(400)
+  _fake_run(tmp_path, plan.runs[0], ones, ones, ones, objective='none')
+  text = report.markdown_table(plan, report.collect(plan, str(tmp_path)), str(tmp_path))
+  assert 'Not run (no --only chose them): sop-seed0.\nNot finished: nsp-seed0.' in text
+  table = report.comparison_table(plan, str(tmp_path))
+  assert table.count('| not run: no --only chose sop |') == 4
+  assert table.count('| no seed with both runs evaluated |') == 1
+  # A run of every variant: none is left out any more.
+  whole.save(str(tmp_path))
+  assert plan_lib.load_plan(str(tmp_path)).selected == ()
+
+
+def test_report_rebuilds_results_md_byte_for_byte_from_the_committed_files(tmp_path):
+  """The files a sweep commits (sweep.json, and per run sweep_result.json and
+  the compressed sweep_outcomes.npz) are all `--report` needs."""
+  plan = _plan('sentence_objective', seeds=(0, 1, 2))
+  swept = tmp_path / 'sweep'
+  plan.save(str(swept))
+  rng = np.random.default_rng(5)
+  weight = np.full(400, 8.0)
+  for run in plan.runs:
+    p = {'none': 0.25, 'nsp': 0.24, 'sop': 0.26}[run.variant]
+    sentence = rng.binomial(1, 0.5 if run.variant == 'none' else 0.7, 400)
+    _fake_run(swept, run, rng.binomial(8, p, 400), weight, sentence)
+  report.write_report(plan, str(swept))
+  committed = tmp_path / 'committed'
+  committed.mkdir()
+  (committed / 'sweep.json').write_bytes((swept / 'sweep.json').read_bytes())
+  for run in plan.runs:
+    (committed / run.name).mkdir()
+    for name in ('sweep_result.json', 'sweep_outcomes.npz'):
+      (committed / run.name / name).write_bytes((swept / run.name / name).read_bytes())
+  result = _sweep(f'--report={committed}')
+  assert result.returncode == 0, result.stderr
+  expected = (swept / 'results.md').read_bytes()
+  assert (committed / 'results.md').read_bytes() == expected
+  assert b'| reproduced |' in expected and b'[+' in expected
 
 
 # -- The mini scale ---------------------------------------------------------

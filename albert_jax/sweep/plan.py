@@ -39,6 +39,9 @@ class Plan:
   base_overrides: tuple[str, ...]  # '--config.train.num_steps=20', ...
   runs: tuple[Run, ...]
   comparisons: tuple[Comparison, ...] = ()  # The sweep's, for the report.
+  # The variants some --only chose to run or emit so far; (): all of them.
+  # The report marks the others as left out, not as unfinished.
+  selected: tuple[str, ...] = ()
 
   def only(self, variants: Sequence[str]) -> 'Plan':
     """The plan of the runs of `variants` (all when empty), e.g. to run or
@@ -74,14 +77,20 @@ class Plan:
     own = [f'--config.{key}={value}' for key, value in run.overrides.items()]
     return [*self.base_overrides, *own]
 
-  def save(self, root: str) -> None:
-    """Writes `root`/sweep.json; refuses a directory of another sweep."""
+  def save(self, root: str, *, only: Sequence[str] = ()) -> None:
+    """Writes `root`/sweep.json, adding the variants of `only` (the --only
+    of this invocation; empty: all) to those selected before; refuses a
+    directory of another sweep."""
     existing = load_plan(root) if os.path.isfile(os.path.join(root, PLAN_FILE)) else None
     if existing is not None and existing.name != self.name:
       raise SweepError(f'{root} holds the {existing.name!r} sweep: choose another --workdir')
+    selected = ()
+    if only and (existing is None or existing.selected):
+      chosen = {*only, *(existing.selected if existing else ())}
+      selected = tuple(v for v in dict.fromkeys(r.variant for r in self.runs) if v in chosen)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, PLAN_FILE), 'w') as f:
-      json.dump(dataclasses.asdict(self), f, indent=2)
+      json.dump(dataclasses.asdict(dataclasses.replace(self, selected=selected)), f, indent=2)
 
 
 def make_plan(
@@ -144,10 +153,12 @@ def load_plan(root: str) -> Plan:
     runs = tuple(Run(**run) for run in saved.pop('runs'))
     # Absent from the plans of sweeps before the report compared variants.
     comparisons = tuple(Comparison(**c) for c in saved.pop('comparisons', ()))
+    selected = tuple(saved.pop('selected', ()))  # Absent before --only was noted.
     return Plan(
       **{**saved, 'base_overrides': tuple(saved['base_overrides'])},
       runs=runs,
       comparisons=comparisons,
+      selected=selected,
     )
   except (ValueError, TypeError, KeyError) as e:
     raise SweepError(

@@ -5,7 +5,12 @@
                     variant, mean ± standard deviation over seeds; then each
                     finding of the paper the sweep tests (variants.Comparison)
                     as a paired difference with its 95 % confidence interval
-                    (albert_jax.sweep.stats) and a verdict
+                    (albert_jax.sweep.stats: Student-t over the seeds'
+                    paired differences), Holm-adjusted p-value and verdict;
+                    runs stuck at constant predictions are named and carry
+                    no verdict; the sentence heads' chance (the eval set's
+                    majority class) and whether the evaluation is large
+                    enough to tell a head from it
   mlm_accuracy.png  held-out MLM accuracy against steps, per variant: the
                     mean over seeds, a band from the lowest to the highest
                     seed, a marker at every evaluation
@@ -14,8 +19,13 @@
                     highest
   sentence_accuracy.png  held-out accuracy of the sentence head on the
                     objective each variant trains (NSP or SOP) against steps,
-                    as mlm_accuracy.png, with chance (50 %) marked; written
-                    when a finished run trains one
+                    as mlm_accuracy.png, with chance (the eval set's
+                    majority class) marked; written when a finished run
+                    trains one
+
+results.md is a function of sweep.json and each run's sweep_result.json and
+sweep_outcomes.npz alone: `launch.sweep --report=DIR` rebuilds it byte for
+byte from those files (docs/sweeps.md: what to commit).
 
 The MLM columns are measured on the SOP examples (both segments from one
 document) for every run, so that runs of any sentence objective compare. The
@@ -25,6 +35,7 @@ evaluations: see albert_jax.sweep.results).
 """
 
 import csv
+import dataclasses
 import os
 import statistics
 from collections.abc import Callable, Sequence
@@ -97,6 +108,12 @@ def collect(plan: Plan, root: str) -> list[dict[str, Any]]:
   return rows
 
 
+# A sentence head's accuracy over this many examples or fewer is within more
+# than 5 points of chance (95 %, at 50 %) by luck alone: too few to tell a
+# head from chance.
+SMALL_EVALUATION = 384
+
+
 def write_report(plan: Plan, root: str) -> list[str]:
   """Writes the report files into `root`; returns their paths."""
   rows = collect(plan, root)
@@ -111,7 +128,7 @@ def write_report(plan: Plan, root: str) -> list[str]:
     writer.writeheader()
     writer.writerows(rows)
   with open(paths[1], 'w') as f:
-    f.write(markdown_table(plan, rows))
+    f.write(markdown_table(plan, rows, root))
     f.write(comparison_table(plan, root))
   finished = {row['run'] for row in rows}
   _plot_curves(plan, root, finished, paths[2], results.mlm_curve, 'MLM accuracy')
@@ -125,14 +142,16 @@ def write_report(plan: Plan, root: str) -> list[str]:
       paths[-1],
       results.sentence_curve,
       'accuracy on its sentence objective',
-      chance=50,
+      chance=chance(plan, root, finished),
     )
   return paths
 
 
-def markdown_table(plan: Plan, rows: Sequence[dict[str, Any]]) -> str:
+def markdown_table(plan: Plan, rows: Sequence[dict[str, Any]], root: str) -> str:
   """The table of the paper's layout: a row group column, a row label
-  column, then the metrics (mean ± std over seeds when there are several)."""
+  column, then the metrics (mean ± std over seeds when there are several);
+  below it the runs not run or not finished, those not trained, and the
+  sentence heads' chance."""
   overrides = ' '.join(plan.base_overrides)
   lines = [
     f'### {plan.name}: {plan.title}',
@@ -153,9 +172,24 @@ def markdown_table(plan: Plan, rows: Sequence[dict[str, Any]]) -> str:
     lines.append('| ' + ' | '.join(cells) + ' |')
     previous_group = group
   finished = {row['run'] for row in rows}
-  missing = [run.name for run in plan.runs if run.name not in finished]
-  if missing:
-    lines += ['', f'Not finished: {", ".join(missing)}.']
+  missing = [run for run in plan.runs if run.name not in finished]
+  left_out = [run.name for run in missing if plan.selected and run.variant not in plan.selected]
+  unfinished = [run.name for run in missing if run.name not in left_out]
+  notes = []
+  if left_out:
+    notes.append(f'Not run (no --only chose them): {", ".join(left_out)}.')
+  if unfinished:
+    notes.append(f'Not finished: {", ".join(unfinished)}.')
+  stuck = _untrained(plan, root, finished)
+  if stuck:
+    notes.append(
+      'Not trained (stuck at constant predictions; their comparisons carry no verdict): '
+      + '; '.join(f'{name} ({why})' for name, why in stuck.items())
+      + '.'
+    )
+  notes += _chance_notes(plan, root, finished)
+  if notes:
+    lines += ['', *notes]
   return '\n'.join(lines) + '\n'
 
 
@@ -184,6 +218,64 @@ def _cell(values: list[Any], fmt: str | None) -> str:
   return f'{mean} ± {fmt.format(statistics.stdev(values) * scale)}'
 
 
+def _outcomes(plan: Plan, root: str, finished: set[str]) -> dict[str, dict[str, np.ndarray]]:
+  """The per-example outcomes of the finished runs that have them, by run."""
+  found = {}
+  for run in plan.runs:
+    if run.name in finished:
+      outcomes = results.read_outcomes(os.path.join(root, run.name))
+      if outcomes is not None:
+        found[run.name] = outcomes
+  return found
+
+
+def _untrained(plan: Plan, root: str, finished: set[str]) -> dict[str, str]:
+  """The finished runs stuck at constant predictions, with why: by their own
+  outcomes (results.untrained), or because their MLM and sentence outcomes
+  are those of another variant's run of the same seed, example for example."""
+  found = _outcomes(plan, root, finished)
+  stuck = {name: why for name, o in found.items() if (why := results.untrained(o))}
+  runs = [run for run in plan.runs if run.name in found]
+  keys = ('sop_mlm_correct', 'sop_sentence_correct', 'nsp_sentence_correct')
+  for i, run in enumerate(runs):
+    for other in runs[i + 1 :]:
+      if other.seed == run.seed and all(
+        np.array_equal(found[run.name][k], found[other.name][k]) for k in keys
+      ):
+        for name, twin in ((run.name, other.name), (other.name, run.name)):
+          stuck.setdefault(name, f'the same outcome on every example as {twin}')
+  return {run.name: stuck[run.name] for run in runs if run.name in stuck}
+
+
+def chance(plan: Plan, root: str, finished: set[str]) -> dict[str, float]:
+  """Each sentence objective's chance: the mean over the finished runs of
+  the majority-class rate of their held-out examples, by objective."""
+  found = _outcomes(plan, root, finished).values()
+  if not found:
+    return {}
+  return {o: statistics.mean(results.majority_rate(f, o) for f in found) for o in ('nsp', 'sop')}
+
+
+def _chance_notes(plan: Plan, root: str, finished: set[str]) -> list[str]:
+  rates = chance(plan, root, finished)
+  if not rates:
+    return []
+  examples = min(len(o['sop_sentence_correct']) for o in _outcomes(plan, root, finished).values())
+  half = max(1.96 * np.sqrt(r * (1 - r) / examples) for r in rates.values())
+  note = (
+    "Sentence heads: chance is the eval set's majority class, "
+    + ', '.join(f'{o.upper()} {100 * r:.1f} %' for o, r in rates.items())
+    + f'; over {examples} examples a head is within ±{100 * half:.1f} points of it by luck '
+    '(95 %).'
+  )
+  if examples <= SMALL_EVALUATION:
+    note += (
+      f' Too few examples to tell a head from chance: evaluate more than {SMALL_EVALUATION} '
+      '(--eval_batches).'
+    )
+  return [note]
+
+
 _METRIC_NAMES = {
   'mlm': 'MLM acc. (SOP examples)',
   'sop': 'sentence head on SOP',
@@ -193,25 +285,33 @@ _METRIC_NAMES = {
 
 def comparison_table(plan: Plan, root: str) -> str:
   """The sweep's comparisons, one row each: the paired difference of the
-  finished, evaluated runs of the two variants (points), its interval, the
-  seeds it pairs and the verdict on the paper's direction; '' without any."""
+  finished, evaluated runs of the two variants (points), its interval, its
+  Holm-adjusted p-value, the seeds it pairs and the verdict on the paper's
+  direction; '' without any."""
   if not plan.comparisons:
     return ''
   lines = [
     '',
     f"#### The paper's findings: paired differences, {stats.CONFIDENCE:.0%} CI",
     '',
-    'Each difference is first variant minus second, in accuracy points, over the seeds '
-    'both have finished (same seed: same data order and held-out examples); its interval '
-    "is a bootstrap over seeds and held-out examples. Verdict on the paper's direction "
-    '(first ahead; or, where the paper finds the two alike, first no more than a margin '
-    'behind): reproduced / not reproduced / inconclusive (CI spans 0 or the margin, or '
-    f'fewer than {stats.MIN_SEEDS} seeds).',
+    'Each difference is first variant minus second, in accuracy points, the mean over the '
+    'seeds both have finished of their paired differences (same seed: same data order and '
+    'held-out examples, checked by example id); its interval is Student-t over those seeds '
+    f"({stats.CONFIDENCE:.0%}, per comparison). Verdict on the paper's direction (first "
+    'ahead; or, where the paper finds the two alike, first no more than a margin behind): '
+    'reproduced / not reproduced / inconclusive (CI spans 0 or the margin, Holm-adjusted p '
+    f'≥ {1 - stats.CONFIDENCE:.2g}, or fewer than {stats.MIN_SEEDS} seeds). The verdicts are '
+    "corrected together: p (Holm) is each comparison's p-value adjusted over the table's "
+    'comparisons that have a verdict. A comparison of a run stuck at constant predictions '
+    'carries none.',
     '',
-    '| comparison | measured | paper | difference | CI | seeds × examples | verdict |',
-    '|---|---|---|---:|---:|---:|---|',
+    '| comparison | measured | paper | difference | CI | p (Holm) | seeds × examples | verdict |',
+    '|---|---|---|---:|---:|---:|---:|---|',
   ]
+  finished = {run.name for run in plan.runs if results.read_result(os.path.join(root, run.name))}
+  stuck = _untrained(plan, root, finished)
   by_variant = {run.variant: run for run in plan.runs}
+  measured = []
   for comparison in plan.comparisons:
     ahead, behind = by_variant.get(comparison.ahead), by_variant.get(comparison.behind)
     if ahead is None or behind is None:
@@ -221,27 +321,89 @@ def comparison_table(plan: Plan, root: str) -> str:
     else:
       name = f'{ahead.group} {ahead.label} − {behind.group} {behind.label}'
     cells = [name, _METRIC_NAMES[comparison.metric], comparison.paper]
+    left_out = [
+      v for v in (comparison.ahead, comparison.behind) if plan.selected and v not in plan.selected
+    ]
     try:
-      paired = _paired(plan, root, comparison)
+      if left_out:
+        raise SweepError(f'not run: no --only chose {" or ".join(left_out)}')
+      paired, names = _paired(plan, root, comparison)
     except SweepError as e:
-      cells += ['n/a', '', '', str(e)]
+      measured.append(_Measured(comparison, cells, None, str(e)))
     else:
-      cells += [
-        f'{100 * paired.difference:+.2f}',
-        f'[{100 * paired.low:+.2f}, {100 * paired.high:+.2f}]',
-        f'{paired.seeds} × {paired.examples}',
-        stats.verdict(paired, comparison.margin),
-      ]
-    lines.append('| ' + ' | '.join(cells) + ' |')
+      blocked = _blocked(comparison, names, stuck, root)
+      measured.append(_Measured(comparison, cells, paired, blocked))
+  tested = [m for m in measured if m.paired and not m.blocked and m.paired.seeds >= stats.MIN_SEEDS]
+  adjusted = stats.holm([stats.p_value(m.paired, m.comparison.margin) for m in tested])
+  holm = {id(m): p for m, p in zip(tested, adjusted)}
+  for m in measured:
+    lines.append('| ' + ' | '.join([*m.cells, *_cells(m, holm.get(id(m)))]) + ' |')
   return '\n'.join(lines) + '\n'
 
 
-def _paired(plan: Plan, root: str, comparison: variants.Comparison) -> stats.Paired:
+@dataclasses.dataclass(frozen=True)
+class _Measured:
+  comparison: variants.Comparison
+  cells: list[str]  # Comparison, measured, paper.
+  paired: stats.Paired | None  # None: not measured, `blocked` says why.
+  blocked: str  # Why no verdict ('' when there is one).
+
+
+def _cells(m: _Measured, adjusted_p: float | None) -> list[str]:
+  """Difference, CI, p (Holm), seeds × examples and verdict of `m`."""
+  if m.paired is None:
+    return ['n/a', '', '', '', m.blocked]
+  paired = m.paired
+  if paired.seeds < stats.MIN_SEEDS:
+    verdict = stats.verdict(paired)
+  elif m.blocked:
+    verdict = m.blocked
+  else:
+    verdict = stats.verdict(paired, m.comparison.margin, adjusted_p)
+  return [
+    f'{100 * paired.difference:+.2f}',
+    'n/a' if paired.seeds < 2 else f'[{100 * paired.low:+.2f}, {100 * paired.high:+.2f}]',
+    '' if adjusted_p is None else f'{adjusted_p:.2g}',
+    f'{paired.seeds} × {paired.examples}',
+    verdict,
+  ]
+
+
+def _blocked(
+  comparison: variants.Comparison,
+  names: list[tuple[str, str]],
+  stuck: dict[str, str],
+  root: str,
+) -> str:
+  """Why the comparison of the paired runs `names` ([(ahead, behind)] per
+  seed) carries no verdict ('' when it does): a run not trained, or for a
+  sentence head, an ahead run whose head answers every example alike (a
+  constant head can beat another by the label balance alone)."""
+  untrained = [n for pair in names for n in pair if n in stuck]
+  if untrained:
+    return f'no verdict: {", ".join(untrained)} not trained'
+  objective, kind = variants.METRICS[comparison.metric]
+  if kind == 'sentence':
+    constant = [
+      a
+      for a, _ in names
+      if results.constant_head(results.read_outcomes(os.path.join(root, a)), objective)
+    ]
+    if constant:
+      return f'no verdict: the head of {", ".join(constant)} gives one answer to every example'
+  return ''
+
+
+def _paired(
+  plan: Plan, root: str, comparison: variants.Comparison
+) -> tuple[stats.Paired, list[tuple[str, str]]]:
   """The comparison's paired difference over the seeds whose runs of both
-  variants have per-example outcomes; SweepError (a table cell) when none."""
+  variants have per-example outcomes, and those runs' names (ahead, behind)
+  per seed; SweepError (a table cell) when none, or when two runs' example
+  ids differ."""
   objective, kind = variants.METRICS[comparison.metric]
   runs = {(run.variant, run.seed): run.name for run in plan.runs}
-  correct_a, correct_b, weights = [], [], []
+  differences, names, examples = [], [], []
   for (variant, seed), name in runs.items():
     other = runs.get((comparison.behind, seed))
     if variant != comparison.ahead or other is None:
@@ -249,22 +411,20 @@ def _paired(plan: Plan, root: str, comparison: variants.Comparison) -> stats.Pai
     a, b = (results.read_outcomes(os.path.join(root, n)) for n in (name, other))
     if a is None or b is None:
       continue
-    if kind == 'mlm':
-      weight = a[f'{objective}_mlm_weight']
-      # The same masks in both runs, or the pairing is broken.
-      if not np.array_equal(weight, b[f'{objective}_mlm_weight']):
-        raise SweepError(f'not paired: {name} and {other} were evaluated on different examples')
-    else:
-      weight = np.ones_like(a[f'{objective}_sentence_correct'])
-    correct_a.append(a[f'{objective}_{kind}_correct'])
-    correct_b.append(b[f'{objective}_{kind}_correct'])
-    weights.append(weight)
-  if not weights:
+    ids = f'{objective}_example_id'
+    if a[ids].shape != b[ids].shape or not np.array_equal(a[ids], b[ids]):
+      raise SweepError(f'not paired: {name} and {other} were evaluated on different examples')
+    weight = a[f'{objective}_mlm_weight'] if kind == 'mlm' else np.ones(a[ids].shape)
+    differences.append(
+      stats.seed_difference(
+        a[f'{objective}_{kind}_correct'], b[f'{objective}_{kind}_correct'], weight
+      )
+    )
+    names.append((name, other))
+    examples.append(len(weight))
+  if not differences:
     raise SweepError('no seed with both runs evaluated')
-  try:
-    return stats.paired_difference(correct_a, correct_b, weights)
-  except ValueError:
-    raise SweepError('not paired: the runs were evaluated on different examples') from None
+  return stats.paired(differences, min(examples)), names
 
 
 def _variant_runs(plan: Plan, finished: set[str]) -> dict[str, list[Any]]:
@@ -283,11 +443,12 @@ def _plot_curves(
   path: str,
   curve: Callable[[str, dict[str, Any]], list[tuple[int, float]]],
   measured: str,
-  chance: float | None = None,
+  chance: dict[str, float] | None = None,
 ) -> None:
   """Plots `curve` (results.mlm_curve or results.sentence_curve) of the
-  finished runs against steps, and `chance` (%) as a line; a variant with
-  an empty curve is left out."""
+  finished runs against steps, and the `chance` of each objective the runs
+  train (a rate, `chance`'s) as a line; a variant with an empty curve is
+  left out."""
   figure = Figure(figsize=(8, 5), layout='constrained')
   axes = figure.subplots()
   colors = _colors(plan)
@@ -312,8 +473,22 @@ def _plot_curves(
     )
     if len(runs) > 1:
       axes.fill_between(steps, values.min(0), values.max(0), color=colors[variant], alpha=0.15)
-  if chance is not None:
-    axes.axhline(chance, color='gray', linestyle='--', linewidth=1, label='chance')
+  trained = set()
+  if chance:
+    trained = {
+      results.read_result(os.path.join(root, run.name))['objective']
+      for run in plan.runs
+      if run.name in finished
+    }
+  for objective, style in (('nsp', '--'), ('sop', ':')):
+    if objective in trained:
+      axes.axhline(
+        100 * chance[objective],
+        color='gray',
+        linestyle=style,
+        linewidth=1,
+        label=f'chance on {objective.upper()} (majority class, {100 * chance[objective]:.1f} %)',
+      )
   axes.set(
     xlabel='step',
     ylabel=f'held-out {measured} (%)',

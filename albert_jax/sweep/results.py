@@ -6,9 +6,16 @@ sweep_result.json so that reports rebuild from the sub-workdirs alone.
                  on NSP examples, whatever the run trained on
   step_time, tokens_per_sec   medians over the run's logged training records
 
-and beside it sweep_outcomes.npz, the per-example outcomes of that
-evaluation ('sop_mlm_correct', 'sop_mlm_weight', 'sop_sentence_correct',
-'nsp_...'), from which the report's confidence intervals resample examples.
+and beside it sweep_outcomes.npz (compressed), the per-example outcomes of
+that evaluation, OBJECTIVE_KEY for each objective (sop, nsp) and key of
+train_step.example_outcomes: mlm_correct, mlm_weight and sentence_correct
+[examples], from which the report's paired differences are computed;
+example_id, by which it checks that two runs measured the same examples;
+mlm_predicted, mlm_target [examples, predictions] and sentence_label, by which
+it tells a run stuck at constant predictions (`untrained`) and draws chance
+at the eval set's majority class (`majority_rate`). Together with
+sweep_result.json and the sweep's sweep.json they are all that
+`launch.sweep --report` reads to rebuild results.md.
 
 The held-out MLM accuracy of a run is the final evaluation's, on the SOP
 examples: the report's table and the last point of its curve both read it
@@ -36,6 +43,9 @@ from albert_jax.train.config import PretrainConfig
 RESULT_FILE = 'sweep_result.json'
 OUTCOMES_FILE = 'sweep_outcomes.npz'
 METRICS_FILE = 'metrics.jsonl'
+# The share of a run's masked predictions that one token may take before the
+# run counts as stuck at a constant prediction (`untrained`).
+COLLAPSED = 0.9
 
 
 def final_step(workdir: str) -> int | None:
@@ -72,12 +82,51 @@ def read_result(workdir: str) -> dict[str, Any] | None:
 
 def read_outcomes(workdir: str) -> dict[str, np.ndarray] | None:
   """The per-example outcomes of the run's final evaluation; None when the
-  run has none (not evaluated, or evaluated before they were kept)."""
+  run has none (not evaluated, or evaluated before they were kept with their
+  example ids: `launch.sweep --report` evaluates such a run again)."""
   path = os.path.join(workdir, OUTCOMES_FILE)
   if not os.path.isfile(path):
     return None
   with np.load(path) as saved:
-    return dict(saved)
+    outcomes = dict(saved)
+  if not all(f'{objective}_example_id' in outcomes for objective in evaluate.OBJECTIVES):
+    return None
+  return outcomes
+
+
+def untrained(outcomes: dict[str, np.ndarray]) -> str | None:
+  """Why the run's MLM never left constant predictions on the held-out SOP
+  examples (the table's MLM examples), or None when it did: one token takes
+  COLLAPSED of its masked predictions, or its accuracy is no better than
+  always answering the commonest masked token."""
+  predicted, target = outcomes['sop_mlm_predicted'], outcomes['sop_mlm_target']
+  real = target >= 0
+  counts = np.unique(predicted[real], return_counts=True)[1]
+  share = counts.max() / real.sum()
+  if share >= COLLAPSED:
+    return f'{share:.0%} of its masked predictions are one token'
+  accuracy = (predicted[real] == target[real]).mean()
+  commonest = np.unique(target[real], return_counts=True)[1].max() / real.sum()
+  if accuracy <= commonest:
+    return (
+      f'MLM accuracy {accuracy:.2%}, no better than always the commonest token ({commonest:.2%})'
+    )
+  return None
+
+
+def constant_head(outcomes: dict[str, np.ndarray], objective: str) -> bool:
+  """Whether the sentence head gives one answer to every held-out example of
+  `objective` (sop or nsp)."""
+  correct = outcomes[f'{objective}_sentence_correct'] > 0
+  label = outcomes[f'{objective}_sentence_label']
+  return np.unique(np.where(correct, label, 1 - label)).size == 1
+
+
+def majority_rate(outcomes: dict[str, np.ndarray], objective: str) -> float:
+  """The accuracy of always answering the commonest label of `objective`'s
+  held-out examples: a sentence head's chance on them."""
+  label = outcomes[f'{objective}_sentence_label']
+  return float(np.unique(label, return_counts=True)[1].max() / label.size)
 
 
 def mlm_accuracy(result: dict[str, Any]) -> float:
@@ -133,7 +182,7 @@ def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
     outcomes=outcomes,
   )
   # Before the result, which marks the run evaluated.
-  np.savez(
+  np.savez_compressed(
     os.path.join(workdir, OUTCOMES_FILE),
     **{f'{objective}_{key}': v for objective, o in outcomes.items() for key, v in o.items()},
   )

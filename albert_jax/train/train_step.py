@@ -89,17 +89,47 @@ def loss_sums(outputs: Mapping[str, jax.Array], batch: Batch) -> Metrics:
 
 
 def example_outcomes(outputs: Mapping[str, jax.Array], batch: Batch) -> Metrics:
-  """Per-example [B] float32 outcomes of `loss_sums`' hits: mlm_correct and
-  mlm_weight (its real predictions) and sentence_correct (0 or 1), from which
-  a report resamples examples (albert_jax.sweep.stats)."""
+  """Per-example outcomes of `loss_sums`' hits, for a sweep report
+  (albert_jax.sweep): float32 [B] mlm_correct and mlm_weight (its real
+  predictions) and sentence_correct (0 or 1); int32 mlm_predicted and
+  mlm_target [B, P] (-1 where no real prediction) and sentence_label [B], to
+  tell a model stuck at constant predictions; uint32 example_id [B], to check
+  that two runs measured the same examples."""
   weights = batch['masked_lm_weights'].astype(jnp.float32)
-  mlm_hit = jnp.argmax(outputs['mlm_logits'], -1) == batch['masked_lm_ids']
-  sentence_hit = jnp.argmax(outputs['sentence_logits'], -1) == batch['sentence_order_label']
+  predicted = jnp.argmax(outputs['mlm_logits'], -1)
+  mlm_hit = predicted == batch['masked_lm_ids']
+  labels = batch['sentence_order_label']
+  sentence_hit = jnp.argmax(outputs['sentence_logits'], -1) == labels
+  real = weights > 0
   return {
     'mlm_correct': jnp.sum(weights * mlm_hit, -1),
     'mlm_weight': jnp.sum(weights, -1),
     'sentence_correct': sentence_hit.astype(jnp.float32),
+    'mlm_predicted': jnp.where(real, predicted, -1).astype(jnp.int32),
+    'mlm_target': jnp.where(real, batch['masked_lm_ids'], -1).astype(jnp.int32),
+    'sentence_label': labels.astype(jnp.int32),
+    'example_id': example_id(batch),
   }
+
+
+def example_id(batch: Batch) -> jax.Array:
+  """[B] uint32 hash of each example's input_ids, segment_ids, masked
+  positions, masked ids and sentence label: equal ids, the same example
+  (a collision between two given examples has chance 2^-32)."""
+  keys = ('input_ids', 'segment_ids', 'masked_lm_positions', 'masked_lm_ids')
+  size = batch['sentence_order_label'].shape[0]
+  fields = [batch[key].reshape(size, -1) for key in keys]
+  values = jnp.concatenate([*fields, batch['sentence_order_label'][:, None]], 1)
+  position = jnp.arange(values.shape[1], dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
+  # Each value mixed with its position (murmur3's finalizer), then summed:
+  # any changed value or order changes the sum.
+  return jnp.sum(_mix(values.astype(jnp.uint32) ^ position), 1, dtype=jnp.uint32)
+
+
+def _mix(x: jax.Array) -> jax.Array:
+  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
 
 
 def summarize(sums: Mapping[str, jax.Array], sentence_objective: str) -> Metrics:
