@@ -3,11 +3,12 @@
 Each message is one line saying what is wrong and how to fix it; the
 launchers print it as `error: ...` and exit non-zero, without a traceback.
 The subclasses say which part of the codebase refused; nothing translates one
-into another.
+into another. AlbertError is not a ValueError: an `except ValueError` meant
+for a library's errors never catches (and relabels) one of these.
 """
 
 
-class AlbertError(ValueError):
+class AlbertError(Exception):
   """Bad input: a config, flag, path, corpus or checkpoint that cannot be used."""
 
 
@@ -25,3 +26,18 @@ class ExportError(AlbertError):
 
 class SweepError(AlbertError):
   """A sweep that cannot run or be reported."""
+
+
+class RecordError(AlbertError):
+  """A file this codebase wrote (a workdir's records, a manifest) that is
+  corrupt: torn, truncated or overwritten."""
+
+
+class Interrupted(AlbertError):
+  """The run was stopped by a signal (Ctrl-C, SIGTERM), having said what it
+  kept; the launcher exits with 128 + `signum`, as the shell reports a
+  signal."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum

@@ -24,10 +24,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from flax import traverse_util
+
 from albert_jax import pretrained as pretrained_lib
 from albert_jax.data import pipeline
 from albert_jax.data.tokenizer import Tokenizer
-from albert_jax.errors import DataError, ExportError, UsageError
+from albert_jax.errors import AlbertError, DataError, ExportError, UsageError
 from albert_jax.param_count import param_shapes
 from albert_jax.pretrained import Head, Pretrained
 from albert_jax.train import checkpoint as checkpoint_lib
@@ -108,7 +110,7 @@ def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
   config_path = os.path.join(workdir, RUN_CONFIG_FILE)
   try:
     run_config = PretrainConfig.from_config(saved)
-  except ValueError as e:
+  except (AlbertError, TypeError) as e:  # A key or value this version refuses.
     raise ExportError(f'{config_path}: {e}') from None
   config = run_config.model
   step, params = _checkpoint_params(workdir, step)
@@ -189,12 +191,16 @@ def _checkpoint_params(workdir: str, step: int | None) -> tuple[int, Any]:
       f'{checkpoints} has no checkpoint at step {step}: choose one of {", ".join(map(str, steps))}'
     )
   try:
-    return step, checkpoint_lib.restore_params(checkpoints, step)
-  except (ValueError, KeyError, FileNotFoundError) as e:
+    params = checkpoint_lib.restore_params(checkpoints, step)
+  except (ValueError, KeyError, FileNotFoundError) as e:  # orbax's, for missing or bad files.
     message = (str(e).strip() or type(e).__name__).splitlines()[0]
     raise ExportError(
       f'cannot read the params of checkpoint {step} of {workdir}: {message}'
     ) from None
+  pretrained_lib.check_finite(
+    traverse_util.flatten_dict(params, sep='/'), f'checkpoint {step} of {workdir}'
+  )
+  return step, params
 
 
 def _run_tokenizer(run_config: PretrainConfig, workdir: str) -> Tokenizer:

@@ -51,11 +51,11 @@ import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
-from albert_jax import hf, tree_paths
+from albert_jax import hf, records, tree_paths
 from albert_jax.config import ModelConfig
 from albert_jax.data import vocabulary
 from albert_jax.data.tokenizer import Tokenizer
-from albert_jax.errors import DataError, ExportError, UsageError
+from albert_jax.errors import AlbertError, DataError, ExportError, UsageError
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.param_count import param_shapes
 
@@ -64,6 +64,7 @@ Params = dict[str, Any]
 PARAMS_FILE = 'params.safetensors'
 CONFIG_FILE = 'model_config.json'
 HEAD_FILE = 'head.json'
+_REEXPORT = 'export the model again (python -m launch.export)'
 HF_CONFIG_FILE = 'config.json'
 HF_WEIGHTS_FILE = 'model.safetensors'
 # Hugging Face weights, in the order a loader prefers them; the index files
@@ -214,15 +215,13 @@ def load_definition(directory: str) -> Definition:
     )
     raise ExportError(f'{directory} is not an exported model: {CONFIG_FILE} expected{hint}')
   try:
-    with open(config_path) as f:
-      config = ModelConfig.from_config(json.load(f))
-  except (ValueError, TypeError) as e:
+    config = ModelConfig.from_config(records.read_json(config_path, fix=_REEXPORT))
+  except (AlbertError, TypeError) as e:  # A key or value this version refuses.
     raise ExportError(f'{config_path}: {e}') from None
   task, labels = None, ()
   head_path = os.path.join(directory, HEAD_FILE)
   if os.path.isfile(head_path):
-    with open(head_path) as f:
-      head = json.load(f)
+    head = records.read_json(head_path, fix=_REEXPORT)
     task, labels = head.get('task'), tuple(head.get('labels', ()))
     if task not in HEAD_MODULES:
       raise ExportError(f'{head_path}: unknown task {task!r} (one of {", ".join(HEAD_MODULES)})')
@@ -236,7 +235,7 @@ def save_flax(pretrained: Pretrained, directory: str, *, dtype: str | None = Non
   if dtype is not None:
     try:
       config = dataclasses.replace(config, param_dtype=dtype)
-    except ValueError as e:
+    except AlbertError as e:
       raise ExportError(str(e).replace('model.param_dtype', 'dtype')) from None
   if head is not None:
     params = {**params, **head.params}
@@ -343,15 +342,15 @@ def load_hf(directory: str) -> Pretrained:
     raise ExportError(
       f'{directory} is not a Hugging Face model directory: {HF_CONFIG_FILE} not found'
     )
-  with open(config_path) as f:
-    hf_config = json.load(f)
-  if hf_config.get('model_type') != 'albert':
-    raise ExportError(
-      f"{config_path} describes a {hf_config.get('model_type')!r} model, not 'albert'"
-    )
+  hf_config = records.read_json(
+    config_path, fix='restore it from the model you downloaded (config.json of its repository)'
+  )
+  model_type = hf_config.get('model_type') if isinstance(hf_config, dict) else None
+  if model_type != 'albert':
+    raise ExportError(f"{config_path} describes a {model_type!r} model, not 'albert'")
   try:
     config = hf.from_hf_config(hf_config)
-  except (KeyError, ValueError) as e:
+  except (KeyError, ValueError, TypeError, AlbertError) as e:
     raise ExportError(f'{config_path}: cannot read {e}') from None
   state_dict = _read_hf_weights(directory)
   architecture = _hf_architecture(hf_config, state_dict, config_path)
@@ -451,10 +450,12 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     raise ExportError(
       f'{path} is not a readable PyTorch weights file ({str(e).splitlines()[0]})'
     ) from None
-  return {
+  tensors = {
     name: (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
     for name, tensor in state_dict.items()
   }
+  check_finite(tensors, path)
+  return tensors
 
 
 # ---------------------------------------------------------------- starting from a model
@@ -530,9 +531,28 @@ def _new_directory(directory: str) -> Iterator[str]:
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
   """The tensors of `path`; ExportError for a truncated or foreign file."""
   try:
-    return safetensors.numpy.load_file(path)
+    tensors = safetensors.numpy.load_file(path)
   except (safetensors.SafetensorError, OSError) as e:
     raise ExportError(f'{path} is not a readable safetensors file ({e})') from None
+  check_finite(tensors, path)
+  return tensors
+
+
+def check_finite(tensors: Mapping[str, Any], source: str) -> None:
+  """ExportError naming the first tensor (by name) of `tensors` with a NaN
+  or an infinity: such a model computes nothing but NaN."""
+  for name in sorted(tensors):
+    value = np.asarray(tensors[name])
+    if not np.issubdtype(value.dtype, np.floating) and value.dtype != jnp.bfloat16:
+      continue
+    bad = ~np.isfinite(value.astype(np.float32))
+    if bad.any():
+      where = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise ExportError(
+        f'{source}: tensor {name} is not finite ({int(bad.sum())} of {value.size} values, '
+        f'the first {value[where]} at {list(where)}): this model cannot be used; '
+        'take a checkpoint from before it diverged'
+      )
 
 
 def _save_safetensors(

@@ -35,6 +35,9 @@ from albert_jax.errors import UsageError
 from albert_jax.train import mesh as mesh_lib
 from launch import command_line, source_flags
 
+# The data-reading flags are this launcher's own: listed by --help.
+flags.adopt_module_key_flags(source_flags)
+
 _MODEL = flags.DEFINE_string(
   'model', None, 'Flax export, Hugging Face directory or hub id, or training workdir.'
 )
@@ -50,9 +53,9 @@ _MAX_SEQ_LENGTH = flags.DEFINE_integer(
 _MAX_PREDICTIONS = flags.DEFINE_integer(
   'max_predictions_per_seq', 20, 'Masked positions per example, at most.'
 )
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Examples per batch.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Examples per batch.', lower_bound=1)
 _NUM_BATCHES = flags.DEFINE_integer(
-  'num_batches', 0, 'Batches per objective; 0: one pass over the examples.'
+  'num_batches', 0, 'Batches per objective; 0: one pass over the examples.', lower_bound=0
 )
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the masks and pairs.')
 _OBJECTIVES = flags.DEFINE_multi_enum(

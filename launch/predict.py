@@ -48,7 +48,7 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step of a workdir; defaul
 _TASK = flags.DEFINE_enum('task', None, list(TASKS), "Default: the model's head's task.")
 _INPUT = flags.DEFINE_string('input', None, '.tsv / .csv (classification) or SQuAD JSON.')
 _OUTPUT = flags.DEFINE_string('output', None, 'New file: JSON lines, or predictions.json.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Examples (windows) per batch.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Examples (windows) per batch.', lower_bound=1)
 # Defaults: a fine-tuning run's config, else the task's fine-tuning preset.
 _MAX_SEQ_LENGTH = flags.DEFINE_integer('max_seq_length', None, 'Tokens per example.')
 _DOC_STRIDE = flags.DEFINE_integer('doc_stride', None, 'Span QA: tokens between windows.')

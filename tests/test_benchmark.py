@@ -71,7 +71,7 @@ def test_synthetic_batch_follows_the_data_contract():
     batch['masked_lm_ids'], np.take_along_axis(batch['input_ids'], positions, axis=1)
   )
   assert batch['input_ids'].min() >= 5 and batch['input_ids'].max() < 64
-  with pytest.raises(ValueError, match='do not fit'):
+  with pytest.raises(UsageError, match='do not fit'):
     benchmark.synthetic_batch(np.random.default_rng(0), 1, 4, 4, 64)
 
 

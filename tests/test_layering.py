@@ -17,6 +17,7 @@ LAYERS = (
   (
     'albert_jax',
     'albert_jax.errors',
+    'albert_jax.records',
     'albert_jax.config',
     'albert_jax.backend_defaults',
     'albert_jax.model',

@@ -13,6 +13,7 @@ import pytest
 
 from albert_jax import model as albert
 from albert_jax.config import REMAT_POLICIES, ModelConfig
+from albert_jax.errors import UsageError
 from albert_jax.param_count import param_shapes
 from albert_jax.train.config import PretrainConfig
 from albert_jax.train.mesh import DEFAULT_RULES
@@ -89,7 +90,7 @@ def _apply(config, variables, batch, positions, rngs=None, deterministic=True):
   ],
 )
 def test_impossible_configs_fail_in_one_line(change, message):
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(UsageError) as error:
     dataclasses.replace(TINY, **change)
   assert message in str(error.value)
   assert '\n' not in str(error.value)
@@ -103,7 +104,7 @@ def test_from_config_reads_every_preset_and_rejects_unknown_keys():
   model_cfg = pretrain.get_config('tiny').model
   model_cfg.unlock()
   model_cfg.num_layer = 3
-  with pytest.raises(ValueError, match="unknown model config key 'num_layer'"):
+  with pytest.raises(UsageError, match="unknown model config key 'num_layer'"):
     ModelConfig.from_config(model_cfg)
 
 

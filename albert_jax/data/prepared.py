@@ -12,7 +12,9 @@ whole part at a time. DIR/:
   index.npz                     segment_lengths int32 [S], document_offsets
                                 int64 [D + 1] (to plan examples unread);
   vocab/                        the tokenizer used (its vocabulary files);
-  metadata.json                 shard list, counts, source, vocab fingerprint.
+  metadata.json                 shard list with each shard's size, sha256 and
+                                number of documents; counts, source, vocab
+                                fingerprint.
 Documents keep the source's order: parts in order, then documents within each.
 Masks are not stored: they are drawn on the fly, fresh each epoch.
 `PreparedCorpus(DIR, tokenizer)` reads them back with random access (grain's
@@ -25,29 +27,45 @@ its shards are closed, so its presence means "part P is done". Rerunning the
 same command after a crash keeps the finished parts and redoes the others.
 Memory stays bounded: a worker holds one document plus 4 bytes per segment
 and per document of its part; the main process holds the final index.
+Workers die with the main process (a parent-death signal), and a main process
+stopped by a signal (Interrupted) kills and waits for them before it releases
+the lock: nothing is written into DIR.partial/ after.
+
+Reading checks what it can before training starts: every shard's size against
+metadata.json always, and its sha256 once per shard per process (`verify`,
+also `python -m launch.prepare_data --verify=DIR`); a bad record met later
+(a shard changed meanwhile) is a DataError naming the shard. Each names how to
+prepare the data again.
 """
 
 from __future__ import annotations
 
 import array
+import bisect
 import concurrent.futures
+import ctypes
 import dataclasses
 import fcntl
 import glob
+import hashlib
 import itertools
 import json
 import multiprocessing
 import os
 import shutil
+import signal
+import zipfile
+from typing import NoReturn
 
 import grain
 import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from albert_jax import records
 from albert_jax.data import corpus, sources, vocabulary
 from albert_jax.data.tokenizer import Tokenizer
-from albert_jax.errors import AlbertError, DataError, UsageError
+from albert_jax.errors import AlbertError, DataError, Interrupted, UsageError
 
 METADATA_FILE = 'metadata.json'
 INDEX_FILE = 'index.npz'
@@ -103,14 +121,23 @@ def prepare(
     todo = [k for k in range(len(part_list)) if not os.path.exists(_part_index(partial, k))]
     if resumed:
       print(f'resuming {partial}: {len(part_list) - len(todo)} of {len(part_list)} parts done')
-    _prepare_parts(
-      _Job(source, options, partial, documents_per_shard),
-      part_list,
-      todo,
-      tokenizer_dir,
-      num_workers=num_workers or os.cpu_count() or 1,
-      progress=progress,
-    )
+    try:
+      _prepare_parts(
+        _Job(source, options, partial, documents_per_shard),
+        part_list,
+        todo,
+        tokenizer_dir,
+        num_workers=num_workers or os.cpu_count() or 1,
+        progress=progress,
+      )
+    except (Interrupted, KeyboardInterrupt) as e:
+      signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+      raise Interrupted(
+        f'stopped by {signal.Signals(signum).name}: the workers were stopped; '
+        f'{len(_part_indexes(partial))} of {len(part_list)} parts are done and kept in '
+        f'{partial}; rerun the same command to resume',
+        signum,
+      ) from None
     try:
       metadata = _merge(partial, source, len(part_list), documents_per_shard, tokenizer.fingerprint)
     except DataError:  # No text at all: nothing worth resuming.
@@ -138,8 +165,7 @@ def _start_or_resume(partial: str, manifest: dict, tokenizer: Tokenizer) -> bool
   """Checks a resumed run's manifest (True), or starts a new run (False)."""
   path = os.path.join(partial, MANIFEST_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    saved = records.read_json(path, fix=f'delete {partial} to start over')
     differs = [_MANIFEST_LABELS[key] for key in manifest if saved.get(key) != manifest[key]]
     if differs:
       raise DataError(
@@ -148,7 +174,7 @@ def _start_or_resume(partial: str, manifest: dict, tokenizer: Tokenizer) -> bool
       )
     return True
   # No manifest: a new run, or one killed before its manifest was written.
-  strays = set(os.listdir(partial)) - {LOCK_FILE, VOCAB_DIR, MANIFEST_FILE + '.tmp'}
+  strays = set(os.listdir(partial)) - {LOCK_FILE, VOCAB_DIR, MANIFEST_FILE + '.partial'}
   if strays:
     raise DataError(
       f'{partial} holds files ({", ".join(sorted(strays)[:3])}) but no {MANIFEST_FILE}: '
@@ -156,9 +182,7 @@ def _start_or_resume(partial: str, manifest: dict, tokenizer: Tokenizer) -> bool
     )
   shutil.rmtree(os.path.join(partial, VOCAB_DIR), ignore_errors=True)
   tokenizer.save(os.path.join(partial, VOCAB_DIR))
-  with open(path + '.tmp', 'w') as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(path + '.tmp', path)  # The manifest's presence = a complete start.
+  records.write_json(path, manifest)  # Its presence = a complete start.
   return False
 
 
@@ -209,7 +233,7 @@ def _prepare_parts(
       min(num_workers, len(todo)),
       mp_context=multiprocessing.get_context('spawn'),
       initializer=_init_worker,
-      initargs=(tokenizer_dir,),
+      initargs=(tokenizer_dir, os.getpid()),
     ) as pool,
     tqdm.tqdm(
       total=len(part_list), initial=len(part_list) - len(todo), unit=' parts', disable=not progress
@@ -221,24 +245,41 @@ def _prepare_parts(
         os.remove(stale)  # Left by a run killed while writing part k.
       return pool.submit(_prepare_part, job, part_list[k], k)
 
-    running = {submit(k) for k in itertools.islice(pending, num_workers)}
-    while running:
-      done, running = concurrent.futures.wait(running, return_when='FIRST_COMPLETED')
-      for future in done:
-        error = future.exception()
-        if isinstance(error, AlbertError):
-          raise error from None  # The worker's one line, e.g. a corrupt file.
-        if error is not None:
-          raise error
-        bar.update(1)
-        running |= {submit(k) for k in itertools.islice(pending, 1)}
+    try:
+      running = {submit(k) for k in itertools.islice(pending, num_workers)}
+      while running:
+        done, running = concurrent.futures.wait(running, return_when='FIRST_COMPLETED')
+        for future in done:
+          error = future.exception()
+          if isinstance(error, AlbertError):
+            raise error from None  # The worker's one line, e.g. a corrupt file.
+          if error is not None:
+            raise error
+          bar.update(1)
+          running |= {submit(k) for k in itertools.islice(pending, 1)}
+    except BaseException:
+      # Stopped (a signal, Ctrl-C) or failed: the parts in flight are not
+      # waited for (the pool's exit would), and no worker may write on.
+      for worker in multiprocessing.active_children():
+        worker.kill()
+        worker.join()
+      raise
 
 
 _worker_tokenizer: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_dir: str) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_worker(tokenizer_dir: str, parent: int) -> None:
+  """Loads the tokenizer, and ends this worker when `parent` ends (kill -9
+  included), so that no worker writes on after it."""
   global _worker_tokenizer
+  if hasattr(os, 'sched_getaffinity'):  # Linux: the kernel sends SIGKILL.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  if os.getppid() != parent:  # It ended before the signal was asked for.
+    os._exit(1)
   _worker_tokenizer = vocabulary.load(tokenizer_dir)
 
 
@@ -268,15 +309,26 @@ def _prepare_part(job: _Job, part: sources.Part, k: int) -> int:
   finally:
     if writer is not None:
       writer.close()
+  shards = [
+    os.path.join(job.directory, _shard_name(k, s))
+    for s in range(-(-len(document_sizes) // job.documents_per_shard))
+  ]
   path = _part_index(job.directory, k)
   with open(path + '.tmp', 'wb') as f:
     np.savez(
       f,
       segment_lengths=np.frombuffer(segment_lengths, np.int32),
       document_sizes=np.frombuffer(document_sizes, np.int32),
+      shard_bytes=np.array([os.path.getsize(s) for s in shards], np.int64),
+      shard_sha256=np.array([_sha256(s) for s in shards], 'S64'),
     )
   os.replace(path + '.tmp', path)  # Its presence = part k is done.
   return k
+
+
+def _sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def _merge(
@@ -293,11 +345,13 @@ def _merge(
   segment_lengths = np.empty(num_segments, np.int32)
   document_offsets = np.empty(num_documents + 1, np.int64)
   document_offsets[0] = 0
-  shards = []
+  shards, shard_bytes, shard_sha256 = [], [], []
   documents = segments = 0
   for k in range(num_parts):
     with np.load(_part_index(directory, k)) as index:
       part_lengths, part_sizes = index['segment_lengths'], index['document_sizes']
+      shard_bytes += index['shard_bytes'].tolist()
+      shard_sha256 += [digest.decode() for digest in index['shard_sha256']]
     segment_lengths[segments : segments + len(part_lengths)] = part_lengths
     document_offsets[documents + 1 : documents + 1 + len(part_sizes)] = segments + np.cumsum(
       part_sizes, dtype=np.int64
@@ -307,17 +361,27 @@ def _merge(
     segments += len(part_lengths)
   with open(os.path.join(directory, INDEX_FILE), 'wb') as f:
     np.savez(f, segment_lengths=segment_lengths, document_offsets=document_offsets)
+  shard_documents = [
+    min(documents_per_shard, int(n) - s * documents_per_shard)
+    for n in counts[:, 0]
+    for s in range(-(-int(n) // documents_per_shard))
+  ]
   metadata = dict(
     source=source,
     shards=shards,
+    shard_bytes=shard_bytes,
+    shard_sha256=shard_sha256,
+    shard_documents=shard_documents,
     num_documents=num_documents,
     num_segments=num_segments,
     num_tokens=int(segment_lengths.sum(dtype=np.int64)),
     vocab_fingerprint=fingerprint,
   )
-  with open(os.path.join(directory, METADATA_FILE), 'w') as f:
-    json.dump(metadata, f, indent=2)
+  records.write_json(os.path.join(directory, METADATA_FILE), metadata)
   return metadata
+
+
+_METADATA_KEYS = ('source', 'shards', 'num_documents', 'vocab_fingerprint')
 
 
 def _read_metadata(directory: str) -> dict:
@@ -328,8 +392,61 @@ def _read_metadata(directory: str) -> dict:
       f'({METADATA_FILE} missing): make it with '
       '`python -m launch.prepare_data`'
     )
-  with open(path) as f:
-    return json.load(f)
+  metadata = records.read_json(path, fix=_rebuild(directory, None))
+  missing = [key for key in _METADATA_KEYS if not isinstance(metadata, dict) or key not in metadata]
+  if missing:
+    raise DataError(
+      f'{path} is not the metadata of prepared data (no {missing[0]}): '
+      f'{_rebuild(directory, metadata)}'
+    )
+  return metadata
+
+
+def _rebuild(directory: str, metadata: dict | None) -> str:
+  """How to make prepared data `directory` again."""
+  source = metadata.get('source', 'SOURCE') if isinstance(metadata, dict) else 'SOURCE'
+  return (
+    f'prepare it again: python -m launch.prepare_data --source={source} '
+    f'--vocab={os.path.join(directory, VOCAB_DIR)} --output=NEW_DIR (with the source '
+    'options it was made with)'
+  )
+
+
+# Shards whose sha256 this process checked: (path, size, mtime_ns).
+_verified: set[tuple[str, int, int]] = set()
+
+
+def verify(directory: str, *, checksums: bool = True) -> dict:
+  """The metadata of prepared data `directory`, once every shard is checked
+  against it: its size, and (`checksums`) its sha256 unless this process
+  checked that file already. DataError naming the first bad shard."""
+  metadata = _read_metadata(directory)
+  sizes, digests = metadata.get('shard_bytes'), metadata.get('shard_sha256')
+  for k, name in enumerate(metadata['shards']):
+    path = os.path.join(directory, name)
+    try:
+      info = os.stat(path)
+    except OSError as e:
+      raise DataError(
+        f'prepared:{directory}: shard {name} is unreadable ({e.strerror.lower()}): '
+        f'{_rebuild(directory, metadata)}'
+      ) from None
+    if sizes is None:  # Prepared by an earlier version: nothing to check against.
+      continue
+    if info.st_size != sizes[k]:
+      raise DataError(
+        f'prepared:{directory}: shard {name} is {info.st_size} bytes, {sizes[k]} expected '
+        f'(truncated or changed): {_rebuild(directory, metadata)}'
+      )
+    key = (os.path.realpath(path), info.st_size, info.st_mtime_ns)
+    if checksums and key not in _verified:
+      if _sha256(path) != digests[k]:
+        raise DataError(
+          f'prepared:{directory}: shard {name} does not match its sha256 in {METADATA_FILE} '
+          f'(corrupt or changed): {_rebuild(directory, metadata)}'
+        )
+      _verified.add(key)
+  return metadata
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
@@ -343,7 +460,7 @@ class PreparedCorpus:
   indices), read with random access."""
 
   def __init__(self, directory: str, tokenizer: Tokenizer, *, documents: np.ndarray | None = None):
-    metadata = _read_metadata(directory)
+    metadata = verify(directory)
     if metadata['vocab_fingerprint'] != tokenizer.fingerprint:
       raise DataError(
         f'prepared:{directory} was tokenized with another '
@@ -352,25 +469,52 @@ class PreparedCorpus:
       )
     self.directory = directory
     self._tokenizer = tokenizer
+    self._metadata = metadata
     if documents is None:
       documents = np.arange(metadata['num_documents'])
     self._documents = documents  # int64 [num_documents], record indices.
-    with np.load(os.path.join(directory, INDEX_FILE)) as index:
-      offsets = index['document_offsets']
-      first, end = offsets[documents], offsets[documents + 1]
-      self.segment_lengths = index['segment_lengths'][corpus.ranges(first, end)]
-      self.document_offsets = corpus.offsets_of(end - first)
+    index_path = os.path.join(directory, INDEX_FILE)
+    try:
+      with np.load(index_path) as index:
+        offsets = index['document_offsets']
+        first, end = offsets[documents], offsets[documents + 1]
+        self.segment_lengths = index['segment_lengths'][corpus.ranges(first, end)]
+    except (OSError, EOFError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:
+      raise DataError(
+        f'prepared:{directory}: {INDEX_FILE} is unreadable ({type(e).__name__}: '
+        f'{str(e)[:100]}): {_rebuild(directory, metadata)}'
+      ) from None
+    self.document_offsets = corpus.offsets_of(end - first)
     self._records = grain.sources.ArrayRecordDataSource(
       [os.path.join(directory, s) for s in metadata['shards']]
     )
+    # The first record of each shard, to name the shard of a bad record.
+    self._shard_starts = np.cumsum([0, *metadata.get('shard_documents', [])])[:-1].tolist()
 
   @property
   def num_documents(self) -> int:
     return len(self._documents)
 
   def tokens(self, document: int) -> np.ndarray:
-    record = np.frombuffer(self._records[int(self._documents[document])], '<i4')
-    return record[1 + record[0] :]
+    """int32 [tokens] of `document`; DataError naming the shard of a record
+    that is unreadable or not one that prepare wrote."""
+    index = int(self._documents[document])
+    try:
+      record = np.frombuffer(self._records[index], '<i4')
+    except Exception as e:  # noqa: BLE001 (array_record raises plain errors for bad bytes)
+      self._bad_record(index, (str(e).strip().splitlines() or [type(e).__name__])[0][:120])
+    count = int(record[0]) if len(record) else -1
+    if not 0 < count < len(record) or 1 + count + int(record[1 : 1 + count].sum()) != len(record):
+      self._bad_record(index, 'its lengths do not add up')
+    return record[1 + count :]
+
+  def _bad_record(self, index: int, reason: str) -> NoReturn:
+    shard = max(bisect.bisect_right(self._shard_starts, index) - 1, 0)
+    name = self._metadata['shards'][shard] if self._shard_starts else f'of record {index}'
+    raise DataError(
+      f'prepared:{self.directory}: shard {name} has a bad record (document {index}: {reason}): '
+      f'{_rebuild(self.directory, self._metadata)}'
+    )
 
   def take(self, documents: np.ndarray) -> PreparedCorpus:
     return PreparedCorpus(self.directory, self._tokenizer, documents=self._documents[documents])

@@ -61,9 +61,9 @@ class Sweep:
 
 
 def check_scale(scale: str) -> None:
-  """ValueError unless `scale` is one of SCALES."""
+  """SweepError unless `scale` is one of SCALES."""
   if scale not in SCALES:
-    raise ValueError(f'unknown scale {scale!r}: choose one of {", ".join(SCALES)}')
+    raise SweepError(f'unknown scale {scale!r}: choose one of {", ".join(SCALES)}')
 
 
 def load_sweep(spec: str) -> Sweep:
@@ -81,7 +81,7 @@ def load_sweep(spec: str) -> Sweep:
     raise SweepError(f'{path} defines no get_sweep(scale): it is not a sweep file')
   try:
     sweep = module.get_sweep(scale or 'tiny')
-  except ValueError as e:
+  except SweepError as e:  # The sweep file's own refusal (e.g. check_scale).
     raise SweepError(f'--sweep={spec}: {e}') from None
   names = [v.name for v in sweep.variants]
   if len(set(names)) != len(names):

@@ -8,11 +8,15 @@ task the GPU its SLURM_LOCALID numbers, so fewer tasks would leave GPUs idle
 global batch; jax.jit programs then span the devices of all processes.
 """
 
+import os
 import signal
+import sys
 import threading
 
 import jax
 from jax.experimental import multihost_utils
+
+from albert_jax.errors import Interrupted
 
 
 def initialize(
@@ -41,24 +45,43 @@ def initialize(
 
 
 class PreemptionWatcher:
-  """Says when to save a checkpoint and stop because the job is being preempted.
+  """Says when to save a checkpoint and stop because the job is being
+  preempted or interrupted.
 
   The notice is SIGTERM (Cloud TPU maintenance, SLURM time limit or
-  `scancel`, Kubernetes eviction). A single process installs a handler that
-  only sets a flag, read at the next step. Several processes must stop at the
-  same step to write one checkpoint together: JAX's preemption sync service,
-  started by `jax.distributed.initialize`, listens for SIGTERM on every host
-  and agrees on that step.
+  `scancel`, Kubernetes eviction), or SIGINT (Ctrl-C) in a single process.
+  A single process installs handlers that only set a flag, read at the next
+  step. Several processes must stop at the same step to write one checkpoint
+  together: JAX's preemption sync service, started by
+  `jax.distributed.initialize`, listens for SIGTERM on every host and agrees
+  on that step (Ctrl-C stays Python's KeyboardInterrupt there).
+
+  Ctrl-C is SIGTERM that ends with exit status 130: when the block it
+  watches ends, `Interrupted` is raised. A second Ctrl-C exits at once
+  (status 130), saving nothing more: the complete checkpoints stay, and a
+  save in flight is left as orbax's temporary directory, removed on resume.
   """
 
   def __init__(self):
     self._event = threading.Event()
-    self._previous = None
+    self._previous: dict[int, object] = {}
+    self.interrupted = False  # By Ctrl-C (SIGINT), not SIGTERM.
     if jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._on_signal)
 
   def _on_signal(self, signum, frame) -> None:
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self.interrupted:
+        print('interrupted again: exiting now, without saving', file=sys.stderr, flush=True)
+        os._exit(128 + signal.SIGINT)  # At once: no cleanup, which may wait on a save.
+      self.interrupted = True
+      print(
+        'interrupted: saving a checkpoint after this step (Ctrl-C again to exit at once)',
+        file=sys.stderr,
+        flush=True,
+      )
     self._event.set()
 
   def should_stop(self, step: int) -> bool:
@@ -68,13 +91,16 @@ class PreemptionWatcher:
     return self._event.is_set()
 
   def close(self) -> None:
-    """Restores the SIGTERM handler that was there before."""
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    """Restores the signal handlers that were there before."""
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
   def __enter__(self) -> 'PreemptionWatcher':
     return self
 
-  def __exit__(self, *exc_info) -> None:
+  def __exit__(self, exc_type, exc_value, traceback) -> None:
     self.close()
+    if self.interrupted and exc_type is None:
+      # The loop said what it saved; the exit status says Ctrl-C.
+      raise Interrupted('', signal.SIGINT)

@@ -139,7 +139,8 @@ def _full_disk_stops(checkpoint_dir: str) -> Iterator[None]:
 def _log_end(loop: '_Loop', num_steps: int) -> None:
   """Says why the run stopped before its last step (preempted, or nothing to do)."""
   if loop.preempted:
-    log(f'preempted at step {loop.step}: checkpoint saved; rerun the same command to resume')
+    stopped = 'interrupted' if loop.preemption.interrupted else 'preempted'
+    log(f'{stopped} at step {loop.step}: checkpoint saved; rerun the same command to resume')
   elif loop.step == loop.first_step:
     log(
       f'nothing to do: the checkpoint is at step {loop.step} of '

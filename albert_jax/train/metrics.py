@@ -8,7 +8,9 @@ Every logged record goes to three places with the same values (process 0):
                       tags grouped as train/..., eval/... and perf/..., the
                       run's config as text and its hyperparameters for the
                       HParams view;
-  DIR/metrics.jsonl   one JSON object per record: {"step": s, key: value, ...}.
+  DIR/metrics.jsonl   one JSON object per record: {"step": s, key: value, ...},
+                      append-only (albert_jax/records.py: a torn last line,
+                      left by a crash, is cut off when the run resumes).
 Evaluation records carry `eval_`-prefixed keys.
 """
 
@@ -25,6 +27,8 @@ from typing import Any, TextIO
 
 import jax
 import tqdm
+
+from albert_jax import records
 
 
 @contextlib.contextmanager
@@ -379,15 +383,11 @@ def _hparam_values(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any
 
 
 def _drop_records_after(path: str, step: int) -> None:
-  """Rewrites the metrics file `path` without the records after `step`."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.readlines()
-  keep = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
-  if len(keep) == len(lines):
-    return
-  partial = f'{path}.partial'
-  with open(partial, 'w') as f:
-    f.writelines(keep)
-  os.replace(partial, path)
+  """Rewrites the metrics file `path` without the records after `step`, and
+  without a torn last line (a crash or a full disk mid-write)."""
+  if records.repair_jsonl(path):
+    console(f'{path}: dropped a torn last line (written when the previous run stopped)')
+  kept = records.read_jsonl(path)
+  keep = [record for record in kept if record['step'] <= step]
+  if len(keep) < len(kept):
+    records.write_jsonl(path, keep)

@@ -12,6 +12,14 @@ config.json    the run's origin: the config it started with, never
 resumes.jsonl  one line per restart: the step, the time and the settings
                changed since (training settings may change between
                restarts; what defines the model may not).
+inputs.json    fingerprints of the files the run reads besides its config
+               (the vocabulary's contents, prepared data's metadata.json,
+               init_from's model files), rewritten at each start: a rerun
+               whose vocabulary or prepared data changed at the same path is
+               refused, as a changed model setting is; a changed init_from
+               (read only at the first start) is recorded in resumes.jsonl.
+config.json and inputs.json are written whole (albert_jax/records.py), and
+resumes.jsonl line by line: a torn last line is cut off.
 """
 
 import contextlib
@@ -19,6 +27,7 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -30,13 +39,22 @@ from typing import Any, Protocol
 import jax
 from jax.experimental import multihost_utils
 
+from albert_jax import records
 from albert_jax.errors import UsageError
 
 LOCK_FILE = 'lock'
 CONFIG_FILE = 'config.json'
 RESUMES_FILE = 'resumes.jsonl'
+INPUTS_FILE = 'inputs.json'
 # Keys holding a local path, compared as the file they name.
 _PATH_KEYS = ('data.vocab', 'init_from')
+# Keys naming an input whose contents define the run (a change is refused),
+# and inputs read only at the first start (a change is recorded).
+_DEFINING_INPUTS = ('data.vocab', 'data.source')
+_FIRST_START_INPUTS = ('init_from',)
+# Files larger than this are fingerprinted by size and modification time
+# (a model's weights), smaller ones by their contents (a vocabulary).
+_HASHED_BYTES = 64 << 20
 
 
 class RunConfig(Protocol):
@@ -60,6 +78,10 @@ class Workdir:
   # start; empty on a first start.
   changed: Mapping[str, tuple[Any, Any]]
   first_start: bool
+  # Key -> fingerprint of the file it names, now (see inputs.json).
+  inputs: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+  # Keys of the inputs read only at the first start whose files changed since.
+  inputs_changed: tuple[str, ...] = ()
 
   def check(self, config: Any) -> 'Workdir':
     """This workdir for `config`, the run's config once it has settled the
@@ -72,12 +94,19 @@ class Workdir:
     `step` to resumes.jsonl (process 0 only)."""
     if jax.process_index() != 0:
       return
+    records.write_json(os.path.join(self.path, INPUTS_FILE), dict(self.inputs))
     if self.first_start:
-      _write_atomic(os.path.join(self.path, CONFIG_FILE), _to_json(config))
+      records.write_atomic(os.path.join(self.path, CONFIG_FILE), _to_json(config))
       return
     if self.changed:
       print(
         f'resuming at step {step} with changed settings: {_describe(self.changed, self.changed)}',
+        flush=True,
+      )
+    if self.inputs_changed:
+      print(
+        f'resuming at step {step}: {", ".join(self.inputs_changed)} changed since the run '
+        'started (not read on resuming: the checkpoint holds the params)',
         flush=True,
       )
     record = {
@@ -85,8 +114,9 @@ class Workdir:
       'time': _now(),
       'changed': {k: list(v) for k, v in self.changed.items()},
     }
-    with open(os.path.join(self.path, RESUMES_FILE), 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    if self.inputs_changed:
+      record['inputs_changed'] = list(self.inputs_changed)
+    records.append_jsonl(os.path.join(self.path, RESUMES_FILE), record)
 
 
 @contextlib.contextmanager
@@ -122,7 +152,75 @@ def _checked(path: str, config: Any, unsettled: Collection[str] = ()) -> Workdir
       f'{path} holds a run of another model ({_describe(changed, fixed)}); '
       'rerun with its settings or use a new --workdir'
     )
-  return Workdir(path=path, changed=changed, first_start=saved is None)
+  inputs = {key: _fingerprint(now[key], key) for key in _input_keys(now)}
+  saved_inputs = _saved_inputs(path) if saved is not None else {}
+  differs = [k for k in inputs if k in saved_inputs and saved_inputs[k] != inputs[k]]
+  refused = [k for k in differs if k not in _FIRST_START_INPUTS]
+  if refused:
+    raise UsageError(
+      f'{path} holds a run of other inputs: '
+      + ', '.join(f'{k} {now[k]} changed since the run started' for k in refused)
+      + ' (another file at the same path); restore it or use a new --workdir'
+    )
+  return Workdir(
+    path=path,
+    changed=changed,
+    first_start=saved is None,
+    inputs=inputs,
+    inputs_changed=tuple(differs),
+  )
+
+
+def _input_keys(flat: Mapping[str, Any]) -> list[str]:
+  """The keys of `flat` (a flattened config) that name a local input."""
+  keys = []
+  for key in (*_DEFINING_INPUTS, *_FIRST_START_INPUTS):
+    value = flat.get(key)
+    if key == 'data.source' and isinstance(value, str):
+      value = value.removeprefix('prepared:') if value.startswith('prepared:') else None
+    if isinstance(value, str) and value and os.path.exists(value):
+      keys.append(key)
+  return keys
+
+
+def _fingerprint(value: str, key: str) -> str | None:
+  """sha256 of the files `value` names (a file, or a directory's files, by
+  relative path): their contents, or for large files their size and
+  modification time. Prepared data: its metadata.json, which lists its
+  shards' sizes and checksums. None when it is not readable."""
+  path = value.removeprefix('prepared:') if key == 'data.source' else value
+  if key == 'data.source':
+    path = os.path.join(path, 'metadata.json')
+  if os.path.isfile(path):
+    files = [(os.path.basename(path), path)]
+  else:
+    files = sorted(
+      (os.path.relpath(os.path.join(root, name), path), os.path.join(root, name))
+      for root, _, names in os.walk(path)
+      for name in names
+    )
+  digest = hashlib.sha256()
+  try:
+    for name, file in files:
+      info = os.stat(file)
+      digest.update(f'{name}\0{info.st_size}\0'.encode())
+      if info.st_size > _HASHED_BYTES:
+        digest.update(str(info.st_mtime_ns).encode())
+        continue
+      with open(file, 'rb') as f:
+        digest.update(hashlib.file_digest(f, 'sha256').digest())
+  except OSError:
+    return None
+  return digest.hexdigest()
+
+
+def _saved_inputs(path: str) -> dict[str, str | None]:
+  """The fingerprints inputs.json recorded at the last start ({} when none:
+  a run of an earlier version, fingerprinted from this start on)."""
+  inputs_path = os.path.join(path, INPUTS_FILE)
+  if not os.path.exists(inputs_path):
+    return {}
+  return records.read_json(inputs_path, fix=f'delete {inputs_path} to fingerprint them anew')
 
 
 def _prepare(path: str) -> str | None:
@@ -246,14 +344,13 @@ def _saved_config(path: str) -> dict[str, Any] | None:
   config_path = os.path.join(path, CONFIG_FILE)
   if not os.path.exists(config_path):
     return None
-  with open(config_path) as f:
-    saved = _flatten(json.load(f))
-  resumes = os.path.join(path, RESUMES_FILE)
-  if os.path.exists(resumes):
-    with open(resumes) as f:
-      for line in f:
-        if line.strip():
-          saved.update({k: new for k, (_, new) in json.loads(line)['changed'].items()})
+  saved = records.read_json(
+    config_path,
+    fix='it records what this run trains: restore it from a copy, or use a new --workdir',
+  )
+  saved = _flatten(saved)
+  for record in records.read_jsonl(os.path.join(path, RESUMES_FILE)):
+    saved.update({k: new for k, (_, new) in record['changed'].items()})
   return saved
 
 
@@ -309,18 +406,6 @@ def _jsonable(value: Any) -> Any:
 
 def _to_json(config: Any) -> str:
   return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
-
-
-def _write_atomic(path: str, text: str) -> None:
-  """Writes `path` whole or not at all (a full disk leaves the old file)."""
-  partial = f'{path}.partial'
-  try:
-    with open(partial, 'w') as f:
-      f.write(text)
-    os.replace(partial, path)
-  finally:
-    if os.path.exists(partial):
-      os.remove(partial)
 
 
 def _reason(error: OSError) -> str:
