@@ -204,11 +204,14 @@ def test_the_variants_run_are_trained_evaluated_and_reported(swept, vocab, name)
   for png in REPORT_FILES[2:]:
     with open(os.path.join(workdir, png), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-  # Run by run; or two at a time: the second starts before the first ends.
+  # Run by run: the second starts once the first is reported. (Two at a time
+  # may start in either order, or one after the other on a loaded machine:
+  # what holds then is that each has its own share of the cores, below.)
   lines = stdout.splitlines()
   starts = [i for i, line in enumerate(lines) if line.startswith('$ ')]
   first_reported = lines.index(f'[{trained[0].name}] trained')
-  assert (starts[1] < first_reported) == (name == PARALLEL_SWEEP)
+  if name != PARALLEL_SWEEP:
+    assert starts[1] > first_reported
   if name == PARALLEL_SWEEP and len(os.sched_getaffinity(0)) >= 2:
     # Each of the two at a time on its own share of the cores.
     first, second = (set(lines[i].rsplit('# cores ', 1)[1].split(',')) for i in starts[:2])
