@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+
+from albert_jax.train.config import PretrainConfig
 
 import train_testing
 
@@ -191,3 +194,38 @@ def test_no_missing_backend_line_from_jax():
     assert process.returncode == 0, stderr
     assert 'total' in stdout or 'tokens_per_sec' in stdout
     assert 'Unable to initialize backend' not in stdout + stderr, stderr
+
+
+def _dotted(tree: dict, prefix: str = '') -> list[str]:
+  keys = []
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      keys += _dotted(value, f'{prefix}{key}.')
+    else:
+      keys.append(prefix + key)
+  return keys
+
+
+def test_print_config_prints_every_key_of_the_records_once():
+  result = _run('pretrain', '--config=experiments/configs/pretrain.py:base', '--print_config')
+  assert result.returncode == 0, result.stderr
+  printed = _dotted(yaml.safe_load(result.stdout))
+  assert sorted(printed) == sorted(_dotted(PretrainConfig.defaults().to_dict()))
+  # One line per key and per block: nothing printed twice.
+  blocks = {key.split('.')[0] for key in printed if '.' in key}
+  assert len(result.stdout.splitlines()) == len(printed) + len(blocks)
+
+
+def test_warnings_are_plain_lines(tmp_path):
+  corpus = tmp_path / 'corpus.txt'
+  corpus.write_text('A few words.\nNot enough for a vocabulary.\n')
+  result = _run(
+    'train_tokenizer',
+    f'--source=text:{corpus}',
+    '--vocab_size=5000',
+    f'--output={tmp_path / "vocab"}',
+  )
+  assert result.returncode == 0, result.stderr
+  assert re.fullmatch(
+    r'warning: corpus too small for vocab_size=5000: trained \d+ pieces', result.stderr.strip()
+  ), result.stderr
