@@ -96,6 +96,9 @@ def _file_examples(
     text = raw.decode('utf-8-sig')
   except UnicodeDecodeError as e:
     raise DataError(f'{path} is not UTF-8 text: {e.reason} at byte {e.start}') from None
+  # A cell may be as long as the file, which is in memory already (the csv
+  # module's default limit, 128 KiB, would refuse a long document).
+  csv.field_size_limit(max(csv.field_size_limit(), len(text)))
   if path.endswith('.tsv'):
     # GLUE's TSVs quote nothing: a quote character is text.
     rows = csv.reader(io.StringIO(text), delimiter='\t', quoting=csv.QUOTE_NONE)

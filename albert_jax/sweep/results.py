@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from albert_jax import evaluate, model_path
+from albert_jax import evaluate, model_path, records
 from albert_jax.data import pipeline
 from albert_jax.errors import SweepError
 from albert_jax.param_count import count_params
@@ -65,11 +65,7 @@ def run_config(workdir: str) -> PretrainConfig | None:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The records of the run's metrics.jsonl ([] when none)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return records.read_jsonl(os.path.join(workdir, METRICS_FILE))  # A torn last line skipped.
 
 
 def read_result(workdir: str) -> dict[str, Any] | None:
@@ -195,8 +191,7 @@ def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
     'step_time': _median(records, 'step_time'),
     'tokens_per_sec': _median(records, 'tokens_per_sec'),
   }
-  with open(os.path.join(workdir, RESULT_FILE), 'w') as f:
-    json.dump(result, f, indent=2)
+  records.write_json(os.path.join(workdir, RESULT_FILE), result)
   return result
 
 
