@@ -187,4 +187,5 @@ def describe(mesh: jax.sharding.Mesh) -> str:
   """'data=2 fsdp=4 tensor=1 (8 devices, 1 process)'."""
   axes = ' '.join(f'{a}={n}' for a, n in mesh.shape.items())
   processes = len({d.process_index for d in np.ravel(mesh.devices)})
-  return f'{axes} ({mesh.size} devices, {processes} process{"es" * (processes > 1)})'
+  devices = f'{mesh.size} device{"s" * (mesh.size > 1)}'
+  return f'{axes} ({devices}, {processes} process{"es" * (processes > 1)})'
