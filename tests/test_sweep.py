@@ -1002,9 +1002,8 @@ def test_the_report_draws_chance_at_the_majority_class(tmp_path):
 def test_only_marks_the_variants_no_run_chose(tmp_path):
   whole = _plan('sentence_objective', seeds=(0,))
   whole.save(str(tmp_path), only=['none'])
-  whole.save(str(tmp_path), only=['nsp'])
-  plan = plan_lib.load_plan(str(tmp_path))
-  assert plan.selected == ('none', 'nsp')
+  plan = whole.save(str(tmp_path), only=['nsp'])  # What launch.sweep reports with.
+  assert plan.selected == ('none', 'nsp') and plan == plan_lib.load_plan(str(tmp_path))
   ones = np.ones(400)
   _fake_run(tmp_path, plan.runs[0], ones, ones, ones, objective='none')
   text = report.markdown_table(plan, report.collect(plan, str(tmp_path)), str(tmp_path))
