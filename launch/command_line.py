@@ -281,7 +281,7 @@ def one_line(error: Exception) -> str | None:
   if isinstance(error, csv.Error):
     return f'unreadable CSV/TSV data: {error}'
   if isinstance(error, safetensors.SafetensorError):
-    return f'unreadable safetensors file: {error}'
+    return f'safetensors: {error}'
   return None
 
 
@@ -300,6 +300,7 @@ def _os_error(error: OSError) -> str:
     errno.EACCES: ': check its permissions',
     errno.ENOTDIR: ': a part of the path is a file',
     errno.ENOENT: ': check the path',
+    errno.EEXIST: ': a file is in the way (a directory is needed there)',
   }.get(error.errno, '')
   return f'{path}: {reason}{hint}'
 
