@@ -195,6 +195,7 @@ def _slurm(command: list[str]) -> None:
     raise UsageError('--nodes and --gpus_per_node must be >= 1')
   if _CPUS_PER_TASK.value is not None and _CPUS_PER_TASK.value < 1:
     raise UsageError('--cpus_per_task must be >= 1')
+  _check_batch_divides(_NODES.value * _GPUS_PER_NODE.value)
   script = sbatch_script(
     nodes=_NODES.value,
     gpus_per_node=_GPUS_PER_NODE.value,
@@ -212,6 +213,21 @@ def _slurm(command: list[str]) -> None:
   print('# sbatch < (the script above)', flush=True)
   if not _DRY_RUN.value:
     _run(['sbatch'], stdin=script)
+
+
+def _check_batch_divides(processes: int) -> None:
+  """UsageError unless train.batch_size (the config's, or the last override
+  after --) splits evenly over `processes`: each feeds its share of every
+  batch, which the job would refuse only once it started on every node."""
+  batch_size = flags.FLAGS.config.train.batch_size
+  for arg in sys.argv[1:]:
+    if match := re.fullmatch(r'--config\.train\.batch_size=(\d+)', arg):
+      batch_size = int(match[1])
+  if batch_size % processes:
+    raise UsageError(
+      f"train.batch_size {batch_size} does not split over the job's {processes} processes "
+      f'(one per GPU): use a multiple of {processes}'
+    )
 
 
 def _run(cmd: Sequence[str], stdin: str | None = None) -> None:

@@ -246,7 +246,7 @@ def _main(
     _exit(message)
   except KeyboardInterrupt:
     # Ctrl-C where no handler saves anything (see distributed.PreemptionWatcher).
-    _exit('interrupted (Ctrl-C): nothing was being saved', status=128 + signal.SIGINT)
+    _exit('interrupted (Ctrl-C)', status=128 + signal.SIGINT)
 
 
 def _check_address_space() -> None:

@@ -37,6 +37,7 @@ from albert_jax.data import prepared as prepared_lib
 from albert_jax.data import vocabulary
 from albert_jax.errors import DataError
 from albert_jax.finetune import classification
+from albert_jax.sweep import results
 from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train.config import PretrainConfig
 
@@ -364,7 +365,7 @@ def test_truncated_safetensors_is_one_line(reference, tmp_path):
   with open(weights, 'r+b') as f:
     f.truncate(os.path.getsize(weights) // 2)
   output = str(tmp_path / 'flax')
-  result = ft.launch('launch.export', f'--from_hf={hf_dir}', f'--output={output}')
+  result = ft.launch('launch.export', f'--model={hf_dir}', f'--output={output}')
   ft.assert_refused(result, r'^error: .*model\.safetensors')
   assert not os.path.exists(output)
 
@@ -549,6 +550,14 @@ def test_a_corrupt_record_is_named_in_one_line_and_left_as_it_is(
   result = _trainer(workdir, vocab).finish()
   ft.assert_refused(result, rf'^error: \S*{re.escape(name)} is corrupt (\(.*\)|at line 2 .*): \S')
   assert train_testing.snapshot(workdir) == before
+
+
+def test_a_sweep_reads_the_metrics_of_a_run_past_a_torn_last_line(reference, tmp_path):
+  workdir = _copy(reference, tmp_path)
+  complete = results.read_metrics(workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 11, "lo')
+  assert results.read_metrics(workdir) == complete and complete
 
 
 def test_an_invalid_hugging_face_config_json_is_one_line(reference, tmp_path):
@@ -881,6 +890,19 @@ def test_impossible_values_are_refused_before_anything_runs(module, flag, patter
   result = ft.launch(module, flag, *workdir)
   ft.assert_refused(result, pattern)
   assert os.listdir(tmp_path) == []
+
+
+def test_a_cluster_batch_its_processes_cannot_split_is_refused():
+  flags = ['--target=slurm', '--workdir=/w', '--dry_run', '--gpus_per_node=8']
+  result = ft.launch('launch.cluster', *flags, '--nodes=3', '--config.train.batch_size=64')
+  ft.assert_refused(
+    result,
+    r"^error: train\.batch_size 64 does not split over the job's 24 processes \(one per GPU\): "
+    r'use a multiple of 24$',
+  )
+  assert result.stdout == ''
+  result = ft.launch('launch.cluster', *flags, '--nodes=2', '--config.train.batch_size=64')
+  assert result.returncode == 0 and 'srun' in result.stdout, result.describe()
 
 
 def test_a_one_megabyte_tsv_cell_is_read(tmp_path):

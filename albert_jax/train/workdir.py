@@ -185,9 +185,12 @@ def _input_keys(flat: Mapping[str, Any]) -> list[str]:
 
 def _fingerprint(value: str, key: str) -> str | None:
   """sha256 of the files `value` names (a file, or a directory's files, by
-  relative path): their contents, or for large files their size and
-  modification time. Prepared data: its metadata.json, which lists its
-  shards' sizes and checksums. None when it is not readable."""
+  relative path): their contents, or their sizes and modification times for
+  large files and for inputs read only at the first start (a model: a
+  workdir may hold gigabytes of checkpoints). Prepared data: its
+  metadata.json, which lists its shards' sizes and checksums. None when it
+  is not readable."""
+  by_contents = key not in _FIRST_START_INPUTS
   path = value.removeprefix('prepared:') if key == 'data.source' else value
   if key == 'data.source':
     path = os.path.join(path, 'metadata.json')
@@ -204,7 +207,7 @@ def _fingerprint(value: str, key: str) -> str | None:
     for name, file in files:
       info = os.stat(file)
       digest.update(f'{name}\0{info.st_size}\0'.encode())
-      if info.st_size > _HASHED_BYTES:
+      if info.st_size > _HASHED_BYTES or not by_contents:
         digest.update(str(info.st_mtime_ns).encode())
         continue
       with open(file, 'rb') as f:
