@@ -12,7 +12,9 @@ import math
 # params keep their scanned layout) lets XLA fuse and schedule across layers:
 # the fastest step on CPUs and GPUs at every depth measured, but the program
 # and its compile time grow with depth (CPU, base: 5.2 s at 12 layers, 11.6 s
-# at 48). Deeper than this, a loop. TPUs keep the loop (not measured).
+# at 48). Deeper than this, a loop. TPUs keep the loop (not measured on a
+# TPU; the TPU compiler's estimates, docs/tpu.md: with full remat the loop
+# is as fast as unrolled layers, without remat unrolled layers are faster).
 MAX_UNROLLED_LAYERS = 24
 
 # On CPUs, micro-batches of at most this many tokens per device keep the

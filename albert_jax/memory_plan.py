@@ -317,13 +317,27 @@ def tpu_record(config: PretrainConfig, topology: TpuTopology, step: str = 'pretr
 def _loop_cost(
   config: PretrainConfig, topology: TpuTopology, step: str, compiled: jax.stages.Compiled
 ) -> tuple[float, float]:
-  """(FLOPs, seconds) per device of one micro-batch of `compiled`, the
-  step of `config`, by the compiler's cost analysis. That counts a loop's
-  body once: the layer loop's n iterations of u layers count as one, so a
-  second compile with 2u layers per iteration gives one iteration's cost
+  """(FLOPs, seconds) per device of one micro-batch of the step of
+  `config` (`compiled`), by the compiler's cost analysis.
+
+  That counts a loop's body once, and prices loops within loops as nothing
+  real (negative times): the costs come from the step of one micro-batch
+  alone (the micro-batch as the global batch; `compiled` itself where that
+  is the step). Its layer loop's n iterations of u layers count as one, so
+  a second compile with 2u layers per iteration gives one iteration's cost
   (the difference), which the other n - 1 add. Where 2u layers do not
   divide the depth, the second compile unrolls every layer and is the
-  estimate itself."""
+  estimate itself.
+  """
+  accum = config.train.grad_accum_steps
+  if accum > 1:
+    config = dataclasses.replace(
+      config,
+      train=dataclasses.replace(
+        config.train, batch_size=config.train.batch_size // accum, grad_accum_steps=1
+      ),
+    )
+    compiled = compile_step(config, topology.devices, step)
   depth, unroll = config.model.num_layer_applications, config.model.unroll
   cost = compiled.cost_analysis()
   if unroll >= depth:
@@ -353,7 +367,7 @@ def tpu_markdown_table(records: list[dict], devices: Sequence[DeviceMemory] = ()
   estimates."""
   r0 = records[0]
   judge = list(devices) or [DeviceMemory(r0['device_hbm_bytes'] / GIB, r0['device_kind'])]
-  gib = lambda n: f'{n / GIB:.3g}'
+  gib = lambda n: f'{n / GIB:.2f}'
   lines = [
     f'{r0["preset"]} {r0["step"]} step, {r0["dtype"]}, global batch {r0["batch_size"]} x seq '
     f'{r0["seq_len"]}; per device, from the TPU compiler (libtpu). FLOPs, step time and MFU '

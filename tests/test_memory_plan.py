@@ -106,12 +106,19 @@ def test_pretraining_flops_against_the_model_count(pretraining):
 
 
 @needs_libtpu
-def test_layer_loop_estimate_agrees_with_the_unrolled_program(pretraining):
+def test_loop_estimates_agree_with_the_programs_without_loops(pretraining):
   (unrolled,) = _records('--topology=v5e:2x2', '--remat_policies=none', '--config.model.unroll=4')
   assert unrolled['layer_unroll'] == 4
   loop = pretraining[0]
   ratio = loop['estimated_flops_per_device'] / unrolled['estimated_flops_per_device']
   assert 0.95 < ratio < 1.05
+  # Two micro-batches of 8: the same FLOPs but for the optimizer's update, counted twice.
+  (two,) = _records(
+    '--topology=v5e:2x2', '--remat_policies=none', '--config.train.grad_accum_steps=2'
+  )
+  assert two['grad_accum_steps'] == 2 and two['estimated_step_s'] > 0
+  ratio = two['estimated_flops_per_device'] / loop['estimated_flops_per_device']
+  assert 1.0 <= ratio < 1.05
 
 
 @needs_libtpu
