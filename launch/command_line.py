@@ -188,8 +188,18 @@ def format_config(config: config_dict.ConfigDict) -> str:
       ),
     )
   return yaml.dump(
-    config.copy_and_resolve_references().to_dict(), Dumper=Dumper, sort_keys=True, width=100
+    config.copy_and_resolve_references().to_dict(),
+    Dumper=Dumper,
+    sort_keys=True,
+    width=float('inf'),
   )
+
+
+class _PlainFormatter(std_logging.Formatter):
+  """A log record as one plain line: 'warning: MESSAGE'."""
+
+  def format(self, record: std_logging.LogRecord) -> str:
+    return f'{record.levelname.lower()}: {record.getMessage()}'
 
 
 def _not_orbax(record: std_logging.LogRecord) -> bool:
@@ -224,6 +234,8 @@ def _main(
       # end as one line here, and its logs would repeat them with tracebacks.
       logging.set_verbosity(logging.WARNING)
       logging.get_absl_handler().addFilter(_not_orbax)
+      # A user reads 'warning: ...', not absl's 'W1206 21:35:03.447929 1401... file.py:369] ...'.
+      logging.get_absl_handler().setFormatter(_PlainFormatter())
     if config is not None:
       _check_config_loads()
       if flags.FLAGS.config is not None and config.resolve is not None:
@@ -362,7 +374,10 @@ def _parse(argv: list[str], config: Config | None) -> list[str]:
       if a.startswith('--config.') and key in a.split('=')[0].split('.')
     ]
     keys_file = config.keys_file if config is not None else 'the config file'
-    _exit(f'unknown config key {bad[0] if bad else key}{hint}: see {keys_file} for the keys')
+    _exit(
+      f'unknown config key {bad[0] if bad else key}{hint}: --print_config lists every key '
+      f'(the presets are in {keys_file})'
+    )
 
 
 def _define_for_main_module(holder: flags.FlagHolder) -> None:
