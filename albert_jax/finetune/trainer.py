@@ -1,7 +1,7 @@
 """Fine-tuning: `finetune(config, pretrained, workdir)`.
 
 Reads top to bottom, like pretraining (albert_jax/pretraining.py), whose
-parts it runs: the run assembly (train/run.py: mesh, optimizer, state, steps)
+parts it runs: the run assembly (train/step.py: mesh, optimizer, state, steps)
 and the loop (train/loop.py: checkpoints, metrics, preemption).
   1. Model and data      the loaded model (albert_jax/model_path.py), its
                          tokenizer, the task's features and classes
@@ -41,7 +41,7 @@ from albert_jax.model_path import MODEL_SUBDIR
 from albert_jax.pretrained import Definition, Head, Pretrained
 from albert_jax.train import distributed, loop
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train import run as run_lib
+from albert_jax.train import step as step_lib
 from albert_jax.train import workdir as workdir_lib
 
 TASKS = {'classification': classification.make_task, 'span_qa': span_qa.make_task}
@@ -81,27 +81,24 @@ def finetune(
     train_iter = iter(_train_dataset(task.train, config.train.batch_size, config.data.seed))
 
     # ---------------------------------------------------------------- 3. Initial params
-    def fresh() -> Any:
-      """The model's backbone, and its head or a fresh one."""
-      return run.initial.materialize(_initial_params(pretrained, config.task, task, run, source))
-
-    predictor = Predictor(run, task.model, task.model_inputs)
-    evaluate = lambda params: task.score(predictor(params, task.eval, config.train.batch_size))
-
-    # ---------------------------------------------------------------- 4. Loop
-    with workdir_lib.claim(workdir, config) as claimed:
+    with (
+      workdir_lib.claim(workdir, config) as claimed,
+      loop.Training(run, config, claimed, train_iter, preemption) as training,
+    ):
       _record_model(
         workdir, Definition(model_config, pretrained.tokenizer, config.task, task.labels)
       )
-      return loop.train(
-        run,
-        config,
-        claimed,
-        train_iter=train_iter,
-        fresh=fresh,
-        evaluate=None if task.eval is None else evaluate,
-        preemption=preemption,
-      )
+      state = training.resumed
+      if state is None:  # The model's backbone, and its head or a fresh one.
+        initial = _initial_params(pretrained, config.task, task, run, source)
+        state = run.initial.materialize(initial)
+
+      # ---------------------------------------------------------------- 4. Loop
+      predictor = Predictor(run, task.model, task.model_inputs)
+      for params in training.steps(state):
+        if task.eval is not None:
+          training.record_eval(task.score(predictor(params, task.eval, config.train.batch_size)))
+    return training.result
 
 
 def _fitted(config: FinetuneConfig, num_examples: int) -> FinetuneConfig:
@@ -132,7 +129,7 @@ def _task(config: FinetuneConfig, pretrained: Pretrained, model_config: ModelCon
 
 
 def _initial_params(
-  pretrained: Pretrained, task_name: str, task: Task, run: run_lib.Run, source: str
+  pretrained: Pretrained, task_name: str, task: Task, run: step_lib.Run, source: str
 ) -> dict[str, Any]:
   """{'albert': the backbone} and, when it fits the task, the model's head
   (says which in one log line)."""
@@ -200,10 +197,10 @@ def _run(
   task: Task,
   model_config: ModelConfig,
   devices: Sequence[jax.Device] | None,
-) -> run_lib.Run:
+) -> step_lib.Run:
   """The task's model and objective on the mesh; each process feeds an equal
   share of every micro-batch."""
-  return run_lib.assemble(
+  return step_lib.assemble(
     task.model,
     [jnp.zeros((1,) + task.train[k].shape[1:], task.train[k].dtype) for k in task.model_inputs],
     task.objective,
