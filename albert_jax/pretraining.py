@@ -1,19 +1,21 @@
 """Pretraining: `train(config, workdir)`.
 
-Reads top to bottom:
-  1. Run                  mesh, model, objective, optimizer, state and steps
-                          (train/run.py): every impossible setting is refused
-                          here, before anything is written; then the workdir
-                          is claimed (train/workdir.py: one writer, same model)
-  2. Data                 tokenizer, which sizes the model's vocabulary
-                          unless the config sets it (PretrainConfig.sized:
-                          the run is assembled again and the workdir's
-                          check completed for that size), corpus,
-                          per-process train / eval streams
-  3. Initial params       random, or those of config.init_from (any model
-                          path: albert_jax/model_path.py)
-  4. Loop                 resume, step, log, evaluate, checkpoint, preemption
-                          (train/loop.py, shared with fine-tuning)
+Reads top to bottom (the jitted step it runs: train/step.py):
+  1. Run                  the mesh, and the batch checked against it: an
+                          impossible setting is refused before anything is
+                          written; then the workdir is claimed
+                          (train/workdir.py: one writer, same model)
+  2. Data                 the tokenizer, which sizes the model's vocabulary
+                          unless the config sets it; then the run assembled
+                          once (train/step.py: model, objective, optimizer,
+                          state, jitted steps), its settled values checked
+                          against the workdir's; corpus, train / eval streams
+  3. Initial params       resumed, or random, or config.init_from's (any
+                          model path: albert_jax/model_path.py)
+  4. Loop                 step, log, checkpoint, preemption (train/loop.py,
+                          shared with fine-tuning), evaluating where it
+                          hands the params back
+The pretraining objective (MLM + SOP / NSP) closes the module.
 A workdir ends up holding:
   config.json  resumes.jsonl  lock  checkpoints/  metrics.jsonl  tensorboard/
   vocab/ (if trained, or config.init_from's vocabulary when data.vocab is unset)
@@ -81,12 +83,9 @@ def train(
     init_model = functools.cache(lambda: model_path.load(config.init_from))
     if config.init_from and not data.vocab:
       data = dataclasses.replace(data, vocab=_own_vocab(init_model, workdir))
-    tokenizer = _load_tokenizer(data, config.model.vocab_size, claimed.path)
-    config = config.sized(tokenizer.vocab_size)
-    pipeline.check_vocab_fits(tokenizer, config.model.vocab_size)
-    # The run, assembled once its vocabulary is known; its settled values
-    # (the backend's choices of the auto keys) are what the workdir records
-    # and what a resume compares.
+    tokenizer, config = _vocabulary(data, config, claimed.path)
+    # Assembled once the vocabulary is known; its settled values are what the
+    # workdir records and a resume compares.
     run = _run(config, mesh)
     config = config.settled(run.train, run.layer_unroll)
     claimed = claimed.check(config)
@@ -107,10 +106,8 @@ def train(
       # ---------------------------------------------------------------- 4. Loop
       for params in training.steps(state):
         if corpus.eval is not None:  # The first eval_steps held-out batches.
-          eval_batches = itertools.islice(
-            iter(batches(corpus.eval, False)), config.train.eval_steps
-          )
-          training.record_eval(run.evaluate(params, eval_batches))
+          held_out = itertools.islice(batches(corpus.eval, False), config.train.eval_steps)
+          training.record_eval(run.evaluate(params, held_out))
     return training.result
 
 
@@ -130,6 +127,19 @@ def _run(config: PretrainConfig, mesh: jax.sharding.Mesh) -> step_lib.Run:
     ),
     tokens_per_example=data.max_seq_length,
   )
+
+
+def _vocabulary(
+  data: DataConfig, config: PretrainConfig, workdir: str
+) -> tuple[Tokenizer, PretrainConfig]:
+  """The run's tokenizer, and the config sized for it (PretrainConfig.sized).
+  DataError for a set model.vocab_size that leaves ids of the tokenizer
+  without an embedding. (With config.init_from, a model whose embeddings
+  have more rows than its vocabulary is refused in `_init_from`.)"""
+  tokenizer = _load_tokenizer(data, config.model.vocab_size, workdir)
+  config = config.sized(tokenizer.vocab_size)
+  pipeline.check_vocab_fits(tokenizer, config.model.vocab_size)
+  return tokenizer, config
 
 
 def _load_tokenizer(data: DataConfig, vocab_size: int, workdir: str) -> Tokenizer:

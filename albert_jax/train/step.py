@@ -187,8 +187,8 @@ def assemble(
   """The run of `model` (whose init takes `init_inputs`, batch of 1).
 
   Args:
-    objective: what the train and eval steps compute.
-    mesh, rules: where the state and batches live.
+    objective: what the train and eval steps compute; mesh, rules: where
+      the state and batches live.
     train: optimisation settings; None for evaluation only (no train step).
     flops_per_example, tokens_per_example: for throughput and MFU.
     batch_factor: the batch must also split this many ways (fine-tuning
@@ -207,15 +207,9 @@ def assemble(
   replicated = mesh_lib.replicated(mesh)
   jitted_train = None
   if train is not None:
-    body = functools.partial(
-      train_step,
-      objective=objective,
-      optimizer=optimizer,
-      schedule=schedule,
-      grad_accum_steps=train.grad_accum_steps,
-    )
+    statics = dict(objective=objective, optimizer=optimizer, schedule=schedule)
     jitted_train = jax.jit(
-      body,
+      functools.partial(train_step, grad_accum_steps=train.grad_accum_steps, **statics),
       in_shardings=(initial.shardings, batch_sharding),
       out_shardings=(initial.shardings, replicated),
       donate_argnums=0,
