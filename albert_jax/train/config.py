@@ -249,6 +249,14 @@ class PretrainConfig(Record):
       return self
     return dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=vocab_size))
 
+  @property
+  def model_definition(self) -> ModelConfig:
+    """The model as the run defines it for others (an export, a model path):
+    without the backend's choice for this run (model.unroll as asked)."""
+    if 'model.unroll' not in self.auto:
+      return self.model
+    return dataclasses.replace(self.model, unroll=0)
+
   def settled(self, train: TrainConfig, unroll: int) -> 'PretrainConfig':
     """This run with the backend's choices of its auto keys: `train` as the
     run assembled it (train.grad_accum_steps), `unroll` as the model runs."""
