@@ -1,9 +1,10 @@
-"""Speed of the real train step: synthetic batches, AOT compilation, timing, memory.
+"""Speed of the real train step: synthetic batches, AOT compilation, timing, memory;
+and of fine-tuning on real batches (FinetuneRunner).
 
 Used by `launch.benchmark` (step time, tokens/s, MFU against the device's peak,
 compile time, memory) and `launch.memory_plan` (per-device memory of a config
 compiled ahead of time for a mesh of simulated devices). The step is
-`albert_jax.train.train_step.train_step`, compiled exactly as the trainer
+`albert_jax.train.step.train_step`, compiled exactly as the trainer
 compiles it (train/step.py `assemble`: state donated, batch split over the
 batch axes).
 
@@ -21,8 +22,10 @@ import jax
 import numpy as np
 
 from albert_jax import flops, pretraining
+from albert_jax.data import pipeline
 from albert_jax.data.config import DataConfig
 from albert_jax.errors import UsageError
+from albert_jax.finetune import trainer as finetune_trainer
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import state as state_lib
@@ -239,3 +242,44 @@ def train_flops_per_step(config: PretrainConfig) -> float:
   return config.train.batch_size * flops.train_flops_per_example(
     config.model, config.data.max_seq_length, num_masked_positions(config.data)
   )
+
+
+class FinetuneRunner:
+  """Fine-tuning steps of a prepared run (finetune/trainer.py `prepare`) on
+  its real training batches, in the trainer's order, each padded as the
+  trainer pads it; timed in rounds as JaxTrainer."""
+
+  def __init__(self, prepared: 'finetune_trainer.Prepared'):
+    self.prepared = prepared
+    self._state = prepared.fresh()
+    self._index = 0
+
+  def compile_shapes(self) -> list[int]:
+    """Runs one step on a batch of each padded length of the run (compiling
+    each), so that timed rounds compile nothing; returns the lengths."""
+    batches = self.prepared.batches
+    lengths = batches.padded_lengths(0, self.prepared.config.train.num_steps)
+    for length in sorted(set(lengths.tolist())):
+      self._step(batches[int(np.argmax(lengths == length))])
+    jax.block_until_ready(self._state)
+    return sorted(set(lengths.tolist()))
+
+  def _step(self, local: Batch) -> step_lib.Metrics:
+    run = self.prepared.run
+    with mesh_lib.activate(run.mesh, run.rules):
+      batch = pipeline.make_global_batch(local, run.batch_sharding)
+      self._state, metrics = run.train_step(self._state, batch)
+    return metrics
+
+  def run(self, num_steps: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for the next `num_steps` batches, from reading
+    the first to the last result."""
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(num_steps):
+      metrics = self._step(self.prepared.batches[self._index])
+      self._index += 1
+    loss = float(metrics['loss'])  # Waits for the last step.
+    elapsed = time.perf_counter() - start, time.process_time() - cpu
+    if not math.isfinite(loss):
+      raise FloatingPointError(f'the benchmarked fine-tuning step gave loss {loss}')
+    return elapsed

@@ -49,6 +49,22 @@ def pretrain_command(
   ]
 
 
+def memory_plan_command(config: str, extra: Sequence[str], topology: str) -> list[str]:
+  """The check before a TPU run, on this machine: `launch.memory_plan`
+  compiling the run's train step (`config` and its overrides `extra`) with
+  the TPU compiler for the slice `topology` ('v4:4x4x4'), as the job on
+  its hosts would, one JSON line out."""
+  return [
+    'python',
+    '-m',
+    'launch.memory_plan',
+    f'--config={config}',
+    *extra,
+    f'--topology={topology}',
+    '--json',
+  ]
+
+
 def tpu_commands(
   *,
   tpu: str,

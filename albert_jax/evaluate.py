@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from albert_jax import pretraining
 from albert_jax.config import check_sequence_fits
@@ -22,6 +23,7 @@ from albert_jax.data import examples, pipeline
 from albert_jax.data.config import DataConfig
 from albert_jax.data.corpus import Documents
 from albert_jax.errors import DataError
+from albert_jax.finetune import buckets
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.pretrained import Pretrained
 from albert_jax.train import mesh as mesh_lib
@@ -42,6 +44,7 @@ def evaluate(
   rules: mesh_lib.LogicalRules,
   objectives: Sequence[str] = OBJECTIVES,
   outcomes: dict[str, dict[str, np.ndarray]] | None = None,
+  bucket_multiple: int = 0,
 ) -> dict[str, dict[str, float]]:
   """Metrics per sentence objective over `num_batches` batches.
 
@@ -54,6 +57,9 @@ def evaluate(
     num_batches: batches per objective; 0: one pass over the examples
       (at least one batch).
     mesh, rules: where to run; params are placed by the logical rules.
+    bucket_multiple: each batch cut to the next multiple of this that holds
+      its longest example (finetune/buckets.py: the same numbers, less
+      padding computed); 0: every batch at data.max_seq_length.
     outcomes: a dict to fill with each objective's per-example outcomes
       (train_step.example_outcomes: mlm_correct, mlm_weight,
       sentence_correct, each [examples]), for resampling examples.
@@ -90,9 +96,19 @@ def evaluate(
     )
     batches = iter(dataset)
     per_example = None if outcomes is None else {}
-    metrics = run.evaluate(params, (next(batches) for _ in range(num_batches)), per_example)
+    cut = (_cut(next(batches), bucket_multiple) for _ in range(num_batches))
+    metrics = run.evaluate(params, cut, per_example)
     if outcomes is not None:
       outcomes[objective] = {k: np.concatenate(v) for k, v in per_example.items()}
     metrics['mlm_perplexity'] = math.exp(min(metrics['mlm_loss'], 700.0))
     results[objective] = metrics
   return results
+
+
+def _cut(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+  """This process's share of a batch cut to the bucket of the global batch's
+  longest example (every process cuts to the same length)."""
+  longest = int(buckets.lengths(batch).max(initial=1))
+  if jax.process_count() > 1:
+    longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+  return buckets.trim(batch, multiple, longest=longest)

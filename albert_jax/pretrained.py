@@ -39,6 +39,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -560,9 +561,20 @@ def _save_safetensors(
 ) -> None:
   # safetensors writes an array's memory as it lies: transposed views
   # (PyTorch layout) must be made contiguous first.
-  safetensors.numpy.save_file(
-    {name: np.ascontiguousarray(value) for name, value in tensors.items()}, path, metadata=metadata
-  )
+  try:
+    safetensors.numpy.save_file(
+      {name: np.ascontiguousarray(value) for name, value in tensors.items()},
+      path,
+      metadata=metadata,
+    )
+  except safetensors.SafetensorError as e:
+    # Its I/O errors are text ('... (os error 28)', Rust's): back to the
+    # OSError Python's own writes raise (tests/test_faults.py pins the text).
+    found = re.search(r'\(os error (\d+)\)', str(e))
+    if found is None:
+      raise
+    code = int(found[1])
+    raise OSError(code, os.strerror(code), path) from None
   os.chmod(path, 0o644)
 
 

@@ -19,6 +19,12 @@ run will use. `--dry_run` prints what would run and runs nothing. `--setup`
 is a shell line run before the command on every host (SLURM: once per job,
 its environment passed to every task), e.g. activating a virtual environment.
 
+TPU: `--check_topology=v4:4x4x4` (the slice's libtpu name) first compiles
+the run's train step here, with the TPU compiler for that slice's devices
+and hosts (`launch.memory_plan --topology`; libtpu needed, no TPU), and
+stops before anything runs when it does not compile or does not fit the
+chips' memory; with --dry_run that check is all that runs.
+
 TPU: the code alone (albert_jax, launch, experiments and the requirement
 files; not runs/ or .git) is copied to --repo_dir on every worker and
 requirements-tpu.txt installed there (--noinstall skips both); the run is
@@ -34,6 +40,7 @@ save a checkpoint at one step, print 'preempted at step N: checkpoint saved'
 and exit 0; rerunning the same command (or SLURM's requeue) resumes.
 """
 
+import json
 import os
 import re
 import shlex
@@ -43,7 +50,13 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from albert_jax.cluster import pretrain_command, sbatch_script, tpu_commands, tpu_follow_lines
+from albert_jax.cluster import (
+  memory_plan_command,
+  pretrain_command,
+  sbatch_script,
+  tpu_commands,
+  tpu_follow_lines,
+)
 from albert_jax.errors import UsageError
 from launch import command_line
 
@@ -69,6 +82,12 @@ _SETUP = flags.DEFINE_string(
 _TPU = flags.DEFINE_string('tpu', None, 'tpu: TPU VM name.')
 _ZONE = flags.DEFINE_string('zone', None, 'tpu: zone of the TPU VM.')
 _PROJECT = flags.DEFINE_string('project', None, 'tpu: GCP project (default: gcloud config).')
+_CHECK_TOPOLOGY = flags.DEFINE_string(
+  'check_topology',
+  None,
+  "tpu: the slice's topology (e.g. v4:4x4x4): first check here that the train step compiles "
+  'for it and fits (launch.memory_plan --topology).',
+)
 _INSTALL = flags.DEFINE_bool(
   'install',
   True,
@@ -99,14 +118,18 @@ def main(argv: Sequence[str]) -> None:
     config, _WORKDIR.value, command_line.config_overrides(sys.argv) + argv[1:]
   )
   if _TARGET.value == 'tpu':
-    _tpu(command)
+    _tpu(command, checked=(config, command_line.config_overrides(sys.argv) + argv[1:]))
   else:
     _slurm(command)
 
 
-def _tpu(command: list[str]) -> None:
+def _tpu(command: list[str], checked: tuple[str, list[str]]) -> None:
+  """Runs `command` on every worker; `checked`: the config and overrides
+  --check_topology compiles."""
   if not _TPU.value or not _ZONE.value:
     raise UsageError('--target=tpu needs --tpu=NAME and --zone=ZONE')
+  if _CHECK_TOPOLOGY.value:
+    _check_topology(*checked)
   where = {
     'tpu': _TPU.value,
     'zone': _ZONE.value,
@@ -128,6 +151,43 @@ def _tpu(command: list[str]) -> None:
     if not _DRY_RUN.value:
       _run(cmd)
   print('\n'.join(tpu_follow_lines(**where, log_name=log_name)), flush=True)
+
+
+def _check_topology(config: str, overrides: list[str]) -> None:
+  """Compiles the run's train step for --check_topology; one line on how
+  it went, or a UsageError where it does not compile or fit."""
+  topology = _CHECK_TOPOLOGY.value
+  cmd = memory_plan_command(config, overrides, topology)
+  print(f'# {shlex.join(cmd)}', flush=True)
+  result = subprocess.run(
+    [sys.executable, *cmd[1:]], cwd=_REPO, capture_output=True, text=True, check=False
+  )
+  if result.returncode:
+    lines = result.stderr.strip().splitlines() or [f'exit status {result.returncode}']
+    raise UsageError(
+      f'--check_topology={topology}: the train step does not compile: '
+      + lines[-1].removeprefix('error: ')
+    )
+  (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+  if 'compile_error' in record:
+    raise UsageError(
+      f'--check_topology={topology}: the train step does not fit: {record["compile_error"]}; '
+      'set --config.model.remat_policy or --config.train.grad_accum_steps'
+    )
+  need, have = record['memory_per_device_bytes'] / 2**30, record['device_hbm_bytes'] / 2**30
+  if need > have:
+    raise UsageError(
+      f'--check_topology={topology}: the train step needs {need:.2f} GiB per device, more than '
+      f'the {have:g} GiB of a {record["device_kind"]}: set --config.model.remat_policy or '
+      '--config.train.grad_accum_steps'
+    )
+  print(
+    f'# checked: the train step compiles for {topology} ({record["num_devices"]} devices, '
+    f'{record["hosts"]} hosts) and needs {need:.2f} of {have:g} GiB per device; the TPU '
+    f'compiler estimates {record["estimated_step_s"]:.3g} s per step '
+    f'(MFU {record["estimated_mfu"]:.0%})',
+    flush=True,
+  )
 
 
 def _slurm(command: list[str]) -> None:

@@ -57,6 +57,13 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Examples per batch.', lowe
 _NUM_BATCHES = flags.DEFINE_integer(
   'num_batches', 0, 'Batches per objective; 0: one pass over the examples.', lower_bound=0
 )
+_BUCKET_MULTIPLE = flags.DEFINE_integer(
+  'bucket_multiple',
+  32,
+  'Each batch padded to the next multiple of this holding its longest example '
+  '(the same numbers, less padding); 0: every batch at --max_seq_length.',
+  lower_bound=0,
+)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the masks and pairs.')
 _OBJECTIVES = flags.DEFINE_multi_enum(
   'objective',
@@ -114,6 +121,7 @@ def _evaluate() -> dict[str, dict[str, float]]:
     mesh=mesh_lib.make_mesh({'data': -1}),
     rules=mesh_lib.DEFAULT_RULES,
     objectives=_OBJECTIVES.value,
+    bucket_multiple=_BUCKET_MULTIPLE.value,
   )
 
 

@@ -15,9 +15,23 @@ GiB or known devices; default: a 16 GiB device, such as a TPU v5e chip, and an
   python -m launch.memory_plan --config=experiments/configs/pretrain.py:large \
       --device_memory=v5p,h200,24
 
-The figures come from the CPU compiler: a guide, not a promise. An
+These figures come from the CPU compiler: a guide, not a promise. An
 accelerator's compiler fuses and schedules differently (and may remat more
 to fit), and its runtime adds a little on top.
+
+With --topology (names libtpu takes: v5e:2x2, v5e:16x16, v4:4x4x4,
+v5p:8x8x8, v6e:4x4; several comma-separated) the step is compiled by the
+TPU compiler itself for that slice's devices, on any machine (libtpu:
+pip install -r requirements-tpu-compiler.txt; no TPU needed): the mesh of
+config.mesh over the slice's devices, remat, micro-batches and layer loop
+as configured (0: the TPU's choice), or as --meshes, --remat_policies and
+--micro_batch_per_device say when given. It prints per device the HBM of
+arguments, temporaries, outputs and code, whether the peak fits the chip
+(--device_memory overrides), and the compiler's estimates of the step's
+FLOPs, time and MFU (docs/tpu.md says what they leave out):
+
+  python -m launch.memory_plan --config=experiments/configs/pretrain.py:base \
+      --topology=v5e:4x4 --json
 """
 
 import dataclasses
@@ -33,9 +47,13 @@ from albert_jax.errors import UsageError
 from albert_jax.memory_plan import (
   DEFAULT_DEVICES,
   KNOWN_DEVICES,
+  STEPS,
   device_memory,
   markdown_table,
   mesh_config,
+  tpu_markdown_table,
+  tpu_record,
+  tpu_topology,
 )
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train.config import PretrainConfig
@@ -62,10 +80,28 @@ _DEVICE_MEMORY = flags.DEFINE_list(
   f'({", ".join(KNOWN_DEVICES)}); default: 16 and 80 GiB.',
 )
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line per compilation.')
+_TOPOLOGY = flags.DEFINE_list(
+  'topology',
+  None,
+  'TPU slices (e.g. v5e:16x16,v5p:8x8x8): compile with the TPU compiler for their '
+  'devices instead of simulated CPU devices.',
+)
+_STEP = flags.DEFINE_enum(
+  'step',
+  'pretraining',
+  list(STEPS),
+  "With --topology: pretraining, or a two-class classifier's fine-tuning step on the same "
+  'model, batch and sequence length.',
+)
 
 
 def main(argv: list[str]) -> None:
   del argv  # Flags only.
+  if _TOPOLOGY.value:
+    _tpu_main()
+    return
+  if _STEP.value != 'pretraining':
+    raise UsageError(f'--step={_STEP.value} needs --topology (simulated devices plan pretraining)')
   counts = _positive_ints(_NUM_DEVICES.value, '--num_devices')
   devices = (
     [device_memory(spec) for spec in _DEVICE_MEMORY.value]
@@ -82,6 +118,48 @@ def main(argv: list[str]) -> None:
           print(json.dumps(records[-1]), flush=True)
   if not _JSON.value:
     print(markdown_table(records, devices))
+
+
+def _tpu_main() -> None:
+  """The --topology plans: config.mesh, remat and micro-batches as
+  configured unless --meshes, --remat_policies or --micro_batch_per_device
+  are given."""
+  # The TPU runtime is not needed (nor, on a TPU VM, touched): only its compiler.
+  jax.config.update('jax_platforms', 'cpu')
+  devices = [device_memory(spec) for spec in _DEVICE_MEMORY.value or ()]
+  given = lambda flag: flags.FLAGS[flag.name].present
+  records = []
+  for name in _TOPOLOGY.value:
+    topology = tpu_topology(name)
+    for layout in _MESHES.value if given(_MESHES) else [None]:
+      for policy in _REMAT.value if given(_REMAT) else [None]:
+        config = flags.FLAGS.config.copy_and_resolve_references()
+        if layout is not None:
+          config.mesh = mesh_config(layout, len(topology.devices))
+        if policy is not None:
+          config.model.remat_policy = policy
+        if given(_MICRO_BATCH):
+          config.train.grad_accum_steps = _accum_steps(config, len(topology.devices))
+        records.append(tpu_record(PretrainConfig.from_config(config), topology, _STEP.value))
+        if _JSON.value:
+          print(json.dumps(records[-1]), flush=True)
+  if not _JSON.value:
+    print(tpu_markdown_table(records, devices))
+
+
+def _accum_steps(config, num_devices: int) -> int:
+  """train.grad_accum_steps giving --micro_batch_per_device examples per
+  device in each micro-batch."""
+  shape = dict(zip(mesh_lib.MESH_AXES, mesh_lib.mesh_shape(config.mesh, num_devices)))
+  batch_shards = shape['data'] * shape['fsdp']
+  micro = _MICRO_BATCH.value * batch_shards
+  if config.train.batch_size % micro:
+    raise UsageError(
+      f'train.batch_size={config.train.batch_size} is not a multiple of '
+      f'{micro} (--micro_batch_per_device={_MICRO_BATCH.value} x '
+      f'{batch_shards} batch shards)'
+    )
+  return config.train.batch_size // micro
 
 
 def _positive_ints(values: list[str], name: str) -> list[int]:
@@ -111,15 +189,7 @@ def _plan(config, num_devices: int, layout: str, policy: str) -> dict:
   # plan the loop, whose memory accelerators' compilers follow most closely.
   config.model.unroll = config.model.unroll or 1
   shape = dict(zip(mesh_lib.MESH_AXES, mesh_lib.mesh_shape(config.mesh, num_devices)))
-  batch_shards = shape['data'] * shape['fsdp']
-  micro = _MICRO_BATCH.value * batch_shards
-  if config.train.batch_size % micro:
-    raise UsageError(
-      f'train.batch_size={config.train.batch_size} is not a multiple of '
-      f'{micro} (--micro_batch_per_device={_MICRO_BATCH.value} x '
-      f'{batch_shards} batch shards)'
-    )
-  config.train.grad_accum_steps = config.train.batch_size // micro
+  config.train.grad_accum_steps = _accum_steps(config, num_devices)
   step = benchmark.compile_train_step(
     PretrainConfig.from_config(config), jax.devices()[:num_devices]
   )

@@ -19,7 +19,9 @@ directory or cached hub id. --task defaults to the head's.
 
 Examples are encoded as fine-tuning encodes them, with a fine-tuning run's
 data settings as defaults (max_seq_length, doc_stride, ...), and run in
-batches sharded over all devices, as evaluation. The output is written
+batches sharded over all devices, as evaluation: in order of length, each
+batch padded to the next multiple of --bucket_multiple (the log says how many
+shapes were compiled), with the outputs of fixed-length padding. The output is written
 whole or not at all, and never over an existing file.
 """
 
@@ -51,6 +53,9 @@ _OUTPUT = flags.DEFINE_string('output', None, 'New file: JSON lines, or predicti
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Examples (windows) per batch.', lower_bound=1)
 # Defaults: a fine-tuning run's config, else the task's fine-tuning preset.
 _MAX_SEQ_LENGTH = flags.DEFINE_integer('max_seq_length', None, 'Tokens per example.')
+_BUCKET_MULTIPLE = flags.DEFINE_integer(
+  'bucket_multiple', None, 'Batches padded to multiples of this; 0: to --max_seq_length.'
+)
 _DOC_STRIDE = flags.DEFINE_integer('doc_stride', None, 'Span QA: tokens between windows.')
 _MAX_QUERY_LENGTH = flags.DEFINE_integer('max_query_length', None, 'Span QA: question tokens.')
 _MAX_ANSWER_LENGTH = flags.DEFINE_integer('max_answer_length', None, 'Span QA: answer tokens.')
@@ -84,6 +89,7 @@ def main(argv: Sequence[str]) -> None:
       examples,
       max_seq_length=settings['max_seq_length'],
       batch_size=_BATCH_SIZE.value,
+      bucket_multiple=settings['bucket_multiple'],
       **mesh,
     )
     text = ''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in rows)
@@ -97,6 +103,7 @@ def main(argv: Sequence[str]) -> None:
       max_query_length=settings['max_query_length'],
       max_answer_length=settings['max_answer_length'],
       batch_size=_BATCH_SIZE.value,
+      bucket_multiple=settings['bucket_multiple'],
       **mesh,
     )
     text = json.dumps(rows, ensure_ascii=False, indent=2) + '\n'
@@ -109,6 +116,7 @@ def _settings(loaded: model_path.Loaded, task: str) -> dict[str, Any]:
   data = (loaded.run_config or {}).get('data', {}) if loaded.kind == 'finetuning_run' else {}
   flag_values = {
     'max_seq_length': _MAX_SEQ_LENGTH.value,
+    'bucket_multiple': _BUCKET_MULTIPLE.value,
     'doc_stride': _DOC_STRIDE.value,
     'max_query_length': _MAX_QUERY_LENGTH.value,
     'max_answer_length': _MAX_ANSWER_LENGTH.value,

@@ -104,7 +104,7 @@ def _main() -> int:
     print(script, end='')
     return 0
   root = os.path.abspath(_WORKDIR.value)
-  whole.save(root, only=_ONLY.value)
+  whole = whole.save(root, only=_ONLY.value)  # With the selections so far, for the report.
   if _PARALLEL.value > 1:
     # Each process takes the accelerator memory it uses, not 75 % of it.
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')

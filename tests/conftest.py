@@ -1,6 +1,8 @@
 """Test setup, before jax is imported anywhere in the test process.
 
-- 8 simulated CPU devices, so sharded code runs on one machine;
+- 8 simulated CPU devices, so sharded code runs on one machine, and the CPU
+  backend alone (libtpu, installed for tests/test_memory_plan.py, would
+  have every jax process look for a TPU);
 - a persistent compilation cache for the session, shared with the launcher
   subprocesses through the environment: many tests compile the same step;
 - `vocab`: the tiny training runs' SentencePiece vocabulary (train_testing).
@@ -14,6 +16,7 @@ import tempfile
 import pytest
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 _CACHE = tempfile.mkdtemp(prefix='albert-jax-test-xla-')
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE

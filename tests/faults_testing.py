@@ -53,13 +53,15 @@ class Result:
 
 
 class Trainer:
-  """`python -m launch.pretrain --workdir=WORKDIR FLAGS` with stdout read
-  line by line (a thread keeps the pipe drained) and stderr in a file."""
+  """`python -m launch.pretrain --workdir=WORKDIR FLAGS` (or another
+  launcher `module`; workdir None: no --workdir) with stdout read line by
+  line (a thread keeps the pipe drained) and stderr in a file."""
 
-  def __init__(self, workdir: str, flags: list[str], *, module: str = 'launch.pretrain'):
+  def __init__(self, workdir: str | None, flags: list[str], *, module: str = 'launch.pretrain'):
     self._stderr = tempfile.TemporaryFile(mode='w+')
+    workdir_flag = [] if workdir is None else [f'--workdir={workdir}']
     self.process = subprocess.Popen(
-      [sys.executable, '-m', module, f'--workdir={workdir}', *flags],
+      [sys.executable, '-m', module, *workdir_flag, *flags],
       cwd=REPO,
       env=subprocess_env(PYTHONUNBUFFERED='1'),
       text=True,
@@ -122,6 +124,21 @@ class Trainer:
   def signal(self, signum: int) -> None:
     self.process.send_signal(signum)
 
+  def wait_for_stderr(self, text: str, timeout: float = 120) -> None:
+    """Returns once stderr holds `text`; AssertionError if the process ends
+    first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and self.process.poll() is None:
+      self._stderr.seek(0)
+      if text in self._stderr.read():
+        return
+      time.sleep(0.05)
+    raise AssertionError(f'no {text!r} on stderr\n{self.finish().describe()}')
+
+  def children(self) -> list[int]:
+    """The pids of this process's children (its workers), from /proc."""
+    return children(self.pid)
+
   def kill(self) -> None:
     """kill -9 (if still running)."""
     if self.process.poll() is None:
@@ -142,6 +159,28 @@ class Trainer:
     stderr = self._stderr.read()
     self._stderr.close()
     return Result(self.process.returncode, '\n'.join(self.lines), stderr)
+
+
+def children(pid: int) -> list[int]:
+  """The pids of the processes whose parent is `pid`."""
+  found = []
+  for name in os.listdir('/proc'):
+    if name.isdigit():
+      with contextlib.suppress(OSError):
+        with open(f'/proc/{name}/stat') as f:
+          # pid (comm) state ppid ...: comm may hold spaces, not ')'.
+          if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+            found.append(int(name))
+  return found
+
+
+def alive(pid: int) -> bool:
+  """Whether `pid` is a running process (not a zombie)."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
 
 
 def launch(module: str, *args: str, timeout: float = 300) -> Result:

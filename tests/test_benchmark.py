@@ -12,11 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax import benchmark, memory_plan
+from albert_jax import benchmark, hf_peer, memory_plan
+from albert_jax import pretrained as pretrained_lib
 from albert_jax.errors import UsageError
+from albert_jax.finetune import trainer as finetune_trainer
 from albert_jax.train import metrics as metrics_lib
 from albert_jax.train.config import PretrainConfig
 from experiments.configs import pretrain
+
+import export_testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
@@ -243,3 +247,54 @@ def test_launch_benchmark_rejects_bad_input_in_one_line():
   assert result.returncode != 0
   line = result.stderr.strip().splitlines()[-1]
   assert line.startswith('error: ') and 'max_seq_length=4096' in line, line
+
+
+# ---------------------------------------------------------------- fine-tuning on real batches
+
+
+def test_finetune_runner_and_the_transformers_loop_train_on_the_same_tsv(tmp_path):
+
+  train = export_testing.write_classification(str(tmp_path / 'train.tsv'), 64, seed=0)
+  config = export_testing.finetune_config('classification', 4, train=train, bucket_multiple=8)
+  prepared = finetune_trainer.prepare(
+    config, pretrained_lib.load_flax(export_testing.exported('flax'))
+  )
+  runner = benchmark.FinetuneRunner(prepared)
+  shapes = runner.compile_shapes()
+  assert shapes == sorted(set(prepared.batches.padded_lengths(0, 4).tolist()))
+  assert set(shapes) <= {8, 16, 24, 32}
+  wall, cpu = runner.run(2)
+  assert wall > 0 and cpu > 0
+
+  recipe = hf_peer.Recipe(
+    batch_size=16,
+    num_epochs=1.0,
+    learning_rate=1e-3,
+    warmup_fraction=0.1,
+    weight_decay=0.01,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-6,
+    clip_norm=1.0,
+    max_seq_length=32,
+    seed=0,
+  )
+  result = hf_peer.finetune_command(export_testing.exported('hf'), train, train, recipe, 1)
+  assert result['examples'] == 64 and result['peer_steps'] == 4
+  assert 0 <= result['accuracy'] <= 1 and result['loop_s'] <= result['wall_s']
+
+
+def test_classification_benchmark_refuses_bad_input_in_one_line(tmp_path):
+  for args, message in (
+    ([], '--task=classification needs --model=HF_DIR and --data=TRAIN.tsv'),
+    ([f'--model={tmp_path}', f'--data={tmp_path}/x.tsv'], 'is not a Hugging Face directory'),
+  ):
+    result = subprocess.run(
+      [sys.executable, '-m', 'launch.benchmark', '--task=classification', *args],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      check=False,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].endswith(message) or message in result.stderr

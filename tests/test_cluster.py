@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from albert_jax import cluster
+from albert_jax import cluster, memory_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -368,3 +368,66 @@ def test_accelerator_requirements_resolve_with_the_pinned_jax(name, tmp_path):
   assert _ACCELERATOR[name] in versions, versions
   if name == 'requirements-gpu.txt':  # The CUDA plugin is released with jax.
     assert versions['jax-cuda12-plugin'] == pins['jax']
+
+
+def test_memory_plan_command_compiles_the_run_for_the_slice():
+  assert cluster.memory_plan_command(
+    'experiments/configs/pretrain.py:base', ['--config.train.batch_size=64'], 'v4:4x4x4'
+  ) == [
+    'python',
+    '-m',
+    'launch.memory_plan',
+    '--config=experiments/configs/pretrain.py:base',
+    '--config.train.batch_size=64',
+    '--topology=v4:4x4x4',
+    '--json',
+  ]
+
+
+def _check_topology(topology: str, *overrides: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'launch.cluster',
+      '--target=tpu',
+      '--tpu=pod',
+      '--zone=z',
+      '--workdir=/shared/tiny',
+      '--dry_run',
+      '--config=experiments/configs/pretrain.py:tiny',
+      f'--check_topology={topology}',
+      *overrides,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, 'PATH': ''},
+  )
+
+
+@pytest.mark.skipif(not memory_plan.libtpu_installed(), reason='libtpu is not installed')
+def test_cluster_tpu_dry_run_checks_the_step_compiles_for_the_slice():
+  process = _check_topology('v5e:4x4', '--config.train.batch_size=32')
+  assert process.returncode == 0, process.stderr[-3000:]
+  lines = process.stdout.splitlines()
+  assert lines[0].startswith('# python -m launch.memory_plan --config=experiments/configs/')
+  assert lines[1].startswith(
+    '# checked: the train step compiles for v5e:4x4 (16 devices, 4 hosts) and needs '
+  )
+  assert 'estimates' in lines[1] and 'GiB per device' in lines[1]
+  assert lines[2].startswith('tar -czf ')
+  # A micro-batch each host cannot take its share of; a step over the HBM.
+  hosts = _check_topology('v5e:16x16')
+  assert hosts.returncode == 1 and 'tar -czf' not in hosts.stdout
+  assert hosts.stderr.strip().splitlines() == [
+    'error: --check_topology=v5e:16x16: the train step does not compile: a micro-batch of 16 '
+    'examples does not split over the 64 hosts of v5e:16x16: change '
+    '--config.train.batch_size or grad_accum_steps'
+  ]
+  big = _check_topology('v5e:2x2', '--config.train.batch_size=65536')
+  assert big.returncode == 1 and 'tar -czf' not in big.stdout
+  (line,) = big.stderr.strip().splitlines()
+  assert line.startswith('error: --check_topology=v5e:2x2: the train step does not fit: ')
+  assert 'exceeds available HBM' in line

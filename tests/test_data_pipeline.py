@@ -176,9 +176,7 @@ def test_orbax_checkpoint_round_trip(tmp_path, corpus, tokenizer):
 
 
 def test_processes_read_disjoint_parts_of_one_stream(corpus, tokenizer):
-  num_instances = len(
-    examples.plan_instances(corpus.train, tiny_data(), 0)
-  )
+  num_instances = len(examples.plan_instances(corpus.train, tiny_data(), 0))
   num_batches = num_instances // BATCH + 2  # Into the second epoch.
   whole = take(iter(dataset(corpus, tokenizer)), num_batches)
   halves = [take(iter(dataset(corpus, tokenizer, index=i, count=2)), num_batches) for i in range(2)]

@@ -8,8 +8,10 @@ holding one animal and one thing, asked "which animal?" / "which thing?".
 
 import dataclasses
 import os
+import random
 import re
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +19,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from albert_jax import pretrained as pretrained_lib
+from albert_jax.config import ModelConfig
 from albert_jax.errors import DataError, ExportError, UsageError
-from albert_jax.finetune import classification, span_qa, trainer
-from albert_jax.finetune.config import FinetuneConfig
+from albert_jax.finetune import buckets, classification, span_qa, trainer
+from albert_jax.finetune.config import FinetuneConfig, describe_optimizer
 from albert_jax.train.config import PretrainConfig
 from experiments.configs import finetune as finetune_config
 from experiments.configs import pretrain as pretrain_config
@@ -110,7 +113,95 @@ def test_classification_metrics():
   metrics = classification.classification_metrics(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]), 2)
   assert metrics == {'accuracy': 0.75, 'f1': pytest.approx(2 / 3)}
   macro = classification.classification_metrics(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3)
-  assert macro['f1'] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+  assert macro == {'accuracy': 0.75, 'macro_f1': pytest.approx((1 + 2 / 3 + 2 / 3) / 3)}
+
+
+# ---------------------------------------------------------------- batches at their real lengths
+
+
+def test_a_batch_is_cut_to_its_bucket_length():
+  assert [buckets.bucket_length(n, 32, 128) for n in (1, 32, 33, 100, 128)] == [
+    32,
+    32,
+    64,
+    128,
+    128,
+  ]
+  assert buckets.bucket_length(5, 32, 48) == 32 and buckets.bucket_length(40, 32, 48) == 48
+  assert buckets.bucket_length(5, 0, 128) == 128  # 0: fixed padding.
+  mask = np.zeros((2, 32), np.int32)
+  mask[0, :3], mask[1, :10] = 1, 1
+  ids = np.arange(64, dtype=np.int32).reshape(2, 32) * mask
+  batch = {'input_ids': ids, 'input_mask': mask, 'segment_ids': mask, 'label': np.array([0, 1])}
+  cut = buckets.trim(batch, 8)
+  assert cut['input_ids'].shape == (2, 16) and cut['label'].tolist() == [0, 1]
+  np.testing.assert_array_equal(cut['input_ids'], ids[:, :16])
+  assert buckets.trim(batch, 0)['input_ids'].shape == (2, 32)
+
+
+def test_length_groups_keep_batches_random_and_change_every_epoch():
+  lengths = np.random.default_rng(0).integers(1, 100, 1005)
+  grouped = lambda epoch, groups=5: buckets.grouped_batches(
+    lengths, 10, seed=3, epoch=epoch, group_batches=groups
+  )
+  epoch_0 = grouped(0)
+  assert epoch_0.shape == (100, 10) and len(set(epoch_0.ravel().tolist())) == 1000
+  np.testing.assert_array_equal(grouped(0), epoch_0)  # Deterministic: resumable.
+  assert not np.array_equal(grouped(1), epoch_0)  # Reshuffled every epoch.
+  spread = lambda batches: np.mean(np.ptp(lengths[batches], axis=1))
+  plain = grouped(0, groups=1)
+  # Rows of a batch have similar lengths; batches come in random order.
+  assert spread(epoch_0) < spread(plain) / 4
+  means = lengths[epoch_0].mean(axis=1)
+  assert not (np.all(np.diff(means) >= 0) or np.all(np.diff(means) <= 0))
+
+
+def _varied_lengths(path: str, count: int) -> str:
+  """A TSV of animal / thing texts of 1 to 28 words (3 to 30 tokens)."""
+  rng = random.Random(0)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('text\tlabel\n')
+    for _ in range(count):
+      label = rng.choice(['animal', 'thing'])
+      words = export_testing.ANIMALS if label == 'animal' else export_testing.THINGS
+      f.write(' '.join(rng.choice(words) for _ in range(rng.randint(1, 28))) + f'\t{label}\n')
+  return path
+
+
+def test_training_batches_are_bucketed_and_resume_exactly(tmp_path, capsys):
+  train = _varied_lengths(str(tmp_path / 'train.tsv'), 100)
+  config = export_testing.finetune_config('classification', 12, train=train, bucket_multiple=8)
+  prepared = trainer.prepare(config, pretrained_lib.load_flax(export_testing.exported('flax')))
+  batches = prepared.batches
+  assert batches.per_epoch == 3  # 100 rows: 3 batches of 32 an epoch.
+  lengths = batches.padded_lengths(0, 12)
+  shapes = sorted(set(lengths.tolist()))
+  assert set(shapes) <= {8, 16, 24, 32} and len(shapes) >= 2
+  assert f'{len(shapes)} compiled train shapes (seq {", ".join(map(str, shapes))})' in (
+    capsys.readouterr().out
+  )
+  features = prepared.task.train
+  dataset = grain.MapDataset.source(batches).to_iter_dataset()
+  straight = iter(dataset)
+  seen = [next(straight) for _ in range(12)]
+  for index, batch in enumerate(seen):
+    rows, width = batches.rows(index), int(lengths[index])
+    assert batch['input_ids'].shape == (32, width)
+    assert width == buckets.bucket_length(int(features['input_mask'][rows].sum(1).max()), 8, 32)
+    np.testing.assert_array_equal(batch['input_ids'], features['input_ids'][rows, :width])
+    np.testing.assert_array_equal(batch['label'], features['label'][rows])
+  # Every row once an epoch, in another order the next.
+  epochs = [np.concatenate([batches.rows(3 * e + i) for i in range(3)]) for e in range(2)]
+  assert len(set(epochs[0].tolist())) == 96 and not np.array_equal(epochs[0], epochs[1])
+  # A checkpointed iterator goes on with the same batches (grain's state).
+  resumed = iter(dataset)
+  for _ in range(5):
+    next(resumed)
+  state = resumed.get_state()
+  again = iter(dataset)
+  again.set_state(state)
+  for expected in seen[5:]:
+    jax.tree.map(np.testing.assert_array_equal, next(again), expected)
 
 
 # ---------------------------------------------------------------- span QA data
@@ -223,15 +314,29 @@ def test_default_config_drops_out_the_classifier_input_only(tokenizer, tmp_path)
     np.testing.assert_allclose(dropped[kept], pooled[kept] / 0.9, rtol=1e-6)
 
 
-def test_presets_follow_albert_runs():
-  """run_glue.sh's SST-2 at seq 512; AdamW without bias correction and the
-  decay counted from step 0, as optimization.py."""
+def test_paper_presets_follow_albert_runs_and_the_generic_one_hugging_face():
+  """run_glue.sh's SST-2 at seq 512; the paper presets with AdamW without bias
+  correction and the decay counted from step 0, as optimization.py; the
+  generic preset with Hugging Face's recipe, its learning rate for the
+  model's width. One line says which."""
   sst2 = FinetuneConfig.from_config(finetune_config.get_config('sst2'))
   assert sst2.data.max_seq_length == 512
-  for task in ('classification', 'sst2', 'imdb', 'span_qa'):
+  for task in ('sst2', 'imdb', 'span_qa'):
     train = FinetuneConfig.from_config(finetune_config.get_config(task)).train
     assert train.optimizer == 'adamw' and not train.adamw_bias_correction
     assert train.decay_from_step_0
+    assert describe_optimizer(train).startswith(
+      "AdamW without bias correction (the original's AdamWeightDecayOptimizer)"
+    )
+  generic = FinetuneConfig.from_config(finetune_config.get_config('classification')).train
+  assert generic.adamw_bias_correction and not generic.decay_from_step_0
+  tiny = ModelConfig(hidden_size=64, num_heads=4, intermediate_size=256)
+  assert generic.learning_rate_for(tiny).learning_rate == 6e-4
+  assert generic.learning_rate_for(ModelConfig()).learning_rate == 5e-5
+  assert describe_optimizer(generic.fitted(400).learning_rate_for(tiny)) == (
+    "AdamW with bias correction (Hugging Face's recipe), lr 0.0006, 4 warmup steps, "
+    'then linear decay'
+  )
 
 
 def test_span_qa_adds_no_dropout(tokenizer, tmp_path):
@@ -271,11 +376,14 @@ def test_classification_reaches_95_percent_from_the_command_line(tmp_path):
     '--config.train.num_epochs=7.5',
     '--config.train.warmup_fraction=0.1',
     '--config.train.learning_rate=1e-3',
-    '--config.train.log_every=20',
     '--config.train.eval_every=60',
   )
   assert result.returncode == 0, result.stderr
   assert '7.5 epochs of 256 features in batches of 32: 60 steps, 6 of warmup' in result.stdout
+  # A run shorter than train.log_every (100) logs every tenth of it.
+  assert 'logging every 6 steps (a tenth of the run)' in result.stdout
+  assert re.search(r'^step 6/60 \| loss', result.stdout, re.M)
+  assert 'optimizer: AdamW with bias correction' in result.stdout
   records = train_testing.read_metrics(workdir)
   final = [r for r in records if 'eval_accuracy' in r][-1]
   assert final['step'] == 60 and final['eval_accuracy'] >= 0.95

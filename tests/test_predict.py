@@ -4,6 +4,8 @@ fine-tuned Hugging Face classifier fine-tunes on from its own head."""
 
 import json
 import os
+import random
+import re
 
 import jax
 import numpy as np
@@ -14,7 +16,9 @@ import transformers
 
 from albert_jax import model_path
 from albert_jax import pretrained as pretrained_lib
-from albert_jax.finetune import classification, span_qa, trainer
+from albert_jax.finetune import buckets, classification, span_qa, trainer
+from albert_jax.finetune import predict as predict_lib
+from albert_jax.train import mesh as mesh_lib
 
 import export_testing
 
@@ -120,6 +124,51 @@ def test_span_qa_predictions_equal_transformers(tmp_path):
     *loaded.pretrained.tokenizer.encode(question),
     loaded.pretrained.tokenizer.sep_id,
   ]
+
+
+@pytest.mark.parametrize('task', ['classification', 'span_qa'])
+def test_bucketed_batches_give_the_outputs_of_fixed_padding(task, capsys):
+  workdir = export_testing.finetuned(task)
+  pretrained = model_path.load(workdir).pretrained
+  if task == 'classification':
+    rng = random.Random(0)
+    words = export_testing.ANIMALS + export_testing.THINGS
+    texts = [' '.join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(37)]
+    examples = [classification.Example(text, None, None) for text in texts]
+    features = classification.encode(examples, pretrained.tokenizer, pretrained.head.labels, 32)
+  else:
+    examples = span_qa.read_squad(os.path.join(os.path.dirname(workdir), 'dev.json'))
+    features, _ = span_qa.encode(
+      examples, pretrained.tokenizer, max_seq_length=32, doc_stride=128, max_query_length=64
+    )
+  # Rows for several buckets.
+  needed = {buckets.bucket_length(n, 8, 32) for n in features['input_mask'].sum(1).tolist()}
+  assert len(needed) >= 2
+  outputs = {
+    multiple: predict_lib.task_outputs(
+      pretrained,
+      task,
+      features,
+      batch_size=8,
+      bucket_multiple=multiple,
+      mesh=mesh_lib.make_mesh({'data': -1}),
+      rules=mesh_lib.DEFAULT_RULES,
+    )
+    for multiple in (0, 8)
+  }
+  printed = capsys.readouterr().out
+  assert 'prediction batches of 8: 1 compiled shapes (seq 32)' in printed
+  # Rows in order of length: each bucket the rows need is compiled once.
+  count, shapes = re.findall(r'batches of 8: (\d) compiled shapes \(seq ([\d, ]+)\)', printed)[-1]
+  shapes = {int(n) for n in shapes.split(', ')}
+  assert shapes <= needed and int(count) == len(shapes) >= 2
+  real = features['input_mask'].astype(bool)
+  for name, fixed in outputs[0].items():
+    bucketed = outputs[8][name]
+    assert bucketed.shape == fixed.shape
+    if name in predict_lib.SEQUENCE_OUTPUTS:  # Per position: the real ones.
+      bucketed, fixed = bucketed[real], fixed[real]
+    np.testing.assert_allclose(bucketed, fixed, **TOL)
 
 
 def test_flax_export_of_a_finetuning_run_keeps_its_head(tmp_path):

@@ -45,6 +45,7 @@ import bisect
 import concurrent.futures
 import ctypes
 import dataclasses
+import errno
 import fcntl
 import glob
 import hashlib
@@ -290,6 +291,32 @@ def _prepare_part(job: _Job, part: sources.Part, k: int) -> int:
   per document (array('i'), not lists of ints).
   """
   segment_lengths, document_sizes = array.array('i'), array.array('i')
+  try:
+    _write_part(job, part, k, segment_lengths, document_sizes)
+  except RuntimeError as e:
+    raise _write_failure(e, job.directory) from None
+  shards = [
+    os.path.join(job.directory, _shard_name(k, s))
+    for s in range(-(-len(document_sizes) // job.documents_per_shard))
+  ]
+  path = _part_index(job.directory, k)
+  with open(path + '.tmp', 'wb') as f:
+    np.savez(
+      f,
+      segment_lengths=np.frombuffer(segment_lengths, np.int32),
+      document_sizes=np.frombuffer(document_sizes, np.int32),
+      shard_bytes=np.array([os.path.getsize(s) for s in shards], np.int64),
+      shard_sha256=np.array([_sha256(s) for s in shards], 'S64'),
+    )
+  os.replace(path + '.tmp', path)  # Its presence = part k is done.
+  return k
+
+
+def _write_part(
+  job: _Job, part: sources.Part, k: int, segment_lengths: array.array, document_sizes: array.array
+) -> None:
+  """Writes part `k`'s shards, appending each document's segment lengths and
+  its number of segments."""
   writer = None
   try:
     for sentences in sources.read_part(job.source, part, job.options):
@@ -309,21 +336,15 @@ def _prepare_part(job: _Job, part: sources.Part, k: int) -> int:
   finally:
     if writer is not None:
       writer.close()
-  shards = [
-    os.path.join(job.directory, _shard_name(k, s))
-    for s in range(-(-len(document_sizes) // job.documents_per_shard))
-  ]
-  path = _part_index(job.directory, k)
-  with open(path + '.tmp', 'wb') as f:
-    np.savez(
-      f,
-      segment_lengths=np.frombuffer(segment_lengths, np.int32),
-      document_sizes=np.frombuffer(document_sizes, np.int32),
-      shard_bytes=np.array([os.path.getsize(s) for s in shards], np.int64),
-      shard_sha256=np.array([_sha256(s) for s in shards], 'S64'),
-    )
-  os.replace(path + '.tmp', path)  # Its presence = part k is done.
-  return k
+
+
+def _write_failure(error: RuntimeError, directory: str) -> Exception:
+  """array_record reports a failed write as a RuntimeError whose text names
+  the OS error (it has no errno): a full disk becomes OSError(ENOSPC), as
+  Python's own writes raise it (tests/test_faults.py pins the text)."""
+  if 'No space left on device' in str(error):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), directory)
+  return error
 
 
 def _sha256(path: str) -> str:

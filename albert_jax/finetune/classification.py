@@ -18,8 +18,9 @@ head when it has the same ones (a fine-tuned Hugging Face classifier).
 
 Features: [CLS] text [SEP] (text_b [SEP]), the longer text trimmed from its
 end until the pair fits data.max_seq_length (BERT's rule); segment ids 0 up to
-the first [SEP], 1 after. Metrics: accuracy and F1 (of class 1 with two
-classes, macro-averaged over classes otherwise).
+the first [SEP], 1 after; padded to data.max_seq_length, each batch then cut
+to its bucket length (finetune/buckets.py). Metrics: accuracy, and `f1` (of
+class 1) with two classes or `macro_f1` (the mean over classes) with more.
 
 Model: AlbertForSequenceClassification, whose backbone keeps the pretrained
 model's dropout while the pooled output gets 0.1 dropout before the
@@ -267,15 +268,18 @@ class ClassificationObjective:
 def classification_metrics(
   predictions: np.ndarray, labels: np.ndarray, num_classes: int
 ) -> dict[str, float]:
-  """Accuracy, and F1 of class 1 (two classes) or macro F1 (more)."""
+  """Accuracy, and 'f1' of class 1 (two classes) or 'macro_f1', the mean F1
+  over classes (more): the name says which."""
   predictions, labels = np.asarray(predictions), np.asarray(labels)
   f1s = []
   for c in range(num_classes):
     true_positive = np.sum((predictions == c) & (labels == c))
     predicted, actual = np.sum(predictions == c), np.sum(labels == c)
     f1s.append(2 * true_positive / (predicted + actual) if predicted + actual else 0.0)
-  f1 = f1s[1] if num_classes == 2 else float(np.mean(f1s))
-  return {'accuracy': float(np.mean(predictions == labels)), 'f1': float(f1)}
+  accuracy = float(np.mean(predictions == labels))
+  if num_classes == 2:
+    return {'accuracy': accuracy, 'f1': float(f1s[1])}
+  return {'accuracy': accuracy, 'macro_f1': float(np.mean(f1s))}
 
 
 def model_and_objective(

@@ -1,14 +1,17 @@
 """Fine-tuning: `finetune(config, pretrained, workdir)`.
 
 Reads top to bottom, like pretraining (albert_jax/pretraining.py), whose
-parts it runs: the run assembly (train/step.py: mesh, optimizer, state, steps)
+parts it runs: the run assembly (train/run.py: mesh, optimizer, state, steps)
 and the loop (train/loop.py: checkpoints, metrics, preemption).
   1. Model and data      the loaded model (albert_jax/model_path.py), its
                          tokenizer, the task's features and classes
-                         (finetune/classification.py, finetune/span_qa.py)
+                         (finetune/classification.py, finetune/span_qa.py);
+                         the training batches, each padded to its bucket
+                         length, rows grouped by length (finetune/buckets.py)
   2. Run                 the task's model and objective on the mesh
   3. Initial params      the model's backbone; its head when it is one for
                          this task and these classes, else a fresh one
+  (`prepare` runs steps 1-3: the benchmark times what it returns.)
   4. Loop                step, log, evaluate (the task's metrics through
                          finetune/predict.py), checkpoint
 A workdir ends up holding:
@@ -33,8 +36,8 @@ from albert_jax import flops
 from albert_jax import pretrained as pretrained_lib
 from albert_jax.config import ModelConfig, check_sequence_fits
 from albert_jax.errors import DataError, UsageError
-from albert_jax.finetune import classification, span_qa
-from albert_jax.finetune.config import FinetuneConfig
+from albert_jax.finetune import buckets, classification, span_qa
+from albert_jax.finetune.config import FinetuneConfig, TaskDataConfig, describe_optimizer
 from albert_jax.finetune.predict import Predictor
 from albert_jax.finetune.task import Features, Task, num_rows
 from albert_jax.model_path import MODEL_SUBDIR
@@ -43,6 +46,7 @@ from albert_jax.train import distributed, loop
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import step as step_lib
 from albert_jax.train import workdir as workdir_lib
+from albert_jax.train.state import TrainState
 
 TASKS = {'classification': classification.make_task, 'span_qa': span_qa.make_task}
 
@@ -69,42 +73,96 @@ def finetune(
       holding another run's checkpoint, or a non-finite loss.
   """
   with distributed.PreemptionWatcher() as preemption:
-    # ---------------------------------------------------------------- 1. Model and data
-    model_config = config.model_config(pretrained.config)
-    task = _task(config, pretrained, model_config)
-    config = _fitted(config, num_rows(task.train))
+    # ------------------------------------------------- 1.-3. Model and data, run, initial params
+    prepared = prepare(config, pretrained, devices=devices, source=source)
+    config, task, run = prepared.config, prepared.task, prepared.run
+    loop.log(f'workdir {workdir}')
+    train_iter = iter(grain.MapDataset.source(prepared.batches).to_iter_dataset())
+    predictor = Predictor(
+      run, task.model, task.model_inputs, bucket_multiple=config.data.bucket_multiple
+    )
 
-    # ---------------------------------------------------------------- 2. Run
-    run = _run(config, task, model_config, devices)
-    loop.log(f'mesh {mesh_lib.describe(run.mesh)}; workdir {workdir}')
-    loop.log(f'model from {source}: {run.num_params:,} parameters')
-    train_iter = iter(_train_dataset(task.train, config.train.batch_size, config.data.seed))
-
-    # ---------------------------------------------------------------- 3. Initial params
+    # ---------------------------------------------------------------- 4. Loop
     with (
       workdir_lib.claim(workdir, config) as claimed,
       loop.Training(run, config, claimed, train_iter, preemption) as training,
     ):
       _record_model(
-        workdir, Definition(model_config, pretrained.tokenizer, config.task, task.labels)
+        workdir, Definition(prepared.model_config, pretrained.tokenizer, config.task, task.labels)
       )
-      state = training.resumed
-      if state is None:  # The model's backbone, and its head or a fresh one.
-        initial = _initial_params(pretrained, config.task, task, run, source)
-        state = run.initial.materialize(initial)
-
-      # ---------------------------------------------------------------- 4. Loop
-      predictor = Predictor(run, task.model, task.model_inputs)
+      state = training.resumed if training.resumed is not None else prepared.fresh()
       for params in training.steps(state):
         if task.eval is not None:
           training.record_eval(task.score(predictor(params, task.eval, config.train.batch_size)))
     return training.result
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """A fine-tuning run before its loop: what `finetune` trains, and what the
+  benchmark (albert_jax/benchmark.py) times."""
+
+  config: FinetuneConfig  # Its epochs turned into steps.
+  model_config: ModelConfig
+  task: Task
+  batches: '_Batches'  # The training batches, by index.
+  run: step_lib.Run
+  pretrained: Pretrained
+  source: str  # The model's name in log lines.
+
+  def fresh(self) -> TrainState:
+    """The initial state: the model's backbone, and its head or a fresh one."""
+    initial = _initial_params(self.pretrained, self.config.task, self.task, self.run, self.source)
+    return self.run.initial.materialize(initial)
+
+
+def prepare(
+  config: FinetuneConfig,
+  pretrained: Pretrained,
+  *,
+  devices: Sequence[jax.Device] | None = None,
+  source: str = 'the pretrained model',
+) -> Prepared:
+  """The task's data and model, the run on the mesh and its initial state
+  (steps 1-3 of `finetune`, each said in a log line)."""
+  # ---------------------------------------------------------------- 1. Model and data
+  model_config = config.model_config(pretrained.config)
+  task = _task(config, pretrained, model_config)
+  config = _fitted(config, num_rows(task.train))
+  config = dataclasses.replace(config, train=config.train.learning_rate_for(model_config))
+  loop.log(f'optimizer: {describe_optimizer(config.train)}')
+  batches = _train_batches(task.train, config)
+
+  # ---------------------------------------------------------------- 2. Run
+  run = _run(config, task, model_config, devices, batches.mean_length)
+  loop.log(f'mesh {mesh_lib.describe(run.mesh)}')
+  loop.log(f'model from {source}: {run.num_params:,} parameters')
+
+  return Prepared(config, model_config, task, batches, run, pretrained, source)
+
+
+def _bucketing(data: TaskDataConfig) -> str:
+  """How batches are padded, e.g. 'multiples of 32 up to 128, rows grouped by
+  length in groups of 50 batches'."""
+  if not data.bucket_multiple:
+    return f'max_seq_length {data.max_seq_length}'
+  grouped = (
+    f', rows grouped by length in groups of {data.group_batches} batches'
+    if data.group_batches > 1
+    else ''
+  )
+  return f'multiples of {data.bucket_multiple} up to {data.max_seq_length}{grouped}'
+
+
 def _fitted(config: FinetuneConfig, num_examples: int) -> FinetuneConfig:
   """`config` with its epochs turned into steps, now that the data size is
-  known (said in one log line)."""
+  known (said in one log line), and its log cadence at most a tenth of the
+  run, so that a short run still shows its progress."""
   train = config.train.fitted(num_examples)
+  log_every = min(train.log_every, max(1, train.num_steps // 10))
+  if log_every != train.log_every:
+    loop.log(f'logging every {log_every} steps (a tenth of the run)')
+    train = dataclasses.replace(train, log_every=log_every)
   if config.train.num_epochs or config.train.warmup_fraction:
     loop.log(
       f'{config.train.num_epochs or train.num_steps * train.batch_size / num_examples:g} '
@@ -197,9 +255,11 @@ def _run(
   task: Task,
   model_config: ModelConfig,
   devices: Sequence[jax.Device] | None,
+  mean_length: float,
 ) -> step_lib.Run:
   """The task's model and objective on the mesh; each process feeds an equal
-  share of every micro-batch."""
+  share of every micro-batch. Throughput and the backend's micro-batches
+  follow the batches' mean padded length `mean_length`."""
   return step_lib.assemble(
     task.model,
     [jnp.zeros((1,) + task.train[k].shape[1:], task.train[k].dtype) for k in task.model_inputs],
@@ -208,35 +268,81 @@ def _run(
     rules=config.sharding_rules,
     train=config.train,
     batch_factor=jax.process_count(),
-    flops_per_example=flops.train_flops_per_example(model_config, config.data.max_seq_length, 0),
-    tokens_per_example=config.data.max_seq_length,
+    flops_per_example=flops.train_flops_per_example(model_config, round(mean_length), 0),
+    tokens_per_example=round(mean_length),
   )
 
 
-class _Rows:
-  """Random access to feature rows: {name: array row i}."""
+class _Batches:
+  """Random access to the endless stream of training batches, each cut to its
+  bucket length (finetune/buckets.py): batch i is batch i % P of epoch i // P
+  (P batches an epoch), this process's share of its rows. Checkpointable
+  through grain's iterator state (the index), so a resumed run goes on with
+  the same batches."""
 
-  def __init__(self, features: Features):
-    self._features = features
-    self._len = num_rows(features)
+  def __init__(self, features: Features, batch_size: int, data: TaskDataConfig):
+    self._features, self._batch_size, self._data = features, batch_size, data
+    self._lengths = buckets.lengths(features)
+    self.per_epoch = num_rows(features) // batch_size
+    self._epoch: tuple[int, np.ndarray] | None = None
+    self.mean_length = float(data.max_seq_length)  # Of the run's batches, padded.
 
   def __len__(self) -> int:
-    return self._len
+    return self.per_epoch * _MAX_EPOCHS
+
+  def rows(self, index: int) -> np.ndarray:
+    """The rows [batch_size] of batch `index`."""
+    epoch, i = divmod(index, self.per_epoch)
+    cached = self._epoch
+    if cached is None or cached[0] != epoch:
+      cached = self._epoch = (
+        epoch,
+        buckets.grouped_batches(
+          self._lengths,
+          self._batch_size,
+          seed=self._data.seed,
+          epoch=epoch,
+          group_batches=self._data.group_batches,
+        ),
+      )
+    return cached[1][i]
+
+  def padded_lengths(self, first: int, stop: int) -> np.ndarray:
+    """The padded length of each of batches first..stop-1 [stop - first]."""
+    multiple, max_seq_length = self._data.bucket_multiple, self._data.max_seq_length
+    longest = [self._lengths[self.rows(i)].max() for i in range(first, stop)]
+    return np.asarray([buckets.bucket_length(int(n), multiple, max_seq_length) for n in longest])
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return {k: v[index] for k, v in self._features.items()}
+    rows = self.rows(index)
+    batch = buckets.trim(
+      {k: v[rows] for k, v in self._features.items()}, self._data.bucket_multiple
+    )
+    local = self._batch_size // jax.process_count()
+    first = jax.process_index() * local
+    return {k: v[first : first + local] for k, v in batch.items()}
 
 
-def _train_dataset(features: Features, global_batch_size: int, seed: int) -> grain.IterDataset:
-  """Endless, reshuffled every epoch; this process's share of each global
-  batch. Checkpointable through grain's iterator state."""
-  if num_rows(features) < global_batch_size:
+# Epochs the stream holds: more than any run takes.
+_MAX_EPOCHS = 10**9
+
+
+def _train_batches(features: Features, config: FinetuneConfig) -> _Batches:
+  """The training batches, with the mean padded length of the run's; says in
+  one line how they are padded and how many shapes the run compiles.
+  DataError when the data hold less than one batch."""
+  batch_size = config.train.batch_size
+  if num_rows(features) < batch_size:
     raise DataError(
       f'the training data has {num_rows(features)} features, '
-      f'fewer than one batch of {global_batch_size}: lower '
-      '--config.train.batch_size'
+      f'fewer than one batch of {batch_size}: lower --config.train.batch_size'
     )
-  ds = grain.MapDataset.source(_Rows(features)).shuffle(seed=seed).repeat()
-  ds = ds[jax.process_index() :: jax.process_count()]
-  ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
-  return ds.to_iter_dataset()
+  batches = _Batches(features, batch_size, config.data)
+  lengths = batches.padded_lengths(0, config.train.num_steps)
+  batches.mean_length = float(lengths.mean())
+  shapes = sorted(set(lengths.tolist()))
+  loop.log(
+    f'batches padded to {_bucketing(config.data)}: {len(shapes)} compiled train shapes '
+    f'(seq {", ".join(map(str, shapes))}), {batches.mean_length:.1f} tokens a row on average'
+  )
+  return batches

@@ -77,10 +77,11 @@ class Plan:
     own = [f'--config.{key}={value}' for key, value in run.overrides.items()]
     return [*self.base_overrides, *own]
 
-  def save(self, root: str, *, only: Sequence[str] = ()) -> None:
+  def save(self, root: str, *, only: Sequence[str] = ()) -> 'Plan':
     """Writes `root`/sweep.json, adding the variants of `only` (the --only
-    of this invocation; empty: all) to those selected before; refuses a
-    directory of another sweep."""
+    of this invocation; empty: all) to those selected before, and returns
+    the plan saved (what the report reads); refuses a directory of another
+    sweep."""
     existing = load_plan(root) if os.path.isfile(os.path.join(root, PLAN_FILE)) else None
     if existing is not None and existing.name != self.name:
       raise SweepError(f'{root} holds the {existing.name!r} sweep: choose another --workdir')
@@ -88,9 +89,11 @@ class Plan:
     if only and (existing is None or existing.selected):
       chosen = {*only, *(existing.selected if existing else ())}
       selected = tuple(v for v in dict.fromkeys(r.variant for r in self.runs) if v in chosen)
+    saved = dataclasses.replace(self, selected=selected)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, PLAN_FILE), 'w') as f:
-      json.dump(dataclasses.asdict(dataclasses.replace(self, selected=selected)), f, indent=2)
+      json.dump(dataclasses.asdict(saved), f, indent=2)
+    return saved
 
 
 def make_plan(

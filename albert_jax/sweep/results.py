@@ -97,6 +97,8 @@ def untrained(outcomes: dict[str, np.ndarray]) -> str | None:
   always answering the commonest masked token."""
   predicted, target = outcomes['sop_mlm_predicted'], outcomes['sop_mlm_target']
   real = target >= 0
+  if not real.any():
+    return None  # No masked token to judge by.
   counts = np.unique(predicted[real], return_counts=True)[1]
   share = counts.max() / real.sum()
   if share >= COLLAPSED:
@@ -182,19 +184,19 @@ def evaluate_run(workdir: str, *, num_batches: int) -> dict[str, Any]:
     os.path.join(workdir, OUTCOMES_FILE),
     **{f'{objective}_{key}': v for objective, o in outcomes.items() for key, v in o.items()},
   )
-  records = [r for r in read_metrics(workdir) if r.get('step_time')]
+  timed = [r for r in read_metrics(workdir) if r.get('step_time')]
   result = {
     'step': restored.step,
     'objective': config.data.sentence_objective,
     'params': count_params(pretrained.config)['backbone'],
     'eval': metrics,
-    'step_time': _median(records, 'step_time'),
-    'tokens_per_sec': _median(records, 'tokens_per_sec'),
+    'step_time': _median(timed, 'step_time'),
+    'tokens_per_sec': _median(timed, 'tokens_per_sec'),
   }
   records.write_json(os.path.join(workdir, RESULT_FILE), result)
   return result
 
 
-def _median(records: list[dict[str, Any]], key: str) -> float | None:
-  values = [r[key] for r in records if r.get(key) is not None]
+def _median(logged: list[dict[str, Any]], key: str) -> float | None:
+  values = [r[key] for r in logged if r.get(key) is not None]
   return statistics.median(values) if values else None

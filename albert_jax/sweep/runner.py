@@ -165,8 +165,8 @@ def _evaluate(run: Run, root: str, status: str, eval_batches: int) -> Outcome:
 def evaluate_unevaluated(plan: Plan, root: str, *, eval_batches: int) -> None:
   """Evaluates each finished run of `plan` (its checkpoint at the step its
   config.json ends at) that has no result of that step yet (runs launched by
-  `--emit` commands), or no per-example outcomes (evaluated before they were
-  kept)."""
+  `--emit` commands), or no per-example outcomes with example ids (evaluated
+  before they were kept: results.read_outcomes)."""
   for run in plan.runs:
     workdir = os.path.join(root, run.name)
     step, result = results.final_step(workdir), results.read_result(workdir)

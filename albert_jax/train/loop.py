@@ -15,6 +15,7 @@ import errno
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -303,7 +304,8 @@ class _Loop:
       jax.block_until_ready(state)
       jax.profiler.stop_trace()
       self._tracing = False
-      log(f'profile of steps {profile[0]}-{step - 1}: tensorboard --logdir {self.profile_dir}')
+      where = shlex.quote(self.profile_dir)
+      log(f'profile of steps {profile[0]}-{step - 1}: tensorboard --logdir {where}')
 
   def _checked(self, step: int, metrics: Mapping[str, jax.Array]) -> dict[str, float]:
     """`metrics` of `step` on the host; UsageError when its loss or the
