@@ -1,7 +1,7 @@
 """Fine-tuning: `finetune(config, pretrained, workdir)`.
 
 Reads top to bottom, like pretraining (albert_jax/pretraining.py), whose
-parts it runs: the run assembly (train/run.py: mesh, optimizer, state, steps)
+parts it runs: the run assembly (train/step.py: mesh, optimizer, state, steps)
 and the loop (train/loop.py: checkpoints, metrics, preemption).
   1. Model and data      the loaded model (albert_jax/model_path.py), its
                          tokenizer, the task's features and classes
