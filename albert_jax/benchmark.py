@@ -4,8 +4,8 @@ and of fine-tuning on real batches (FinetuneRunner).
 Used by `launch.benchmark` (step time, tokens/s, MFU against the device's peak,
 compile time, memory) and `launch.memory_plan` (per-device memory of a config
 compiled ahead of time for a mesh of simulated devices). The step is
-`albert_jax.train.train_step.train_step`, compiled exactly as the trainer
-compiles it (train/run.py `assemble`: state donated, batch split over the
+`albert_jax.train.step.train_step`, compiled exactly as the trainer
+compiles it (train/step.py `assemble`: state donated, batch split over the
 batch axes).
 
 Synthetic batches: random ids, every token real (input_mask 1), two segments,
@@ -21,16 +21,15 @@ from collections.abc import Callable, Mapping
 import jax
 import numpy as np
 
-from albert_jax import flops
+from albert_jax import flops, pretraining
 from albert_jax.data import pipeline
 from albert_jax.data.config import DataConfig
 from albert_jax.errors import UsageError
 from albert_jax.finetune import trainer as finetune_trainer
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train import run as run_lib
 from albert_jax.train import state as state_lib
-from albert_jax.train import train_step as step_lib
+from albert_jax.train import step as step_lib
 from albert_jax.train.config import PretrainConfig
 
 Batch = dict[str, np.ndarray]
@@ -80,7 +79,7 @@ class CompiledStep:
   """The train step of a config, compiled ahead of time for a mesh."""
 
   compiled: jax.stages.Compiled
-  init_state: Callable[[], step_lib.TrainState]  # Materialises a fresh state.
+  init_state: Callable[[], state_lib.TrainState]  # Materialises a fresh state.
   batch_sharding: jax.sharding.NamedSharding
   mesh: jax.sharding.Mesh
   rules: mesh_lib.LogicalRules
@@ -105,10 +104,10 @@ def compile_train_step(
   """
   data, num_masked = config.data, num_masked_positions(config.data)
   model = AlbertForPreTraining(config.model)
-  run = run_lib.assemble(
+  run = step_lib.assemble(
     model,
     state_lib.pretraining_inputs(data.max_seq_length, num_masked),
-    step_lib.PretrainingObjective(model, data.sentence_objective),
+    pretraining.PretrainingObjective(model, data.sentence_objective),
     mesh=mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices),
     rules=config.sharding_rules,
     train=config.train,
@@ -129,7 +128,7 @@ def compile_train_step(
     compiled = lowered.compile(compiler_options)
     compiled_at = time.perf_counter()
 
-  def init_state() -> step_lib.TrainState:
+  def init_state() -> state_lib.TrainState:
     with mesh_lib.activate(run.mesh, run.rules):
       return run.initial.materialize()
 

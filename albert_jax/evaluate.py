@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from albert_jax import pretraining
 from albert_jax.config import check_sequence_fits
 from albert_jax.data import examples, pipeline
 from albert_jax.data.config import DataConfig
@@ -26,9 +27,8 @@ from albert_jax.finetune import buckets
 from albert_jax.model import AlbertForPreTraining
 from albert_jax.pretrained import Pretrained
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train import run as run_lib
 from albert_jax.train import state as state_lib
-from albert_jax.train import train_step as step_lib
+from albert_jax.train import step as step_lib
 
 OBJECTIVES = ('sop', 'nsp')
 
@@ -78,10 +78,10 @@ def evaluate(
   inputs = state_lib.pretraining_inputs(data.max_seq_length, data.max_predictions_per_seq)
   results, params = {}, None
   for objective in objectives:
-    run = run_lib.assemble(
+    run = step_lib.assemble(
       model,
       inputs,
-      step_lib.PretrainingObjective(model, objective),
+      pretraining.PretrainingObjective(model, objective),
       mesh=mesh,
       rules=rules,
       train=None,

@@ -21,7 +21,7 @@ from albert_jax import backend_defaults, benchmark, flops
 from albert_jax.errors import UsageError
 from albert_jax.finetune import classification
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train import run as run_lib
+from albert_jax.train import step as step_lib
 from albert_jax.train.config import PretrainConfig
 
 GIB = 2**30
@@ -222,7 +222,7 @@ def compile_step(
     raise UsageError(f'--step={step}: choose one of {", ".join(STEPS)}')
   model, objective = classification.model_and_objective(config.model, num_labels=2)
   seq_len = config.data.max_seq_length
-  run = run_lib.assemble(
+  run = step_lib.assemble(
     model,
     [jnp.zeros((1, seq_len), jnp.int32)] * 3,
     objective,

@@ -112,7 +112,7 @@ def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
     run_config = PretrainConfig.from_config(saved)
   except (AlbertError, TypeError) as e:  # A key or value this version refuses.
     raise ExportError(f'{config_path}: {e}') from None
-  config = run_config.model
+  config = run_config.model_definition
   step, params = _checkpoint_params(workdir, step)
   # The checkpoint's own tree is restored: check it is the model of
   # config.json before anyone builds that model around it.

@@ -32,7 +32,7 @@ def test_trainers_assemble_their_run_in_one_place():
   none builds its own optimizer, initial state or jitted step."""
   for name in ('pretraining.py', 'finetune/trainer.py', 'benchmark.py', 'evaluate.py'):
     source = (ROOT / 'albert_jax' / name).read_text()
-    assert 'run_lib.assemble(' in source, name
+    assert 'step_lib.assemble(' in source, name
     for private in ('optimizer_and_schedule', 'initial_state(', 'jax.jit(functools'):
       assert private not in source, (name, private)
 

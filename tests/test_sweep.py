@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from albert_jax import flops
+from albert_jax import flops, pretraining
 from albert_jax.config import ModelConfig
 from albert_jax.errors import SweepError
 from albert_jax.param_count import count_params
 from albert_jax.sweep import emit, report, results, runner, stats, variants
 from albert_jax.sweep import plan as plan_lib
-from albert_jax.train import train_step as step_lib
 
 import export_testing
 import train_testing
@@ -690,8 +689,8 @@ def test_example_outcomes_add_up_to_the_evaluation_sums():
     'mlm_logits': jax.random.normal(keys[4], (6, 5, 4)),
     'sentence_logits': jax.random.normal(keys[5], (6, 2)),
   }
-  sums = step_lib.loss_sums(outputs, batch)
-  per_example = step_lib.example_outcomes(outputs, batch)
+  sums = pretraining.loss_sums(outputs, batch)
+  per_example = pretraining.example_outcomes(outputs, batch)
   for key in ('mlm_correct', 'mlm_weight', 'sentence_correct'):
     assert per_example[key].shape == (6,)
     assert float(per_example[key].sum()) == pytest.approx(float(sums[key])), key
@@ -708,9 +707,9 @@ def test_example_outcomes_add_up_to_the_evaluation_sums():
 def test_example_ids_tell_examples_apart():
   batch = _batch(jax.random.split(jax.random.key(1), 4), size=64)
   batch['input_ids'] = batch['input_ids'].at[3, :2].set(jnp.array([1, 2]))
-  ids = np.asarray(step_lib.example_id(batch))
+  ids = np.asarray(pretraining.example_id(batch))
   assert ids.dtype == np.uint32 and ids.shape == (64,)
-  np.testing.assert_array_equal(ids, step_lib.example_id(dict(batch)))
+  np.testing.assert_array_equal(ids, pretraining.example_id(dict(batch)))
   # Any one changed field of an example, or its order, changes its id alone.
   for key, change in (
     ('input_ids', lambda x: x.at[3, 2].add(1)),
@@ -720,7 +719,7 @@ def test_example_ids_tell_examples_apart():
     ('masked_lm_ids', lambda x: x.at[3, 4].add(1)),
     ('sentence_order_label', lambda x: x.at[3].set(1 - x[3])),
   ):
-    changed = np.asarray(step_lib.example_id({**batch, key: change(batch[key])}))
+    changed = np.asarray(pretraining.example_id({**batch, key: change(batch[key])}))
     assert (changed != ids).tolist() == [i == 3 for i in range(64)], key
 
 

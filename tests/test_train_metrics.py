@@ -18,7 +18,6 @@ from tensorboardX.proto import event_pb2, plugin_hparams_pb2
 
 from albert_jax import pretraining
 from albert_jax.train import metrics as metrics_lib
-from albert_jax.train import train_step as step_lib
 from albert_jax.train.config import PretrainConfig
 
 import train_testing
@@ -269,8 +268,8 @@ def _outputs_and_batch():
 
 def test_loss_weights_real_predictions_and_adds_the_sentence_objective():
   outputs, batch = _outputs_and_batch()
-  sums = step_lib.loss_sums(outputs, batch)
-  metrics = step_lib.summarize(sums, 'sop')
+  sums = pretraining.loss_sums(outputs, batch)
+  metrics = pretraining.summarize(sums, 'sop')
   mlm = -np.mean(np.log([0.7, 0.1, 0.6]))
   sop = -np.mean(np.log([0.9, 0.4]))
   np.testing.assert_allclose(metrics['mlm_loss'], mlm, rtol=1e-6)
@@ -282,7 +281,7 @@ def test_loss_weights_real_predictions_and_adds_the_sentence_objective():
 
 def test_objective_none_trains_mlm_only():
   outputs, batch = _outputs_and_batch()
-  metrics = step_lib.summarize(step_lib.loss_sums(outputs, batch), 'none')
+  metrics = pretraining.summarize(pretraining.loss_sums(outputs, batch), 'none')
   assert set(metrics) == {'mlm_loss', 'mlm_accuracy', 'loss'}
   assert metrics['loss'] == metrics['mlm_loss']
 

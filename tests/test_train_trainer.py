@@ -171,7 +171,11 @@ def test_the_model_takes_the_vocabulary_size_of_prepared_data(vocab_300, tmp_pat
   pretraining.train(PretrainConfig.from_config(config), workdir, devices=jax.devices()[:1])
   with open(os.path.join(workdir, 'config.json')) as f:
     saved = json.load(f)
-  assert (saved['model']['vocab_size'], saved['vocab_from_tokenizer']) == (300, True)
+  # The settled values, and which keys the config left to the run.
+  assert saved['model']['vocab_size'] == 300
+  # 'step: 1 micro-batch per step; 2 of 2 layers per loop iteration', as the run said.
+  assert saved['train']['grad_accum_steps'] == 1 and saved['model']['unroll'] == 2
+  assert saved['auto'] == ['model.vocab_size', 'model.unroll', 'train.grad_accum_steps']
   # The recorded size is the checkpoint's: the run reads back as a model.
   assert model_path.restore_run(workdir).pretrained.config.vocab_size == 300
   # A rerun as given resumes: the saved 300 is compared with the tokenizer's
@@ -198,7 +202,7 @@ def test_a_set_vocab_size_must_hold_every_id_of_the_vocabulary(vocab_300, tmp_pa
   pretraining.train(PretrainConfig.from_config(config), str(workdir), devices=jax.devices()[:1])
   with open(workdir / 'config.json') as f:
     saved = json.load(f)
-  assert (saved['model']['vocab_size'], saved['vocab_from_tokenizer']) == (320, False)
+  assert saved['model']['vocab_size'] == 320 and 'model.vocab_size' not in saved['auto']
 
 
 def test_a_run_that_fails_before_it_starts_leaves_no_directory_it_created(vocab, tmp_path):

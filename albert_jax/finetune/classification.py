@@ -47,7 +47,7 @@ from albert_jax.data.tokenizer import Tokenizer
 from albert_jax.errors import DataError
 from albert_jax.finetune.task import MODEL_INPUTS, Features, Task
 from albert_jax.model import AlbertForSequenceClassification
-from albert_jax.train.train_step import Batch, Metrics, apply
+from albert_jax.train.step import Batch, Metrics, apply
 
 
 @dataclasses.dataclass(frozen=True)

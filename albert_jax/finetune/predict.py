@@ -30,7 +30,7 @@ from albert_jax.finetune.task import MODEL_INPUTS, Features, num_rows
 from albert_jax.pretrained import Pretrained
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import metrics as metrics_lib
-from albert_jax.train import run as run_lib
+from albert_jax.train import step as step_lib
 
 
 class Predictor:
@@ -38,7 +38,7 @@ class Predictor:
 
   def __init__(
     self,
-    run: run_lib.Run,
+    run: step_lib.Run,
     model: nn.Module,
     model_inputs: Sequence[str] = MODEL_INPUTS,
     *,
@@ -150,7 +150,7 @@ def task_outputs(
   else:
     model, objective = span_qa.model_and_objective(pretrained.config)
   inputs = [jnp.zeros((1,) + features[k].shape[1:], features[k].dtype) for k in MODEL_INPUTS]
-  run = run_lib.assemble(model, inputs, objective, mesh=mesh, rules=rules, train=None)
+  run = step_lib.assemble(model, inputs, objective, mesh=mesh, rules=rules, train=None)
   params = pretrained_lib.matching_params(
     pretrained_lib.task_params(pretrained), run.initial.abstract.params, source=f'the {task} model'
   )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import flax.linen as nn
 import numpy as np
 
-from albert_jax.train.train_step import Objective
+from albert_jax.train.step import Objective
 
 Features = dict[str, np.ndarray]
 # The features a task model takes, in its call order.

@@ -1,7 +1,7 @@
 """Fine-tuning: `finetune(config, pretrained, workdir)`.
 
 Reads top to bottom, like pretraining (albert_jax/pretraining.py), whose
-parts it runs: the run assembly (train/run.py: mesh, optimizer, state, steps)
+parts it runs: the run assembly (train/step.py: mesh, optimizer, state, steps)
 and the loop (train/loop.py: checkpoints, metrics, preemption).
   1. Model and data      the loaded model (albert_jax/model_path.py), its
                          tokenizer, the task's features and classes
@@ -24,7 +24,7 @@ model (albert_jax/model_path.py).
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -44,8 +44,9 @@ from albert_jax.model_path import MODEL_SUBDIR
 from albert_jax.pretrained import Definition, Head, Pretrained
 from albert_jax.train import distributed, loop
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train import run as run_lib
+from albert_jax.train import step as step_lib
 from albert_jax.train import workdir as workdir_lib
+from albert_jax.train.state import TrainState
 
 TASKS = {'classification': classification.make_task, 'span_qa': span_qa.make_task}
 
@@ -80,22 +81,20 @@ def finetune(
     predictor = Predictor(
       run, task.model, task.model_inputs, bucket_multiple=config.data.bucket_multiple
     )
-    evaluate = lambda params: task.score(predictor(params, task.eval, config.train.batch_size))
 
     # ---------------------------------------------------------------- 4. Loop
-    with workdir_lib.claim(workdir, config) as claimed:
+    with (
+      workdir_lib.claim(workdir, config) as claimed,
+      loop.Training(run, config, claimed, train_iter, preemption) as training,
+    ):
       _record_model(
         workdir, Definition(prepared.model_config, pretrained.tokenizer, config.task, task.labels)
       )
-      return loop.train(
-        run,
-        config,
-        claimed,
-        train_iter=train_iter,
-        fresh=prepared.fresh,
-        evaluate=None if task.eval is None else evaluate,
-        preemption=preemption,
-      )
+      state = training.resumed if training.resumed is not None else prepared.fresh()
+      for params in training.steps(state):
+        if task.eval is not None:
+          training.record_eval(task.score(predictor(params, task.eval, config.train.batch_size)))
+    return training.result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +106,14 @@ class Prepared:
   model_config: ModelConfig
   task: Task
   batches: '_Batches'  # The training batches, by index.
-  run: run_lib.Run
-  fresh: Callable[[], Any]  # The initial state: backbone, and the head or a fresh one.
+  run: step_lib.Run
+  pretrained: Pretrained
+  source: str  # The model's name in log lines.
+
+  def fresh(self) -> TrainState:
+    """The initial state: the model's backbone, and its head or a fresh one."""
+    initial = _initial_params(self.pretrained, self.config.task, self.task, self.run, self.source)
+    return self.run.initial.materialize(initial)
 
 
 def prepare(
@@ -133,12 +138,7 @@ def prepare(
   loop.log(f'mesh {mesh_lib.describe(run.mesh)}')
   loop.log(f'model from {source}: {run.num_params:,} parameters')
 
-  # ---------------------------------------------------------------- 3. Initial params
-  def fresh() -> Any:
-    """The model's backbone, and its head or a fresh one."""
-    return run.initial.materialize(_initial_params(pretrained, config.task, task, run, source))
-
-  return Prepared(config, model_config, task, batches, run, fresh)
+  return Prepared(config, model_config, task, batches, run, pretrained, source)
 
 
 def _bucketing(data: TaskDataConfig) -> str:
@@ -187,7 +187,7 @@ def _task(config: FinetuneConfig, pretrained: Pretrained, model_config: ModelCon
 
 
 def _initial_params(
-  pretrained: Pretrained, task_name: str, task: Task, run: run_lib.Run, source: str
+  pretrained: Pretrained, task_name: str, task: Task, run: step_lib.Run, source: str
 ) -> dict[str, Any]:
   """{'albert': the backbone} and, when it fits the task, the model's head
   (says which in one log line)."""
@@ -256,11 +256,11 @@ def _run(
   model_config: ModelConfig,
   devices: Sequence[jax.Device] | None,
   mean_length: float,
-) -> run_lib.Run:
+) -> step_lib.Run:
   """The task's model and objective on the mesh; each process feeds an equal
   share of every micro-batch. Throughput and the backend's micro-batches
   follow the batches' mean padded length `mean_length`."""
-  return run_lib.assemble(
+  return step_lib.assemble(
     task.model,
     [jnp.zeros((1,) + task.train[k].shape[1:], task.train[k].dtype) for k in task.model_inputs],
     task.objective,

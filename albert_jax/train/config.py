@@ -26,7 +26,7 @@ class TrainConfig(Record):
 
   batch_size: int = 4096  # Global, over all processes.
   # Micro-batches per step (one update); 0: the backend's choice
-  # (backend_defaults.py), made where the run is assembled (train/run.py).
+  # (backend_defaults.py), made where the run is assembled (train/step.py).
   grad_accum_steps: int = 0
   num_steps: int = 125000
   # Fine-tuning may count passes over its training data instead (num_steps
@@ -179,12 +179,23 @@ class PretrainConfig(Record):
   sharding_rules: tuple[tuple[Any, ...], ...] = mesh_lib.DEFAULT_RULES
   preset: str = ''
   init_from: str = ''  # A model directory to start from.
-  # Whether model.vocab_size is the vocabulary's rather than one set (0 in the
-  # config): until the trainer knows the tokenizer it holds data.vocab_size,
-  # the size of a tokenizer trained for the run, so that tools without a
-  # tokenizer (params, memory plan, benchmark) size the model as a run would.
+  # The keys the config leaves to the run (0: model.vocab_size, the
+  # vocabulary's; train.grad_accum_steps and model.unroll, the backend's
+  # choice), whose values here are what the run settled (config.json records
+  # both). Until the trainer knows the tokenizer, model.vocab_size holds
+  # data.vocab_size, the size of a tokenizer trained for the run, so that tools
+  # without one (params, memory plan, benchmark) size the model as a run would.
   # Set by from_config, never by a preset (Record.defaults leaves it out).
-  vocab_from_tokenizer: bool = dataclasses.field(default=False, metadata={'derived': True})
+  auto: tuple[str, ...] = dataclasses.field(default=(), metadata={'derived': True})
+
+  # Keys a config may leave to the run (0), which the run settles.
+  AUTO_KEYS: ClassVar[tuple[str, ...]] = (
+    'model.vocab_size',
+    'model.unroll',
+    'train.grad_accum_steps',
+  )
+  # Keys of earlier versions, dropped when read so that their workdirs resume.
+  retired: ClassVar[tuple[str, ...]] = ('vocab_from_tokenizer',)  # Became `auto`.
 
   # What a workdir's run is: a rerun may not change these (train/workdir.py).
   FIXED_KEYS: ClassVar[tuple[str, ...]] = (
@@ -212,29 +223,46 @@ class PretrainConfig(Record):
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> Self:
-    """Builds from a ConfigDict; model.vocab_size 0 becomes data.vocab_size
-    with vocab_from_tokenizer set (see `sized`)."""
+    """Builds from a ConfigDict (or a saved config.json, which names its
+    `auto` keys); model.vocab_size 0 becomes data.vocab_size until `sized`."""
     values = dict(config.items())
-    model, data = values['model'], values['data']
-    if not isinstance(model, ModelConfig) and model.get('vocab_size') == 0:
+    if 'auto' not in values:
+      values['auto'] = tuple(key for key in cls.AUTO_KEYS if _get(values, key) == 0)
+    if 'model.vocab_size' in values['auto'] and _get(values, 'model.vocab_size') == 0:
+      data = values['data']
       data = data if isinstance(data, DataConfig) else DataConfig.from_config(data)
-      model = {**dict(model.items()), 'vocab_size': data.vocab_size}
-      values.update(model=model, data=data, vocab_from_tokenizer=True)
+      model = {**dict(values['model'].items()), 'vocab_size': data.vocab_size}
+      values.update(model=model, data=data)
     return super().from_config(values)
 
   @property
   def unsettled_keys(self) -> tuple[str, ...]:
     """Keys whose value the trainer settles only once it holds the workdir
     (from a tokenizer it may train there): workdir.claim leaves them out."""
-    return ('model.vocab_size',) if self.vocab_from_tokenizer else ()
+    return ('model.vocab_size',) if 'model.vocab_size' in self.auto else ()
 
   def sized(self, vocab_size: int) -> 'PretrainConfig':
     """This run with model.vocab_size `vocab_size` (the tokenizer's, or the
     init_from model's) when the config leaves the size to the vocabulary;
     itself when it sets one."""
-    if not self.vocab_from_tokenizer or self.model.vocab_size == vocab_size:
+    if 'model.vocab_size' not in self.auto or self.model.vocab_size == vocab_size:
       return self
     return dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=vocab_size))
+
+  @property
+  def model_definition(self) -> ModelConfig:
+    """The model as the run defines it for others (an export, a model path):
+    without the backend's choice for this run (model.unroll as asked)."""
+    if 'model.unroll' not in self.auto:
+      return self.model
+    return dataclasses.replace(self.model, unroll=0)
+
+  def settled(self, train: TrainConfig, unroll: int) -> 'PretrainConfig':
+    """This run with the backend's choices of its auto keys: `train` as the
+    run assembled it (train.grad_accum_steps), `unroll` as the model runs."""
+    return dataclasses.replace(
+      self, train=train, model=dataclasses.replace(self.model, unroll=unroll)
+    )
 
   def __post_init__(self):
     check_types(self)
@@ -249,3 +277,10 @@ class PretrainConfig(Record):
 def _check(condition: bool, message: str) -> None:
   if not condition:
     raise UsageError(message)
+
+
+def _get(values: Mapping[str, Any], key: str) -> Any:
+  """The value at dotted `key` of a config mapping or its records."""
+  block, name = key.split('.')
+  value = values.get(block, {})
+  return getattr(value, name, None) if dataclasses.is_dataclass(value) else value.get(name)

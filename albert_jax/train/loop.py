@@ -1,11 +1,12 @@
 """The training loop that pretraining and fine-tuning share.
 
-  train   the latest checkpoint of the workdir (refusing one of another
-          model), else a fresh state; then step, log, evaluate, checkpoint
-          and handle preemption until train.num_steps
+  Training   resume from the workdir's latest checkpoint (refusing one of
+             another model), or start from the trainer's fresh state; then
+             step, log, checkpoint and handle preemption until
+             train.num_steps, handing the params back for each evaluation
 Each trainer (albert_jax/pretraining.py, albert_jax/finetune/trainer.py)
-assembles its `Run` (train/run.py) and brings its own data, initial params and
-evaluation.
+assembles its `Run` (train/step.py), brings its own data and initial params,
+and evaluates where `Training.steps` yields (see `Training`).
 """
 
 import contextlib
@@ -15,13 +16,12 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import jax
 import numpy as np
 
-from albert_jax.data import pipeline
 from albert_jax.errors import AlbertError, UsageError
 from albert_jax.train import checkpoint as checkpoint_lib
 from albert_jax.train import distributed
@@ -29,8 +29,8 @@ from albert_jax.train import mesh as mesh_lib
 from albert_jax.train import metrics as metrics_lib
 from albert_jax.train import workdir as workdir_lib
 from albert_jax.train.config import CheckpointConfig, TrainConfig
-from albert_jax.train.run import Run
-from albert_jax.train.train_step import TrainState
+from albert_jax.train.state import TrainState
+from albert_jax.train.step import Run
 
 PROFILE_SUBDIR = 'profile'  # train.profile_steps' trace, in the workdir.
 _DIVERGED = 'lower --config.train.learning_rate or raise --config.train.warmup_steps'
@@ -59,65 +59,96 @@ class RunResult:
   tensorboard_dir: str
 
 
-def train(
-  run: Run,
-  config: RunConfig,
-  workdir: workdir_lib.Workdir,
-  *,
-  train_iter: Iterator[Any],
-  fresh: Callable[[], TrainState],
-  evaluate: Callable[[Any], dict[str, float]] | None,
-  preemption: distributed.PreemptionWatcher,
-) -> RunResult:
-  """Trains `run` in `workdir` (claimed) up to config.train.num_steps.
+class Training:
+  """A run trained in its claimed workdir, as the trainers read it:
 
-  Resumes from the newest readable checkpoint (moving `train_iter` there;
-  unreadable ones are moved aside) or starts from `fresh()`. Every
-  train.log_every steps the mean metrics since, with throughput, go to
-  metrics.jsonl, TensorBoard and the console (a line, or in a terminal the
-  progress bar, moved every step); every train.eval_every steps
-  and at the last, `evaluate(params)` with 'eval_' prefixed. A checkpoint is
+    with loop.Training(run, config, workdir, train_iter, preemption) as training:
+      state = training.resumed or run.initial.materialize(initial_params)
+      for params in training.steps(state):  # At each evaluation.
+        training.record_eval(evaluate(params))
+    return training.result
+
+  Entering resumes from the newest readable checkpoint (moving `train_iter`
+  there; unreadable ones are moved aside): `resumed` is its state, None on a
+  first start, when the trainer makes the fresh state itself. `steps` trains
+  up to config.train.num_steps: every train.log_every steps the mean metrics
+  since, with throughput, go to metrics.jsonl, TensorBoard and the console (a
+  line, or in a terminal the progress bar, moved every step); every
+  train.eval_every steps and at the last it yields the params, for the
+  trainer to evaluate and `record_eval` ('eval_' prefixed). A checkpoint is
   saved every checkpoint.every_steps, at the last step and on a preemption
   notice; never of a state whose loss or parameters are not finite.
 
   Raises UsageError for a checkpoint of other shapes, no readable
   checkpoint, a diverged run or a full disk.
   """
-  checkpoint_dir = os.path.join(workdir.path, checkpoint_lib.WORKDIR_SUBDIR)
-  with _full_disk_stops(checkpoint_dir), contextlib.ExitStack() as cleanup:
-    checkpointer = checkpoint_lib.Checkpointer(
-      checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
+
+  def __init__(
+    self,
+    run: Run,
+    config: RunConfig,
+    workdir: workdir_lib.Workdir,
+    train_iter: Iterator[Any],
+    preemption: distributed.PreemptionWatcher,
+  ):
+    self._run, self._config, self._workdir = run, config, workdir
+    self._train_iter, self._preemption = train_iter, preemption
+    self._checkpoint_dir = os.path.join(workdir.path, checkpoint_lib.WORKDIR_SUBDIR)
+    self._cleanup = contextlib.ExitStack()
+    self._loop: _Loop | None = None
+    self.resumed: TrainState | None = None
+    self.result: RunResult | None = None
+
+  def __enter__(self) -> 'Training':
+    self._cleanup.enter_context(_full_disk_stops(self._checkpoint_dir))
+    every, keep = self._config.checkpoint.every_steps, self._config.checkpoint.keep
+    self._checkpointer = checkpoint_lib.Checkpointer(
+      self._checkpoint_dir, every_steps=every, keep=keep
     )
-    cleanup.callback(checkpointer.close)
-    cleanup.callback(checkpointer.wait)  # Runs first: pending saves land.
-    log(f'step: {run.step_settings}')
-    state = _start_or_resume(run, checkpointer, train_iter, fresh)
-    workdir.record_start(config, int(state.step))
-    writer = cleanup.enter_context(
+    self._cleanup.callback(self._checkpointer.close)
+    self._cleanup.callback(self._checkpointer.wait)  # Runs first: pending saves land.
+    log(f'step: {self._run.step_settings}')
+    self.resumed = _resume(self._run, self._checkpointer, self._train_iter)
+    return self
+
+  def __exit__(self, *error: Any) -> bool | None:
+    return self._cleanup.__exit__(*error)
+
+  def steps(self, state: TrainState) -> Iterator[Any]:
+    """Trains from `state`; yields its params whenever an evaluation is due."""
+    config = self._config
+    self._workdir.record_start(config, int(state.step))
+    writer = self._cleanup.enter_context(
       contextlib.closing(
         metrics_lib.MetricsWriter(
-          workdir.path, total_steps=config.train.num_steps, resume_step=int(state.step)
+          self._workdir.path, total_steps=config.train.num_steps, resume_step=int(state.step)
         )
       )
     )
-    writer.describe_run(dataclasses.asdict(config), run.num_params)
-    profile_dir = os.path.join(workdir.path, PROFILE_SUBDIR)
-    loop = _Loop(run, config.train, checkpointer, writer, evaluate, preemption, profile_dir)
-    state = loop.steps(state, train_iter)
-    if evaluate is not None and not loop.scores and not loop.preempted:
-      loop.scores = evaluate(state.params)  # Resumed at the end: report anyway.
-  _log_end(loop, config.train.num_steps)
-  return RunResult(
-    step=loop.step,
-    first_step=loop.first_step,
-    preempted=loop.preempted,
-    train_metrics=loop.last,
-    eval_metrics=loop.scores,
-    workdir=workdir.path,
-    checkpoint_dir=checkpoint_dir,
-    metrics_path=writer.jsonl_path,
-    tensorboard_dir=writer.tensorboard_dir,
-  )
+    writer.describe_run(dataclasses.asdict(config), self._run.num_params)
+    profile_dir = os.path.join(self._workdir.path, PROFILE_SUBDIR)
+    loop = _Loop(self._run, config.train, self._checkpointer, writer, self._preemption, profile_dir)
+    self._loop = loop
+    yield from loop.steps(state, self._train_iter)
+    if not loop.evaluated and not loop.preempted:
+      yield loop.params  # Resumed at the end: report anyway.
+    self._checkpointer.wait()
+    _log_end(loop, config.train.num_steps)
+    self.result = RunResult(
+      step=loop.step,
+      first_step=loop.first_step,
+      preempted=loop.preempted,
+      train_metrics=loop.last,
+      eval_metrics=loop.scores,
+      workdir=self._workdir.path,
+      checkpoint_dir=self._checkpoint_dir,
+      metrics_path=writer.jsonl_path,
+      tensorboard_dir=writer.tensorboard_dir,
+    )
+
+  def record_eval(self, scores: dict[str, float]) -> None:
+    """The evaluation of the params `steps` last yielded."""
+    self._loop.record_eval(scores)
 
 
 @contextlib.contextmanager
@@ -149,14 +180,12 @@ def _log_end(loop: '_Loop', num_steps: int) -> None:
     )
 
 
-def _start_or_resume(
-  run: Run,
-  checkpointer: checkpoint_lib.Checkpointer,
-  train_iter: Iterator[Any],
-  fresh: Callable[[], TrainState],
-) -> TrainState:
-  """The newest readable checkpoint's state, else `fresh()`; unreadable
-  checkpoints are moved aside, and when none is readable the run stops."""
+def _resume(
+  run: Run, checkpointer: checkpoint_lib.Checkpointer, train_iter: Iterator[Any]
+) -> TrainState | None:
+  """The newest readable checkpoint's state, None when there is none;
+  unreadable checkpoints are moved aside, and when none is readable the run
+  stops."""
   moved = []
   for step in reversed(checkpointer.all_steps()):
     try:
@@ -179,11 +208,11 @@ def _start_or_resume(
       f'no usable checkpoint in {checkpointer.directory} (moved aside: {", ".join(moved)}); '
       'rerun in a new --workdir to start over'
     )
-  return fresh()
+  return None
 
 
 class _Loop:
-  """The stepping part of `train`: what it has logged so far, and where."""
+  """The stepping part of `Training`: what it has logged so far, and where."""
 
   def __init__(
     self,
@@ -191,13 +220,12 @@ class _Loop:
     train_config: TrainConfig,
     checkpointer: checkpoint_lib.Checkpointer,
     writer: metrics_lib.MetricsWriter,
-    evaluate: Callable[[Any], dict[str, float]] | None,
     preemption: distributed.PreemptionWatcher,
     profile_dir: str,
   ):
     self.run, self.config = run, train_config
     self.checkpointer, self.writer = checkpointer, writer
-    self.evaluate, self.preemption = evaluate, preemption
+    self.preemption = preemption
     self.throughput = metrics_lib.Throughput(
       flops_per_step=train_config.batch_size * run.flops_per_example,
       tokens_per_step=train_config.batch_size * run.tokens_per_example,
@@ -211,9 +239,12 @@ class _Loop:
     self.preempted = False
     self.last: dict[str, float | None] = {}
     self.scores: dict[str, float] = {}
+    self.evaluated = False  # Whether record_eval was called.
+    self.params: Any = None  # The params at the end.
 
-  def steps(self, state: TrainState, train_iter: Iterator[Any]) -> TrainState:
-    """Trains from `state` to the last step or a preemption."""
+  def steps(self, state: TrainState, train_iter: Iterator[Any]) -> Iterator[Any]:
+    """Trains from `state` to the last step or a preemption, yielding the
+    params when an evaluation is due."""
     config, run = self.config, self.run
     self.first_step = self.step = int(state.step)
     self.saved_step = self.first_step or None
@@ -223,8 +254,7 @@ class _Loop:
       while self.step < config.num_steps and not self.preempted:
         self.checkpointer.check_for_errors()  # A failed save stops the run.
         self._profile(self.step + 1, state)
-        batch = pipeline.make_global_batch(next(train_iter), run.batch_sharding)
-        state, metrics = run.train_step(state, batch)
+        state, metrics = run.step(state, next(train_iter))
         self.step += 1
         self.writer.advance(self.step)  # A terminal's bar moves every step.
         step, last_step = self.step, self.step == config.num_steps
@@ -244,9 +274,8 @@ class _Loop:
           }
           self.writer.write(step, self.last)
           pending = []
-        if self.evaluate is not None and (step % config.eval_every == 0 or last_step):
-          self.scores = self.evaluate(state.params)
-          self.writer.write(step, {f'eval_{k}': v for k, v in self.scores.items()})
+        if step % config.eval_every == 0 or last_step:
+          yield state.params
           self.throughput.restart(step)
         self.preempted = self.preemption.should_stop(step)
         if self.checkpointer.should_save(step) or last_step or self.preempted:
@@ -256,7 +285,11 @@ class _Loop:
           self.saved_step = step
           self.throughput.restart(step)
       self._profile(self.step + 1, state)
-    return state
+    self.params = state.params
+
+  def record_eval(self, scores: dict[str, float]) -> None:
+    self.scores, self.evaluated = scores, True
+    self.writer.write(self.step, {f'eval_{k}': v for k, v in scores.items()})
 
   def _profile(self, step: int, state: TrainState) -> None:
     """Starts the trace before the first step of train.profile_steps, and

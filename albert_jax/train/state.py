@@ -12,13 +12,23 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from albert_jax.train import mesh as mesh_lib
-from albert_jax.train.train_step import TrainState
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds besides the data iterator."""
+
+  step: jax.Array  # [] int32, optimizer updates done.
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # [2] uint32 raw key; dropout key of step s: fold_in(rng, s).
 
 
 @dataclasses.dataclass(frozen=True)

@@ -141,7 +141,9 @@ def claim(path: str, config: Any, *, unsettled: Collection[str] = ()) -> Iterato
 def _checked(path: str, config: Any, unsettled: Collection[str] = ()) -> Workdir:
   saved = _saved_config(path)
   now = _flatten(dataclasses.asdict(config))
-  changed = {} if saved is None else _changes(saved, now)
+  # Derived fields (which keys were left to the run) are no settings to compare.
+  derived = [f.name for f in dataclasses.fields(config) if f.metadata.get('derived')]
+  changed = {} if saved is None else _changes(_without(saved, derived), _without(now, derived))
   defaults = _defaults(config)
   # A key the saved config lacks came into the code after the run started:
   # at its default it is what the code did before (new FIXED_KEYS keep that).
@@ -339,6 +341,10 @@ def _read_holder(fd: int) -> dict[str, Any]:
     return json.loads(os.pread(fd, 4096, 0) or b'{}')
   except ValueError:
     return {}
+
+
+def _without(flat: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
+  return {k: v for k, v in flat.items() if k not in keys}
 
 
 def _saved_config(path: str) -> dict[str, Any] | None:
