@@ -21,6 +21,7 @@ Several processes join as for launch.pretrain (--distributed, or
 """
 
 import os
+import shlex
 from collections.abc import Sequence
 
 import jax
@@ -70,7 +71,7 @@ def main(argv: Sequence[str]) -> None:
   print(
     f'checkpoints: {result.checkpoint_dir}\n'
     f'metrics:     {result.metrics_path}\n'
-    f'tensorboard: tensorboard --logdir {result.tensorboard_dir}'
+    f'tensorboard: tensorboard --logdir {shlex.quote(result.tensorboard_dir)}'
   )
 
 
