@@ -31,7 +31,7 @@ def classifier_hf(tmp_path_factory) -> str:
   workdir = export_testing.finetuned('classification')
   output = str(tmp_path_factory.mktemp('export') / 'hf')
   result = export_testing.launch(
-    'export', f'--workdir={workdir}', '--format=hf', f'--output={output}'
+    'export', f'--model={workdir}', '--format=hf', f'--output={output}'
   )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == (
@@ -46,7 +46,9 @@ def _predict(tmp_path, model: str, task: str, input_path: str) -> str:
     'predict', f'--model={model}', f'--input={input_path}', f'--output={output}', '--batch_size=16'
   )
   assert result.returncode == 0, result.stderr
-  assert result.stdout.startswith('wrote ')
+  # How many shapes were compiled, then what was written.
+  assert result.stdout.splitlines()[-1].startswith('wrote '), result.stdout
+  assert 'compiled shapes' in result.stdout.splitlines()[0]
   return output
 
 
@@ -87,7 +89,7 @@ def test_span_qa_predictions_equal_transformers(tmp_path):
   workdir = export_testing.finetuned('span_qa')
   hf_dir = str(tmp_path / 'hf')
   result = export_testing.launch(
-    'export', f'--workdir={workdir}', '--format=hf', f'--output={hf_dir}'
+    'export', f'--model={workdir}', '--format=hf', f'--output={hf_dir}'
   )
   assert result.returncode == 0, result.stderr
   dev = os.path.join(os.path.dirname(workdir), 'dev.json')
@@ -174,7 +176,7 @@ def test_bucketed_batches_give_the_outputs_of_fixed_padding(task, capsys):
 def test_flax_export_of_a_finetuning_run_keeps_its_head(tmp_path):
   workdir = export_testing.finetuned('span_qa')
   output = str(tmp_path / 'flax')
-  result = export_testing.launch('export', f'--workdir={workdir}', f'--output={output}')
+  result = export_testing.launch('export', f'--model={workdir}', f'--output={output}')
   assert result.returncode == 0, result.stderr
   exported, run = model_path.load(output).pretrained, model_path.load(workdir).pretrained
   assert exported.head.task == 'span_qa' and exported.head.labels == ()

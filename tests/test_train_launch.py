@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from albert_jax.train import distributed, trainer
+from albert_jax import pretraining
+from albert_jax.train import distributed
 from albert_jax.train.config import PretrainConfig
 
 import train_testing
@@ -89,7 +90,7 @@ def test_two_processes_train_like_one(vocab, tmp_path):
   )
 
   one = os.path.join(tmp_path, 'one')
-  trainer.train(
+  pretraining.train(
     PretrainConfig.from_config(train_testing.tiny_config(vocab)), one, devices=jax.devices()[:1]
   )
   got, expected = (train_testing.train_losses(w) for w in (workdir, one))
