@@ -304,11 +304,21 @@ def tpu_record(config: PretrainConfig, topology: TpuTopology, step: str = 'pretr
     return {**record, 'compile_error': str(e).strip().splitlines()[0]}
   memory = benchmark.memory(compiled)
   seconds = accum * seconds_per_micro
-  return {
+  record = {
     **record,
     'memory_per_device_bytes': memory.peak,
     'memory_analysis': dataclasses.asdict(memory),
     'estimated_flops_per_device': accum * flops_per_micro,
+  }
+  if seconds <= 0:  # The cost model prices some programs so: no number beats a wrong one.
+    return {
+      **record,
+      'estimated_step_s': None,
+      'estimated_mfu': None,
+      'estimate_error': f"the TPU compiler's cost model gave {seconds:.4g} s, not a time",
+    }
+  return {
+    **record,
     'estimated_step_s': seconds,
     'estimated_mfu': model_flops / len(topology.devices) / seconds / topology.device_peak_flops,
   }
@@ -320,35 +330,24 @@ def _loop_cost(
   """(FLOPs, seconds) per device of one micro-batch of the step of
   `config` (`compiled`), by the compiler's cost analysis.
 
-  That counts a loop's body once, and prices loops within loops as nothing
-  real (negative times): the costs come from the step of one micro-batch
-  alone (the micro-batch as the global batch; `compiled` itself where that
-  is the step). Its layer loop's n iterations of u layers count as one, so
-  a second compile with 2u layers per iteration gives one iteration's cost
-  (the difference), which the other n - 1 add. Where 2u layers do not
-  divide the depth, the second compile unrolls every layer and is the
-  estimate itself.
+  That counts a loop's body once, and prices some loops as nothing real
+  (negative times, e.g. tiny on v5e:2x2 with 2 of 4 layers per iteration:
+  -19 s): the costs come from the step of one micro-batch alone (the
+  micro-batch as the global batch; `compiled` itself where that is the step)
+  with every layer unrolled, the program without a layer loop.
   """
-  accum = config.train.grad_accum_steps
-  if accum > 1:
-    config = dataclasses.replace(
+  accum, depth = config.train.grad_accum_steps, config.model.num_layer_applications
+  if accum > 1 or config.model.unroll < depth:
+    micro = dataclasses.replace(
       config,
       train=dataclasses.replace(
         config.train, batch_size=config.train.batch_size // accum, grad_accum_steps=1
       ),
+      model=dataclasses.replace(config.model, unroll=depth),
     )
-    compiled = compile_step(config, topology.devices, step)
-  depth, unroll = config.model.num_layer_applications, config.model.unroll
+    compiled = compile_step(micro, topology.devices, step)
   cost = compiled.cost_analysis()
-  if unroll >= depth:
-    return cost['flops'], cost['optimal_seconds']
-  wider = 2 * unroll if depth % (2 * unroll) == 0 else depth
-  probe = dataclasses.replace(config, model=dataclasses.replace(config.model, unroll=wider))
-  probe_cost = compile_step(probe, topology.devices, step).cost_analysis()
-  if wider == depth:
-    return probe_cost['flops'], probe_cost['optimal_seconds']
-  more = depth // unroll - 1
-  return tuple(cost[k] + more * (probe_cost[k] - cost[k]) for k in ('flops', 'optimal_seconds'))
+  return cost['flops'], cost['optimal_seconds']
 
 
 def _check_hosts(micro_batch: int, topology: TpuTopology) -> None:
@@ -403,7 +402,13 @@ def tpu_markdown_table(records: list[dict], devices: Sequence[DeviceMemory] = ()
       f'{gib(m["code"])} | {gib(r["memory_per_device_bytes"])} | '
       + ' | '.join(fits)
       + f' | {r["estimated_flops_per_device"] / 1e12:.2f} | '
-      f'{r["model_flops_per_device"] / 1e12:.2f} | {r["estimated_step_s"]:.3g} | '
-      f'{r["estimated_mfu"]:.1%} |'
+      f'{r["model_flops_per_device"] / 1e12:.2f} | {_estimate(r)} |'
     )
   return '\n'.join(lines)
+
+
+def _estimate(record: dict) -> str:
+  """'0.236 | 55.9%': a record's estimated step time and MFU, or 'n/a'."""
+  if record['estimated_step_s'] is None:
+    return 'n/a | n/a'
+  return f'{record["estimated_step_s"]:.3g} | {record["estimated_mfu"]:.1%}'

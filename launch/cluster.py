@@ -184,8 +184,12 @@ def _check_topology(config: str, overrides: list[str]) -> None:
   print(
     f'# checked: the train step compiles for {topology} ({record["num_devices"]} devices, '
     f'{record["hosts"]} hosts) and needs {need:.2f} of {have:g} GiB per device; the TPU '
-    f'compiler estimates {record["estimated_step_s"]:.3g} s per step '
-    f'(MFU {record["estimated_mfu"]:.0%})',
+    + (
+      f'compiler estimates {record["estimated_step_s"]:.3g} s per step '
+      f'(MFU {record["estimated_mfu"]:.0%})'
+      if record['estimated_step_s'] is not None
+      else "compiler's cost model gives no step time for it"
+    ),
     flush=True,
   )
 
