@@ -21,9 +21,22 @@ MAX_UNROLLED_LAYERS = 24
 # step's temporaries (attention scores, FFN activations) in the caches, but
 # of at least this many examples, or the matrix products get too small
 # (base, batch 8, 2-core Xeon, s per step: seq 128, 1 / 2 / 4 micro-batches
-# 3.23 / 2.74 / 2.87; seq 512, 2 / 4 / 8: 15.6 / 13.4 / 14.0).
+# 3.23 / 2.74 / 2.87; seq 512, 2 / 4 / 8: 15.6 / 13.4 / 14.0). Narrower
+# layers than base's take more tokens, by the square root of the width
+# ratio: the default run's tiny model (H = 64, 2-core AMD Zen 4) is fastest
+# at 1,024-2,048 tokens (pretraining, batch 16 x 128, 1 / 2 / 4
+# micro-batches: 75.6 / 67.3 / 69.9 ms; fine-tuning, batch 32 of buckets up
+# to 128, examples/s at 1 / 2 / 4 / 8: 517 / 554 / 534 / 448).
 CPU_MICRO_BATCH_TOKENS = 512
+CPU_MICRO_BATCH_WIDTH = 768
 CPU_MICRO_BATCH_MIN_EXAMPLES = 2
+
+# On TPUs, micro-batches of at most this many tokens per device: base's
+# step at 8 x 512 per chip needs 6.65 GiB of a v5e's 16 (no remat; the
+# whole batch of 256 a chip does not compile, 201 GB); xxlarge's at 8 x 512
+# on v5p-512 (data 8 x fsdp 64) 14.6 GiB of 95 (docs/tpu.md, the TPU
+# compiler's figures).
+TPU_MICRO_BATCH_TOKENS = 4096
 
 
 def layer_unroll(configured: int, depth: int, backend: str) -> int:
@@ -40,18 +53,25 @@ def grad_accum_steps(
   examples_per_device: int,
   splits_into: int,
   tokens_per_example: int,
+  hidden_size: int,
   backend: str,
 ) -> int:
   """Micro-batches per step: train.grad_accum_steps, or for 0 the backend's
-  choice. On CPUs, the fewest micro-batches of at most
-  CPU_MICRO_BATCH_TOKENS tokens (but at least CPU_MICRO_BATCH_MIN_EXAMPLES
-  examples) per device, a divisor of `splits_into` (the batch's equal shares
-  per device and process); elsewhere one."""
+  choice: the fewest micro-batches, a divisor of `splits_into` (the batch's
+  equal shares per device and process), of at most a token budget per
+  device. On CPUs CPU_MICRO_BATCH_TOKENS, more for layers narrower than
+  CPU_MICRO_BATCH_WIDTH (but at least CPU_MICRO_BATCH_MIN_EXAMPLES
+  examples); on TPUs TPU_MICRO_BATCH_TOKENS; elsewhere one micro-batch."""
   if configured:
     return configured
-  if backend != 'cpu' or splits_into < 1 or tokens_per_example < 1:
+  if backend not in ('cpu', 'tpu') or splits_into < 1 or tokens_per_example < 1:
     return 1
-  examples = max(CPU_MICRO_BATCH_MIN_EXAMPLES, CPU_MICRO_BATCH_TOKENS // tokens_per_example)
+  if backend == 'tpu':
+    examples = max(1, TPU_MICRO_BATCH_TOKENS // tokens_per_example)
+  else:
+    widen = math.sqrt(max(1.0, CPU_MICRO_BATCH_WIDTH / max(1, hidden_size)))
+    tokens = int(CPU_MICRO_BATCH_TOKENS * widen)
+    examples = max(CPU_MICRO_BATCH_MIN_EXAMPLES, tokens // tokens_per_example)
   fitting = [k for k in _divisors(splits_into) if examples_per_device // k <= examples]
   return min(fitting, default=splits_into)
 

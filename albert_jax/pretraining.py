@@ -70,7 +70,11 @@ def train(
   # An impossible mesh or batch is refused before anything is written.
   mesh = mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices)
   step_lib.settle_train(
-    config.train, mesh, config.sharding_rules, tokens_per_example=config.data.max_seq_length
+    config.train,
+    mesh,
+    config.sharding_rules,
+    tokens_per_example=config.data.max_seq_length,
+    hidden_size=config.model.hidden_size,
   )
   with (
     distributed.PreemptionWatcher() as preemption,

@@ -26,24 +26,30 @@ def test_layer_unroll(configured, depth, backend, expected):
 
 
 @pytest.mark.parametrize(
-  'configured, examples, splits, tokens, backend, expected',
+  'configured, examples, splits, tokens, width, backend, expected',
   [
-    (0, 8, 8, 128, 'cpu', 2),  # 4 examples of 128 = 512 tokens each.
-    (0, 8, 8, 512, 'cpu', 4),  # At least 2 examples, over the token budget.
-    (0, 1, 1, 512, 'cpu', 1),  # A single example.
-    (0, 6, 6, 128, 'cpu', 2),  # 6 = 2 x 3, the fewest that fit.
-    (0, 8, 4, 128, 'cpu', 2),  # 2 processes: micro-batches split 4 ways.
-    (0, 8, 0, 128, 'cpu', 1),  # The batch does not split: the check says so.
-    (0, 64, 64, 512, 'gpu', 1),
-    (4, 8, 8, 128, 'cpu', 4),  # Set: kept.
+    (0, 8, 8, 128, 768, 'cpu', 2),  # 4 examples of 128 = 512 tokens each.
+    (0, 8, 8, 512, 768, 'cpu', 4),  # At least 2 examples, over the token budget.
+    (0, 1, 1, 512, 768, 'cpu', 1),  # A single example.
+    (0, 6, 6, 128, 768, 'cpu', 2),  # 6 = 2 x 3, the fewest that fit.
+    (0, 8, 4, 128, 768, 'cpu', 2),  # 2 processes: micro-batches split 4 ways.
+    (0, 8, 0, 128, 768, 'cpu', 1),  # The batch does not split: the check says so.
+    (0, 8, 8, 128, 1024, 'cpu', 2),  # Wider than base: base's budget.
+    (0, 16, 16, 128, 64, 'cpu', 2),  # H = 64: 512 x sqrt(12) = 1,773 tokens.
+    (0, 32, 32, 128, 64, 'cpu', 4),
+    (0, 256, 256, 512, 768, 'tpu', 32),  # 8 x 512 = 4,096 tokens per chip.
+    (0, 16, 16, 128, 64, 'tpu', 1),
+    (0, 64, 64, 512, 768, 'gpu', 1),
+    (4, 8, 8, 128, 768, 'cpu', 4),  # Set: kept.
   ],
 )
-def test_grad_accum_steps(configured, examples, splits, tokens, backend, expected):
+def test_grad_accum_steps(configured, examples, splits, tokens, width, backend, expected):
   steps = backend_defaults.grad_accum_steps(
     configured,
     examples_per_device=examples,
     splits_into=splits,
     tokens_per_example=tokens,
+    hidden_size=width,
     backend=backend,
   )
   assert steps == expected
@@ -55,7 +61,7 @@ def _config(*, unroll: int, grad_accum_steps: int) -> PretrainConfig:
   config.model.unroll = unroll
   config.data.max_seq_length = 64
   config.data.max_predictions_per_seq = 8
-  config.train.batch_size = 16
+  config.train.batch_size = 32
   config.train.grad_accum_steps = grad_accum_steps
   return PretrainConfig.from_config(config)
 
@@ -74,7 +80,7 @@ def test_chosen_defaults_train_like_the_plain_loop():
   """Three steps from the same params on the same batches: the CPU's choice
   (unrolled layers, micro-batches) against one layer per loop iteration and
   one batch per step gives the same losses and params (fp32 tolerance)."""
-  device = jax.devices()[:1]  # 16 x 64 tokens on one device: 2 micro-batches.
+  device = jax.devices()[:1]  # 32 x 64 tokens on one device: 2 micro-batches.
   chosen = benchmark.compile_train_step(_config(unroll=0, grad_accum_steps=0), device)
   plain = benchmark.compile_train_step(_config(unroll=1, grad_accum_steps=1), device)
   assert jax.default_backend() == 'cpu'
@@ -83,7 +89,7 @@ def test_chosen_defaults_train_like_the_plain_loop():
 
   rng = np.random.default_rng(0)
   masked = benchmark.num_masked_positions(_config(unroll=1, grad_accum_steps=1).data)
-  batches = [benchmark.synthetic_batch(rng, 16, 64, masked, 128) for _ in range(3)]
+  batches = [benchmark.synthetic_batch(rng, 32, 64, masked, 128)] * 3  # Learnable: one batch.
   chosen_losses, chosen_params = _train(chosen, batches)
   plain_losses, plain_params = _train(plain, batches)
   np.testing.assert_allclose(chosen_losses, plain_losses, rtol=1e-5)

@@ -426,7 +426,9 @@ def test_cluster_tpu_dry_run_checks_the_step_compiles_for_the_slice():
     'examples does not split over the 64 hosts of v5e:16x16: change '
     '--config.train.batch_size or grad_accum_steps'
   ]
-  big = _check_topology('v5e:2x2', '--config.train.batch_size=65536')
+  big = _check_topology(
+    'v5e:2x2', '--config.train.batch_size=65536', '--config.train.grad_accum_steps=1'
+  )
   assert big.returncode == 1 and 'tar -czf' not in big.stdout
   (line,) = big.stderr.strip().splitlines()
   assert line.startswith('error: --check_topology=v5e:2x2: the train step does not fit: ')

@@ -143,10 +143,32 @@ def test_classification_step_compiles_for_a_multi_host_slice():
 
 @needs_libtpu
 def test_a_step_over_the_chips_memory_is_refused_by_the_compiler():
-  (r,) = _records('--topology=v5e:2x2', '--config.train.batch_size=65536')
+  big = ('--topology=v5e:2x2', '--config.train.batch_size=65536')
+  (r,) = _records(*big, '--config.train.grad_accum_steps=1')
   assert r['compile_error'].startswith('RESOURCE_EXHAUSTED: ')
   assert 'exceeds available HBM' in r['compile_error']
   assert 'memory_analysis' not in r and 'estimated_step_s' not in r
+  # The TPU's choice: micro-batches of 4,096 tokens a chip (32 x 128), which fit.
+  (auto,) = _records(*big)
+  assert auto['grad_accum_steps'] == 65536 // 4 // 32
+  assert auto['memory_per_device_bytes'] < auto['device_hbm_bytes']
+
+
+@needs_libtpu
+def test_step_time_of_a_wide_layer_leaves_out_what_the_cost_model_cannot_price():
+  """At base's width the compiler emits ConcatBitcast calls, which its cost
+  model prices at -1 s each: the estimate leaves them out, and is no
+  faster than the chip's bf16 peak or its HBM bandwidth allow."""
+  (r,) = _records(
+    '--topology=v5e:2x2',
+    '--config.model.hidden_size=768',
+    '--config.model.num_heads=12',
+    '--config.model.intermediate_size=3072',
+    '--config.model.num_layers=1',
+  )
+  assert r['estimate_unpriced_ops'] > 0
+  peak = memory_plan.TPU_CHIPS['TPU v5 lite'].bf16_flops
+  assert r['estimated_flops_per_device'] / peak < r['estimated_step_s'] < 1.0
 
 
 @needs_libtpu

@@ -197,7 +197,12 @@ def assemble(
   """
   if train is not None:
     train = settle_train(
-      train, mesh, rules, batch_factor=batch_factor, tokens_per_example=tokens_per_example
+      train,
+      mesh,
+      rules,
+      batch_factor=batch_factor,
+      tokens_per_example=tokens_per_example,
+      hidden_size=model.config.hidden_size,
     )
   optimizer, schedule = _optimizer(model, init_inputs, train)
   initial = state_lib.initial_state(
@@ -238,6 +243,7 @@ def settle_train(
   *,
   batch_factor: int = 1,
   tokens_per_example: int = 0,
+  hidden_size: int = 0,
 ) -> TrainConfig:
   """`train` with grad_accum_steps 0 replaced by the backend's choice
   (backend_defaults.py), once its batch is known to split over the mesh's
@@ -251,6 +257,7 @@ def settle_train(
     examples_per_device=train.batch_size // shards,
     splits_into=0 if rest else splits_into,
     tokens_per_example=tokens_per_example,
+    hidden_size=hidden_size,
     backend=mesh.devices.flat[0].platform,
   )
   mesh_lib.check_batch_split(train.batch_size, steps, mesh, rules, factor=batch_factor)
