@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,18 @@ _IGNORE = -100  # Hugging Face's label for positions without a loss.
 # directory: this process's import path, made absolute while '' still means
 # the directory albert_jax was imported from.
 _IMPORT_PATH = [os.path.abspath(p or os.curdir) for p in sys.path if os.path.exists(p or os.curdir)]
+
+
+def _timed_steps(step: Callable[[], float], num_steps: int) -> tuple[float, float]:
+  """(wall, CPU) seconds for `num_steps` calls of `step`, which returns the
+  loss; a non-finite last loss is an error."""
+  start, cpu = time.perf_counter(), time.process_time()
+  for _ in range(num_steps):
+    loss = step()
+  elapsed = time.perf_counter() - start, time.process_time() - cpu
+  if not np.isfinite(loss):
+    raise FloatingPointError(f'the Hugging Face peer gave loss {loss}')
+  return elapsed
 
 
 class TorchTrainer:
@@ -113,13 +125,7 @@ class TorchTrainer:
 
   def run(self, num_steps: int) -> tuple[float, float]:
     """(wall, CPU) seconds for `num_steps` steps."""
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in range(num_steps):
-      loss = self.step()
-    elapsed = time.perf_counter() - start, time.process_time() - cpu
-    if not np.isfinite(loss):
-      raise FloatingPointError(f'the Hugging Face peer gave loss {loss}')
-    return elapsed
+    return _timed_steps(self.step, num_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,13 +217,7 @@ class ClassifierTrainer:
 
   def run(self, num_steps: int) -> tuple[float, float]:
     """(wall, CPU) seconds for `num_steps` steps."""
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in range(num_steps):
-      loss = self.step()
-    elapsed = time.perf_counter() - start, time.process_time() - cpu
-    if not np.isfinite(loss):
-      raise FloatingPointError(f'the Hugging Face peer gave loss {loss}')
-    return elapsed
+    return _timed_steps(self.step, num_steps)
 
   def accuracy(self, path: str) -> float:
     """Accuracy on the labelled TSV `path`, in batches padded per batch."""
