@@ -12,9 +12,11 @@ import math
 # params keep their scanned layout) lets XLA fuse and schedule across layers:
 # the fastest step on CPUs and GPUs at every depth measured, but the program
 # and its compile time grow with depth (CPU, base: 5.2 s at 12 layers, 11.6 s
-# at 48). Deeper than this, a loop. TPUs keep the loop (not measured on a
-# TPU; the TPU compiler's estimates, docs/tpu.md: with full remat the loop
-# is as fast as unrolled layers, without remat unrolled layers are faster).
+# at 48). Deeper than this, a loop. On TPUs the loop is kept where layers are
+# rematerialised, unrolled layers where not (not measured on a TPU; the TPU
+# compiler's figures, docs/tpu.md: xxlarge on v5p-512 with full remat, the
+# loop needs 4.3 GiB a chip against 10.1 unrolled; without remat, 34.5
+# against 13.6, the loop stacking every layer's saved activations).
 MAX_UNROLLED_LAYERS = 24
 
 # On CPUs, micro-batches of at most this many tokens per device keep the
@@ -39,12 +41,13 @@ CPU_MICRO_BATCH_MIN_EXAMPLES = 2
 TPU_MICRO_BATCH_TOKENS = 4096
 
 
-def layer_unroll(configured: int, depth: int, backend: str) -> int:
+def layer_unroll(configured: int, depth: int, backend: str, *, remat: bool = False) -> int:
   """Layer applications per loop iteration: model.unroll, or for 0 the
-  backend's choice (`depth`, i.e. no loop, or 1)."""
+  backend's choice (`depth`, i.e. no loop, or 1). `remat`: whether the
+  layers are rematerialised (model.remat_policy is not 'none')."""
   if configured:
     return configured
-  return 1 if backend == 'tpu' or depth > MAX_UNROLLED_LAYERS else depth
+  return 1 if (backend == 'tpu' and remat) or depth > MAX_UNROLLED_LAYERS else depth
 
 
 def grad_accum_steps(

@@ -12,17 +12,19 @@ from experiments.configs import pretrain
 
 
 @pytest.mark.parametrize(
-  'configured, depth, backend, expected',
+  'configured, depth, backend, remat, expected',
   [
-    (0, 12, 'cpu', 12),
-    (0, 24, 'gpu', 24),
-    (0, 48, 'cpu', 1),  # Deeper than MAX_UNROLLED_LAYERS: compile time.
-    (0, 12, 'tpu', 1),
-    (3, 12, 'cpu', 3),  # Set: kept.
+    (0, 12, 'cpu', False, 12),
+    (0, 24, 'gpu', False, 24),
+    (0, 48, 'cpu', False, 1),  # Deeper than MAX_UNROLLED_LAYERS: compile time.
+    (0, 12, 'tpu', False, 12),  # Without remat a loop stacks every layer's activations.
+    (0, 12, 'tpu', True, 1),  # With remat the loop needs less than unrolled layers.
+    (0, 12, 'cpu', True, 12),
+    (3, 12, 'cpu', False, 3),  # Set: kept.
   ],
 )
-def test_layer_unroll(configured, depth, backend, expected):
-  assert backend_defaults.layer_unroll(configured, depth, backend) == expected
+def test_layer_unroll(configured, depth, backend, remat, expected):
+  assert backend_defaults.layer_unroll(configured, depth, backend, remat=remat) == expected
 
 
 @pytest.mark.parametrize(

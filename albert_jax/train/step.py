@@ -121,7 +121,10 @@ class Run:
     them (model.py, Encoder)."""
     config = self.model_config
     return backend_defaults.layer_unroll(
-      config.unroll, config.num_layer_applications, jax.default_backend()
+      config.unroll,
+      config.num_layer_applications,
+      jax.default_backend(),
+      remat=config.remat_policy != 'none',
     )
 
   @property
