@@ -2,9 +2,11 @@
 killed sweep resumed, a failing run, --emit, --report, bad input."""
 
 import csv
+import dataclasses
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +21,9 @@ from scipy import stats as scipy_stats
 from albert_jax import flops, pretraining
 from albert_jax.config import ModelConfig
 from albert_jax.errors import SweepError
+from albert_jax.finetune import classification
 from albert_jax.param_count import count_params
-from albert_jax.sweep import emit, report, results, runner, stats, variants
+from albert_jax.sweep import downstream, emit, report, results, runner, stats, variants
 from albert_jax.sweep import plan as plan_lib
 
 import export_testing
@@ -191,10 +194,11 @@ def test_the_variants_run_are_trained_evaluated_and_reported(swept, vocab, name)
   assert (f'Not run (no --only chose them): {", ".join(untrained)}.' in table) == bool(untrained)
   assert not any(line.startswith('Not finished') for line in table)
   # One seed: each of the paper's findings between trained variants gets its
-  # difference, no verdict.
+  # difference, no verdict; with no downstream task, none on it.
   verdicts = [line for line in comparisons.splitlines() if ' − ' in line]
-  assert len(verdicts) == len(sweep.comparisons)
-  for line, comparison in zip(verdicts, sweep.comparisons):
+  measured = [c for c in sweep.comparisons if c.metric != 'downstream']
+  assert len(verdicts) == len(measured) < len(sweep.comparisons)
+  for line, comparison in zip(verdicts, measured):
     if {comparison.ahead, comparison.behind} <= set(TRAINED[name]):
       assert line.endswith('| 1 × 16 | inconclusive (1 seed; 3 needed) |'), line
     else:
@@ -539,6 +543,19 @@ def test_a_failing_run_is_reported_and_the_others_run(tmp_path, vocab):
     (
       ['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W', '--only=E64-all,nope'],
       "--only: no variant 'nope' in the sharing sweep: choose from E64-all, ",
+    ),
+    (
+      ['--sweep=experiments/ablations/sharing.py:tiny', '--workdir=W', '--downstream=a.tsv'],
+      '--downstream=a.tsv: give TRAIN,DEV',
+    ),
+    (
+      [
+        '--sweep=experiments/ablations/sharing.py:tiny',
+        '--workdir=W',
+        '--downstream=README.md,README.md',
+        '--downstream_config=data.eval=x.tsv',
+      ],
+      '--downstream_config=data.eval=x.tsv: the sweep sets data.eval per run',
     ),
   ],
 )
@@ -1076,3 +1093,219 @@ def test_mini_scale_fits_fifteen_minutes_of_this_cpu():
 
 def _mini(name: str) -> variants.Sweep:
   return variants.load_sweep(os.path.join(REPO, f'experiments/ablations/{name}.py:mini'))
+
+
+# -- Downstream accuracy ----------------------------------------------------
+
+# The tiny runs' fine-tuning: one shape (32 tokens), 4 steps of 16 rows.
+_DOWNSTREAM_CONFIG = [
+  '--downstream_config=data.max_seq_length=32',
+  '--downstream_config=train.batch_size=16',
+  '--downstream_config=train.num_epochs=1',
+]
+_DOWNSTREAM_FILES = ('downstream_result.json', 'downstream_outcomes.npz')
+
+
+def _write_labelled(path: str, rows: int, seed: int) -> str:
+  """A TSV with a header (text, label) whose label is told by one word."""
+  rng = np.random.default_rng(seed)
+  words = ('the', 'module', 'function', 'returns', 'a', 'list', 'of', 'values')
+  lines = ['text\tlabel']
+  for _ in range(rows):
+    positive = bool(rng.integers(2))
+    text = [*rng.choice(words, 5), 'yes' if positive else 'no', *rng.choice(words, 3)]
+    lines.append(' '.join(text) + '\t' + ('pos' if positive else 'neg'))
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
+
+
+_DOWNSTREAM_RUNS = ('nsp-seed0', 'sop-seed0')
+
+
+def test_every_run_is_fine_tuned_scored_by_example_and_reported(tmp_path, vocab):
+  """A tiny Table 5 sweep (NSP and SOP, one seed: the intervals are
+  test_downstream_comparisons_pair_by_example_id_with_holm_verdicts) with a
+  downstream task: a column of dev accuracies, per-example outcomes paired
+  by id, a rerun that skips what was fine-tuned, a failed fine-tuning
+  reported, and the report rebuilt from the files alone."""
+  train = _write_labelled(str(tmp_path / 'train.tsv'), 64, seed=0)
+  dev = _write_labelled(str(tmp_path / 'dev.tsv'), 40, seed=1)
+  root = tmp_path / 'sweep'
+  args = [
+    f'--sweep={_spec("sentence_objective")}',
+    f'--workdir={root}',
+    '--only=nsp,sop',
+    '--seeds=0',
+    '--parallel=2',
+    '--eval_batches=1',
+    f'--downstream={train},{dev}',
+    *_DOWNSTREAM_CONFIG,
+    *_flags(vocab, 'sentence_objective', **{'train.num_steps': 2}),
+  ]
+  result = _sweep(*args)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  _check_downstream_column(root, train, dev)
+  _check_downstream_rerun(root, args)
+  # The committed files alone rebuild results.md byte for byte.
+  committed = tmp_path / 'committed'
+  committed.mkdir()
+  shutil.copy(root / 'sweep.json', committed)
+  for name in _DOWNSTREAM_RUNS:
+    (committed / name).mkdir()
+    for file in ('sweep_result.json', 'sweep_outcomes.npz', *_DOWNSTREAM_FILES):
+      if (root / name / file).exists():
+        shutil.copy(root / name / file, committed / name)
+  result = _sweep(f'--report={committed}')
+  assert result.returncode == 0, result.stderr
+  assert (committed / 'results.md').read_bytes() == (root / 'results.md').read_bytes()
+
+
+def _check_downstream_column(root, train: str, dev: str) -> None:
+  """Each run's dev accuracy, in results.csv, is its fine-tuning run's own
+  final one, from outcomes on the dev set's examples (by id); results.md has
+  the column and the paper's downstream comparisons."""
+  expected_ids = downstream.example_ids(classification.read_examples(dev))
+  rows = _rows(str(root))
+  assert sorted(row['run'] for row in rows) == sorted(_DOWNSTREAM_RUNS)
+  for row in rows:
+    workdir = os.path.join(root, row['run'])
+    records = train_testing.read_metrics(os.path.join(workdir, 'downstream'))
+    final = [r for r in records if 'eval_accuracy' in r][-1]
+    assert float(row['downstream_accuracy']) == pytest.approx(final['eval_accuracy'])
+    assert row['downstream_examples'] == '40'
+    outcomes = downstream.read_outcomes(workdir)
+    np.testing.assert_array_equal(outcomes['example_id'], expected_ids)
+    assert outcomes['correct'].mean() == pytest.approx(final['eval_accuracy'])
+  markdown = (root / 'results.md').read_text()
+  assert '| Downstream acc. % |' in markdown
+  assert f'Downstream: dev accuracy on `{dev}` of each run fine-tuned on `{train}`' in markdown
+  compared = [line for line in markdown.splitlines() if '| downstream dev acc. |' in line]
+  assert [line.split(' | ')[0] for line in compared] == [
+    '| SOP − NSP (ALBERT tiny)',
+    '| SOP − None (ALBERT tiny)',
+  ]
+  assert compared[0].endswith('| n/a |  | 1 × 40 | inconclusive (1 seed; 3 needed) |')
+  assert compared[1].endswith('| not run: no --only chose none |')
+
+
+def _check_downstream_rerun(root, args: list[str]) -> None:
+  """Rerun: a run fine-tuned before is not fine-tuned again; one whose
+  fine-tuning cannot start (its result gone, a file where its workdir
+  should be) fails, reported, and the other is unaffected."""
+  mtime = os.stat(root / 'sop-seed0' / 'downstream_outcomes.npz').st_mtime_ns
+  (root / 'nsp-seed0' / 'downstream_result.json').unlink()
+  shutil.rmtree(root / 'nsp-seed0' / 'downstream')
+  (root / 'nsp-seed0' / 'downstream').write_text('a file where the fine-tuning should be')
+  result = _sweep(*args)
+  assert result.returncode == 1, result.stdout[-3000:]
+  assert '[sop-seed0] finished before; fine-tuned before' in result.stdout
+  assert 'launch.finetune --model=' + str(root / 'sop-seed0') not in result.stdout
+  assert os.stat(root / 'sop-seed0' / 'downstream_outcomes.npz').st_mtime_ns == mtime
+  assert '[nsp-seed0] finished before; fine-tuning failed: exit status 1' in result.stdout
+  assert '1 run not fine-tuned\n  nsp-seed0 fine-tuning failed: exit status 1' in result.stdout
+  assert 'Not fine-tuned: nsp-seed0.' in (root / 'results.md').read_text()
+  rows = _rows(str(root))
+  assert [r['run'] for r in rows if not r['downstream_accuracy']] == ['nsp-seed0']
+
+
+def _fake_downstream(root, run: plan_lib.Run, correct, *, ids=None, predicted=None) -> None:
+  """A run's downstream result and dev outcomes: hits `correct` on examples
+  labelled alternately, with ids `ids` (default 0, 1, ...); `predicted`, the
+  classes (default: the label where hit, the other where not)."""
+  workdir = os.path.join(root, run.name)
+  correct = np.asarray(correct, np.int8)
+  label = np.arange(correct.size, dtype=np.int32) % 2
+  if predicted is None:
+    predicted = np.where(correct > 0, label, 1 - label)
+  np.savez_compressed(
+    os.path.join(workdir, 'downstream_outcomes.npz'),
+    example_id=np.arange(correct.size, dtype=np.int64) if ids is None else ids,
+    correct=correct,
+    label=label,
+    predicted=np.asarray(predicted, np.int32),
+    classes=np.asarray(['neg', 'pos']),
+  )
+  result = {'accuracy': float(correct.mean()), 'examples': int(correct.size), 'step': 4}
+  with open(os.path.join(workdir, 'downstream_result.json'), 'w') as f:
+    json.dump(result, f)
+
+
+def _downstream_rows(root) -> dict[str, list[str]]:
+  """The downstream comparisons of results.md, by comparison name."""
+  return {
+    line.split(' | ')[0].removeprefix('| '): line.split(' | ')
+    for line in (root / 'results.md').read_text().splitlines()
+    if '| downstream dev acc. |' in line
+  }
+
+
+def test_downstream_comparisons_pair_by_example_id_with_holm_verdicts(tmp_path):
+  task = plan_lib.Downstream('train.tsv', 'dev.tsv', ('train.num_epochs=1',))
+  plan = dataclasses.replace(_plan('sentence_objective', seeds=(0, 1, 2)), downstream=task)
+  plan.save(str(tmp_path))
+  rng = np.random.default_rng(3)
+  for run in plan.runs:
+    _fake_run(
+      tmp_path, run, rng.binomial(8, 0.25, 300), np.full(300, 8.0), rng.binomial(1, 0.7, 300)
+    )
+    p = {'none': 0.55, 'nsp': 0.6, 'sop': 0.8}[run.variant]
+    _fake_downstream(tmp_path, run, rng.binomial(1, p, 500))
+  report.write_report(plan, str(tmp_path))
+  rows = _downstream_rows(tmp_path)
+  assert list(rows) == ['SOP − NSP (ALBERT tiny)', 'SOP − None (ALBERT tiny)']
+  sop_nsp = rows['SOP − NSP (ALBERT tiny)']
+  assert sop_nsp[6:] == ['3 × 500', 'reproduced |']
+  # Student-t over the seeds' dev accuracy differences (the same examples).
+  seeds = {}
+  for row in _rows(str(tmp_path)):
+    seeds.setdefault(row['seed'], {})[row['variant']] = float(row['downstream_accuracy'])
+  d = np.array([v['sop'] - v['nsp'] for v in seeds.values()])
+  low, high = (float(x) for x in sop_nsp[4].strip('[]').split(', '))
+  assert (low, high) == pytest.approx([100 * x for x in stats.t_interval(d)[1:]], abs=0.006)
+  # Corrected with the table's other comparisons: 5 sentence and MLM ones, 2 downstream.
+  assert float(sop_nsp[5]) >= stats.p_value(stats.paired(d, 500))
+  markdown = (tmp_path / 'results.md').read_text()
+  assert '| Downstream acc. % |' in markdown and '`train.num_epochs=1`' in markdown
+  assert "Chance is the dev set's majority class, 50.0 %; over 500 examples" in markdown
+  # Other examples: not paired. A classifier giving one class: no verdict.
+  sop0 = next(run for run in plan.runs if run.name == 'sop-seed1')
+  _fake_downstream(tmp_path, sop0, rng.binomial(1, 0.8, 500), ids=np.arange(500) + 1)
+  report.write_report(plan, str(tmp_path))
+  assert _downstream_rows(tmp_path)['SOP − NSP (ALBERT tiny)'][3:] == [
+    'n/a',
+    '',
+    '',
+    '',
+    'not paired: sop-seed1 and nsp-seed1 were evaluated on different examples |',
+  ]
+  _fake_downstream(tmp_path, sop0, np.arange(500) % 2 == 0, predicted=np.zeros(500))
+  report.write_report(plan, str(tmp_path))
+  assert _downstream_rows(tmp_path)['SOP − None (ALBERT tiny)'][-1] == (
+    'no verdict: the classifier of sop-seed1 gives one class to every example |'
+  )
+  # Without a downstream task, neither the column nor its comparisons.
+  report.write_report(dataclasses.replace(plan, downstream=None), str(tmp_path))
+  assert 'ownstream' not in (tmp_path / 'results.md').read_text()
+
+
+def test_a_sweep_keeps_its_downstream_task(tmp_path):
+  task = plan_lib.Downstream('train.tsv', 'dev.tsv')
+  plan = dataclasses.replace(_plan('sentence_objective'), downstream=task)
+  plan.save(str(tmp_path))
+  # Left out later, the saved task holds; another is refused.
+  assert dataclasses.replace(plan, downstream=None).save(str(tmp_path)).downstream == task
+  assert plan_lib.load_plan(str(tmp_path)).downstream == task
+  other = dataclasses.replace(plan, downstream=plan_lib.Downstream('train.tsv', 'other.tsv'))
+  with pytest.raises(SweepError, match='was fine-tuned on --downstream=train.tsv,dev.tsv'):
+    other.save(str(tmp_path))
+  run = plan.runs[1]
+  assert plan.finetune_arguments(run, '/s') == [
+    f'--model=/s/{run.name}',
+    '--task=classification',
+    f'--workdir=/s/{run.name}/downstream',
+    '--config.data.train=train.tsv',
+    '--config.data.eval=dev.tsv',
+    f'--config.train.seed={run.seed}',
+    f'--config.data.seed={run.seed}',
+  ]

@@ -5,6 +5,10 @@ sweep's preset of the pretraining config file (the caller names it) with the
 base overrides of the command line and the run's own, working in DIR/RUN; the
 runner runs it, `--emit` writes it, and `--report=DIR` reads sweep.json to
 know the runs and their table rows.
+
+With a downstream task (`Downstream`), each run is then fine-tuned by
+`launch.finetune --task=classification` in DIR/RUN/downstream
+(`Plan.finetune_arguments`); albert_jax/sweep/downstream.py scores it.
 """
 
 import dataclasses
@@ -18,6 +22,22 @@ from albert_jax.errors import SweepError
 from albert_jax.sweep.variants import Comparison, Sweep
 
 PLAN_FILE = 'sweep.json'
+DOWNSTREAM_SUBDIR = 'downstream'  # Of a run's workdir: its fine-tuning run.
+# The fine-tuning preset of experiments/configs/finetune.py the runs take.
+FINETUNE_TASK = 'classification'
+# Set by `Downstream` itself, per run: refused as its overrides.
+_DOWNSTREAM_KEYS = ('data.train', 'data.eval')
+
+
+@dataclasses.dataclass(frozen=True)
+class Downstream:
+  """The classification task every run is fine-tuned on (launch.sweep
+  --downstream), its dev accuracy reported beside the pretraining measures."""
+
+  train: str  # PATH.tsv | PATH.csv | tfds:NAME..., as launch.finetune reads it.
+  dev: str  # The dev set, scored example by example.
+  # Fine-tuning config overrides, 'KEY=VALUE' (e.g. 'train.num_epochs=1').
+  overrides: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +62,7 @@ class Plan:
   # The variants some --only chose to run or emit so far; (): all of them.
   # The report marks the others as left out, not as unfinished.
   selected: tuple[str, ...] = ()
+  downstream: Downstream | None = None  # None: pretraining measures only.
 
   def only(self, variants: Sequence[str]) -> 'Plan':
     """The plan of the runs of `variants` (all when empty), e.g. to run or
@@ -73,6 +94,28 @@ class Plan:
       *self._overrides(run),
     ]
 
+  def finetune_arguments(self, run: Run, root: str) -> list[str]:
+    """The flags of `launch.finetune` fine-tuning `run` (its pretraining
+    workdir `root`/RUN as the model) on the downstream task in
+    `root`/RUN/downstream; with a seed, the run's seed orders and drops out
+    the fine-tuning too, so that a seed's variants are fine-tuned alike."""
+    if self.downstream is None:
+      raise SweepError(f'the {self.name} sweep has no downstream task: pass --downstream')
+    workdir = os.path.join(root, run.name)
+    seeds = [] if run.seed is None else [f'train.seed={run.seed}', f'data.seed={run.seed}']
+    settings = [
+      f'data.train={self.downstream.train}',
+      f'data.eval={self.downstream.dev}',
+      *seeds,
+      *self.downstream.overrides,
+    ]
+    return [
+      f'--model={workdir}',
+      f'--task={FINETUNE_TASK}',
+      f'--workdir={os.path.join(workdir, DOWNSTREAM_SUBDIR)}',
+      *(f'--config.{setting}' for setting in settings),
+    ]
+
   def _overrides(self, run: Run) -> list[str]:
     own = [f'--config.{key}={value}' for key, value in run.overrides.items()]
     return [*self.base_overrides, *own]
@@ -85,11 +128,18 @@ class Plan:
     existing = load_plan(root) if os.path.isfile(os.path.join(root, PLAN_FILE)) else None
     if existing is not None and existing.name != self.name:
       raise SweepError(f'{root} holds the {existing.name!r} sweep: choose another --workdir')
+    downstream = self.downstream or (existing.downstream if existing else None)
+    if existing and existing.downstream and downstream != existing.downstream:
+      raise SweepError(
+        f'{root} was fine-tuned on --downstream={existing.downstream.train},'
+        f'{existing.downstream.dev} (settings {" ".join(existing.downstream.overrides) or "none"}):'
+        ' pass the same or choose another --workdir'
+      )
     selected = ()
     if only and (existing is None or existing.selected):
       chosen = {*only, *(existing.selected if existing else ())}
       selected = tuple(v for v in dict.fromkeys(r.variant for r in self.runs) if v in chosen)
-    saved = dataclasses.replace(self, selected=selected)
+    saved = dataclasses.replace(self, selected=selected, downstream=downstream)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, PLAN_FILE), 'w') as f:
       json.dump(dataclasses.asdict(saved), f, indent=2)
@@ -97,10 +147,17 @@ class Plan:
 
 
 def make_plan(
-  sweep: Sweep, spec: str, base_overrides: Sequence[str], seeds: Sequence[int], *, config_file: str
+  sweep: Sweep,
+  spec: str,
+  base_overrides: Sequence[str],
+  seeds: Sequence[int],
+  *,
+  config_file: str,
+  downstream: Downstream | None = None,
 ) -> Plan:
   """The runs of `sweep`: each variant once, or once per seed (setting
-  train.seed and data.seed: init, data order and masks).
+  train.seed and data.seed: init, data order and masks), each fine-tuned
+  on `downstream` when given.
 
   `config_file` is the pretraining config file holding the sweep's preset,
   as `launch.pretrain --config` takes it (e.g. relative to where the runs
@@ -132,6 +189,8 @@ def make_plan(
     clash = sorted(given & set(variant.overrides))
     if clash:
       raise SweepError(f'--config.{clash[0]} is set per variant by the {sweep.name} sweep: drop it')
+  if downstream is not None:
+    _check_downstream(downstream, bool(seeds))
   return Plan(
     spec=spec,
     name=sweep.name,
@@ -140,7 +199,24 @@ def make_plan(
     base_overrides=tuple(base_overrides),
     runs=tuple(runs),
     comparisons=sweep.comparisons,
+    downstream=downstream,
   )
+
+
+def _check_downstream(downstream: Downstream, seeded: bool) -> None:
+  """SweepError for a fine-tuning override that is not KEY=VALUE or that
+  the sweep sets per run (the data, and with --seeds the seeds)."""
+  own = _DOWNSTREAM_KEYS + (('train.seed', 'data.seed') if seeded else ())
+  for setting in downstream.overrides:
+    key, equals, _ = setting.partition('=')
+    if not equals or not key:
+      raise SweepError(f'--downstream_config={setting}: give KEY=VALUE, e.g. train.num_epochs=1')
+    if key in own:
+      raise SweepError(
+        f'--downstream_config={setting}: the sweep sets {key} per run'
+        + (' (--downstream)' if key in _DOWNSTREAM_KEYS else ' (--seeds)')
+        + ': drop it'
+      )
 
 
 def load_plan(root: str) -> Plan:
@@ -157,11 +233,15 @@ def load_plan(root: str) -> Plan:
     # Absent from the plans of sweeps before the report compared variants.
     comparisons = tuple(Comparison(**c) for c in saved.pop('comparisons', ()))
     selected = tuple(saved.pop('selected', ()))  # Absent before --only was noted.
+    downstream = saved.pop('downstream', None)  # Absent before downstream tasks.
+    if downstream is not None:
+      downstream = Downstream(**{**downstream, 'overrides': tuple(downstream['overrides'])})
     return Plan(
       **{**saved, 'base_overrides': tuple(saved['base_overrides'])},
       runs=runs,
       comparisons=comparisons,
       selected=selected,
+      downstream=downstream,
     )
   except (ValueError, TypeError, KeyError) as e:
     raise SweepError(

@@ -10,7 +10,10 @@
                     runs stuck at constant predictions are named and carry
                     no verdict; the sentence heads' chance (the eval set's
                     majority class) and whether the evaluation is large
-                    enough to tell a head from it
+                    enough to tell a head from it; with a downstream task
+                    (Plan.downstream), a column of each run's dev accuracy
+                    after fine-tuning, the runs not fine-tuned, the dev
+                    set's chance, and the comparisons on it
   mlm_accuracy.png  held-out MLM accuracy against steps, per variant: the
                     mean over seeds, a band from the lowest to the highest
                     seed, a marker at every evaluation
@@ -24,8 +27,9 @@
                     trains one
 
 results.md is a function of sweep.json and each run's sweep_result.json and
-sweep_outcomes.npz alone: `launch.sweep --report=DIR` rebuilds it byte for
-byte from those files (docs/sweeps.md: what to commit).
+sweep_outcomes.npz (and downstream_result.json and downstream_outcomes.npz)
+alone: `launch.sweep --report=DIR` rebuilds it byte for byte from those
+files (docs/sweeps.md: what to commit).
 
 The MLM columns are measured on the SOP examples (both segments from one
 document) for every run, so that runs of any sentence objective compare. The
@@ -46,8 +50,8 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from albert_jax.errors import SweepError
-from albert_jax.sweep import results, stats, variants
-from albert_jax.sweep.plan import Plan
+from albert_jax.sweep import downstream, results, stats, variants
+from albert_jax.sweep.plan import FINETUNE_TASK, Plan
 
 COLUMNS = (
   'run',
@@ -65,6 +69,8 @@ COLUMNS = (
   'eval_examples',
   'step_time',
   'tokens_per_sec',
+  'downstream_accuracy',  # Empty: not fine-tuned (or no downstream task).
+  'downstream_examples',
 )
 # Markdown columns: (header, row key, format of the mean).
 _TABLE = (
@@ -76,6 +82,16 @@ _TABLE = (
   ('s/step', 'step_time', '{:.3f}'),
   ('tokens/s', 'tokens_per_sec', '{:,.0f}'),
 )
+# With a downstream task, after the SOP column.
+_DOWNSTREAM_COLUMN = ('Downstream acc. %', 'downstream_accuracy', 'percent')
+
+
+def _columns(plan: Plan) -> tuple[tuple[str, str, str | None], ...]:
+  """The markdown table's columns of `plan`: the downstream one only when
+  the sweep has a downstream task."""
+  if plan.downstream is None:
+    return _TABLE
+  return (*_TABLE[:5], _DOWNSTREAM_COLUMN, *_TABLE[5:])
 
 
 def collect(plan: Plan, root: str) -> list[dict[str, Any]]:
@@ -86,6 +102,7 @@ def collect(plan: Plan, root: str) -> list[dict[str, Any]]:
     if result is None:
       continue
     sop, nsp = result['eval']['sop'], result['eval']['nsp']
+    scored = downstream.read_result(os.path.join(root, run.name)) or {}
     rows.append(
       dict(
         run=run.name,
@@ -103,6 +120,8 @@ def collect(plan: Plan, root: str) -> list[dict[str, Any]]:
         eval_examples=int(sop['examples']),
         step_time=result['step_time'],
         tokens_per_sec=result['tokens_per_sec'],
+        downstream_accuracy=scored.get('accuracy'),
+        downstream_examples=scored.get('examples'),
       )
     )
   return rows
@@ -150,16 +169,17 @@ def write_report(plan: Plan, root: str) -> list[str]:
 def markdown_table(plan: Plan, rows: Sequence[dict[str, Any]], root: str) -> str:
   """The table of the paper's layout: a row group column, a row label
   column, then the metrics (mean ± std over seeds when there are several);
-  below it the runs not run or not finished, those not trained, and the
-  sentence heads' chance."""
+  below it the runs not run or not finished, those not trained, the
+  sentence heads' chance, and the downstream task and its chance."""
   overrides = ' '.join(plan.base_overrides)
+  table = _columns(plan)
   lines = [
     f'### {plan.name}: {plan.title}',
     '',
     f'`{plan.spec}`' + (f' `{overrides}`' if overrides else '') + f', {_describe(rows)}.',
     '',
-    '| | | ' + ' | '.join(header for header, _, _ in _TABLE) + ' |',
-    '|---|---|' + '---:|' * len(_TABLE),
+    '| | | ' + ' | '.join(header for header, _, _ in table) + ' |',
+    '|---|---|' + '---:|' * len(table),
   ]
   previous_group = None
   for variant in dict.fromkeys(run.variant for run in plan.runs):
@@ -168,7 +188,7 @@ def markdown_table(plan: Plan, rows: Sequence[dict[str, Any]], root: str) -> str
       continue
     group = mine[0]['group']
     cells = [group if group != previous_group else '', mine[0]['label']]
-    cells += [_cell([row[key] for row in mine], fmt) for _, key, fmt in _TABLE]
+    cells += [_cell([row[key] for row in mine], fmt) for _, key, fmt in table]
     lines.append('| ' + ' | '.join(cells) + ' |')
     previous_group = group
   finished = {row['run'] for row in rows}
@@ -188,6 +208,7 @@ def markdown_table(plan: Plan, rows: Sequence[dict[str, Any]], root: str) -> str
       + '.'
     )
   notes += _chance_notes(plan, root, finished)
+  notes += _downstream_notes(plan, root, [row['run'] for row in rows])
   if notes:
     lines += ['', *notes]
   return '\n'.join(lines) + '\n'
@@ -276,10 +297,43 @@ def _chance_notes(plan: Plan, root: str, finished: set[str]) -> list[str]:
   return [note]
 
 
+def _downstream_notes(plan: Plan, root: str, finished: Sequence[str]) -> list[str]:
+  """With a downstream task: what the column measures and its chance (the
+  dev set's majority class, with the band of luck over its examples), and
+  the finished runs without a downstream result."""
+  if plan.downstream is None:
+    return []
+  scored = {}
+  for name in finished:
+    outcomes = downstream.read_outcomes(os.path.join(root, name))
+    if outcomes is not None:
+      scored[name] = outcomes
+  task = plan.downstream
+  settings = ' '.join(f'`{o}`' for o in task.overrides)
+  note = (
+    f'Downstream: dev accuracy on `{task.dev}` of each run fine-tuned on `{task.train}` by '
+    f'`launch.finetune --task={FINETUNE_TASK}`' + (f' with {settings}' if settings else '') + '.'
+  )
+  if scored:
+    rate = statistics.mean(downstream.majority_rate(o) for o in scored.values())
+    examples = min(len(o['correct']) for o in scored.values())
+    half = 1.96 * np.sqrt(rate * (1 - rate) / examples)
+    note += (
+      f" Chance is the dev set's majority class, {100 * rate:.1f} %; over {examples} examples "
+      f'a classifier is within ±{100 * half:.1f} points of it by luck (95 %).'
+    )
+  notes = [note]
+  unscored = [name for name in finished if name not in scored]
+  if unscored:
+    notes.append(f'Not fine-tuned: {", ".join(unscored)}.')
+  return notes
+
+
 _METRIC_NAMES = {
   'mlm': 'MLM acc. (SOP examples)',
   'sop': 'sentence head on SOP',
   'nsp': 'sentence head on NSP',
+  'downstream': 'downstream dev acc.',
 }
 
 
@@ -296,7 +350,7 @@ def comparison_table(plan: Plan, root: str) -> str:
     '',
     'Each difference is first variant minus second, in accuracy points, the mean over the '
     'seeds both have finished of their paired differences (same seed: same data order and '
-    'held-out examples, checked by example id); its interval is Student-t over those seeds '
+    'held-out or dev examples, checked by example id); its interval is Student-t over those seeds '
     f"({stats.CONFIDENCE:.0%}, per comparison). Verdict on the paper's direction (first "
     'ahead; or, where the paper finds the two alike, first no more than a margin behind): '
     'reproduced / not reproduced / inconclusive (CI spans 0 or the margin, Holm-adjusted p '
@@ -313,6 +367,8 @@ def comparison_table(plan: Plan, root: str) -> str:
   by_variant = {run.variant: run for run in plan.runs}
   measured = []
   for comparison in plan.comparisons:
+    if comparison.metric == 'downstream' and plan.downstream is None:
+      continue  # No downstream task: nothing measures it.
     ahead, behind = by_variant.get(comparison.ahead), by_variant.get(comparison.behind)
     if ahead is None or behind is None:
       continue  # Not in this plan (e.g. an older sweep.json).
@@ -391,6 +447,12 @@ def _blocked(
     ]
     if constant:
       return f'no verdict: the head of {", ".join(constant)} gives one answer to every example'
+  if kind == 'downstream':
+    constant = [
+      a for a, _ in names if downstream.constant(downstream.read_outcomes(os.path.join(root, a)))
+    ]
+    if constant:
+      return f'no verdict: the classifier of {", ".join(constant)} gives one class to every example'
   return ''
 
 
@@ -401,30 +463,51 @@ def _paired(
   variants have per-example outcomes, and those runs' names (ahead, behind)
   per seed; SweepError (a table cell) when none, or when two runs' example
   ids differ."""
-  objective, kind = variants.METRICS[comparison.metric]
   runs = {(run.variant, run.seed): run.name for run in plan.runs}
   differences, names, examples = [], [], []
   for (variant, seed), name in runs.items():
     other = runs.get((comparison.behind, seed))
     if variant != comparison.ahead or other is None:
       continue
-    a, b = (results.read_outcomes(os.path.join(root, n)) for n in (name, other))
+    a, b = (_measured(root, n, comparison.metric) for n in (name, other))
     if a is None or b is None:
       continue
-    ids = f'{objective}_example_id'
-    if a[ids].shape != b[ids].shape or not np.array_equal(a[ids], b[ids]):
+    if a.ids.shape != b.ids.shape or not np.array_equal(a.ids, b.ids):
       raise SweepError(f'not paired: {name} and {other} were evaluated on different examples')
-    weight = a[f'{objective}_mlm_weight'] if kind == 'mlm' else np.ones(a[ids].shape)
-    differences.append(
-      stats.seed_difference(
-        a[f'{objective}_{kind}_correct'], b[f'{objective}_{kind}_correct'], weight
-      )
-    )
+    differences.append(stats.seed_difference(a.correct, b.correct, a.weight))
     names.append((name, other))
-    examples.append(len(weight))
+    examples.append(len(a.weight))
   if not differences:
-    raise SweepError('no seed with both runs evaluated')
+    done = 'fine-tuned' if comparison.metric == 'downstream' else 'evaluated'
+    raise SweepError(f'no seed with both runs {done}')
   return stats.paired(differences, min(examples)), names
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcomes:
+  """One run's per-example outcomes on one metric, [examples] each."""
+
+  ids: np.ndarray  # Example ids, by which two runs are paired.
+  correct: np.ndarray  # Hits (for MLM: the example's correct masked tokens).
+  weight: np.ndarray  # What the hits are out of (1 but for MLM).
+
+
+def _measured(root: str, name: str, metric: str) -> _Outcomes | None:
+  """Run `name`'s outcomes on `metric` (a key of variants.METRICS); None
+  when it has none."""
+  workdir = os.path.join(root, name)
+  objective, kind = variants.METRICS[metric]
+  if kind == 'downstream':
+    scored = downstream.read_outcomes(workdir)
+    if scored is None:
+      return None
+    return _Outcomes(scored['example_id'], scored['correct'], np.ones(scored['correct'].shape))
+  outcomes = results.read_outcomes(workdir)
+  if outcomes is None:
+    return None
+  ids = outcomes[f'{objective}_example_id']
+  weight = outcomes[f'{objective}_mlm_weight'] if kind == 'mlm' else np.ones(ids.shape)
+  return _Outcomes(ids, outcomes[f'{objective}_{kind}_correct'], weight)
 
 
 def _variant_runs(plan: Plan, finished: set[str]) -> dict[str, list[Any]]:

@@ -68,8 +68,10 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return records.read_jsonl(os.path.join(workdir, METRICS_FILE))  # A torn last line skipped.
 
 
-def read_result(workdir: str) -> dict[str, Any] | None:
-  path = os.path.join(workdir, RESULT_FILE)
+def read_result(workdir: str, name: str = RESULT_FILE) -> dict[str, Any] | None:
+  """The JSON result `name` of the run in `workdir` (its evaluation's by
+  default); None when it has none."""
+  path = os.path.join(workdir, name)
   if not os.path.isfile(path):
     return None
   with open(path) as f:

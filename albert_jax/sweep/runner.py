@@ -6,7 +6,11 @@ Each run is a pretraining process (the caller says how to start one, e.g.
 sweep_result.json is at the final step is skipped; one whose final checkpoint
 exists is only evaluated; any other is (re)started by its command, which
 resumes from the run's latest checkpoint. A run that fails is reported and
-the next one starts. SIGTERM stops the sweep: it is passed on to the running
+the next one starts. With a downstream task (Plan.downstream), each trained
+run is then fine-tuned (`launch.finetune`, the caller says how to start it)
+in the same slot, and scored here (albert_jax.sweep.downstream); a run
+scored before is not fine-tuned again, and a failed fine-tune is reported
+without stopping the others. SIGTERM stops the sweep: it is passed on to the running
 trainers, which checkpoint and exit, so that rerunning the sweep resumes.
 """
 
@@ -23,9 +27,12 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from albert_jax.errors import DataError, ExportError, SweepError
-from albert_jax.sweep import results
+from albert_jax.errors import DataError, ExportError, SweepError, UsageError
+from albert_jax.sweep import downstream, results
 from albert_jax.sweep.plan import Plan, Run
+
+# The statuses of a run whose pretraining reached its final step.
+TRAINED = ('finished before', 'trained', 'evaluated')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +41,20 @@ class Outcome:
   # 'finished before' | 'trained' | 'evaluated' | 'failed' | 'stopped'
   status: str
   message: str = ''
+  # Its fine-tuning on the downstream task: '' (none asked, or the run not
+  # trained) | 'fine-tuned before' | 'fine-tuned' | 'failed' | 'stopped'.
+  downstream: str = ''
+  downstream_message: str = ''
+
+  def describe(self) -> str:
+    """One line, e.g. 'trained; fine-tuned' or 'finished before;
+    fine-tuning failed: exit status 1: ...'."""
+    line = self.status + (f': {self.message}' if self.message else '')
+    if self.downstream in ('failed', 'stopped'):
+      line += f'; fine-tuning {self.downstream}'
+    elif self.downstream:
+      line += f'; {self.downstream}'
+    return line + (f': {self.downstream_message}' if self.downstream_message else '')
 
 
 def run_plan(
@@ -45,6 +66,7 @@ def run_plan(
   cwd: str,
   eval_batches: int,
   parallel: int = 1,
+  finetune: Sequence[str] = (),
   echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
   """Runs every run of `plan` not finished yet in `root`/RUN.
@@ -65,6 +87,8 @@ def run_plan(
       accelerator share it, and on a CPU, runs on a core each outpace one
       run on all (mini on 2 cores: 1.27x the steps per second). The
       evaluations run here, one at a time, as the runs finish.
+    finetune: the command starting a fine-tuning process (e.g.
+      [sys.executable, '-m', 'launch.finetune']), with a downstream task.
     echo: where the runs' console lines go.
   Returns: one outcome per run, in the plan's order.
   """
@@ -81,7 +105,10 @@ def run_plan(
   def train(run: Run) -> tuple[int, Outcome]:
     slot = slots.get()
     pinned = cores(slot, parallel, available) if parallel > 1 else None
-    return slot, _train(plan, run, root, base_config, list(pretrain), echo, stop, pinned)
+    outcome = _train(plan, run, root, base_config, list(pretrain), echo, stop, pinned)
+    if plan.downstream is not None and outcome.status in TRAINED:
+      outcome = _finetune(plan, run, root, outcome, list(finetune), echo, stop, pinned)
+    return slot, outcome
 
   outcomes = {}
   try:
@@ -90,11 +117,7 @@ def run_plan(
       try:
         for training in concurrent.futures.as_completed(runs):
           run, (slot, outcome) = runs[training], training.result()
-          if outcome.status in ('trained', 'evaluated'):
-            outcome = _evaluate(run, root, outcome.status, eval_batches)
-          message = f': {outcome.message}' if outcome.message else ''
-          echo(f'[{run.name}] {outcome.status}{message}')
-          outcomes[run.name] = outcome
+          outcomes[run.name] = _finish(run, root, outcome, eval_batches, echo)
           slots.put(slot)
       except BaseException:
         stop.requested = True  # The runs not started yet return at once.
@@ -145,6 +168,18 @@ def _train(
   return Outcome(run.name, 'trained')
 
 
+def _finish(
+  run: Run, root: str, outcome: Outcome, eval_batches: int, echo: Callable[[str], None]
+) -> Outcome:
+  """`outcome` once the run is evaluated and its fine-tuning scored (here,
+  one run at a time), said in one line."""
+  if outcome.status in ('trained', 'evaluated'):
+    outcome = _evaluate(run, root, outcome, eval_batches)
+  outcome = _score(run, root, outcome)
+  echo(f'[{run.name}] {outcome.describe()}')
+  return outcome
+
+
 def cores(slot: int, parallel: int, available: list[int]) -> list[int]:
   """The CPU cores of slot `slot` of `parallel`: an equal share of
   `available`, disjoint from the other slots' while there are enough."""
@@ -154,12 +189,60 @@ def cores(slot: int, parallel: int, available: list[int]) -> list[int]:
   return available[slot * share : (slot + 1) * share]
 
 
-def _evaluate(run: Run, root: str, status: str, eval_batches: int) -> Outcome:
+def _evaluate(run: Run, root: str, outcome: Outcome, eval_batches: int) -> Outcome:
   try:
     results.evaluate_run(os.path.join(root, run.name), num_batches=eval_batches)
   except (ExportError, DataError, SweepError) as e:
-    return Outcome(run.name, 'failed', f'evaluation: {e}')
-  return Outcome(run.name, status)
+    return dataclasses.replace(outcome, status='failed', message=f'evaluation: {e}')
+  return outcome
+
+
+def _finetune(
+  plan: Plan,
+  run: Run,
+  root: str,
+  outcome: Outcome,
+  finetune: list[str],
+  echo: Callable[[str], None],
+  stop: '_StopOnSigterm',
+  pinned: list[int] | None,
+) -> Outcome:
+  """Fine-tunes the trained `run` on the plan's downstream task unless
+  scored before (on the CPU cores `pinned`; None: all): `outcome` with its
+  downstream status. A rerun of a stopped or unscored fine-tuning resumes
+  from its latest checkpoint."""
+  if downstream.read_result(os.path.join(root, run.name)) is not None:
+    return dataclasses.replace(outcome, downstream='fine-tuned before')
+  if stop.requested:
+    return dataclasses.replace(outcome, downstream='stopped')
+  command = [*finetune, *plan.finetune_arguments(run, root)]
+  echo(f'$ {shlex.join(command)}' + (f'  # cores {",".join(map(str, pinned))}' if pinned else ''))
+  returncode, last_line = stop.run(
+    command, prefix=f'[{run.name} fine-tuning] ', echo=echo, cores=pinned
+  )
+  if stop.requested:
+    return dataclasses.replace(
+      outcome, downstream='stopped', downstream_message='rerun the sweep to resume'
+    )
+  if returncode:
+    return dataclasses.replace(
+      outcome, downstream='failed', downstream_message=f'exit status {returncode}: {last_line}'
+    )
+  return dataclasses.replace(outcome, downstream='fine-tuned')
+
+
+def _score(run: Run, root: str, outcome: Outcome) -> Outcome:
+  """`outcome`, its fresh fine-tuning scored on the dev set (a failure to
+  score is the fine-tuning's); any other as it is."""
+  if outcome.downstream != 'fine-tuned':
+    return outcome
+  try:
+    result = downstream.score(os.path.join(root, run.name))
+  except (ExportError, DataError, SweepError, UsageError) as e:
+    return dataclasses.replace(outcome, downstream='failed', downstream_message=f'scoring: {e}')
+  return dataclasses.replace(
+    outcome, downstream_message=f'dev accuracy {result["accuracy"]:.4f} ({result["examples"]})'
+  )
 
 
 def evaluate_unevaluated(plan: Plan, root: str, *, eval_batches: int) -> None:
@@ -181,6 +264,40 @@ def evaluate_unevaluated(plan: Plan, root: str, *, eval_batches: int) -> None:
         results.evaluate_run(workdir, num_batches=eval_batches)
       except (ExportError, DataError) as e:
         raise SweepError(f'{run.name}: {e}') from None
+
+
+def finetune_unfinetuned(
+  plan: Plan,
+  root: str,
+  *,
+  finetune: Sequence[str],
+  cwd: str,
+  echo: Callable[[str], None] = print,
+) -> list[Outcome]:
+  """Fine-tunes and scores, one after another, each evaluated run of `plan`
+  that has its final checkpoint but no downstream result (runs launched by
+  `--emit` commands, or trained before `--downstream` was given); returns
+  their outcomes, failed ones included. Nothing without a downstream task,
+  or for runs whose checkpoints are gone (a committed sweep)."""
+  if plan.downstream is None:
+    return []
+  stop, outcomes = _StopOnSigterm(cwd), []
+  try:
+    for run in plan.runs:
+      workdir = os.path.join(root, run.name)
+      if (
+        results.read_result(workdir) is None
+        or results.final_step(workdir) is None
+        or downstream.read_result(workdir) is not None
+      ):
+        continue
+      outcome = _finetune(
+        plan, run, root, Outcome(run.name, 'finished before'), list(finetune), echo, stop, None
+      )
+      outcomes.append(_finish(run, root, outcome, 0, echo))
+  finally:
+    stop.close()
+  return outcomes
 
 
 class _StopOnSigterm:

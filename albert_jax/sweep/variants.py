@@ -8,7 +8,7 @@ config overrides of preset `scale` of experiments/configs/pretrain.py.
 import dataclasses
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from albert_jax.errors import SweepError
@@ -17,13 +17,17 @@ from albert_jax.errors import SweepError
 # tiny and mini for this CPU (H = 64, a few minutes a run; H = 256, <= 15
 # minutes a run), and the paper's ALBERT-base for accelerators.
 SCALES = ('tiny', 'mini', 'base')
-# What a comparison measures, on the held-out examples of albert_jax.evaluate:
-# MLM accuracy on the SOP examples (every run, whatever its objective), or the
-# sentence head's accuracy on the SOP or the NSP examples.
+# What a comparison measures, (examples, measure): on the held-out examples
+# of albert_jax.evaluate, MLM accuracy on the SOP examples (every run,
+# whatever its objective), or the sentence head's accuracy on the SOP or the
+# NSP examples; or the dev accuracy of the run fine-tuned on the sweep's
+# downstream task (albert_jax.sweep.downstream; compared only when the sweep
+# has one).
 METRICS = {
   'mlm': ('sop', 'mlm'),
   'sop': ('sop', 'sentence'),
   'nsp': ('nsp', 'sentence'),
+  'downstream': ('dev', 'downstream'),
 }
 
 
@@ -58,6 +62,15 @@ class Sweep:
   preset: str  # Of experiments/configs/pretrain.py: the scale.
   variants: tuple[Variant, ...]
   comparisons: tuple[Comparison, ...] = ()
+
+
+def downstream_twins(comparisons: Sequence[Comparison]) -> tuple[Comparison, ...]:
+  """Each MLM comparison of `comparisons` again on downstream accuracy: the
+  paper's Tables 3 and 4 report downstream accuracy, for which held-out MLM
+  accuracy stands in when a sweep has no downstream task."""
+  return tuple(
+    dataclasses.replace(c, metric='downstream') for c in comparisons if c.metric == 'mlm'
+  )
 
 
 def check_scale(scale: str) -> None:

@@ -7,11 +7,13 @@ tiny (H = 64):  E in {8, 16, 32, 64}: about the same fractions of H (1/8 to 1),
                 the last E = H, no projection, as the paper's 768.
 
 The paper finds E = 128 best for all-shared and a larger E better for
-not-shared; the report compares held-out MLM accuracy, paired by seed, with
-the scale's second E standing for the paper's 128.
+not-shared, in downstream accuracy; the report compares held-out MLM
+accuracy, paired by seed, with the scale's second E standing for the paper's
+128, and with a downstream task (launch.sweep --downstream) the same
+comparisons on its dev accuracy.
 """
 
-from albert_jax.sweep.variants import Comparison, Sweep, Variant, check_scale
+from albert_jax.sweep.variants import Comparison, Sweep, Variant, check_scale, downstream_twins
 
 _EMBEDDING_SIZES = {'tiny': (8, 16, 32, 64), 'mini': (64, 128, 256), 'base': (64, 128, 256, 768)}
 _SHARING = (('none', 'not-shared'), ('all', 'all-shared'))
@@ -47,5 +49,5 @@ def get_sweep(scale: str) -> Sweep:
     title='Table 3, the effect of vocabulary embedding size',
     preset=scale,
     variants=variants,
-    comparisons=tuple(comparisons),
+    comparisons=(*comparisons, *downstream_twins(comparisons)),
   )

@@ -6,10 +6,11 @@ mini (H = 256): E in {256, 128}: E = H, and the paper's factorized E.
 tiny (H = 64):  E in {64, 32}: E = H, and the tiny preset's factorized E (H/2).
 
 The paper compares downstream accuracy; the report compares held-out MLM
-accuracy, paired by seed.
+accuracy, paired by seed, and with a downstream task (launch.sweep
+--downstream) the same comparisons on its dev accuracy.
 """
 
-from albert_jax.sweep.variants import Comparison, Sweep, Variant, check_scale
+from albert_jax.sweep.variants import Comparison, Sweep, Variant, check_scale, downstream_twins
 
 _EMBEDDING_SIZES = {'tiny': (64, 32), 'mini': (256, 128), 'base': (768, 128)}
 _SHARING = (
@@ -54,5 +55,5 @@ def get_sweep(scale: str) -> Sweep:
     title='Table 4, the effect of cross-layer parameter sharing',
     preset=scale,
     variants=variants,
-    comparisons=tuple(comparisons),
+    comparisons=(*comparisons, *downstream_twins(comparisons)),
   )
