@@ -69,13 +69,8 @@ def train(
   # ---------------------------------------------------------------- 1. Run
   # An impossible mesh or batch is refused before anything is written.
   mesh = mesh_lib.make_mesh(dataclasses.asdict(config.mesh), devices)
-  step_lib.settle_train(
-    config.train,
-    mesh,
-    config.sharding_rules,
-    tokens_per_example=config.data.max_seq_length,
-    hidden_size=config.model.hidden_size,
-  )
+  sizes = dict(tokens_per_example=config.data.max_seq_length, hidden_size=config.model.hidden_size)
+  step_lib.settle_train(config.train, mesh, config.sharding_rules, **sizes)
   with (
     distributed.PreemptionWatcher() as preemption,
     workdir_lib.claim(workdir, config, unsettled=config.unsettled_keys) as claimed,

@@ -199,14 +199,8 @@ def assemble(
   Raises UsageError for a batch or a parameter that does not split.
   """
   if train is not None:
-    train = settle_train(
-      train,
-      mesh,
-      rules,
-      batch_factor=batch_factor,
-      tokens_per_example=tokens_per_example,
-      hidden_size=model.config.hidden_size,
-    )
+    sizes = dict(tokens_per_example=tokens_per_example, hidden_size=model.config.hidden_size)
+    train = settle_train(train, mesh, rules, batch_factor=batch_factor, **sizes)
   optimizer, schedule = _optimizer(model, init_inputs, train)
   initial = state_lib.initial_state(
     model, init_inputs, optimizer=optimizer, seed=train.seed if train else 0, mesh=mesh, rules=rules
