@@ -8,6 +8,8 @@ benchmarks/results/README.md; setting the key overrides it.
 
 import math
 
+from albert_jax.config import ModelConfig
+
 # Unrolling the layer loop into straight-line code (nn.scan's `unroll`; the
 # params keep their scanned layout) lets XLA fuse and schedule across layers:
 # the fastest step on CPUs and GPUs at every depth measured, but the program
@@ -34,19 +36,19 @@ CPU_MICRO_BATCH_WIDTH = 768
 CPU_MICRO_BATCH_MIN_EXAMPLES = 2
 
 # On TPUs, micro-batches of at most this many tokens per device: base's
-# step at 8 x 512 per chip needs 6.65 GiB of a v5e's 16 (no remat; the
-# whole batch of 256 a chip does not compile, 201 GB); xxlarge's at 8 x 512
-# on v5p-512 (data 8 x fsdp 64) 14.6 GiB of 95 (docs/tpu.md, the TPU
-# compiler's figures).
+# step at 8 x 512 per chip needs 2.70 GiB of a v5e's 16 (no remat, layers
+# unrolled; the whole batch of 256 a chip does not compile, 201 GB);
+# xxlarge's at 8 x 512 on v5p-512 (data 8 x fsdp 64) 13.6 GiB of 95
+# (docs/tpu.md, the TPU compiler's figures).
 TPU_MICRO_BATCH_TOKENS = 4096
 
 
-def layer_unroll(configured: int, depth: int, backend: str, *, remat: bool = False) -> int:
+def layer_unroll(model: ModelConfig, backend: str) -> int:
   """Layer applications per loop iteration: model.unroll, or for 0 the
-  backend's choice (`depth`, i.e. no loop, or 1). `remat`: whether the
-  layers are rematerialised (model.remat_policy is not 'none')."""
-  if configured:
-    return configured
+  backend's choice (all of them, i.e. no loop, or 1)."""
+  if model.unroll:
+    return model.unroll
+  depth, remat = model.num_layer_applications, model.remat_policy != 'none'
   return 1 if (backend == 'tpu' and remat) or depth > MAX_UNROLLED_LAYERS else depth
 
 

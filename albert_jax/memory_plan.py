@@ -261,10 +261,7 @@ def tpu_record(config: PretrainConfig, topology: TpuTopology, step: str = 'pretr
   step the compiler refuses for the chip's HBM has its message as
   'compile_error' instead of memory and estimates.
   """
-  depth = config.model.num_layer_applications
-  unroll = backend_defaults.layer_unroll(
-    config.model.unroll, depth, 'tpu', remat=config.model.remat_policy != 'none'
-  )
+  unroll = backend_defaults.layer_unroll(config.model, 'tpu')
   mesh = mesh_lib.make_mesh(dataclasses.asdict(config.mesh), topology.devices)
   shards = mesh_lib.batch_shards(mesh, config.sharding_rules)
   accum = backend_defaults.grad_accum_steps(

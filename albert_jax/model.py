@@ -353,9 +353,7 @@ class Encoder(nn.Module):
       shared[name] = self.param(f'shared_{name}', functools.partial(_sublayer_params, cfg, name))
 
     depth = cfg.num_layer_applications
-    unroll = backend_defaults.layer_unroll(
-      cfg.unroll, depth, jax.default_backend(), remat=cfg.remat_policy != 'none'
-    )
+    unroll = backend_defaults.layer_unroll(cfg, jax.default_backend())
     layer_type = EncoderLayer
     if cfg.remat_policy != 'none':
       # Inside a loop, common-subexpression elimination cannot undo remat; in

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from albert_jax import backend_defaults, benchmark
+from albert_jax.config import ModelConfig
 from albert_jax.train import mesh as mesh_lib
 from albert_jax.train.config import PretrainConfig
 from experiments.configs import pretrain
@@ -24,7 +25,8 @@ from experiments.configs import pretrain
   ],
 )
 def test_layer_unroll(configured, depth, backend, remat, expected):
-  assert backend_defaults.layer_unroll(configured, depth, backend, remat=remat) == expected
+  model = ModelConfig(num_layers=depth, unroll=configured, remat_policy='full' if remat else 'none')
+  assert backend_defaults.layer_unroll(model, backend) == expected
 
 
 @pytest.mark.parametrize(

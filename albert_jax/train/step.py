@@ -119,13 +119,7 @@ class Run:
   def layer_unroll(self) -> int:
     """Layers per iteration of the model's layer loop, as the model chooses
     them (model.py, Encoder)."""
-    config = self.model_config
-    return backend_defaults.layer_unroll(
-      config.unroll,
-      config.num_layer_applications,
-      jax.default_backend(),
-      remat=config.remat_policy != 'none',
-    )
+    return backend_defaults.layer_unroll(self.model_config, jax.default_backend())
 
   @property
   def step_settings(self) -> str:
@@ -240,7 +234,7 @@ def settle_train(
   *,
   batch_factor: int = 1,
   tokens_per_example: int = 0,
-  hidden_size: int = 0,
+  hidden_size: int,
 ) -> TrainConfig:
   """`train` with grad_accum_steps 0 replaced by the backend's choice
   (backend_defaults.py), once its batch is known to split over the mesh's
