@@ -1059,6 +1059,89 @@ def test_report_rebuilds_results_md_byte_for_byte_from_the_committed_files(tmp_p
   assert b'| reproduced |' in expected and b'[+' in expected
 
 
+COMMITTED = os.path.join(REPO, 'experiments', 'results')
+REBUILT = 'sentence_debian_tiny'  # Table 5, with its downstream column.
+ACCURACY_COLUMNS = {
+  'mlm': 'mlm_accuracy',
+  'sop': 'sop_accuracy',
+  'nsp': 'nsp_accuracy',
+  'downstream': 'downstream_accuracy',
+}
+
+
+def test_report_rebuilds_a_committed_results_md_byte_for_byte(tmp_path):
+  """A committed sweep directory, less its report, is all `--report` needs."""
+  source = os.path.join(COMMITTED, REBUILT)
+  shutil.copytree(source, tmp_path / REBUILT, ignore=shutil.ignore_patterns('results.*', '*.png'))
+  result = _sweep(f'--report={tmp_path / REBUILT}')
+  assert result.returncode == 0, result.stderr
+  for name in ('results.md', 'results.csv'):
+    with open(os.path.join(source, name), 'rb') as f:
+      assert (tmp_path / REBUILT / name).read_bytes() == f.read(), name
+
+
+def test_the_reissued_tables_are_what_reissue_writes():
+  """The findings of the tables made before outcomes were kept are
+  experiments/results/reissue.py's, from their results.csv."""
+  from experiments.results import reissue
+
+  rewritten = 0
+  for name, spec in reissue.TABLES.items():
+    with open(os.path.join(COMMITTED, name, 'results.md')) as f:
+      text = f.read()
+    start = text.find(reissue.FINDINGS)
+    if start >= 0:
+      assert text[start:] == '\n'.join(reissue.findings(reissue.measure(name, spec))) + '\n', name
+      assert 'bootstrap over seeds' not in text, name
+      rewritten += 1
+  assert rewritten == 4
+
+
+def _t_interval_from_csv(rows, comparison) -> tuple[float, float]:
+  """Student-t 95 % interval of the seeds' paired differences in results.csv,
+  computed here without albert_jax.sweep.stats."""
+  column = ACCURACY_COLUMNS[comparison.metric]
+  value = {(r['variant'], r['seed']): float(r[column]) for r in rows if r.get(column)}
+  seeds = [s for (v, s) in value if v == comparison.ahead and (comparison.behind, s) in value]
+  d = np.array([value[comparison.ahead, s] - value[comparison.behind, s] for s in seeds])
+  half = scipy_stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+  return d.mean() - half, d.mean() + half
+
+
+def test_every_committed_reproduced_verdict_holds_by_a_t_interval_over_its_results_csv():
+  from experiments.results import reissue
+
+  reproduced = 0
+  for name in sorted(os.listdir(COMMITTED)):
+    directory = os.path.join(COMMITTED, name)
+    if not os.path.exists(os.path.join(directory, 'results.md')):
+      continue
+    with open(os.path.join(directory, 'results.md')) as f:
+      cells = [[c.strip() for c in line.strip().strip('|').split('|')] for line in f]
+    verdicts = [row for row in cells if row[-1] == 'reproduced']
+    if not verdicts:
+      continue
+    if name in reissue.TABLES:
+      spec = os.path.join('experiments', 'ablations', reissue.TABLES[name])
+    else:
+      with open(os.path.join(directory, 'sweep.json')) as f:
+        spec = json.load(f)['spec']
+    sweep = variants.load_sweep(os.path.join(REPO, spec))
+    by_variant = {v.name: v for v in sweep.variants}
+    by_row = {}
+    for c in sweep.comparisons:
+      ahead, behind = by_variant[c.ahead], by_variant[c.behind]
+      by_row[f'{ahead.label} − {behind.label} ({ahead.group})', report.METRIC_NAMES[c.metric]] = c
+    with open(os.path.join(directory, 'results.csv')) as f:
+      rows = list(csv.DictReader(f))
+    for row in verdicts:
+      comparison = by_row[row[0], row[1]]
+      low, _ = _t_interval_from_csv(rows, comparison)
+      assert low > -comparison.margin, (name, row[:2])
+      reproduced += 1
+  assert reproduced >= 6  # Table 5 at mini scale's five, Table 4 tiny's downstream one.
+
+
 # -- The mini scale ---------------------------------------------------------
 
 

@@ -142,7 +142,7 @@ def prepare(
 
 
 def _bucketing(data: TaskDataConfig) -> str:
-  """How batches are padded, e.g. 'multiples of 32 up to 128, rows grouped by
+  """How batches are padded, e.g. 'multiples of 16 up to 128, rows grouped by
   length in groups of 50 batches'."""
   if not data.bucket_multiple:
     return f'max_seq_length {data.max_seq_length}'

@@ -329,7 +329,7 @@ def _downstream_notes(plan: Plan, root: str, finished: Sequence[str]) -> list[st
   return notes
 
 
-_METRIC_NAMES = {
+METRIC_NAMES = {
   'mlm': 'MLM acc. (SOP examples)',
   'sop': 'sentence head on SOP',
   'nsp': 'sentence head on NSP',
@@ -376,7 +376,7 @@ def comparison_table(plan: Plan, root: str) -> str:
       name = f'{ahead.label} − {behind.label} ({ahead.group})'
     else:
       name = f'{ahead.group} {ahead.label} − {behind.group} {behind.label}'
-    cells = [name, _METRIC_NAMES[comparison.metric], comparison.paper]
+    cells = [name, METRIC_NAMES[comparison.metric], comparison.paper]
     left_out = [
       v for v in (comparison.ahead, comparison.behind) if plan.selected and v not in plan.selected
     ]

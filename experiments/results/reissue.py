@@ -1,20 +1,27 @@
-"""Re-issues the committed tables under the sweep report's new method, from
-their results.csv alone (their per-example outcomes were not kept): for each
-comparison of the sweep, the seeds' paired differences, the Student-t 95 %
-interval over them, the p-value, Holm's adjustment over the table and the
-verdicts, beside the verdict its results.md committed. The seeds'
-differences are exactly those the report computes from outcomes (a seed's
-difference of accuracy over the same examples), so only the checks that
-need outcomes (example ids, collapsed predictions) are missing; equal
-accuracies of two variants of one seed stand in for the latter.
+"""Re-issues the tables committed before the sweeps kept per-example
+outcomes, under the report's method, from their results.csv alone: for each
+comparison, the seeds' paired differences, the Student-t 95 % interval over
+them, the p-value, Holm's adjustment over the table and the verdict. A seed's
+difference is the difference of the two runs' accuracies over the same
+examples, which results.csv holds to float precision, so these are the
+numbers the report computes from outcomes. Only the checks that need
+outcomes (example ids, collapsed predictions) cannot be made; two variants of
+one seed with bitwise-equal MLM, NSP and SOP accuracies stand in for the
+latter.
+
+It rewrites each table's findings section in its results.md (from the
+"#### The paper's findings" heading to the end) and prints REISSUE.md's
+tables, with the verdict per comparison beside the one after Holm's
+correction.
 
   python -m experiments.results.reissue    # from the repository root
 """
 
 import csv
+import dataclasses
 import os
 
-from albert_jax.sweep import stats, variants
+from albert_jax.sweep import report, stats, variants
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,17 +34,17 @@ TABLES = {
   'sharing': 'sharing.py:tiny',
 }
 COLUMNS = {'mlm': 'mlm_accuracy', 'sop': 'sop_accuracy', 'nsp': 'nsp_accuracy'}
+FINDINGS = "#### The paper's findings"
 
 
-def committed_verdicts(directory: str) -> dict[tuple[str, str], str]:
-  """(comparison, measured) -> the verdict of the directory's results.md."""
-  verdicts = {}
-  with open(os.path.join(directory, 'results.md')) as f:
-    for line in f:
-      cells = [cell.strip() for cell in line.strip().strip('|').split('|')]
-      if ' − ' in line and len(cells) >= 7:
-        verdicts[cells[0], cells[1]] = f'{cells[3]} {cells[4]} {cells[-1]}'
-  return verdicts
+@dataclasses.dataclass(frozen=True)
+class Row:
+  label: str
+  comparison: variants.Comparison
+  differences: list[float]  # One per seed, seed order of results.csv.
+  paired: stats.Paired
+  untrained: list[str]  # Runs stuck at constant predictions: no verdict.
+  adjusted_p: float | None  # Holm's, over the rows with a verdict.
 
 
 def stuck_runs(rows: list[dict[str, str]]) -> set[str]:
@@ -50,70 +57,137 @@ def stuck_runs(rows: list[dict[str, str]]) -> set[str]:
   return {run for runs in seen.values() if len(runs) > 1 for run in runs}
 
 
-def table(name: str, spec: str) -> list[str]:
-  directory = os.path.join(REPO, 'experiments', 'results', name)
-  with open(os.path.join(directory, 'results.csv')) as f:
+def measure(name: str, spec: str) -> list[Row]:
+  """The table's comparisons that both variants' runs measured."""
+  with open(os.path.join(REPO, 'experiments', 'results', name, 'results.csv')) as f:
     rows = list(csv.DictReader(f))
   sweep = variants.load_sweep(os.path.join(REPO, 'experiments', 'ablations', spec))
   by_variant = {v.name: v for v in sweep.variants}
-  old = committed_verdicts(directory)
+  value = {(r['variant'], r['seed']): r for r in rows}
   stuck = stuck_runs(rows)
   measured = []
   for comparison in sweep.comparisons:
-    value = {(r['variant'], r['seed']): r for r in rows}
     seeds = [s for (v, s) in value if v == comparison.ahead and (comparison.behind, s) in value]
-    if not seeds:
+    if not seeds or comparison.metric not in COLUMNS:
       continue
     column = COLUMNS[comparison.metric]
     pairs = [(value[comparison.ahead, s], value[comparison.behind, s]) for s in seeds]
     differences = [float(a[column]) - float(b[column]) for a, b in pairs]
-    untrained = sorted({r['run'] for pair in pairs for r in pair} & stuck)
+    ahead, behind = by_variant[comparison.ahead], by_variant[comparison.behind]
     measured.append(
-      (comparison, differences, stats.paired(differences, int(rows[0]['eval_examples'])), untrained)
+      Row(
+        label=f'{ahead.label} − {behind.label} ({ahead.group})',
+        comparison=comparison,
+        differences=differences,
+        paired=stats.paired(differences, int(rows[0]['eval_examples'])),
+        untrained=sorted({r['run'] for pair in pairs for r in pair} & stuck),
+        adjusted_p=None,
+      )
     )
-  tested = [m for m in measured if not m[3]]
-  holm = dict(
-    zip(
-      (id(m) for m in tested),
-      stats.holm([stats.p_value(m[2], m[0].margin) for m in tested]),
-    )
-  )
+  tested = [m for m in measured if not m.untrained]
+  adjusted = stats.holm([stats.p_value(m.paired, m.comparison.margin) for m in tested])
+  holm = {id(m): p for m, p in zip(tested, adjusted)}
+  return [dataclasses.replace(m, adjusted_p=holm.get(id(m))) for m in measured]
+
+
+def _seeds(row: Row) -> str:
+  return ', '.join(f'{100 * d:+.2f}' for d in row.differences)
+
+
+def _interval(row: Row) -> str:
+  return f'[{100 * row.paired.low:+.2f}, {100 * row.paired.high:+.2f}]'
+
+
+def _verdict(row: Row, corrected: bool) -> str:
+  if row.untrained:
+    return f'no verdict: {", ".join(row.untrained)} not trained'
+  return stats.verdict(row.paired, row.comparison.margin, row.adjusted_p if corrected else None)
+
+
+def _holm(row: Row) -> str:
+  return '' if row.adjusted_p is None else f'{row.adjusted_p:.2g}'
+
+
+def findings(measured: list[Row]) -> list[str]:
+  """results.md's findings section, in the report's columns and the seeds'
+  differences."""
+  lines = [
+    f'{FINDINGS}: paired differences, 95% CI (re-issued)',
+    '',
+    'Re-computed from `results.csv` by `experiments/results/reissue.py`; these runs kept no '
+    'per-example outcomes. Each difference is first variant minus second, in accuracy points, '
+    'the mean over the seeds of their paired differences (same seed: same data order and '
+    'held-out examples); its interval is Student-t over those seeds (95%, per comparison), and '
+    "p (Holm) is each comparison's p-value adjusted over the table's comparisons that have a "
+    "verdict. Verdict on the paper's direction (first ahead; or, where the paper finds the two "
+    'alike, first no more than a margin behind): reproduced / not reproduced / inconclusive (CI '
+    'spans 0 or the margin, or Holm-adjusted p ≥ 0.05). Not checked, for want of outcomes: the '
+    'pairing by example id; two variants of one seed with bitwise-equal MLM, NSP and SOP '
+    "accuracies stand for runs stuck at constant predictions. The retired bootstrap's intervals "
+    'and verdicts are in `../REISSUE.md`.',
+    '',
+    '| comparison | measured | paper | seeds (points) | difference | CI | p (Holm) '
+    '| seeds × examples | verdict |',
+    '|---|---|---|---|---:|---:|---:|---:|---|',
+  ]
+  for row in measured:
+    cells = [
+      row.label,
+      report.METRIC_NAMES[row.comparison.metric],
+      row.comparison.paper,
+      _seeds(row),
+      f'{100 * row.paired.difference:+.2f}',
+      _interval(row),
+      _holm(row),
+      f'{row.paired.seeds} × {row.paired.examples}',
+      _verdict(row, corrected=True),
+    ]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def reissue_table(name: str, measured: list[Row]) -> list[str]:
+  """REISSUE.md's table: the verdict per comparison beside Holm's."""
   lines = [
     f'#### `{name}/`',
     '',
-    '| comparison | measured | seeds (points) | committed: difference, CI, verdict | t 95 % CI '
-    '| p | p (Holm) | verdict per comparison | verdict, Holm |',
-    '|---|---|---|---|---:|---:|---:|---|---|',
+    '| comparison | measured | seeds (points) | t 95 % CI | p | p (Holm) '
+    '| verdict per comparison | verdict, Holm |',
+    '|---|---|---|---:|---:|---:|---|---|',
   ]
-  for m in measured:
-    comparison, differences, paired, untrained = m
-    ahead, behind = by_variant[comparison.ahead], by_variant[comparison.behind]
-    label = f'{ahead.label} − {behind.label} ({ahead.group})'
-    metric = {'mlm': 'MLM acc. (SOP examples)', 'sop': 'sentence head on SOP'}.get(
-      comparison.metric, 'sentence head on NSP'
-    )
-    seeds = ', '.join(f'{100 * d:+.2f}' for d in differences)
-    before = old.get((label, metric), 'none committed')
-    interval = f'[{100 * paired.low:+.2f}, {100 * paired.high:+.2f}]'
-    p = stats.p_value(paired, comparison.margin)
-    if untrained:
-      withdrawn = f'withdrawn: {", ".join(untrained)} not trained'
-      cells = ['', withdrawn, withdrawn]
-    else:
-      adjusted = holm[id(m)]
-      cells = [
-        f'{adjusted:.2g}',
-        stats.verdict(paired, comparison.margin),
-        stats.verdict(paired, comparison.margin, adjusted),
-      ]
-    row = [label, metric, seeds, before, interval, f'{p:.2g}', *cells]
-    lines.append('| ' + ' | '.join(row) + ' |')
+  for row in measured:
+    p = stats.p_value(row.paired, row.comparison.margin)
+    cells = [
+      row.label,
+      report.METRIC_NAMES[row.comparison.metric],
+      _seeds(row),
+      _interval(row),
+      f'{p:.2g}',
+      _holm(row),
+      _verdict(row, corrected=False),
+      _verdict(row, corrected=True),
+    ]
+    lines.append('| ' + ' | '.join(cells) + ' |')
   return lines + ['']
+
+
+def rewrite_findings(name: str, measured: list[Row]) -> None:
+  """Replaces the findings section of the table's results.md, if it has one."""
+  path = os.path.join(REPO, 'experiments', 'results', name, 'results.md')
+  with open(path) as f:
+    text = f.read()
+  start = text.find(FINDINGS)
+  if start < 0:
+    return
+  with open(path, 'w') as f:
+    f.write(text[:start] + '\n'.join(findings(measured)) + '\n')
 
 
 def main() -> None:
   for name, spec in TABLES.items():
-    print('\n'.join(table(name, spec)))
+    measured = measure(name, spec)
+    rewrite_findings(name, measured)
+    print('\n'.join(reissue_table(name, measured)))
 
 
 if __name__ == '__main__':
