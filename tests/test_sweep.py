@@ -1367,6 +1367,9 @@ def test_downstream_comparisons_pair_by_example_id_with_holm_verdicts(tmp_path):
   assert _downstream_rows(tmp_path)['SOP − None (ALBERT tiny)'][-1] == (
     'no verdict: the classifier of sop-seed1 gives one class to every example |'
   )
+  assert 'One class to every dev example (no verdict where one is ahead): sop-seed1.' in (
+    (tmp_path / 'results.md').read_text()
+  )
   # Without a downstream task, neither the column nor its comparisons.
   report.write_report(dataclasses.replace(plan, downstream=None), str(tmp_path))
   assert 'ownstream' not in (tmp_path / 'results.md').read_text()

@@ -299,8 +299,9 @@ def _chance_notes(plan: Plan, root: str, finished: set[str]) -> list[str]:
 
 def _downstream_notes(plan: Plan, root: str, finished: Sequence[str]) -> list[str]:
   """With a downstream task: what the column measures and its chance (the
-  dev set's majority class, with the band of luck over its examples), and
-  the finished runs without a downstream result."""
+  dev set's majority class, with the band of luck over its examples), the
+  classifiers stuck at one class, and the finished runs without a
+  downstream result."""
   if plan.downstream is None:
     return []
   scored = {}
@@ -323,6 +324,11 @@ def _downstream_notes(plan: Plan, root: str, finished: Sequence[str]) -> list[st
       f'a classifier is within ±{100 * half:.1f} points of it by luck (95 %).'
     )
   notes = [note]
+  constant = [name for name in finished if name in scored and downstream.constant(scored[name])]
+  if constant:
+    notes.append(
+      f'One class to every dev example (no verdict where one is ahead): {", ".join(constant)}.'
+    )
   unscored = [name for name in finished if name not in scored]
   if unscored:
     notes.append(f'Not fine-tuned: {", ".join(unscored)}.')
