@@ -34,9 +34,9 @@ class TaskDataConfig(Record):
   num_labels: int = 0  # 0: from the data.
   max_seq_length: int = 128
   # Batches padded to the next multiple of this (at most max_seq_length);
-  # 0: every batch to max_seq_length. See finetune/buckets.py. 16 over 32:
-  # 8 shapes at 128, not 4, for 1.8x the transformers loop, not 1.3x
-  # (docs/finetuning.md).
+  # 0: every batch to max_seq_length. See finetune/buckets.py. 16, not 32:
+  # 8 shapes at 128, not 4, for 1.7x the transformers loop's examples/s,
+  # not 1.3x (docs/performance.md).
   bucket_multiple: int = 16
   # Training rows sorted by length within groups of this many batches of
   # each epoch's shuffle, and the batches shuffled (less padding); 1: batches
