@@ -1062,12 +1062,6 @@ def test_report_rebuilds_results_md_byte_for_byte_from_the_committed_files(tmp_p
 
 COMMITTED = os.path.join(REPO, 'experiments', 'results')
 REBUILT = 'sentence_debian_tiny'  # Table 5, with its downstream column.
-ACCURACY_COLUMNS = {
-  'mlm': 'mlm_accuracy',
-  'sop': 'sop_accuracy',
-  'nsp': 'nsp_accuracy',
-  'downstream': 'downstream_accuracy',
-}
 
 
 def test_report_rebuilds_a_committed_results_md_byte_for_byte(tmp_path):
@@ -1099,7 +1093,7 @@ def test_the_reissued_tables_are_what_reissue_writes():
 def _t_interval_from_csv(rows, comparison) -> tuple[float, float]:
   """Student-t 95 % interval of the seeds' paired differences in results.csv,
   computed here without albert_jax.sweep.stats."""
-  column = ACCURACY_COLUMNS[comparison.metric]
+  column = report.METRIC_COLUMNS[comparison.metric]
   value = {(r['variant'], r['seed']): float(r[column]) for r in rows if r.get(column)}
   seeds = [s for (v, s) in value if v == comparison.ahead and (comparison.behind, s) in value]
   d = np.array([value[comparison.ahead, s] - value[comparison.behind, s] for s in seeds])
@@ -1129,8 +1123,8 @@ def test_every_committed_verdict_holds_by_a_t_interval_over_its_results_csv():
     by_variant = {v.name: v for v in sweep.variants}
     by_row = {}
     for c in sweep.comparisons:
-      ahead, behind = by_variant[c.ahead], by_variant[c.behind]
-      by_row[f'{ahead.label} − {behind.label} ({ahead.group})', report.METRIC_NAMES[c.metric]] = c
+      name = report.comparison_name(by_variant[c.ahead], by_variant[c.behind])
+      by_row[name, report.METRIC_NAMES[c.metric]] = c
     with open(os.path.join(directory, 'results.csv')) as f:
       rows = list(csv.DictReader(f))
     for row in verdicts:

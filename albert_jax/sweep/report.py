@@ -51,7 +51,7 @@ from matplotlib.figure import Figure
 
 from albert_jax.errors import SweepError
 from albert_jax.sweep import downstream, results, stats, variants
-from albert_jax.sweep.plan import FINETUNE_TASK, Plan
+from albert_jax.sweep.plan import FINETUNE_TASK, Plan, Run
 
 COLUMNS = (
   'run',
@@ -341,6 +341,20 @@ METRIC_NAMES = {
   'nsp': 'sentence head on NSP',
   'downstream': 'downstream dev acc.',
 }
+# results.csv's column of each comparison metric.
+METRIC_COLUMNS = {
+  'mlm': 'mlm_accuracy',
+  'sop': 'sop_accuracy',
+  'nsp': 'nsp_accuracy',
+  'downstream': 'downstream_accuracy',
+}
+
+
+def comparison_name(ahead: variants.Variant | Run, behind: variants.Variant | Run) -> str:
+  """A comparison's row name: 'E=128 − E=64 (ALBERT mini all-shared)'."""
+  if ahead.group == behind.group:
+    return f'{ahead.label} − {behind.label} ({ahead.group})'
+  return f'{ahead.group} {ahead.label} − {behind.group} {behind.label}'
 
 
 def comparison_table(plan: Plan, root: str) -> str:
@@ -378,11 +392,7 @@ def comparison_table(plan: Plan, root: str) -> str:
     ahead, behind = by_variant.get(comparison.ahead), by_variant.get(comparison.behind)
     if ahead is None or behind is None:
       continue  # Not in this plan (e.g. an older sweep.json).
-    if ahead.group == behind.group:
-      name = f'{ahead.label} − {behind.label} ({ahead.group})'
-    else:
-      name = f'{ahead.group} {ahead.label} − {behind.group} {behind.label}'
-    cells = [name, METRIC_NAMES[comparison.metric], comparison.paper]
+    cells = [comparison_name(ahead, behind), METRIC_NAMES[comparison.metric], comparison.paper]
     left_out = [
       v for v in (comparison.ahead, comparison.behind) if plan.selected and v not in plan.selected
     ]

@@ -33,7 +33,6 @@ TABLES = {
   'sharing_debian_mini': 'sharing.py:mini',
   'sharing': 'sharing.py:tiny',
 }
-COLUMNS = {'mlm': 'mlm_accuracy', 'sop': 'sop_accuracy', 'nsp': 'nsp_accuracy'}
 FINDINGS = "#### The paper's findings"
 
 
@@ -68,15 +67,14 @@ def measure(name: str, spec: str) -> list[Row]:
   measured = []
   for comparison in sweep.comparisons:
     seeds = [s for (v, s) in value if v == comparison.ahead and (comparison.behind, s) in value]
-    if not seeds or comparison.metric not in COLUMNS:
-      continue
-    column = COLUMNS[comparison.metric]
+    column = report.METRIC_COLUMNS[comparison.metric]
+    if not seeds or column not in rows[0]:
+      continue  # Not run, or downstream: these tables have no such column.
     pairs = [(value[comparison.ahead, s], value[comparison.behind, s]) for s in seeds]
     differences = [float(a[column]) - float(b[column]) for a, b in pairs]
-    ahead, behind = by_variant[comparison.ahead], by_variant[comparison.behind]
     measured.append(
       Row(
-        label=f'{ahead.label} − {behind.label} ({ahead.group})',
+        label=report.comparison_name(by_variant[comparison.ahead], by_variant[comparison.behind]),
         comparison=comparison,
         differences=differences,
         paired=stats.paired(differences, int(rows[0]['eval_examples'])),
